@@ -1,0 +1,184 @@
+"""Turn an Airflow connection into validated, typed settings for the hook.
+
+Extras are an allowlist: every key is checked and converted here, and nothing from the extra dict
+is ever passed through as a header or a client option. A bad connection fails with a message that
+names the field, what arrived and what was expected, before any request is sent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import SecretStr
+
+from airflow_provider_tts.exceptions import TtsConfigError
+
+#: Connection type of each vendor, and the default connection id DAG authors get.
+DEFAULT_CONN_IDS = {"camb_ai": "camb_ai_default", "revid_tts": "revid_tts_default"}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How one HTTP request is retried on transient failures (429, 5xx, timeouts, dropped connections).
+
+    :param max_retries: retries after the first attempt; 0 disables retrying.
+    :param backoff: first wait in seconds; it doubles on each retry, with up to as much again of jitter.
+    :param max_backoff: ceiling of one wait, including a vendor's ``Retry-After``.
+    """
+
+    max_retries: int = 5
+    backoff: float = 1.0
+    max_backoff: float = 60.0
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Everything the hook needs from a connection, validated.
+
+    :param api_base_url: the vendor API base (Camb: everything; Revid: create calls).
+    :param status_base_url: where statuses are polled (Revid's second host; Camb: same as the API).
+    """
+
+    conn_id: str
+    conn_type: str
+    api_key: SecretStr = field(repr=False)
+    api_base_url: str
+    status_base_url: str
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    retry: RetryPolicy = RetryPolicy()
+
+    @property
+    def api_origins(self) -> frozenset[str]:
+        """Origins (scheme://host:port) that may receive the API key: the vendor's API hosts only."""
+        return frozenset({origin_of(self.api_base_url), origin_of(self.status_base_url)})
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host:port`` of a URL, with the default port made explicit so comparisons are exact."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def normalise_base_url(value: str, *, what: str) -> str:
+    """Validate an http(s) base URL and strip its trailing slash."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise TtsConfigError(f"{what} must be an http:// or https:// URL with a host, got {value!r}")
+    if parts.username or parts.password:
+        raise TtsConfigError(f"{what} must not carry credentials in the URL; put the API key in the password")
+    if parts.query or parts.fragment:
+        raise TtsConfigError(f"{what} must not have a query or fragment, got {value!r}")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+_NUMBER_EXTRAS: dict[str, tuple[float, float, bool]] = {
+    # name: (minimum, maximum, integer?)
+    "connect_timeout": (0.001, 600.0, False),
+    "read_timeout": (0.001, 3600.0, False),
+    "max_retries": (0, 20, True),
+    "retry_backoff": (0.0, 600.0, False),
+    "retry_max_backoff": (0.0, 3600.0, False),
+}
+
+
+def _number(name: str, raw: Any) -> float:
+    low, high, integer = _NUMBER_EXTRAS[name]
+    kind = "an integer" if integer else "a number"
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise TtsConfigError(f"connection extra {name!r} must be {kind}, got {raw!r}") from None
+    if math.isnan(value) or not low <= value <= high or (integer and not value.is_integer()):
+        raise TtsConfigError(f"connection extra {name!r} must be {kind} in [{low}, {high}], got {raw!r}")
+    return value
+
+
+def _extras(conn_type: str, extra: Mapping[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
+    """Keep only allowlisted extras; accept the legacy ``extra__<conn_type>__<key>`` spelling too."""
+    prefix = f"extra__{conn_type}__"
+    out: dict[str, Any] = {}
+    for key, value in extra.items():
+        name = key[len(prefix) :] if key.startswith(prefix) else key
+        if name not in allowed:
+            raise TtsConfigError(
+                f"unknown extra {key!r} in a {conn_type} connection; allowed: {', '.join(sorted(allowed))}"
+            )
+        if value is not None and value != "":
+            out[name] = value
+    return out
+
+
+def parse_connection(
+    conn: Any,
+    *,
+    default_api_base_url: str,
+    default_status_base_url: str | None,
+) -> ConnectionSettings:
+    """Validate an Airflow ``Connection`` of one of our types into :class:`ConnectionSettings`.
+
+    ``host`` may be empty (vendor default), a full URL (``http://127.0.0.1:8080/apis``: how the
+    emulator stands in), or a bare host name, which gets ``https://``, the port, and the connection's
+    ``schema`` as path (the vendor's default path when that is empty).
+    """
+    conn_type = conn.conn_type or ""
+    key = (conn.password or "").strip()
+    if not key:
+        raise TtsConfigError(f"connection {conn.conn_id!r} ({conn_type}) has no API key; put it in the password field")
+    raw_extra = conn.extra_dejson if conn.extra else {}
+    if not isinstance(raw_extra, Mapping):
+        raise TtsConfigError(f"connection {conn.conn_id!r} extra must be a JSON object, got {raw_extra!r}")
+    allowed = frozenset(_NUMBER_EXTRAS) | ({"status_base_url"} if default_status_base_url else frozenset())
+    extras = _extras(conn_type, raw_extra, allowed)
+
+    host = (conn.host or "").strip()
+    if not host:
+        if conn.port:
+            raise TtsConfigError(f"connection {conn.conn_id!r} sets a port but no host")
+        api_base = default_api_base_url
+    elif "://" in host:
+        api_base = host if not conn.port else _with_port(host, int(conn.port))
+    else:
+        path = (conn.schema or "").strip("/") or urlsplit(default_api_base_url).path.strip("/")
+        netloc = f"{host}:{int(conn.port)}" if conn.port else host
+        api_base = f"https://{netloc}/{path}"
+    api_base = normalise_base_url(api_base, what=f"connection {conn.conn_id!r} host")
+
+    if default_status_base_url is None:
+        status_base = api_base
+    else:
+        status_base = normalise_base_url(
+            str(extras.get("status_base_url", default_status_base_url)),
+            what=f"connection {conn.conn_id!r} extra 'status_base_url'",
+        )
+
+    numbers = {name: _number(name, extras[name]) for name in _NUMBER_EXTRAS if name in extras}
+    retry = RetryPolicy(
+        max_retries=int(numbers.get("max_retries", RetryPolicy.max_retries)),
+        backoff=numbers.get("retry_backoff", RetryPolicy.backoff),
+        max_backoff=numbers.get("retry_max_backoff", RetryPolicy.max_backoff),
+    )
+    return ConnectionSettings(
+        conn_id=conn.conn_id,
+        conn_type=conn_type,
+        api_key=SecretStr(key),
+        api_base_url=api_base,
+        status_base_url=status_base,
+        connect_timeout=numbers.get("connect_timeout", ConnectionSettings.connect_timeout),
+        read_timeout=numbers.get("read_timeout", ConnectionSettings.read_timeout),
+        retry=retry,
+    )
+
+
+def _with_port(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    if parts.port is not None and parts.port != port:
+        raise TtsConfigError(f"connection host {url!r} and port {port} disagree")
+    return urlunsplit(parts._replace(netloc=f"{parts.hostname}:{port}"))

@@ -1,0 +1,145 @@
+"""Exceptions raised by the provider.
+
+Every error names what arrived and what was expected, carries the HTTP status and the vendor's
+status where there was one, and never contains the API key. The class tells the caller what to do
+about it: retry the request (``retryable`` transport errors are retried inside the hook already),
+fix the configuration, or give up on the remote task.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+if TYPE_CHECKING:
+    from airflow_provider_tts.status import TtsTaskStatus
+
+#: How much of a response body an error message may quote.
+BODY_EXCERPT_CHARS = 300
+
+
+def excerpt(body: bytes | str, limit: int = BODY_EXCERPT_CHARS) -> str:
+    """A printable, truncated rendering of a response body for error messages."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = " ".join(text.split())
+    if len(text) > limit:
+        return f"{text[:limit]}... ({len(text)} chars)"
+    return text
+
+
+class TtsError(AirflowException):
+    """Base class of every error this provider raises.
+
+    :param message: what happened, in words a DAG author can act on.
+    :param http_status: HTTP status of the response involved, if any.
+    :param vendor_status: the vendor's own status string, if any.
+    """
+
+    def __init__(self, message: str, *, http_status: int | None = None, vendor_status: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+        self.vendor_status = vendor_status
+
+
+class TtsConfigError(TtsError, ValueError):
+    """A connection, argument or template value is unusable; raised before any request is sent."""
+
+
+class TtsInvalidRequestError(TtsConfigError):
+    """Fields for a vendor request fail validation; nothing was sent, nothing was paid for."""
+
+
+class TtsApiError(TtsError):
+    """The vendor API answered with an HTTP error."""
+
+    #: Whether the hook's retry policy may send the same request again.
+    transient: bool = False
+
+
+class TtsAuthError(TtsApiError):
+    """401/403: the API key is missing, wrong, or lacks permission. Retrying cannot help."""
+
+
+class TtsRejectedRequestError(TtsApiError):
+    """400/404/422: the vendor rejected the request itself (bad field, unknown id)."""
+
+
+class TtsRateLimitError(TtsApiError):
+    """429 after every retry was spent."""
+
+    transient = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class TtsServerError(TtsApiError):
+    """5xx after every retry was spent."""
+
+    transient = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class TtsConnectionError(TtsError):
+    """The request failed below HTTP: refused, reset, dropped mid-response, or timed out.
+
+    :param request_sent: False only when the failure provably happened before the request
+        reached the server (connection refused, connect timeout). A create call is retried only
+        then, because otherwise the vendor may already have created, and charged for, a task.
+    """
+
+    def __init__(self, message: str, *, request_sent: bool) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
+
+
+class TtsProtocolError(TtsError):
+    """A response does not fit the vendor's documented contract (wrong shape, not JSON, HTML page)."""
+
+
+class TtsSubmitUncertainError(TtsError):
+    """A create call failed in a way that leaves unknown whether the vendor created the task.
+
+    The hook does not retry such a call, because a retry could create, and pay for, a second task.
+    """
+
+
+class TtsTaskFailedError(TtsError):
+    """The remote task ended in a failed state.
+
+    :param status: the failed status, with the vendor's status string and message.
+    """
+
+    def __init__(self, message: str, *, status: TtsTaskStatus) -> None:
+        super().__init__(message, vendor_status=status.vendor_status)
+        self.status = status
+        self.retryable = bool(status.retryable)
+
+    @classmethod
+    def for_status(cls, status: TtsTaskStatus) -> TtsTaskFailedError:
+        """The right exception for a failed status: permanent failures must not use up retries."""
+        detail = f": {status.message}" if status.message else ""
+        message = (
+            f"{status.api} {status.kind} task {status.tts_task_id!r} ended with vendor status "
+            f"{status.vendor_status!r}{detail}"
+        )
+        if status.retryable:
+            return cls(message + " (a new attempt may succeed)", status=status)
+        return TtsPermanentTaskFailedError(message + " (retrying cannot fix this)", status=status)
+
+
+class TtsPermanentTaskFailedError(TtsTaskFailedError, AirflowFailException):
+    """A failure that retrying cannot fix (no credits, rejected content, vendor time limit, gone task).
+
+    Being an ``AirflowFailException``, it fails the Airflow task without using up its retries.
+    """
+
+
+class TtsWaitTimeoutError(TtsError):
+    """The task was still pending when the wait's deadline passed."""

@@ -1,0 +1,116 @@
+"""Provider metadata read by Airflow's ProvidersManager through the ``apache_airflow_provider`` entry point.
+
+Airflow calls this during discovery in every component, so it returns a literal and imports nothing.
+The connection forms are declared here as data (``conn-fields``, ``ui-field-behaviour``): the UI
+renders them without importing the hook.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_RETRY_AND_TIMEOUT_FIELDS: dict[str, Any] = {
+    "connect_timeout": {
+        "label": "Connect timeout (s)",
+        "description": "Seconds to wait for a TCP/TLS connection to the API. Default 10.",
+        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+    },
+    "read_timeout": {
+        "label": "Read timeout (s)",
+        "description": "Seconds to wait between bytes of a response. Default 60.",
+        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+    },
+    "max_retries": {
+        "label": "Max retries",
+        "description": "Retries of one request on 429, 5xx, timeouts and dropped connections. Default 5.",
+        "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
+    },
+    "retry_backoff": {
+        "label": "Retry backoff (s)",
+        "description": "First wait between retries; doubles each time, with jitter. Default 1.",
+        "schema": {"type": ["number", "null"], "minimum": 0},
+    },
+    "retry_max_backoff": {
+        "label": "Max retry wait (s)",
+        "description": "Upper bound of one wait between retries, Retry-After included. Default 60.",
+        "schema": {"type": ["number", "null"], "minimum": 0},
+    },
+}
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Return the provider's metadata; it validates against Airflow's ``provider_info.schema.json``."""
+    return {
+        "package-name": "airflow-provider-tts",
+        "name": "Text-to-speech job APIs (Camb.ai, RevidAPI)",
+        "description": (
+            "Submit text-to-speech tasks to Camb.ai and RevidAPI, wait for them without holding a "
+            "worker slot, and stream the finished audio into object storage."
+        ),
+        "versions": ["0.1.0"],
+        "integrations": [
+            {
+                "integration-name": "Camb.ai",
+                "external-doc-url": "https://docs.camb.ai/",
+                "tags": ["service"],
+            },
+            {
+                "integration-name": "RevidAPI",
+                "external-doc-url": "https://revidapi.com/",
+                "tags": ["service"],
+            },
+        ],
+        "hooks": [
+            {"integration-name": "Camb.ai", "python-modules": ["airflow_provider_tts.hooks.tts"]},
+            {"integration-name": "RevidAPI", "python-modules": ["airflow_provider_tts.hooks.tts"]},
+        ],
+        "triggers": [
+            {"integration-name": "Camb.ai", "python-modules": ["airflow_provider_tts.triggers.tts"]},
+            {"integration-name": "RevidAPI", "python-modules": ["airflow_provider_tts.triggers.tts"]},
+        ],
+        "sensors": [
+            {"integration-name": "Camb.ai", "python-modules": ["airflow_provider_tts.sensors.tts"]},
+            {"integration-name": "RevidAPI", "python-modules": ["airflow_provider_tts.sensors.tts"]},
+        ],
+        "operators": [
+            {"integration-name": "Camb.ai", "python-modules": ["airflow_provider_tts.operators.tts"]},
+            {"integration-name": "RevidAPI", "python-modules": ["airflow_provider_tts.operators.tts"]},
+        ],
+        "connection-types": [
+            {
+                "connection-type": "camb_ai",
+                "hook-class-name": "airflow_provider_tts.hooks.tts.TtsHook",
+                "hook-name": "Camb.ai Text-to-Speech",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "login", "port", "extra"],
+                    "relabeling": {"password": "API key", "host": "API base URL"},
+                    "placeholders": {
+                        "host": "https://client.camb.ai/apis (leave empty for the default)",
+                        "password": "your Camb.ai API key (x-api-key)",
+                    },
+                },
+                "conn-fields": dict(_RETRY_AND_TIMEOUT_FIELDS),
+            },
+            {
+                "connection-type": "revid_tts",
+                "hook-class-name": "airflow_provider_tts.hooks.tts.TtsHook",
+                "hook-name": "RevidAPI Text-to-Speech",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "login", "port", "extra"],
+                    "relabeling": {"password": "API key", "host": "Create API base URL"},
+                    "placeholders": {
+                        "host": "https://api.revidapi.com/paid (leave empty for the default)",
+                        "password": "your RevidAPI key (x-api-key)",
+                    },
+                },
+                "conn-fields": {
+                    "status_base_url": {
+                        "label": "Status API base URL",
+                        "description": "Where task status is polled. Default https://tts.revidapi.com/api.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    **_RETRY_AND_TIMEOUT_FIELDS,
+                },
+            },
+        ],
+    }

@@ -1,0 +1,195 @@
+"""TtsHook: authenticated calls to Camb.ai and RevidAPI behind one interface.
+
+Which API the hook speaks follows from the connection's type (``camb_ai`` or ``revid_tts``). The
+vendor unit builds requests and parses answers; the transport sends them with the retry policy.
+The hook only wires them together, so it has no vendor branches of its own, and its sync and async
+methods behave exactly alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_tts.connection import DEFAULT_CONN_IDS, parse_connection
+from airflow_provider_tts.exceptions import TtsConfigError, TtsError
+from airflow_provider_tts.status import TtsTaskStatus
+from airflow_provider_tts.transport import AsyncTransport, AudioStream, SyncTransport
+from airflow_provider_tts.vendors import vendor_class
+from airflow_provider_tts.vendors.base import ApiRequest, Submission, Vendor, validate_task_id
+
+if TYPE_CHECKING:
+    import requests
+
+__all__ = ["AudioStream", "Submission", "TtsHook", "TtsTaskStatus"]
+
+
+def _mask(secret: str) -> None:
+    """Register the key with Airflow's secret masker, so no log line can carry it."""
+    from airflow.sdk.log import mask_secret
+
+    mask_secret(secret)
+
+
+class TtsHook(BaseHook):
+    """Talk to a text-to-speech job API: submit tasks, poll their status, stream their audio.
+
+    :param tts_conn_id: an Airflow connection of type ``camb_ai`` or ``revid_tts``; the password
+        is the API key, the host an optional base URL (the emulator's address, for example).
+    """
+
+    conn_name_attr = "tts_conn_id"
+    default_conn_name = DEFAULT_CONN_IDS["camb_ai"]
+    conn_type = "camb_ai"
+    hook_name = "Text-to-speech job API (Camb.ai, RevidAPI)"
+
+    def __init__(self, tts_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(tts_conn_id, str) or not tts_conn_id.strip():
+            raise TtsConfigError(f"tts_conn_id must be a non-empty string, got {tts_conn_id!r}")
+        self.tts_conn_id = tts_conn_id
+        self._vendor: Vendor | None = None
+        self._async_transport: AsyncTransport | None = None
+        # Tasks a vendor finished synchronously at submit time: their audio must not be lost even
+        # if the status endpoint has not caught up yet.
+        self._finished_at_submit: dict[tuple[str, str], TtsTaskStatus] = {}
+
+    # ----------------------------------------------------------------------- connection and setup
+
+    def _vendor_for(self, conn: Any) -> Vendor:
+        cls = vendor_class(conn.conn_type, conn.conn_id)
+        settings = parse_connection(
+            conn,
+            default_api_base_url=cls.default_api_base_url,
+            default_status_base_url=cls.default_status_base_url,
+        )
+        _mask(settings.api_key.get_secret_value())
+        return cls(settings)
+
+    @property
+    def vendor(self) -> Vendor:
+        """The vendor unit for this connection, resolved (synchronously) on first use."""
+        if self._vendor is None:
+            self._vendor = self._vendor_for(self.get_connection(self.tts_conn_id))
+        return self._vendor
+
+    async def avendor(self) -> Vendor:
+        """The vendor unit, resolving the connection without blocking the event loop."""
+        if self._vendor is None:
+            self._vendor = self._vendor_for(await self.aget_connection(self.tts_conn_id))
+        return self._vendor
+
+    @property
+    def api(self) -> str:
+        """``camb_ai`` or ``revid_tts``."""
+        return self.vendor.api
+
+    @cached_property
+    def _sync(self) -> SyncTransport:
+        return SyncTransport(self.vendor.settings)
+
+    async def _async(self) -> AsyncTransport:
+        if self._async_transport is None:
+            self._async_transport = AsyncTransport((await self.avendor()).settings)
+        return self._async_transport
+
+    def get_conn(self) -> requests.Session:
+        """The reused ``requests.Session`` (Airflow's hook protocol)."""
+        return self._sync.session
+
+    def close(self) -> None:
+        """Close the sync session's pooled connections."""
+        if "_sync" in self.__dict__:
+            self._sync.close()
+
+    async def aclose(self) -> None:
+        """Close the async session; call it in the event loop that used the hook."""
+        if self._async_transport is not None:
+            await self._async_transport.aclose()
+
+    # --------------------------------------------------------------------------------- statuses
+
+    def _status_call(self, vendor: Vendor, tts_task_id: str, kind: str) -> tuple[ApiRequest, Any]:
+        checked_kind = vendor.check_kind(kind)
+        task_id = validate_task_id(tts_task_id)
+        return vendor.status_request(checked_kind, task_id), (
+            lambda resp: vendor.parse_status(checked_kind, task_id, resp)
+        )
+
+    def get_task_status(self, tts_task_id: str, kind: str = "tts") -> TtsTaskStatus:
+        """Poll a task once (retrying transient failures) and return its normalised status."""
+        vendor = self.vendor
+        if known := self._finished_at_submit.get((kind, tts_task_id)):
+            return known
+        req, parse = self._status_call(vendor, tts_task_id, kind)
+        status: TtsTaskStatus = self._sync.call(req, parse)
+        return status
+
+    async def aget_task_status(self, tts_task_id: str, kind: str = "tts") -> TtsTaskStatus:
+        """Async twin of :meth:`get_task_status`; reuses one session across calls."""
+        vendor = await self.avendor()
+        if known := self._finished_at_submit.get((kind, tts_task_id)):
+            return known
+        req, parse = self._status_call(vendor, tts_task_id, kind)
+        status: TtsTaskStatus = await (await self._async()).call(req, parse)
+        return status
+
+    # ----------------------------------------------------------------------------------- submit
+
+    def submit_task(self, kind: str, fields: Mapping[str, Any]) -> Submission:
+        """Create a remote task; return its id and, if the vendor finished at once, its status.
+
+        Fields are validated against the vendor's documented body before anything is sent. The
+        create call is not retried after an ambiguous failure (see ``transport.is_retryable``).
+        """
+        vendor = self.vendor
+        checked_kind = vendor.check_kind(kind)
+        req = vendor.submit_request(checked_kind, fields)
+        submission: Submission = self._sync.call(req, lambda resp: vendor.parse_submit(checked_kind, resp))
+        if submission.status is not None:
+            self._finished_at_submit[(checked_kind, submission.tts_task_id)] = submission.status
+        self.log.info("Created %s %s task %s", vendor.api, checked_kind, submission.tts_task_id)
+        return submission
+
+    def submit(self, kind: str, **fields: Any) -> str:
+        """Create a remote task and return the vendor's task id."""
+        return self.submit_task(kind, fields).tts_task_id
+
+    # ------------------------------------------------------------------------------------ audio
+
+    def open_audio(self, status: TtsTaskStatus) -> AudioStream:
+        """Open a streaming download of a succeeded task's audio.
+
+        Camb results come from the API (with the key); a Revid ``audio_url`` is a storage host and
+        gets no key. If a result endpoint answers with JSON pointing at a pre-signed URL instead of
+        bytes, that URL is followed, without the key.
+        """
+        vendor = self.vendor
+        if status.state != "succeeded":
+            raise TtsConfigError(
+                f"{status.api} task {status.tts_task_id!r} is {status.state}, not succeeded; no audio to fetch"
+            )
+        if status.api != vendor.api:
+            raise TtsConfigError(f"status of a {status.api} task given to a {vendor.api} connection")
+        req = vendor.audio_request(status)
+        stream = self._sync.open_stream(req)
+        if stream.content_type in ("application/json", "text/json"):
+            with stream:
+                resp = self._sync.read_response(req, stream._response)
+            url = vendor.file_url_from(resp, req.what)
+            stream = self._sync.open_stream(ApiRequest("GET", url, what=req.what, authenticated=False))
+        return stream
+
+    # ------------------------------------------------------------------------------ connections
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the key against the API itself (``airflow connections test`` and the UI button)."""
+        try:
+            vendor = self.vendor
+            req = vendor.probe_request()
+            return self._sync.call(req, vendor.probe_verdict)
+        except TtsError as exc:
+            return False, str(exc)

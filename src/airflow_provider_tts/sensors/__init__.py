@@ -1,0 +1,1 @@
+"""See the package docstring; this package only groups modules."""

@@ -1,0 +1,75 @@
+"""The one normalised view of a remote task's status, whichever vendor it came from.
+
+Vendors disagree on spelling (``SUCCESS`` vs ``completed``), on where the audio is (a Camb
+``run_id`` to fetch a result with vs a Revid ``audio_url``) and on how failures are told. Everything
+downstream of the vendor parsers (trigger, sensor, operators, XCom) sees only this model, so none of
+it needs to know which vendor it is talking to.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Api = Literal["camb_ai", "revid_tts"]
+Kind = Literal["tts", "text-to-sound", "srt-to-speech"]
+State = Literal["pending", "succeeded", "failed"]
+
+#: Why a task failed, in vendor-neutral terms, so callers can decide without parsing vendor strings.
+FailureKind = Literal["not_found", "payment_required", "vendor_timeout", "content_rejected", "error"]
+
+KINDS: tuple[Kind, ...] = ("tts", "text-to-sound", "srt-to-speech")
+
+
+class TtsTaskStatus(BaseModel):
+    """Status of one remote text-to-speech task.
+
+    :param api: which vendor API the task lives on.
+    :param kind: what the task is (``tts``, ``text-to-sound``, ``srt-to-speech``).
+    :param tts_task_id: the vendor's task id.
+    :param state: ``pending``, ``succeeded`` or ``failed``; the only field a waiter needs.
+    :param vendor_status: the vendor's raw status string, for logs and error messages.
+    :param run_id: Camb.ai's id of the finished run, used to fetch the audio.
+    :param audio_url: RevidAPI's URL of the finished audio (a storage host, never sent the key).
+    :param duration_seconds: audio length when the vendor reports it.
+    :param message: the vendor's explanation, mostly for failures.
+    :param retryable: for failures, whether a new attempt (a new task) may succeed.
+    :param failure: for failures, the vendor-neutral reason.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    api: Api
+    kind: Kind
+    tts_task_id: str = Field(min_length=1)
+    state: State
+    vendor_status: str
+    run_id: int | None = None
+    audio_url: str | None = None
+    duration_seconds: float | None = Field(default=None, ge=0)
+    message: str | None = None
+    retryable: bool | None = None
+    failure: FailureKind | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TtsTaskStatus:
+        # A success that gives no way to fetch the audio would be a silent success downstream.
+        if self.state == "succeeded" and self.run_id is None and self.audio_url is None:
+            raise ValueError("a succeeded status needs a run_id or an audio_url")
+        if self.state == "failed" and self.retryable is None:
+            raise ValueError("a failed status must say whether it is retryable")
+        return self
+
+    def is_terminal(self) -> bool:
+        """True once the task will not change any more."""
+        return self.state != "pending"
+
+    def to_xcom(self) -> dict[str, Any]:
+        """A JSON-able dict (what sensors return and triggers put in events)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_xcom(cls, data: Any) -> TtsTaskStatus:
+        """Rebuild a status from :meth:`to_xcom` output; raises ``pydantic.ValidationError`` if malformed."""
+        return cls.model_validate(data)

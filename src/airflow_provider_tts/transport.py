@@ -1,0 +1,362 @@
+"""HTTP for the hook: one retry policy, a sync transport (requests) and an async one (aiohttp).
+
+Both transports send the vendor's :class:`~airflow_provider_tts.vendors.base.ApiRequest` and hand
+the response to the vendor's parser inside the same retry loop, so a malformed body on a poll is
+retried like a 502 would be. What they share is here once:
+
+* every request has a connect and a read timeout;
+* transient failures (429, 5xx, timeouts, dropped connections, malformed bodies) are retried with
+  exponential backoff and jitter, honouring ``Retry-After``; permanent ones (400, 401, 403, 422)
+  are not; a create call is retried only when the vendor provably did not process it;
+* the API key is attached only to requests the vendor marks as authenticated *and* whose origin is
+  one of the vendor's API origins, hop by hop, so a redirect or a storage URL never receives it;
+* sessions are reused: one ``requests.Session`` per sync transport, one ``aiohttp.ClientSession``
+  per async transport, with keep-alive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import requests
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from airflow_provider_tts import __version__
+from airflow_provider_tts.connection import ConnectionSettings, RetryPolicy, origin_of
+from airflow_provider_tts.exceptions import (
+    TtsConnectionError,
+    TtsError,
+    TtsProtocolError,
+    TtsRateLimitError,
+    TtsServerError,
+)
+from airflow_provider_tts.vendors.base import ApiRequest, ApiResponse, http_error
+
+if TYPE_CHECKING:
+    import aiohttp
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: A JSON answer larger than this is not one of the vendors' small status or create bodies.
+MAX_JSON_BODY = 1 << 20
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+USER_AGENT = f"airflow-provider-tts/{__version__}"
+
+
+def safe_url(url: str) -> str:
+    """A URL for logs and messages: no query (pre-signed URLs carry signatures there), no userinfo."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def is_retryable(exc: BaseException, idempotent: bool) -> bool:
+    """Whether the same request may be sent again after ``exc``.
+
+    429 and 503 mean the request was not processed, and a connection that was never opened sent
+    nothing, so those are safe even for a create call. Anything else that is transient (other 5xx,
+    a read timeout, a connection dropped mid-response, a garbled body) may hide a processed
+    request, so it is retried only when the request is idempotent.
+    """
+    if isinstance(exc, TtsRateLimitError):
+        return True
+    if isinstance(exc, TtsServerError):
+        return idempotent or exc.http_status == 503
+    if isinstance(exc, TtsConnectionError):
+        return idempotent or not exc.request_sent
+    if isinstance(exc, TtsProtocolError):
+        return idempotent
+    return False
+
+
+def _wait_strategy(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
+    backoff = wait_exponential_jitter(initial=policy.backoff, max=policy.max_backoff, jitter=policy.backoff)
+
+    def wait(state: RetryCallState) -> float:
+        seconds = backoff(state)
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            seconds = max(seconds, retry_after)
+        return float(min(seconds, policy.max_backoff))
+
+    return wait
+
+
+def retry_kwargs(policy: RetryPolicy, req: ApiRequest) -> dict[str, Any]:
+    """Tenacity arguments shared by the sync and async loops: one policy for both."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "%s failed (%s); retry %d of %d in %.1f s",
+            req.what,
+            exc,
+            state.attempt_number,
+            policy.max_retries,
+            state.upcoming_sleep,
+        )
+
+    return {
+        "stop": stop_after_attempt(policy.max_retries + 1),
+        "wait": _wait_strategy(policy),
+        "retry": retry_if_exception(lambda exc: is_retryable(exc, req.idempotent)),
+        "before_sleep": before_sleep,
+        "reraise": True,
+    }
+
+
+def _key_headers(settings: ConnectionSettings, req: ApiRequest, url: str) -> dict[str, str]:
+    if req.authenticated and origin_of(url) in settings.api_origins:
+        return {"x-api-key": settings.api_key.get_secret_value()}
+    return {}
+
+
+def _next_hop(req: ApiRequest, current: str, status: int, location: str | None, hop: int) -> str | None:
+    """The URL a redirect points to, or None when the response is not a redirect to follow."""
+    if status not in _REDIRECTS or not location:
+        return None
+    target = urljoin(current, location)
+    if req.method != "GET":
+        raise TtsProtocolError(f"{req.what}: unexpected redirect of a {req.method} to {safe_url(target)}")
+    if urlsplit(target).scheme not in ("http", "https"):
+        raise TtsProtocolError(f"{req.what}: refusing a redirect to a non-http(s) URL {target!r:.120}")
+    if hop >= MAX_REDIRECTS:
+        raise TtsProtocolError(f"{req.what}: more than {MAX_REDIRECTS} redirects")
+    return target
+
+
+def _too_big(req: ApiRequest, url: str) -> TtsProtocolError:
+    return TtsProtocolError(f"{req.what}: response from {safe_url(url)} is over {MAX_JSON_BODY} bytes")
+
+
+# --------------------------------------------------------------------------------------------- sync
+
+
+def _requests_error(exc: requests.RequestException, req: ApiRequest) -> TtsConnectionError:
+    """Map a requests failure, telling 'never reached the server' apart from 'may have been processed'."""
+    before_send = isinstance(exc, requests.ConnectTimeout)
+    cause: BaseException | None = exc
+    for _ in range(8):
+        if cause is None:
+            break
+        if isinstance(cause, ConnectionRefusedError) or type(cause).__name__ in (
+            "NewConnectionError",
+            "ConnectTimeoutError",
+            "NameResolutionError",
+        ):
+            before_send = True
+            break
+        nxt = getattr(cause, "reason", None)
+        if not isinstance(nxt, BaseException):
+            nxt = next((a for a in cause.args if isinstance(a, BaseException)), None)
+        cause = nxt or cause.__cause__ or cause.__context__
+    label = "read timed out" if isinstance(exc, requests.ReadTimeout) else type(exc).__name__
+    return TtsConnectionError(f"{req.what}: {label}: {str(exc)[:300]}", request_sent=not before_send)
+
+
+@dataclass
+class AudioStream:
+    """An open, streaming audio response: read it with :meth:`iter_chunks`, then close it.
+
+    :param url: where the bytes come from, without its query string (safe to log).
+    :param content_type: the server's media type, e.g. ``audio/flac``.
+    :param content_length: the announced size in bytes, when the server gave one.
+    """
+
+    url: str
+    content_type: str
+    content_length: int | None
+    _response: requests.Response = field(repr=False)
+
+    def iter_chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Yield the body in chunks of at most ``chunk_size`` bytes; never holds the whole body."""
+        try:
+            for chunk in self._response.raw.stream(chunk_size, decode_content=False):
+                if chunk:
+                    yield chunk
+        except Exception as exc:  # urllib3 ProtocolError, ReadTimeoutError, socket errors
+            raise TtsConnectionError(
+                f"audio download from {self.url} broke off: {type(exc).__name__}: {str(exc)[:200]}",
+                request_sent=True,
+            ) from exc
+
+    def close(self) -> None:
+        self._response.close()
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SyncTransport:
+    """Blocking HTTP through one reused ``requests.Session``."""
+
+    def __init__(self, settings: ConnectionSettings) -> None:
+        self.settings = settings
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+        self._timeout = (settings.connect_timeout, settings.read_timeout)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _send(self, req: ApiRequest, extra_headers: dict[str, str] | None = None) -> requests.Response:
+        url = req.url
+        for hop in range(MAX_REDIRECTS + 1):
+            headers = {**(extra_headers or {}), **_key_headers(self.settings, req, url)}
+            try:
+                resp = self.session.request(
+                    req.method,
+                    url,
+                    params=req.params if hop == 0 else None,
+                    json=req.json,
+                    headers=headers,
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                    stream=True,
+                )
+            except requests.RequestException as exc:
+                raise _requests_error(exc, req) from exc
+            target = _next_hop(req, resp.url, resp.status_code, resp.headers.get("location"), hop)
+            if target is None:
+                return resp
+            resp.close()
+            url = target
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def read_response(self, req: ApiRequest, resp: requests.Response) -> ApiResponse:
+        try:
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in resp.iter_content(65536):
+                size += len(chunk)
+                if size > MAX_JSON_BODY:
+                    raise _too_big(req, resp.url)
+                chunks.append(chunk)
+        except requests.RequestException as exc:
+            raise _requests_error(exc, req) from exc
+        finally:
+            resp.close()
+        headers = {k.lower(): v for k, v in resp.headers.items()}
+        return ApiResponse(resp.status_code, headers, b"".join(chunks), resp.url)
+
+    def call(self, req: ApiRequest, parse: Callable[[ApiResponse], T]) -> T:
+        """Send ``req`` and parse the answer, retrying both per the connection's policy."""
+        for attempt in Retrying(**retry_kwargs(self.settings.retry, req)):
+            with attempt:
+                return parse(self.read_response(req, self._send(req, {"Accept": "application/json"})))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def open_stream(self, req: ApiRequest) -> AudioStream:
+        """Open a streaming 2xx response, retrying until its headers arrive; errors become TtsErrors."""
+        for attempt in Retrying(**retry_kwargs(self.settings.retry, req)):
+            with attempt:
+                resp = self._send(req, {"Accept-Encoding": "identity"})
+                if not 200 <= resp.status_code < 300:
+                    raise http_error(self.read_response(req, resp), req.what)
+                length = resp.headers.get("content-length")
+                return AudioStream(
+                    url=safe_url(resp.url),
+                    content_type=resp.headers.get("content-type", "").split(";")[0].strip().lower(),
+                    content_length=int(length) if length and length.isdigit() else None,
+                    _response=resp,
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+# -------------------------------------------------------------------------------------------- async
+
+
+def _aiohttp_error(exc: BaseException, req: ApiRequest) -> TtsConnectionError:
+    import aiohttp
+
+    before_send = isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
+    label = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+    return TtsConnectionError(f"{req.what}: {label}: {str(exc)[:300]}", request_sent=not before_send)
+
+
+class AsyncTransport:
+    """Non-blocking HTTP through one lazily created, reused ``aiohttp.ClientSession``.
+
+    The session belongs to the event loop it was created in; :meth:`aclose` must be awaited there
+    (the trigger does so in ``finally``, which also runs on cancellation).
+    """
+
+    def __init__(self, settings: ConnectionSettings) -> None:
+        self.settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self.settings.connect_timeout, sock_read=self.settings.read_timeout
+                ),
+                headers={"User-Agent": USER_AGENT},
+                connector=aiohttp.TCPConnector(limit=32, keepalive_timeout=60),
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _read_once(self, req: ApiRequest) -> ApiResponse:
+        import aiohttp
+
+        session = self._client()
+        url = req.url
+        for hop in range(MAX_REDIRECTS + 1):
+            headers = {"Accept": "application/json", **_key_headers(self.settings, req, url)}
+            try:
+                async with session.request(
+                    req.method,
+                    url,
+                    params=req.params if hop == 0 else None,
+                    json=req.json,
+                    headers=headers,
+                    allow_redirects=False,
+                ) as resp:
+                    target = _next_hop(req, str(resp.url), resp.status, resp.headers.get("location"), hop)
+                    if target is None:
+                        body = bytearray()
+                        async for chunk in resp.content.iter_chunked(65536):
+                            body += chunk
+                            if len(body) > MAX_JSON_BODY:
+                                raise _too_big(req, str(resp.url))
+                        headers_lc = {k.lower(): v for k, v in resp.headers.items()}
+                        return ApiResponse(resp.status, headers_lc, bytes(body), str(resp.url))
+            except TtsError:
+                raise
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _aiohttp_error(exc, req) from exc
+            url = target
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def call(self, req: ApiRequest, parse: Callable[[ApiResponse], T]) -> T:
+        """Async twin of :meth:`SyncTransport.call`: same policy, same parser."""
+        async for attempt in AsyncRetrying(**retry_kwargs(self.settings.retry, req)):
+            with attempt:
+                return parse(await self._read_once(req))
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,232 @@
+"""RevidAPI: TTS and SRT-to-speech tasks created on one host, polled on another, audio on a third.
+
+Facts from the vendor's status page and third-party clients (see ``shared/spec/vendor-apis.md``):
+the status body carries ``code``/``task_id``/``status``; the HTTP status line may mirror ``code``
+(202/404/500) or always be 200; the body may be a one-element array; the result may sit under
+``response`` or ``result`` with ``duration`` or ``audio_duration``; ``success``/``error`` are seen
+as synonyms of ``completed``/``failed``. The ``audio_url`` is a storage host: it never gets the key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from airflow_provider_tts.exceptions import TtsProtocolError, excerpt
+from airflow_provider_tts.status import Kind, TtsTaskStatus
+from airflow_provider_tts.vendors.base import (
+    ApiRequest,
+    ApiResponse,
+    Submission,
+    Vendor,
+    http_error,
+    json_body,
+    path_segment,
+    unwrap_single,
+    validate_fields,
+    validate_task_id,
+    warn_unknown_status,
+)
+
+NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+HttpUrl = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^https?://[^\s/?#]+\S*$")]
+SrtTime = Annotated[str, StringConstraints(pattern=r"^\d{2}:[0-5]\d:[0-5]\d,\d{3}$")]
+
+_PENDING = frozenset({"processing"})
+_SUCCEEDED = frozenset({"completed", "success"})
+_FAILED = frozenset({"failed", "error"})
+_NOT_FOUND = "not_found"
+#: HTTP statuses that may carry a task-state body (the API mirrors the body's ``code``).
+_STATE_HTTP_STATUSES = frozenset({200, 202, 404, 500})
+
+_CREATE_PATHS = {"tts": "text-to-speech", "srt-to-speech": "srt-to-speech/merge"}
+
+
+class _RevidTtsFields(BaseModel):
+    """Documented body of ``POST /paid/text-to-speech``."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: NonEmptyText
+    engine: Literal["edge", "capcut", "google"] | None = None
+    voice_id: int | None = None
+    voice: str | None = None
+    speed: float | None = Field(default=None, ge=0.5, le=2.0)
+    pitch: float | None = Field(default=None, ge=-20, le=20)
+    webhook_url: HttpUrl | None = None
+    id: str | None = None
+
+
+class Subtitle(BaseModel):
+    """One SRT cue as RevidAPI's SRT-to-speech V1 body takes it."""
+
+    model_config = ConfigDict(extra="forbid")
+    index: int = Field(ge=0)
+    start: SrtTime
+    end: SrtTime
+    text: NonEmptyText
+
+
+class _RevidSrtFields(BaseModel):
+    """Both documented versions of ``POST /paid/srt-to-speech/merge``: V1 cues or V2 ``srt_url``."""
+
+    model_config = ConfigDict(extra="forbid")
+    subtitles: list[Subtitle] | None = Field(default=None, min_length=1)
+    srt_url: HttpUrl | None = None
+    video_url: HttpUrl | None = None
+    engine: Literal["edge", "capcut", "google"] | None = None
+    voice_id: int | None = None
+    voice: str | None = None
+    speed: float | None = Field(default=None, ge=0.5, le=2.0)
+    audio_name: str | None = None
+    mode: Literal["merge", "timeline"] | None = None
+    add_silence: float | None = Field(default=None, ge=0)
+    output_format: Literal["mp4", "mp3", "wav"] | None = None
+    webhook_url: HttpUrl | None = None
+    id: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> _RevidSrtFields:
+        if (self.subtitles is None) == (self.srt_url is None):
+            raise ValueError("give exactly one of 'subtitles' (a list of cues) or 'srt_url'")
+        return self
+
+
+_FIELDS: dict[str, type[BaseModel]] = {"tts": _RevidTtsFields, "srt-to-speech": _RevidSrtFields}
+
+
+def _duration(result: Mapping[str, Any]) -> float | None:
+    for key in ("duration", "audio_duration"):
+        value = result.get(key)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?", value.strip()):
+            value = float(value)
+        if isinstance(value, (int, float)) and 0 <= value < float("inf"):
+            return float(value)
+    return None
+
+
+class RevidTts(Vendor):
+    """RevidAPI's TTS and SRT-to-speech APIs."""
+
+    api = "revid_tts"
+    kinds: ClassVar[tuple[Kind, ...]] = ("tts", "srt-to-speech")
+    default_api_base_url = "https://api.revidapi.com/paid"
+    default_status_base_url = "https://tts.revidapi.com/api"
+
+    def status_request(self, kind: Kind, tts_task_id: str) -> ApiRequest:
+        return ApiRequest(
+            "GET",
+            f"{self.settings.status_base_url}/get/{path_segment(tts_task_id)}",
+            what=f"status of revid_tts {kind} task {tts_task_id!r}",
+        )
+
+    def parse_status(self, kind: Kind, tts_task_id: str, resp: ApiResponse) -> TtsTaskStatus:
+        what = f"status of revid_tts {kind} task {tts_task_id!r}"
+        if resp.status not in _STATE_HTTP_STATUSES:
+            raise http_error(resp, what)
+        data = unwrap_single(json_body(resp, what), what)
+        is_state = isinstance(data, dict) and isinstance(data.get("status"), str) and data["status"]
+        # A non-2xx body is a task state only when it looks like one (status plus code or task_id);
+        # otherwise it is a server error page that happens to be JSON.
+        if not is_state or (resp.status >= 300 and not ({"code", "task_id"} & data.keys())):
+            if resp.status >= 300:
+                raise http_error(resp, what)
+            raise TtsProtocolError(f"{what}: expected an object with a string 'status', got {excerpt(resp.body)}")
+        echoed = data.get("task_id")
+        if isinstance(echoed, str) and echoed and echoed != tts_task_id:
+            raise TtsProtocolError(f"{what}: the response is about task {echoed!r}, not {tts_task_id!r}")
+        return self._status_from_body(kind, tts_task_id, data, what)
+
+    def _status_from_body(self, kind: Kind, tts_task_id: str, data: dict[str, Any], what: str) -> TtsTaskStatus:
+        status: str = data["status"]
+        message = data.get("message") if isinstance(data.get("message"), str) else None
+        if status in _SUCCEEDED:
+            result = data.get("response") or data.get("result")
+            url = result.get("audio_url") if isinstance(result, dict) else None
+            if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+                raise TtsProtocolError(
+                    f"{what}: {status!r} without an http(s) 'response.audio_url' (or 'result.audio_url'), "
+                    f"got {excerpt(repr(data))}"
+                )
+            assert isinstance(result, dict)
+            return self.status(
+                kind,
+                tts_task_id,
+                "succeeded",
+                status,
+                audio_url=url,
+                duration_seconds=_duration(result),
+                message=message,
+            )
+        if status in _FAILED:
+            error = data.get("error")
+            detail = "; ".join(p for p in (message, error if isinstance(error, str) else None) if p)
+            return self.status(
+                kind,
+                tts_task_id,
+                "failed",
+                status,
+                message=detail or "no reason given",
+                retryable=True,
+                failure="error",
+            )
+        if status == _NOT_FOUND:
+            return self.status(
+                kind,
+                tts_task_id,
+                "failed",
+                status,
+                message=message or "task not found (never created, or expired)",
+                retryable=False,
+                failure="not_found",
+            )
+        if status not in _PENDING:
+            warn_unknown_status(self.api, status)
+        return self.status(kind, tts_task_id, "pending", status, message=message)
+
+    def submit_request(self, kind: Kind, fields: Mapping[str, Any]) -> ApiRequest:
+        what = f"revid_tts {kind} submit"
+        body = validate_fields(_FIELDS[kind], fields, what)
+        return ApiRequest(
+            "POST", f"{self.settings.api_base_url}/{_CREATE_PATHS[kind]}", what=what, json=body, idempotent=False
+        )
+
+    def parse_submit(self, kind: Kind, resp: ApiResponse) -> Submission:
+        what = f"revid_tts {kind} submit"
+        if not 200 <= resp.status < 300:
+            raise http_error(resp, what)
+        data = unwrap_single(json_body(resp, what), what)
+        task_id = data.get("task_id") if isinstance(data, dict) else None
+        if not isinstance(task_id, str):
+            raise TtsProtocolError(f"{what}: expected an object with a string 'task_id', got {excerpt(resp.body)}")
+        validate_task_id(task_id)
+        assert isinstance(data, dict)
+        # Some responses finish synchronously and already carry the audio: keep it.
+        if isinstance(data.get("status"), str) and data["status"] in _SUCCEEDED:
+            return Submission(task_id, self._status_from_body(kind, task_id, data, what))
+        return Submission(task_id)
+
+    def audio_request(self, status: TtsTaskStatus) -> ApiRequest:
+        url = status.audio_url or ""
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+            raise TtsProtocolError(
+                f"revid_tts task {status.tts_task_id!r}: refusing audio_url {url!r:.120}; expected http(s)"
+            )
+        # A storage host, not the API: the key must never go there.
+        return ApiRequest("GET", url, what=f"audio of revid_tts task {status.tts_task_id!r}", authenticated=False)
+
+    def probe_request(self) -> ApiRequest:
+        # An empty create body: the key is checked first (401/403), then the body is rejected
+        # (400/422), so no task is created and nothing is paid for.
+        return ApiRequest(
+            "POST",
+            f"{self.settings.api_base_url}/text-to-speech",
+            what="revid_tts API key check",
+            json={},
+            idempotent=False,
+        )

@@ -1,0 +1,103 @@
+"""Connection parsing: defaults, every accepted host form, and a clear error for each bad field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from airflow.sdk import Connection
+
+from airflow_provider_tts.connection import RetryPolicy, origin_of, parse_connection
+from airflow_provider_tts.exceptions import TtsConfigError
+from airflow_provider_tts.vendors import CambAi, RevidTts, vendor_class
+
+KEY = "sk-live-abcdef"
+
+
+def _settings(conn_type: str = "camb_ai", **kw: Any):  # type: ignore[no-untyped-def]
+    extra = kw.pop("extra", None)
+    conn = Connection(conn_id="c", conn_type=conn_type, password=kw.pop("password", KEY), extra=extra, **kw)
+    cls = vendor_class(conn_type, "c")
+    return parse_connection(
+        conn, default_api_base_url=cls.default_api_base_url, default_status_base_url=cls.default_status_base_url
+    )
+
+
+def test_defaults_per_vendor() -> None:
+    camb = _settings("camb_ai")
+    assert camb.api_base_url == camb.status_base_url == CambAi.default_api_base_url
+    assert camb.retry == RetryPolicy()
+    assert (camb.connect_timeout, camb.read_timeout) == (10.0, 60.0)
+    revid = _settings("revid_tts")
+    assert revid.api_base_url == RevidTts.default_api_base_url
+    assert revid.status_base_url == RevidTts.default_status_base_url
+
+
+def test_one_local_address_stands_in_for_every_base_url() -> None:
+    s = _settings(
+        "revid_tts", host="http://127.0.0.1:8123/paid/", extra='{"status_base_url": "http://127.0.0.1:8123/api"}'
+    )
+    assert s.api_base_url == "http://127.0.0.1:8123/paid"
+    assert s.status_base_url == "http://127.0.0.1:8123/api"
+    assert s.api_origins == {"http://127.0.0.1:8123"}
+
+
+def test_bare_host_gets_https_port_and_default_path() -> None:
+    assert _settings("camb_ai", host="client.camb.ai").api_base_url == "https://client.camb.ai/apis"
+    assert (
+        _settings("camb_ai", host="proxy.local", port=8443, schema="v1").api_base_url == "https://proxy.local:8443/v1"
+    )
+
+
+def test_extras_allowlisted_and_converted() -> None:
+    s = _settings(
+        "camb_ai",
+        extra='{"connect_timeout": "2.5", "read_timeout": 9, "max_retries": 2, "retry_backoff": 0, '
+        '"extra__camb_ai__retry_max_backoff": 4}',
+    )
+    assert (s.connect_timeout, s.read_timeout) == (2.5, 9.0)
+    assert s.retry == RetryPolicy(max_retries=2, backoff=0.0, max_backoff=4.0)
+
+
+def test_key_is_not_in_repr() -> None:
+    s = _settings()
+    assert KEY not in repr(s)
+    assert KEY not in str(s.api_key)
+    assert s.api_key.get_secret_value() == KEY
+
+
+def test_origins_make_default_ports_explicit() -> None:
+    assert origin_of("https://Client.Camb.ai/apis") == "https://client.camb.ai:443"
+    assert origin_of("http://127.0.0.1:9/x") == "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(
+    ("conn_type", "kw", "fragment"),
+    [
+        ("camb_ai", {"password": ""}, "no API key"),
+        ("camb_ai", {"password": "   "}, "no API key"),
+        ("camb_ai", {"extra": '{"headers": {"x": "y"}}'}, "unknown extra 'headers'"),
+        ("camb_ai", {"extra": '{"status_base_url": "http://x"}'}, "unknown extra 'status_base_url'"),
+        ("revid_tts", {"extra": '{"proxies": "http://evil"}'}, "unknown extra 'proxies'"),
+        ("camb_ai", {"extra": '{"max_retries": 100}'}, "max_retries"),
+        ("camb_ai", {"extra": '{"max_retries": 1.5}'}, "max_retries"),
+        ("camb_ai", {"extra": '{"read_timeout": "fast"}'}, "read_timeout"),
+        ("camb_ai", {"extra": '{"read_timeout": 0}'}, "read_timeout"),
+        ("camb_ai", {"extra": '{"connect_timeout": true}'}, "connect_timeout"),
+        ("camb_ai", {"host": "ftp://files.example.com/apis"}, "http:// or https://"),
+        ("camb_ai", {"host": "file:///etc/passwd"}, "http:// or https://"),
+        ("camb_ai", {"host": "http://user:pw@host/apis"}, "credentials"),
+        ("camb_ai", {"host": "http://host/apis?x=1"}, "query"),
+        ("camb_ai", {"port": 8080}, "port but no host"),
+        ("revid_tts", {"extra": '{"status_base_url": "gopher://x"}'}, "status_base_url"),
+    ],
+)
+def test_bad_connections_fail_clearly(conn_type: str, kw: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(TtsConfigError) as info:
+        _settings(conn_type, **kw)
+    assert fragment in str(info.value)
+
+
+def test_unknown_connection_type() -> None:
+    with pytest.raises(TtsConfigError, match="expected one of camb_ai, revid_tts"):
+        vendor_class("http", "c")

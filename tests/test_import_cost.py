@@ -1,0 +1,40 @@
+"""DAG-parse cost: the modules a DAG file imports must not pull in aiohttp or the emulator.
+
+The scheduler's DAG processor imports every DAG file over and over; the async client is only
+needed inside the triggerer, and the emulator only in tests and demos.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+PARSE_TIME_MODULES = [
+    "airflow_provider_tts",
+    "airflow_provider_tts.hooks.tts",
+    "airflow_provider_tts.sensors.tts",
+    "airflow_provider_tts.operators.tts",
+]
+
+PROBE = """
+import sys
+import airflow.sdk  # what any DAG file already pays for
+before = set(sys.modules)
+import {module}
+added = set(sys.modules) - before
+heavy = sorted(m for m in added if m.split('.')[0] == 'aiohttp' or m.startswith('airflow_provider_tts.emulator'))
+print(heavy)
+"""
+
+
+@pytest.mark.parametrize("module", PARSE_TIME_MODULES)
+def test_module_does_not_import_aiohttp_or_emulator(module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is added by a later issue")
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(module=module)], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
