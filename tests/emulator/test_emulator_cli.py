@@ -1,0 +1,153 @@
+"""The command line: start, announce the address, serve, stop cleanly on SIGINT/SIGTERM; standalone import."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from airflow_provider_tts.emulator import DEFAULT_API_KEY
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+class Cli:
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "airflow_provider_tts.emulator", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        assert self.proc.stdout is not None
+        self.first_line = self.proc.stdout.readline().strip()
+        self.stderr = ""
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            if self.proc.stderr is not None and not self.proc.stderr.closed:
+                self.stderr = self.proc.stderr.read()
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+@pytest.fixture
+def cli() -> Iterator[list[Cli]]:
+    started: list[Cli] = []
+    yield started
+    for process in started:
+        process.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_starts_announces_and_stops(cli: list[Cli], sig: signal.Signals) -> None:
+    proc = Cli("--delay", "0")
+    cli.append(proc)
+    match = re.fullmatch(r"TTS emulator listening on (http://127\.0\.0\.1:\d+)", proc.first_line)
+    assert match, proc.first_line
+    url = match.group(1)
+    assert proc.proc.stdout is not None
+    assert proc.proc.stdout.readline().strip() == f"camb_ai connection host: {url}/apis"
+    assert f"{url}/paid" in proc.proc.stdout.readline()
+    assert requests.get(f"{url}/_emulator/health").json()["ok"] is True
+    created = requests.post(f"{url}/paid/text-to-speech", json={"text": "cli"}, headers={"x-api-key": DEFAULT_API_KEY})
+    assert created.status_code == 202
+    assert requests.get(f"{url}/api/get/{created.json()['task_id']}").json()["status"] == "completed"
+    assert proc.stop(sig) == 0
+    assert "Traceback" not in proc.stderr
+
+
+def test_print_json_custom_key_and_faults(cli: list[Cli]) -> None:
+    proc = Cli(
+        "--print-json",
+        "--api-key",
+        "sk-cli",
+        "--fault-rate",
+        "1",
+        "--fault-kinds",
+        "503",
+        "--fault-endpoints",
+        "status",
+        "--seed",
+        "1",
+        "--camb-tts-format",
+        "wav",
+        "--uvloop",
+    )
+    cli.append(proc)
+    info = json.loads(proc.first_line)
+    url = info["url"]
+    assert info["camb_base_url"] == f"{url}/apis"
+    assert info["revid_base_url"] == f"{url}/paid"
+    assert info["revid_status_base_url"] == f"{url}/api"
+    assert requests.get(f"{url}/apis/tts/x", headers={"x-api-key": DEFAULT_API_KEY}).status_code == 503
+    created = requests.post(
+        f"{url}/apis/tts", json={"text": "x", "voice_id": 1, "language": 1}, headers={"x-api-key": "sk-cli"}
+    )
+    assert created.status_code == 200  # create is not a faulted endpoint
+    config = requests.get(f"{url}/_emulator/config").json()
+    assert config["camb_tts_format"] == "wav"
+    assert config["faults"]["kinds"] == ["503"]
+    assert proc.stop() == 0
+
+
+def test_bad_arguments_fail_fast() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_tts.emulator", "--fault-kinds", "boom"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "boom" in done.stderr
+
+
+def test_help_names_the_default_key() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_tts.emulator", "--help"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert DEFAULT_API_KEY in done.stdout
+
+
+def test_emulator_imports_neither_airflow_nor_the_provider() -> None:
+    code = (
+        "import sys, airflow_provider_tts.emulator.__main__\n"
+        "bad = sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')\n"
+        "             or (m.startswith('airflow_provider_tts.')\n"
+        "                 and not m.startswith('airflow_provider_tts.emulator'))\n"
+        "             or m.split('.')[0] in ('requests', 'pydantic', 'tenacity'))\n"
+        "print(bad)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=30, check=True
+    )
+    assert done.stdout.strip() == "[]"
