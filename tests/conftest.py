@@ -10,3 +10,61 @@ _HOME = Path(tempfile.gettempdir()) / f"airflow-provider-tts-tests-{os.getuid()}
 _HOME.mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("AIRFLOW_HOME", str(_HOME))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+
+import json  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+#: A recognisable key: tests search logs and requests for it.
+TEST_KEY = "sk-TEST-7f3a9c-never-log-me"
+
+#: (api, kind) pairs the vendors support, and the create fields each needs.
+PAIRS = [("camb_ai", "tts"), ("camb_ai", "text-to-sound"), ("revid_tts", "tts"), ("revid_tts", "srt-to-speech")]
+FIELDS: dict[str, dict[str, Any]] = {
+    "camb_ai/tts": {"text": "Hello from the emulator", "voice_id": 20303, "language": 1},
+    "camb_ai/text-to-sound": {"prompt": "gentle rain on a tin roof", "duration": 2},
+    "revid_tts/tts": {"text": "Hello from the emulator", "engine": "edge"},
+    "revid_tts/srt-to-speech": {
+        "subtitles": [
+            {"index": 1, "start": "00:00:00,000", "end": "00:00:01,000", "text": "Hello"},
+            {"index": 2, "start": "00:00:01,200", "end": "00:00:02,000", "text": "again"},
+        ]
+    },
+}
+
+
+@pytest.fixture
+def emu() -> Iterator[Any]:
+    """A fresh emulator per test, on a free loopback port, tasks finishing after 0.3 s."""
+    from airflow_provider_tts.emulator import Emulator, EmulatorConfig
+
+    with Emulator(api_key=TEST_KEY, config=EmulatorConfig(default_delay=0.3)) as emulator:
+        yield emulator
+
+
+ConnFactory = Callable[..., str]
+
+
+@pytest.fixture
+def make_conn(emu: Any, monkeypatch: pytest.MonkeyPatch) -> ConnFactory:
+    """Define an Airflow connection to the emulator (env var) and return its id."""
+    counter = iter(range(1_000_000))
+
+    def make(api: str, *, key: str = TEST_KEY, **extra: Any) -> str:
+        conn_id = f"{api}_test_{next(counter)}"
+        extra = {"retry_backoff": 0.01, "retry_max_backoff": 2, "read_timeout": 5, **extra}
+        if api == "camb_ai":
+            host = emu.camb_base_url
+        else:
+            host = emu.revid_base_url
+            extra.setdefault("status_base_url", emu.revid_status_base_url)
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{conn_id.upper()}",
+            json.dumps({"conn_type": api, "host": host, "password": key, "extra": extra}),
+        )
+        return conn_id
+
+    return make

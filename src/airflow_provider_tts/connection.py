@@ -34,6 +34,15 @@ class RetryPolicy:
     backoff: float = 1.0
     max_backoff: float = 60.0
 
+    def __post_init__(self) -> None:
+        retries = self.max_retries
+        if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 20:
+            raise TtsConfigError(f"max_retries must be an integer from 0 to 20, got {retries!r}")
+        for name in ("backoff", "max_backoff"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 3600:
+                raise TtsConfigError(f"retry {name} must be a number of seconds from 0 to 3600, got {value!r}")
+
 
 @dataclass(frozen=True)
 class ConnectionSettings:

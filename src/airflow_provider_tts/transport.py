@@ -17,6 +17,7 @@ retried like a 502 would be. What they share is here once:
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,7 +30,6 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 
 from airflow_provider_tts import __version__
@@ -85,10 +85,11 @@ def is_retryable(exc: BaseException, idempotent: bool) -> bool:
 
 
 def _wait_strategy(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
-    backoff = wait_exponential_jitter(initial=policy.backoff, max=policy.max_backoff, jitter=policy.backoff)
+    """Exponential backoff with jitter, stretched to the vendor's ``Retry-After``, capped."""
 
     def wait(state: RetryCallState) -> float:
-        seconds = backoff(state)
+        exponent = min(state.attempt_number - 1, 30)
+        seconds = policy.backoff * 2**exponent + random.uniform(0, policy.backoff)
         exc = state.outcome.exception() if state.outcome else None
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
@@ -293,34 +294,93 @@ def _aiohttp_error(exc: BaseException, req: ApiRequest) -> TtsConnectionError:
     return TtsConnectionError(f"{req.what}: {label}: {str(exc)[:300]}", request_sent=not before_send)
 
 
-class AsyncTransport:
-    """Non-blocking HTTP through one lazily created, reused ``aiohttp.ClientSession``.
+def _new_client_session(settings: ConnectionSettings) -> aiohttp.ClientSession:
+    import aiohttp
 
-    The session belongs to the event loop it was created in; :meth:`aclose` must be awaited there
-    (the trigger does so in ``finally``, which also runs on cancellation).
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
+        ),
+        headers={"User-Agent": USER_AGENT},
+        # No cookies: a shared session must not carry one caller's state into another's requests.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        connector=aiohttp.TCPConnector(limit=SHARED_POOL_LIMIT, keepalive_timeout=60),
+    )
+
+
+#: Connections one async session keeps open at most; idle ones are reused across polls.
+SHARED_POOL_LIMIT = 64
+
+
+class _SessionPool:
+    """One ``aiohttp.ClientSession`` per (event loop, client identity), shared by every wait in it.
+
+    A triggerer runs thousands of waits in one event loop; a session each would hold a keep-alive
+    socket each (thousands of file descriptors, a TCP and TLS handshake per wait). Sharing one pool
+    keeps the connection count bounded by :data:`SHARED_POOL_LIMIT` while still reusing connections
+    across polls. The key is never in the session: it travels as a per-request header, and the
+    session has no cookie jar, so nothing one connection's requests carry leaks into another's.
+    The identity includes the timeouts because they are session settings. Reference-counted: the
+    last waiter to leave closes the session. ``benchmarks/trigger_scale.py`` measures this choice
+    against one session per wait.
     """
 
-    def __init__(self, settings: ConnectionSettings) -> None:
+    def __init__(self) -> None:
+        self._entries: dict[tuple[object, ...], list[Any]] = {}
+
+    def acquire(self, settings: ConnectionSettings) -> tuple[tuple[object, ...], aiohttp.ClientSession]:
+        import asyncio
+
+        key = (asyncio.get_running_loop(), settings.connect_timeout, settings.read_timeout)
+        entry = self._entries.get(key)
+        if entry is None or entry[0].closed:
+            entry = self._entries[key] = [_new_client_session(settings), 0]
+        entry[1] += 1
+        return key, entry[0]
+
+    async def release(self, key: tuple[object, ...]) -> None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self._entries[key]
+            await entry[0].close()
+
+
+SESSION_POOL = _SessionPool()
+
+
+class AsyncTransport:
+    """Non-blocking HTTP through a reused ``aiohttp.ClientSession``.
+
+    :param shared: take the session from the per-event-loop :data:`SESSION_POOL` (the default,
+        chosen by measurement) rather than owning one. Either way one session serves every call of
+        this transport, so polls reuse keep-alive connections; :meth:`aclose` must be awaited in
+        the same event loop (the trigger does so in ``finally``, which also runs on cancellation).
+    """
+
+    def __init__(self, settings: ConnectionSettings, *, shared: bool = True) -> None:
         self.settings = settings
+        self.shared = shared
         self._session: aiohttp.ClientSession | None = None
+        self._pool_key: tuple[object, ...] | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            import aiohttp
-
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=self.settings.connect_timeout, sock_read=self.settings.read_timeout
-                ),
-                headers={"User-Agent": USER_AGENT},
-                connector=aiohttp.TCPConnector(limit=32, keepalive_timeout=60),
-            )
+            if self.shared:
+                self._pool_key, self._session = SESSION_POOL.acquire(self.settings)
+            else:
+                self._session = _new_client_session(self.settings)
         return self._session
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool_key is not None:
+            key, self._pool_key, self._session = self._pool_key, None, None
+            await SESSION_POOL.release(key)
+        elif self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
 
     async def _read_once(self, req: ApiRequest) -> ApiResponse:
         import aiohttp

@@ -242,6 +242,8 @@ def test_revid_listed_variants(body: dict[str, Any], expected: dict[str, Any]) -
         (resp(404, {"detail": "Not Found"}), TtsRejectedRequestError, "Not Found"),
         (resp(401, {"error": "bad key", "status": 401}), TtsAuthError, "bad key"),
         (resp(429, {"status": "error", "code": 429}, retry_after="1"), TtsRateLimitError, "429"),
+        (resp(500, {"code": 500, "status": "error", "message": "Internal Server Error"}), TtsServerError, "500"),
+        (resp(404, {"code": 404, "status": "not_found", "task_id": "other"}), TtsRejectedRequestError, "404"),
     ],
 )
 def test_revid_errors_name_what_arrived(response: ApiResponse, error: type[Exception], fragment: str) -> None:

@@ -9,6 +9,7 @@ methods behave exactly alike.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,10 @@ class TtsHook(BaseHook):
 
     :param tts_conn_id: an Airflow connection of type ``camb_ai`` or ``revid_tts``; the password
         is the API key, the host an optional base URL (the emulator's address, for example).
+    :param retry: overrides of the connection's retry settings for this hook's requests
+        (``max_retries``, ``backoff``, ``max_backoff``), e.g. from a trigger's kwargs.
+    :param shared_session: async calls take their ``aiohttp`` session from a pool shared by every
+        hook in the same event loop (see ``transport._SessionPool``); False gives this hook its own.
     """
 
     conn_name_attr = "tts_conn_id"
@@ -46,11 +51,25 @@ class TtsHook(BaseHook):
     conn_type = "camb_ai"
     hook_name = "Text-to-speech job API (Camb.ai, RevidAPI)"
 
-    def __init__(self, tts_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        tts_conn_id: str = default_conn_name,
+        *,
+        retry: Mapping[str, Any] | None = None,
+        shared_session: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if not isinstance(tts_conn_id, str) or not tts_conn_id.strip():
             raise TtsConfigError(f"tts_conn_id must be a non-empty string, got {tts_conn_id!r}")
         self.tts_conn_id = tts_conn_id
+        self.retry_overrides = dict(retry or {})
+        unknown = set(self.retry_overrides) - {"max_retries", "backoff", "max_backoff"}
+        if unknown:
+            raise TtsConfigError(
+                f"unknown retry settings {sorted(unknown)}; expected max_retries, backoff, max_backoff"
+            )
+        self.shared_session = shared_session
         self._vendor: Vendor | None = None
         self._async_transport: AsyncTransport | None = None
         # Tasks a vendor finished synchronously at submit time: their audio must not be lost even
@@ -67,6 +86,8 @@ class TtsHook(BaseHook):
             default_status_base_url=cls.default_status_base_url,
         )
         _mask(settings.api_key.get_secret_value())
+        if self.retry_overrides:
+            settings = replace(settings, retry=replace(settings.retry, **self.retry_overrides))
         return cls(settings)
 
     @property
@@ -93,7 +114,7 @@ class TtsHook(BaseHook):
 
     async def _async(self) -> AsyncTransport:
         if self._async_transport is None:
-            self._async_transport = AsyncTransport((await self.avendor()).settings)
+            self._async_transport = AsyncTransport((await self.avendor()).settings, shared=self.shared_session)
         return self._async_transport
 
     def get_conn(self) -> requests.Session:

@@ -131,9 +131,9 @@ class RevidTts(Vendor):
             raise http_error(resp, what)
         data = unwrap_single(json_body(resp, what), what)
         is_state = isinstance(data, dict) and isinstance(data.get("status"), str) and data["status"]
-        # A non-2xx body is a task state only when it looks like one (status plus code or task_id);
-        # otherwise it is a server error page that happens to be JSON.
-        if not is_state or (resp.status >= 300 and not ({"code", "task_id"} & data.keys())):
+        # A non-2xx body is a task state only when it names this task, as every documented one
+        # does; a bare {"code": 500, "status": "error"} is the server failing, not the task.
+        if not is_state or (resp.status >= 300 and data.get("task_id") != tts_task_id):
             if resp.status >= 300:
                 raise http_error(resp, what)
             raise TtsProtocolError(f"{what}: expected an object with a string 'status', got {excerpt(resp.body)}")
