@@ -8,7 +8,7 @@ fix the configuration, or give up on the remote task.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
@@ -43,7 +43,11 @@ class TtsError(AirflowException):
         self.vendor_status = vendor_status
 
 
-class TtsConfigError(TtsError, ValueError):
+class TtsPermanentError(TtsError, AirflowFailException):
+    """An error that retrying the Airflow task cannot fix; it fails the task without using up retries."""
+
+
+class TtsConfigError(TtsPermanentError, ValueError):
     """A connection, argument or template value is unusable; raised before any request is sent."""
 
 
@@ -58,11 +62,11 @@ class TtsApiError(TtsError):
     transient: bool = False
 
 
-class TtsAuthError(TtsApiError):
+class TtsAuthError(TtsApiError, TtsPermanentError):
     """401/403: the API key is missing, wrong, or lacks permission. Retrying cannot help."""
 
 
-class TtsRejectedRequestError(TtsApiError):
+class TtsRejectedRequestError(TtsApiError, TtsPermanentError):
     """400/404/422: the vendor rejected the request itself (bad field, unknown id)."""
 
 
@@ -71,8 +75,15 @@ class TtsRateLimitError(TtsApiError):
 
     transient = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        vendor_status: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, http_status=http_status, vendor_status=vendor_status)
         self.retry_after = retry_after
 
 
@@ -81,8 +92,15 @@ class TtsServerError(TtsApiError):
 
     transient = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        vendor_status: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, http_status=http_status, vendor_status=vendor_status)
         self.retry_after = retry_after
 
 
@@ -94,8 +112,15 @@ class TtsConnectionError(TtsError):
         then, because otherwise the vendor may already have created, and charged for, a task.
     """
 
-    def __init__(self, message: str, *, request_sent: bool) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        vendor_status: str | None = None,
+        request_sent: bool = True,
+    ) -> None:
+        super().__init__(message, http_status=http_status, vendor_status=vendor_status)
         self.request_sent = request_sent
 
 
@@ -134,7 +159,7 @@ class TtsTaskFailedError(TtsError):
         return TtsPermanentTaskFailedError(message + " (retrying cannot fix this)", status=status)
 
 
-class TtsPermanentTaskFailedError(TtsTaskFailedError, AirflowFailException):
+class TtsPermanentTaskFailedError(TtsTaskFailedError, TtsPermanentError):
     """A failure that retrying cannot fix (no credits, rejected content, vendor time limit, gone task).
 
     Being an ``AirflowFailException``, it fails the Airflow task without using up its retries.
@@ -143,3 +168,50 @@ class TtsPermanentTaskFailedError(TtsTaskFailedError, AirflowFailException):
 
 class TtsWaitTimeoutError(TtsError):
     """The task was still pending when the wait's deadline passed."""
+
+
+def error_event(exc: BaseException) -> dict[str, Any]:
+    """A trigger event for an error, as plain values; :func:`error_from_event` rebuilds the exception.
+
+    Unexpected exceptions (bugs) become events too, so a wait ends with a clear error instead of
+    crashing the triggerer.
+    """
+    known = isinstance(exc, TtsError)
+    return {
+        "status": "error",
+        "error_type": type(exc).__name__ if known else "TtsError",
+        "message": str(exc) if known else f"unexpected {type(exc).__name__} while waiting: {exc}",
+        "http_status": getattr(exc, "http_status", None),
+        "vendor_status": getattr(exc, "vendor_status", None),
+        "retryable": not isinstance(exc, TtsPermanentError),
+    }
+
+
+def error_from_event(event: dict[str, Any]) -> TtsError:
+    """The exception an ``error`` event stands for, of the same class the sync path would raise."""
+    classes = {cls.__name__: cls for cls in _event_error_classes()}
+    cls = classes.get(str(event.get("error_type")), TtsError)
+    if cls is TtsError and event.get("retryable") is False:
+        cls = TtsPermanentError
+    return cls(
+        str(event.get("message") or "the wait ended with an error"),
+        http_status=event.get("http_status"),
+        vendor_status=event.get("vendor_status"),
+    )
+
+
+def _event_error_classes() -> list[type[TtsError]]:
+    return [
+        TtsError,
+        TtsPermanentError,
+        TtsConfigError,
+        TtsInvalidRequestError,
+        TtsApiError,
+        TtsAuthError,
+        TtsRejectedRequestError,
+        TtsRateLimitError,
+        TtsServerError,
+        TtsConnectionError,
+        TtsProtocolError,
+        TtsSubmitUncertainError,
+    ]

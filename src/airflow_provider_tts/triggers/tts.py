@@ -1,0 +1,184 @@
+"""TtsTaskTrigger: wait for a remote text-to-speech task inside the triggerer, without a worker slot.
+
+What the trigger row in the metadata database holds (``serialize()``) is plain values only: the
+connection id, never the key; an absolute wall-clock deadline and start time, so a trigger that is
+re-created on another triggerer after a crash neither resets nor loses its deadline or its poll
+schedule. Inside ``run()`` everything is non-blocking: the connection is resolved asynchronously,
+polls go through the hook's async path on a pooled session, and transient failures are retried by
+the hook's policy. The trigger yields exactly one event and returns.
+
+Events (``event["status"]``):
+
+* ``success`` — ``task_status`` is the succeeded :class:`TtsTaskStatus` as a dict;
+* ``failed`` — the task failed; ``task_status`` has the vendor status, message and ``retryable``;
+* ``timeout`` — still pending at the deadline; ``task_status`` is the last status seen, if any;
+* ``error`` — the wait itself failed (bad key, too many consecutive errors); see
+  :func:`airflow_provider_tts.exceptions.error_event`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_tts.exceptions import (
+    TtsError,
+    TtsTaskFailedError,
+    TtsWaitTimeoutError,
+    error_event,
+    error_from_event,
+)
+from airflow_provider_tts.status import TtsTaskStatus
+from airflow_provider_tts.transport import is_retryable
+from airflow_provider_tts.waiting import StatusChangeLog, WaitPolicy
+
+
+class TtsTaskTrigger(BaseTrigger):
+    """Poll a remote task until it succeeds, fails, or the deadline passes.
+
+    :param tts_conn_id: connection (``camb_ai`` or ``revid_tts``) resolved inside the triggerer.
+    :param tts_task_id: the vendor's task id.
+    :param kind: ``tts``, ``text-to-sound`` (Camb.ai) or ``srt-to-speech`` (RevidAPI).
+    :param deadline: wall-clock epoch seconds after which a still-pending task is a ``timeout``;
+        None waits until the task ends (the sensor always passes one).
+    :param started_at: wall-clock epoch seconds when the wait began; drives the poll schedule and
+        the not-found grace period, and survives re-creation of the trigger.
+    :param poll_interval: see :class:`~airflow_provider_tts.waiting.WaitPolicy`.
+    :param slow_poll_interval: see :class:`~airflow_provider_tts.waiting.WaitPolicy`.
+    :param slow_after: see :class:`~airflow_provider_tts.waiting.WaitPolicy`.
+    :param not_found_grace: see :class:`~airflow_provider_tts.waiting.WaitPolicy`.
+    :param max_consecutive_errors: see :class:`~airflow_provider_tts.waiting.WaitPolicy`.
+    :param retry: overrides of the connection's per-request retry settings (``max_retries``,
+        ``backoff``, ``max_backoff``), carried here so they are not lost on the way in.
+    """
+
+    def __init__(
+        self,
+        *,
+        tts_conn_id: str,
+        tts_task_id: str,
+        kind: str = "tts",
+        deadline: float | None = None,
+        started_at: float | None = None,
+        poll_interval: float = WaitPolicy.poll_interval,
+        slow_poll_interval: float = WaitPolicy.slow_poll_interval,
+        slow_after: float = WaitPolicy.slow_after,
+        not_found_grace: float = WaitPolicy.not_found_grace,
+        max_consecutive_errors: int = WaitPolicy.max_consecutive_errors,
+        retry: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.tts_conn_id = tts_conn_id
+        self.tts_task_id = tts_task_id
+        self.kind = kind
+        self.deadline = float(deadline) if deadline is not None else None
+        self.started_at = float(started_at) if started_at is not None else time.time()
+        self.policy = WaitPolicy(
+            poll_interval=poll_interval,
+            slow_poll_interval=slow_poll_interval,
+            slow_after=slow_after,
+            not_found_grace=not_found_grace,
+            max_consecutive_errors=max_consecutive_errors,
+        )
+        self.retry = dict(retry) if retry else None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "tts_conn_id": self.tts_conn_id,
+                "tts_task_id": self.tts_task_id,
+                "kind": self.kind,
+                "deadline": self.deadline,
+                "started_at": self.started_at,
+                **self.policy.to_kwargs(),
+                "retry": self.retry,
+            },
+        )
+
+    def _hook(self) -> Any:
+        # Imported here: the trigger module is imported at DAG-parse time by the sensor.
+        from airflow_provider_tts.hooks.tts import TtsHook
+
+        return TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = self._hook()
+        try:
+            event = await self._wait(hook)
+        finally:
+            await hook.aclose()  # also on cancellation: the pooled session is released
+        yield TriggerEvent(event)
+
+    async def _wait(self, hook: Any) -> dict[str, Any]:
+        changes = StatusChangeLog(self.log, f"{self.kind} task {self.tts_task_id}")
+        last: TtsTaskStatus | None = None
+        errors = 0
+        while True:
+            elapsed = time.time() - self.started_at
+            try:
+                status: TtsTaskStatus = await hook.aget_task_status(self.tts_task_id, self.kind)
+            except Exception as exc:
+                if not (isinstance(exc, TtsError) and is_retryable(exc, idempotent=True)):
+                    self.log.error("Waiting for %s task %s failed: %s", self.kind, self.tts_task_id, exc)
+                    return {**error_event(exc), "tts_task_id": self.tts_task_id}
+                errors += 1
+                if errors > self.policy.max_consecutive_errors:
+                    message = f"{errors} polls in a row failed after retries; last error: {exc}"
+                    self.log.error("Giving up on %s task %s: %s", self.kind, self.tts_task_id, message)
+                    return {**error_event(exc), "message": message, "tts_task_id": self.tts_task_id}
+                self.log.warning("Poll %d failed (%s); polling again later", errors, exc)
+            else:
+                errors = 0
+                last = status
+                changes.seen(status, elapsed)
+                verdict = self.policy.verdict(status, elapsed)
+                if verdict != "wait":
+                    event_status = "success" if verdict == "succeeded" else "failed"
+                    return {"status": event_status, "tts_task_id": self.tts_task_id, "task_status": status.to_xcom()}
+            now = time.time()
+            if self.deadline is not None and now >= self.deadline:
+                return {
+                    "status": "timeout",
+                    "tts_task_id": self.tts_task_id,
+                    "message": (
+                        f"{self.kind} task {self.tts_task_id} still "
+                        f"{last.vendor_status if last else 'unknown'} after {now - self.started_at:.0f} s"
+                    ),
+                    "task_status": last.to_xcom() if last else None,
+                }
+            delay = self.policy.interval(now - self.started_at)
+            if self.deadline is not None:
+                delay = min(delay, max(0.0, self.deadline - now))
+            await asyncio.sleep(delay)
+
+
+def status_from_event(event: dict[str, Any] | None, tts_task_id: str) -> TtsTaskStatus:
+    """The succeeded status an event carries, or the exception it stands for.
+
+    Every caller that defers to :class:`TtsTaskTrigger` validates its event here, so all of them
+    treat events alike: a missing or unknown event is an error, never a silent success; a
+    ``timeout`` is :class:`TtsWaitTimeoutError` (the sensor turns it into ``AirflowSensorTimeout``).
+    """
+    if not isinstance(event, dict) or "status" not in event:
+        raise TtsError(f"waiting for task {tts_task_id!r} resumed with no usable event: {event!r:.200}")
+    kind = event["status"]
+    if kind == "error":
+        raise error_from_event(event)
+    if kind == "timeout":
+        raise TtsWaitTimeoutError(str(event.get("message") or f"task {tts_task_id!r} did not finish in time"))
+    if kind in ("success", "failed"):
+        try:
+            status = TtsTaskStatus.from_xcom(event.get("task_status"))
+        except ValueError as exc:
+            raise TtsError(f"waiting for task {tts_task_id!r} resumed with a malformed status: {exc}") from None
+        if kind == "failed" and status.state == "failed":
+            raise TtsTaskFailedError.for_status(status)
+        if kind == "success" and status.state == "succeeded":
+            return status
+        raise TtsError(f"event {kind!r} disagrees with the status it carries ({status.state})")
+    raise TtsError(f"waiting for task {tts_task_id!r} resumed with an unknown event status {kind!r}")
