@@ -25,16 +25,9 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_tts.exceptions import (
-    TtsError,
-    TtsTaskFailedError,
-    TtsWaitTimeoutError,
-    error_event,
-    error_from_event,
-)
+from airflow_provider_tts.exceptions import TtsError, TtsTaskFailedError, TtsWaitTimeoutError, error_from_event
 from airflow_provider_tts.status import TtsTaskStatus
-from airflow_provider_tts.transport import is_retryable
-from airflow_provider_tts.waiting import StatusChangeLog, WaitPolicy
+from airflow_provider_tts.waiting import Waiter, WaitPolicy
 
 
 class TtsTaskTrigger(BaseTrigger):
@@ -115,45 +108,24 @@ class TtsTaskTrigger(BaseTrigger):
         yield TriggerEvent(event)
 
     async def _wait(self, hook: Any) -> dict[str, Any]:
-        changes = StatusChangeLog(self.log, f"{self.kind} task {self.tts_task_id}")
-        last: TtsTaskStatus | None = None
-        errors = 0
+        waiter = Waiter(
+            self.policy,
+            tts_task_id=self.tts_task_id,
+            kind=self.kind,
+            started_at=self.started_at,
+            deadline=self.deadline,
+            logger=self.log,
+        )
         while True:
-            elapsed = time.time() - self.started_at
             try:
-                status: TtsTaskStatus = await hook.aget_task_status(self.tts_task_id, self.kind)
-            except Exception as exc:
-                if not (isinstance(exc, TtsError) and is_retryable(exc, idempotent=True)):
-                    self.log.error("Waiting for %s task %s failed: %s", self.kind, self.tts_task_id, exc)
-                    return {**error_event(exc), "tts_task_id": self.tts_task_id}
-                errors += 1
-                if errors > self.policy.max_consecutive_errors:
-                    message = f"{errors} polls in a row failed after retries; last error: {exc}"
-                    self.log.error("Giving up on %s task %s: %s", self.kind, self.tts_task_id, message)
-                    return {**error_event(exc), "message": message, "tts_task_id": self.tts_task_id}
-                self.log.warning("Poll %d failed (%s); polling again later", errors, exc)
-            else:
-                errors = 0
-                last = status
-                changes.seen(status, elapsed)
-                verdict = self.policy.verdict(status, elapsed)
-                if verdict != "wait":
-                    event_status = "success" if verdict == "succeeded" else "failed"
-                    return {"status": event_status, "tts_task_id": self.tts_task_id, "task_status": status.to_xcom()}
-            now = time.time()
-            if self.deadline is not None and now >= self.deadline:
-                return {
-                    "status": "timeout",
-                    "tts_task_id": self.tts_task_id,
-                    "message": (
-                        f"{self.kind} task {self.tts_task_id} still "
-                        f"{last.vendor_status if last else 'unknown'} after {now - self.started_at:.0f} s"
-                    ),
-                    "task_status": last.to_xcom() if last else None,
-                }
-            delay = self.policy.interval(now - self.started_at)
-            if self.deadline is not None:
-                delay = min(delay, max(0.0, self.deadline - now))
+                event = waiter.on_status(await hook.aget_task_status(self.tts_task_id, self.kind))
+            except Exception as exc:  # a bug must end the wait with an event, not crash the triggerer
+                event = waiter.on_error(exc)
+            if event is not None:
+                return event
+            delay = waiter.next_delay()
+            if delay is None:
+                return waiter.timeout_event()
             await asyncio.sleep(delay)
 
 
