@@ -1,0 +1,1 @@
+"""Tests of the local Airflow deployment harness (tools/local_airflow.py)."""

@@ -1,0 +1,1 @@
+"""Developer tooling for this repository (not part of the published provider package)."""
