@@ -1,0 +1,157 @@
+"""Deferrable waits on a real Airflow 3.3: no worker slot held, and a SIGKILLed triggerer loses nothing.
+
+One executor slot (``[core] parallelism = 1``), 20 deferrable sensors on emulator tasks that take
+30 s each. If waiting held the slot, the sensors would run one after another: at least 20 x 30 s.
+They finish in a fraction of that, which is only possible when deferred waits hold no slot. Midway,
+the triggerer is SIGKILLed and a new one started: every wait still completes, and a sensor with a
+45 s timeout still times out 45 s after it started, not 45 s after the restart.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from airflow_provider_tts.emulator import Emulator, EmulatorConfig
+from tests.conftest import TEST_KEY
+from tools.local_airflow import LocalAirflow
+
+pytestmark = pytest.mark.slow
+
+SENSORS = 20
+TASK_SECONDS = 30
+TIMEOUT_SECONDS = 45
+
+DAG_FILE = """
+import pendulum
+from airflow.sdk import DAG, task
+from airflow_provider_tts.sensors.tts import TtsTaskSensor
+
+with DAG("tts_many_waits", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False,
+         max_active_tasks=64):
+
+    @task
+    def task_ids(params=None):
+        return [[t["conn"], t["kind"], t["id"]] for t in params["tasks"]]
+
+    @task
+    def unpack(item):
+        return {"tts_conn_id": item[0], "kind": item[1], "tts_task_id": item[2]}
+
+    TtsTaskSensor.partial(task_id="wait", deferrable=True, timeout=600).expand_kwargs(
+        unpack.expand(item=task_ids())
+    )
+
+with DAG("tts_wait_timeout", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False):
+    TtsTaskSensor(task_id="wait", tts_conn_id="camb_real", tts_task_id="{{ params.task }}", deferrable=True,
+                  timeout=__TIMEOUT__, retries=0, params={"task": ""})
+""".replace("__TIMEOUT__", str(TIMEOUT_SECONDS))
+
+
+def _log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+def _when(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[Emulator]:
+    with Emulator(api_key=TEST_KEY, config=EmulatorConfig(default_delay=TASK_SECONDS)) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory: pytest.TempPathFactory, emulator: Emulator) -> Iterator[LocalAirflow]:
+    root = tmp_path_factory.mktemp("real-airflow")
+    dags = root / "dags"
+    dags.mkdir()
+    (dags / "tts_waits.py").write_text(textwrap.dedent(DAG_FILE))
+    conns = {
+        "AIRFLOW_CONN_CAMB_REAL": {"conn_type": "camb_ai", "host": emulator.camb_base_url, "password": TEST_KEY},
+        "AIRFLOW_CONN_REVID_REAL": {
+            "conn_type": "revid_tts",
+            "host": emulator.revid_base_url,
+            "password": TEST_KEY,
+            "extra": {"status_base_url": emulator.revid_status_base_url},
+        },
+    }
+    env = {name: json.dumps(value) for name, value in conns.items()}
+    deployment = LocalAirflow(root / "home", dags, parallelism=1, env=env, log=_log)
+    try:
+        deployment.start(timeout=240)
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+def test_deferred_waits_hold_no_slot_and_survive_a_triggerer_kill(airflow: LocalAirflow, emulator: Emulator) -> None:
+    airflow.wait_for_dag("tts_many_waits")
+    airflow.wait_for_dag("tts_wait_timeout")
+    pairs = [
+        ("camb_real", "tts"),
+        ("camb_real", "text-to-sound"),
+        ("revid_real", "tts"),
+        ("revid_real", "srt-to-speech"),
+    ]
+    tasks = []
+    for i in range(SENSORS):
+        conn, kind = pairs[i % len(pairs)]
+        api = "camb_ai" if conn.startswith("camb") else "revid_tts"
+        tasks.append({"conn": conn, "kind": kind, "id": emulator.create_task(api, kind, delay=TASK_SECONDS)})
+    never = emulator.create_task("camb_ai", "tts", delay=float("inf"))
+
+    started = time.monotonic()
+    run_id = airflow.trigger("tts_many_waits", conf={"tasks": tasks})
+    timeout_run = airflow.trigger("tts_wait_timeout", conf={"task": never})
+
+    peak_deferred = 0
+    killed = False
+
+    def watch(_: dict[str, Any]) -> None:
+        nonlocal peak_deferred, killed
+        states = [ti["state"] for ti in airflow.task_instances("tts_many_waits", run_id) if ti["task_id"] == "wait"]
+        deferred = states.count("deferred")
+        peak_deferred = max(peak_deferred, deferred)
+        if not killed and deferred >= SENSORS // 2:
+            _log(f"{deferred} waits deferred: SIGKILL the triggerer and start a new one")
+            airflow.kill("triggerer")
+            killed = True
+            airflow.restart("triggerer")
+
+    run = airflow.wait_for_run("tts_many_waits", run_id, timeout=400, on_poll=watch, poll_interval=2)
+    elapsed = time.monotonic() - started
+    _log(f"{SENSORS} waits of {TASK_SECONDS} s finished in {elapsed:.0f} s; peak deferred {peak_deferred}")
+    assert killed, "the triggerer was never killed mid-wait"
+    assert run["state"] == "success", airflow.describe_run("tts_many_waits", run_id)
+    waits = [ti for ti in airflow.task_instances("tts_many_waits", run_id) if ti["task_id"] == "wait"]
+    assert len(waits) == SENSORS
+    assert all(ti["state"] == "success" and ti["try_number"] == 1 for ti in waits)
+    # Sequential waits would need SENSORS * TASK_SECONDS = 600 s; deferral makes it about one wait.
+    assert elapsed < SENSORS * TASK_SECONDS / 3
+    assert peak_deferred >= SENSORS // 2
+    result = airflow.xcom("tts_many_waits", run_id, "wait", map_index=0)
+    assert result["state"] == "succeeded"
+    assert result["tts_task_id"] == tasks[0]["id"]
+    polls = emulator.stats()["polls_by_task"]
+    assert all(1 <= polls[t["id"]] <= 2 + 2 * TASK_SECONDS / 5 for t in tasks), polls  # no hot loop
+
+    timed_out = airflow.wait_for_run("tts_wait_timeout", timeout_run, timeout=200)
+    assert timed_out["state"] == "failed"
+    (ti,) = airflow.task_instances("tts_wait_timeout", timeout_run)
+    assert ti["state"] == "failed"
+    assert ti["try_number"] == 1
+    waited = _when(ti["end_date"]) - _when(ti["start_date"])
+    _log(f"timeout sensor ended after {waited:.0f} s (timeout {TIMEOUT_SECONDS} s)")
+    # Not reset by the restart: a reset deadline would end it at least TIMEOUT_SECONDS after the kill.
+    assert TIMEOUT_SECONDS - 1 <= waited < TIMEOUT_SECONDS + 20
+    log = airflow.task_log("tts_wait_timeout", timeout_run, "wait")
+    assert "AirflowSensorTimeout" in log or "timed out" in log.lower() or "still" in log
+    assert TEST_KEY not in log
