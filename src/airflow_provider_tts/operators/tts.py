@@ -17,7 +17,7 @@ import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator, ResumableJobMixin
 from airflow.sdk.configuration import conf
@@ -41,7 +41,7 @@ from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
 from airflow_provider_tts.waiting import Waiter, WaitPolicy, wait_sync
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context, ObjectStoragePath
+    from airflow.sdk import Context, ObjectStoragePath, XComArg
 
     from airflow_provider_tts.hooks.tts import TtsHook
     from airflow_provider_tts.status import TtsTaskStatus
@@ -104,7 +104,7 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         wait_timeout: float = 3600.0,
         retry: Mapping[str, Any] | None = None,
-        text: str | None = None,
+        text: str | XComArg | None = None,
         voice_id: int | str | None = None,
         language: int | str | None = None,
         gender: int | None = None,
@@ -112,7 +112,7 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
         project_name: str | None = None,
         project_description: str | None = None,
         folder_id: int | None = None,
-        prompt: str | None = None,
+        prompt: str | XComArg | None = None,
         duration: float | None = None,
         audio_type: str | None = None,
         engine: str | None = None,
@@ -121,8 +121,8 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
         pitch: float | None = None,
         webhook_url: str | None = None,
         caller_id: str | None = None,
-        subtitles: list[dict[str, Any]] | None = None,
-        srt: str | None = None,
+        subtitles: list[dict[str, Any]] | XComArg | None = None,
+        srt: str | XComArg | None = None,
         srt_url: str | None = None,
         video_url: str | None = None,
         audio_name: str | None = None,
@@ -266,7 +266,7 @@ class TtsAudioToStorageOperator(BaseOperator):
     def __init__(
         self,
         *,
-        tts_task_id: str,
+        tts_task_id: str | XComArg,
         destination: str | ObjectStoragePath,
         tts_conn_id: str = DEFAULT_CONN_IDS["camb_ai"],
         kind: str = "tts",
@@ -296,7 +296,8 @@ class TtsAudioToStorageOperator(BaseOperator):
         if "outlets" not in kwargs:
             kwargs["outlets"] = [self._outlet(destination, asset_alias, kwargs.get("task_id", "audio"))]
         super().__init__(**kwargs)
-        self.tts_task_id = tts_task_id
+        # An XComArg is resolved and a template rendered to str before execute() runs.
+        self.tts_task_id = cast("str", tts_task_id)
         self.destination = destination
         self.tts_conn_id = tts_conn_id
         self.kind = kind

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.configuration import conf
@@ -24,7 +24,7 @@ from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
 from airflow_provider_tts.waiting import StatusChangeLog, WaitPolicy
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow.sdk import Context, XComArg
 
     from airflow_provider_tts.hooks.tts import TtsHook
 
@@ -54,7 +54,7 @@ class TtsTaskSensor(BaseSensorOperator):
     def __init__(
         self,
         *,
-        tts_task_id: str,
+        tts_task_id: str | XComArg,
         tts_conn_id: str = DEFAULT_CONN_IDS["camb_ai"],
         kind: str = "tts",
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
@@ -67,7 +67,8 @@ class TtsTaskSensor(BaseSensorOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, **kwargs)
-        self.tts_task_id = tts_task_id
+        # An XComArg is resolved and a template rendered to str before execute() runs.
+        self.tts_task_id = cast("str", tts_task_id)
         self.tts_conn_id = tts_conn_id
         self.kind = kind
         self.deferrable = deferrable

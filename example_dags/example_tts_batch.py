@@ -1,0 +1,79 @@
+"""A batch: many texts through dynamic task mapping, audio into one folder, and a manifest.
+
+Each text becomes one mapped submit and one mapped download (which waits in the triggerer until
+its task is done). ``max_active_tis_per_dagrun`` bounds how many run at once, so a large batch
+neither floods the vendor nor the workers. The last task writes ``manifest.json`` next to the
+audio: uri, size, sha256 and duration per text.
+
+Connections: ``revid_tts_default`` (RevidAPI), plus ``dest_conn_id`` for the storage (e.g. an
+``aws`` connection for ``s3://``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pendulum
+from airflow.sdk import DAG, ObjectStoragePath, Param, task
+
+from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator, TtsSubmitOperator
+
+OUTPUT = os.environ.get("TTS_EXAMPLE_OUTPUT", "file:///tmp/airflow-tts-examples/")
+SUBJECTS = ["The river", "A small bird", "The night train", "Our team", "The old library", "A quiet street",
+            "The mountain", "Every morning", "The harbour", "A warm kitchen"]  # fmt: skip
+ENDINGS = ["wakes up slowly.", "carries a story.", "sounds like rain.", "waits for spring.", "hums a tune."]
+TEXTS = [f"{i + 1}. {s} {e}" for i, (s, e) in enumerate((s, e) for e in ENDINGS for s in SUBJECTS)][:50]
+
+with DAG(
+    dag_id="example_tts_batch",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={
+        "texts": Param(TEXTS, type="array", minItems=1),
+        "destination": Param(OUTPUT + "batch/", type="string", pattern=".*/$"),
+        "dest_conn_id": Param(None, type=["null", "string"]),
+    },
+    max_active_tasks=16,
+    tags=["example", "tts", "batch"],
+) as dag:
+
+    @task
+    def texts(params: dict[str, Any] | None = None) -> list[str]:
+        return list((params or {})["texts"])
+
+    batch = texts()
+    submit = TtsSubmitOperator.partial(
+        task_id="submit",
+        tts_conn_id="revid_tts_default",
+        kind="tts",
+        engine="edge",
+        max_active_tis_per_dagrun=8,
+        retries=2,
+    ).expand(text=batch)
+
+    store = TtsAudioToStorageOperator.partial(
+        task_id="store",
+        tts_conn_id="revid_tts_default",
+        kind="tts",
+        destination="{{ params.destination }}",
+        dest_conn_id="{{ params.dest_conn_id or '' }}",
+        deferrable=True,
+        max_active_tis_per_dagrun=8,
+        retries=2,
+    ).expand(tts_task_id=submit.output)
+
+    @task
+    def write_manifest(texts: list[str], stored: list[dict[str, Any]], params: dict[str, Any] | None = None) -> str:
+        """One row per text, in order; written next to the audio so the folder describes itself."""
+        params = params or {}
+        rows = [{"text": text, **result} for text, result in zip(texts, stored, strict=True)]
+        folder = ObjectStoragePath(params["destination"], conn_id=params.get("dest_conn_id") or None)
+        manifest = folder / "manifest.json"
+        manifest.write_text(json.dumps({"count": len(rows), "items": rows}, indent=2))
+        return str(manifest)
+
+    # TaskFlow resolves these XComArgs to the lists at run time; mypy only sees the XComArgs.
+    write_manifest(batch, store.output)  # type: ignore[arg-type]

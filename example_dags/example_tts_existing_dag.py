@@ -1,0 +1,54 @@
+"""Add a sensor to an existing DAG: the vendor task id arrives from elsewhere.
+
+Some other system (or an upstream task) already created the text-to-speech task; this DAG only
+waits for it and stores the audio. The id comes in as a DAG param here (``tts_task_id``); an
+upstream XCom works the same way (``tts_task_id=some_task.output``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pendulum
+from airflow.sdk import DAG, Param, task
+
+from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator
+from airflow_provider_tts.sensors.tts import TtsTaskSensor
+
+OUTPUT = os.environ.get("TTS_EXAMPLE_OUTPUT", "file:///tmp/airflow-tts-examples/")
+
+with DAG(
+    dag_id="example_tts_existing_dag",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={
+        "tts_task_id": Param("", type="string", description="the vendor's task id"),
+        "tts_conn_id": Param("camb_ai_default", type="string"),
+        "kind": Param("tts", enum=["tts", "text-to-sound", "srt-to-speech"]),
+        "destination": Param(OUTPUT + "existing/", type="string"),
+    },
+    tags=["example", "tts"],
+) as dag:
+
+    @task
+    def existing_work() -> str:
+        """Stands for whatever the DAG already did before the audio was needed."""
+        return "upstream work done"
+
+    wait = TtsTaskSensor(
+        task_id="wait_for_audio",
+        tts_conn_id="{{ params.tts_conn_id }}",
+        tts_task_id="{{ params.tts_task_id }}",
+        kind="{{ params.kind }}",
+        deferrable=True,
+        timeout=30 * 60,
+    )
+    store = TtsAudioToStorageOperator(
+        task_id="store_audio",
+        tts_conn_id="{{ params.tts_conn_id }}",
+        tts_task_id="{{ ti.xcom_pull('wait_for_audio')['tts_task_id'] }}",
+        kind="{{ params.kind }}",
+        destination="{{ params.destination }}",
+    )
+    existing_work() >> wait >> store

@@ -1,0 +1,45 @@
+"""A scheduled DAG with retries: a vendor outage heals through retries without a second payment.
+
+``TtsSubmitOperator(wait=True)`` creates the task and waits for it in the same Airflow task. If
+the wait fails (the vendor is down for longer than the hook's own retries and the wait's error
+budget), the Airflow task fails and is retried; the retry finds the vendor task id in the task
+state store and waits on the same task again instead of creating, and paying for, another.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG
+
+from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator, TtsSubmitOperator
+
+OUTPUT = os.environ.get("TTS_EXAMPLE_OUTPUT", "file:///tmp/airflow-tts-examples/")
+
+with DAG(
+    dag_id="example_tts_scheduled_retries",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    default_args={"retries": 3, "retry_delay": timedelta(seconds=5)},
+    tags=["example", "tts"],
+) as dag:
+    daily = TtsSubmitOperator(
+        task_id="submit_and_wait",
+        tts_conn_id="camb_ai_default",
+        kind="tts",
+        text="Good morning. This is the audio briefing for {{ ds }}.",
+        voice_id=20303,
+        language=1,
+        wait=True,
+        deferrable=False,
+        wait_timeout=10 * 60,
+    )
+    TtsAudioToStorageOperator(
+        task_id="store",
+        tts_conn_id="camb_ai_default",
+        tts_task_id=daily.output,
+        destination=OUTPUT + "daily/{{ ds }}.flac",
+    )
