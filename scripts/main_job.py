@@ -1,87 +1,102 @@
-"""The main job: synthesise speech through the provider against the local emulator, into ./output/.
+"""The main job: the batch audio pipeline on a real, embedded Airflow, with no account and no network.
 
-No account, no key, no network: the emulator serves both vendors' APIs on a loopback port. For
-each vendor this submits a task with ``TtsHook``, polls it until it finishes (printing each status
-change), and streams the audio into ``./output/``. Run it with ``make run``.
+It starts the emulator of both vendor APIs, starts Airflow 3 locally (scheduler, triggerer,
+dag-processor and api-server as separate processes; SQLite; LocalExecutor) with the repository's
+``example_dags``, triggers ``example_tts_batch`` (50 texts, dynamic task mapping, downloads that
+wait in the triggerer), shows progress, and leaves playable audio plus ``manifest.json`` in
+``./output/batch/``. Everything it started is stopped at the end, also on Ctrl-C or failure.
+
+Run it with ``make run``.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-OUTPUT = ROOT / "output"
-os.environ.setdefault("AIRFLOW_HOME", str(Path(tempfile.gettempdir()) / "airflow-provider-tts-main-job"))
+sys.path.insert(0, str(ROOT))
 
-EXTENSIONS = {"audio/flac": ".flac", "audio/wav": ".wav", "audio/x-wav": ".wav", "audio/mpeg": ".mp3"}
-JOBS = [
-    (
-        "camb_ai",
-        "tts",
-        {
-            "text": "Hello from Airflow. This audio came from the Camb dot A I emulator.",
-            "voice_id": 20303,
-            "language": 1,
-        },
-    ),
-    ("revid_tts", "tts", {"text": "And this one came from the Revid A P I emulator.", "engine": "edge"}),
-]
+OUTPUT = ROOT / "output"
+DAG_ID = "example_tts_batch"
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def main() -> int:
     from airflow_provider_tts.emulator import Emulator, EmulatorConfig
-    from airflow_provider_tts.hooks.tts import TtsHook
+    from tools.local_airflow import LocalAirflow
 
     started = time.monotonic()
-    OUTPUT.mkdir(exist_ok=True)
-    with Emulator(config=EmulatorConfig(default_delay=2.0)) as emu:
-        print(f"emulator listening on {emu.url}", flush=True)
-        os.environ["AIRFLOW_CONN_CAMB_AI_DEFAULT"] = json.dumps(
-            {"conn_type": "camb_ai", "host": emu.camb_base_url, "password": emu.api_key}
-        )
-        os.environ["AIRFLOW_CONN_REVID_TTS_DEFAULT"] = json.dumps(
-            {
+    batch_dir = OUTPUT / "batch"
+    if batch_dir.exists():
+        shutil.rmtree(batch_dir)
+    batch_dir.mkdir(parents=True)
+    workdir = Path(tempfile.mkdtemp(prefix="tts-main-job-"))
+    with Emulator(config=EmulatorConfig(default_delay=3.0)) as emu:
+        say(f"emulator of Camb.ai and RevidAPI listening on {emu.url} (key {emu.api_key!r}, no account needed)")
+        conns = {
+            "AIRFLOW_CONN_CAMB_AI_DEFAULT": {
+                "conn_type": "camb_ai",
+                "host": emu.camb_base_url,
+                "password": emu.api_key,
+            },
+            "AIRFLOW_CONN_REVID_TTS_DEFAULT": {
                 "conn_type": "revid_tts",
                 "host": emu.revid_base_url,
                 "password": emu.api_key,
                 "extra": {"status_base_url": emu.revid_status_base_url},
-            }
-        )
-        for api, kind, fields in JOBS:
-            hook = TtsHook(f"{api}_default")
-            task_id = hook.submit(kind, **fields)
-            print(f"[{api}] submitted {kind} task {task_id}", flush=True)
-            last = None
-            while True:
-                status = hook.get_task_status(task_id, kind)
-                if status.vendor_status != last:
-                    print(
-                        f"[{api}]   {status.vendor_status} ({status.state}) after {time.monotonic() - started:.1f} s",
-                        flush=True,
-                    )
-                    last = status.vendor_status
-                if status.is_terminal():
-                    break
-                time.sleep(0.5)
-            if status.state != "succeeded":
-                print(f"[{api}] task failed: {status.message}", file=sys.stderr)
+            },
+        }
+        env = {name: json.dumps(value) for name, value in conns.items()}
+        env["TTS_EXAMPLE_OUTPUT"] = OUTPUT.as_uri() + "/"
+        airflow = LocalAirflow(workdir / "home", ROOT / "example_dags", parallelism=8, env=env, log=None)
+        try:
+            say("starting Airflow (scheduler, triggerer, dag-processor, api-server; SQLite, LocalExecutor)...")
+            airflow.start(timeout=300)
+            say(f"Airflow is up at {airflow.api_url}")
+            airflow.wait_for_dag(DAG_ID)
+            run_id = airflow.trigger(DAG_ID, conf={"destination": batch_dir.as_uri() + "/"})
+            say(f"triggered {DAG_ID} ({run_id}): 50 texts -> submit -> wait in the triggerer -> store")
+            last: dict[str, Any] = {}
+
+            def progress(_: dict[str, Any]) -> None:
+                counts: dict[str, Counter[str]] = {}
+                for ti in airflow.task_instances(DAG_ID, run_id):
+                    counts.setdefault(ti["task_id"], Counter())[ti["state"] or "none"] += 1
+                summary = {task: dict(states) for task, states in counts.items()}
+                if summary != last:
+                    last.clear()
+                    last.update(summary)
+                    parts = [
+                        f"{task}: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+                        for task, states in summary.items()
+                    ]
+                    say("  " + " | ".join(parts))
+
+            run = airflow.wait_for_run(DAG_ID, run_id, timeout=900, on_poll=progress, poll_interval=1.0)
+            if run["state"] != "success":
+                say(airflow.describe_run(DAG_ID, run_id))
                 return 1
-            with hook.open_audio(status) as audio:
-                path = OUTPUT / f"{api}-{task_id}{EXTENSIONS.get(audio.content_type, '.bin')}"
-                with path.open("wb") as out:
-                    for chunk in audio.iter_chunks():
-                        out.write(chunk)
-            print(
-                f"[{api}] saved {path.relative_to(ROOT)} ({path.stat().st_size} bytes, {audio.content_type})",
-                flush=True,
-            )
-            hook.close()
-    print(f"done in {time.monotonic() - started:.1f} s; audio is in {OUTPUT}")
+        finally:
+            say("stopping Airflow...")
+            airflow.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+    manifest = json.loads((batch_dir / "manifest.json").read_text())
+    total = sum(item["size_bytes"] for item in manifest["items"])
+    seconds = sum(item["duration_seconds"] or 0 for item in manifest["items"])
+    say(f"{manifest['count']} audio files ({total / 1e6:.1f} MB, {seconds:.0f} s of audio) in {batch_dir}")
+    say(f"manifest: {batch_dir / 'manifest.json'}")
+    say(f"first file: {manifest['items'][0]['uri']}")
+    say(f"done in {time.monotonic() - started:.0f} s")
     return 0
 
 
