@@ -27,6 +27,9 @@ pytestmark = pytest.mark.slow
 SENSORS = 20
 TASK_SECONDS = 30
 TIMEOUT_SECONDS = 45
+#: Kill the triggerer once this many waits are deferred at the same time (with one slot, more than one
+#: deferred wait already shows that waiting holds no slot; a loaded machine starts sensors slowly).
+KILL_AT_DEFERRED = 4
 
 DAG_FILE = """
 import pendulum
@@ -120,7 +123,7 @@ def test_deferred_waits_hold_no_slot_and_survive_a_triggerer_kill(airflow: Local
         states = [ti["state"] for ti in airflow.task_instances("tts_many_waits", run_id) if ti["task_id"] == "wait"]
         deferred = states.count("deferred")
         peak_deferred = max(peak_deferred, deferred)
-        if not killed and deferred >= SENSORS // 2:
+        if not killed and deferred >= KILL_AT_DEFERRED:
             _log(f"{deferred} waits deferred: SIGKILL the triggerer and start a new one")
             airflow.kill("triggerer")
             killed = True
@@ -136,7 +139,7 @@ def test_deferred_waits_hold_no_slot_and_survive_a_triggerer_kill(airflow: Local
     assert all(ti["state"] == "success" and ti["try_number"] == 1 for ti in waits)
     # Sequential waits would need SENSORS * TASK_SECONDS = 600 s; deferral makes it about one wait.
     assert elapsed < SENSORS * TASK_SECONDS / 3
-    assert peak_deferred >= SENSORS // 2
+    assert peak_deferred >= KILL_AT_DEFERRED
     result = airflow.xcom("tts_many_waits", run_id, "wait", map_index=0)
     assert result["state"] == "succeeded"
     assert result["tts_task_id"] == tasks[0]["id"]
