@@ -20,9 +20,9 @@ from .config import (
     DEFAULT_API_KEY,
     DURATION_KEYS,
     FAULT_ENDPOINTS,
-    FAULT_KINDS,
     RESULT_KEYS,
     STATUS_HTTP,
+    TRANSIENT_FAULT_KINDS,
     URL_KEYS,
     ConfigError,
     EmulatorConfig,
@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fault-kinds",
         type=_csv,
-        default=list(FAULT_KINDS),
-        help=f"comma-separated subset of: {','.join(FAULT_KINDS)}",
+        default=list(TRANSIENT_FAULT_KINDS),
+        help=f"comma-separated subset of: {','.join(TRANSIENT_FAULT_KINDS)} (401, 403, 422 are injection-only)",
     )
     parser.add_argument(
         "--fault-endpoints",

@@ -37,7 +37,8 @@ OUTCOME_ALIASES: dict[str, dict[str, str]] = {
     REVID: {"error": "failed", "fail": "failed"},
 }
 
-FAULT_KINDS: tuple[str, ...] = (
+#: Transient faults: a well-behaved client retries them. Random faults draw only from these.
+TRANSIENT_FAULT_KINDS: tuple[str, ...] = (
     "429",
     "429_no_retry_after",
     "429_http_date",
@@ -52,6 +53,15 @@ FAULT_KINDS: tuple[str, ...] = (
     "slow",
     "malformed_json",
 )
+
+#: Permanent HTTP errors in the vendor's own shape, for ``Emulator.inject`` only: ``401`` (the key was
+#: revoked mid-wait), ``403`` (the key lost a permission), ``422`` (the API rejects the request). A
+#: client must not retry them, so the first one ends a wait; a random rate of them would measure
+#: nothing but the rate, which is why ``FaultConfig.kinds`` never picks them.
+PERMANENT_FAULT_KINDS: tuple[str, ...] = ("401", "403", "422")
+
+#: Every fault kind ``Emulator.inject`` accepts.
+FAULT_KINDS: tuple[str, ...] = TRANSIENT_FAULT_KINDS + PERMANENT_FAULT_KINDS
 
 FAULT_ENDPOINTS: tuple[str, ...] = ("create", "status", "result", "storage")
 
@@ -95,10 +105,14 @@ class FaultConfig:
     ``rate`` is the probability that a request to one of ``endpoints`` fails with one of ``kinds``
     (picked uniformly). ``seed`` makes the sequence reproducible. Deterministic one-off failures
     are injected with ``Emulator.inject`` instead; those take precedence over random ones.
+
+    ``kinds`` holds transient kinds only: permanent ones (``PERMANENT_FAULT_KINDS``) are
+    injection-only, so they are left out of a list that also names transient kinds (such as the
+    full ``FAULT_KINDS``), and a list naming nothing else is an error.
     """
 
     rate: float = 0.0
-    kinds: tuple[str, ...] = FAULT_KINDS
+    kinds: tuple[str, ...] = TRANSIENT_FAULT_KINDS
     seed: int | None = None
     endpoints: frozenset[str] = frozenset({"status", "result", "storage"})
     retry_after: str = "1"
@@ -114,6 +128,12 @@ class FaultConfig:
             raise ConfigError("kinds must name at least one fault kind")
         for kind in kinds:
             _choice("fault kind", kind, FAULT_KINDS)
+        kinds = tuple(kind for kind in kinds if kind not in PERMANENT_FAULT_KINDS)
+        if not kinds:
+            raise ConfigError(
+                f"random faults must include a transient kind; {', '.join(PERMANENT_FAULT_KINDS)} "
+                "can only be injected (Emulator.inject or POST /_emulator/inject)"
+            )
         object.__setattr__(self, "kinds", kinds)
         endpoints = frozenset(self.endpoints)
         for endpoint in endpoints:

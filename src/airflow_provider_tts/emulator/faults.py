@@ -3,7 +3,9 @@
 Each fault answers *instead of* the endpoint (``slow`` is the exception: it delays, then answers
 normally), so a faulted create never creates a task. The bodies imitate what clients meet in the
 wild: JSON errors in the vendor's own shape, nginx HTML pages, truncated JSON, a connection cut
-half-way through a body, and a TCP reset with no response at all.
+half-way through a body, and a TCP reset with no response at all. The permanent kinds (``401``,
+``403``, ``422``: a key revoked or stripped of a permission mid-wait, a request the API rejects)
+answer in the vendor's error shape too; they are only ever injected, never random.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ MAINTENANCE_200 = (
 )
 
 _REASONS = {
+    401: "API key revoked",
+    403: "This API key does not have permission to use this resource",
     429: "Too Many Requests",
     500: "Internal Server Error",
     502: "Bad Gateway",
@@ -57,6 +61,15 @@ def error_body(api: str, status: int, message: str) -> bytes:
 
 def json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def _validation_body(api: str, request: web.Request) -> bytes:
+    """A 422 as each vendor words it: FastAPI's ``detail`` list for Camb.ai, a message for RevidAPI."""
+    if api == CAMB:
+        where = ["path", "task_id"] if request.method == "GET" else ["body"]
+        detail = [{"type": "value_error", "loc": where, "msg": "Value error, rejected by the emulator", "input": None}]
+        return json.dumps({"detail": detail}).encode()
+    return error_body(api, 422, "Validation failed: rejected by the emulator")
 
 
 def _malformed(api: str) -> bytes:
@@ -89,7 +102,9 @@ async def respond_with_fault(
         elif kind == "429_http_date":
             headers["Retry-After"] = email.utils.formatdate(time.time() + 2, usegmt=True)
         return json_response(429, error_body(api, 429, "Too Many Requests"), headers), 429
-    if kind in ("500", "502", "503", "504"):
+    if kind == "422":
+        return json_response(422, _validation_body(api, request)), 422
+    if kind in ("401", "403", "500", "502", "503", "504"):
         status = int(kind)
         return json_response(status, error_body(api, status, _REASONS[status])), status
     if kind == "html":
