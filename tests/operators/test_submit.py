@@ -141,7 +141,9 @@ def test_wait_true_deferrable_defers_then_returns_the_id(emu: Any, make_conn: Co
         "vendor_status": "completed",
         "audio_url": "http://x/a.wav",
     }
-    result = op.execute_complete({}, {"status": "success", "tts_task_id": kwargs["tts_task_id"], "task_status": status})
+    event = {"status": "success", "tts_task_id": kwargs["tts_task_id"], "task_status": status}
+    assert info.value.kwargs == {"tts_task_id": kwargs["tts_task_id"]}
+    result = op.execute_complete({}, event, **info.value.kwargs)
     assert result == kwargs["tts_task_id"]
 
 

@@ -213,6 +213,7 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
                     retry=self.retry,
                 ),
                 method_name="execute_complete",
+                kwargs={"tts_task_id": str(external_id)},
             )
         status_from_event(wait_sync(self.hook, waiter), str(external_id))
         return str(external_id)
@@ -220,10 +221,9 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
     def get_job_result(self, external_id: Any, context: Context) -> str:
         return str(external_id)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None, tts_task_id: str = "") -> str:
         """Resume after waiting in the triggerer: a failed task raises like the sensor would."""
-        status = status_from_event(event, str((event or {}).get("tts_task_id", "")))
-        return status.tts_task_id
+        return status_from_event(event, tts_task_id).tts_task_id
 
 
 def plain_uri(path: ObjectStoragePath) -> str:
@@ -383,7 +383,7 @@ class TtsAudioToStorageOperator(BaseOperator):
         failed upload after the download), and, for a literal file with ``overwrite="fail"``,
         that it does not exist yet.
         """
-        destination = destination_path(self.destination, self.dest_conn_id)
+        destination = destination_path(self.destination, self.dest_conn_id or None)
         folder = is_folder(self.destination)
         check_writable(destination / "probe" if folder else destination)
         if not folder and self.overwrite == "fail" and destination.exists():

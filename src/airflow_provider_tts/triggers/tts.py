@@ -25,7 +25,13 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_tts.exceptions import TtsError, TtsTaskFailedError, TtsWaitTimeoutError, error_from_event
+from airflow_provider_tts.exceptions import (
+    TtsError,
+    TtsTaskFailedError,
+    TtsWaitTimeoutError,
+    error_event,
+    error_from_event,
+)
 from airflow_provider_tts.status import TtsTaskStatus
 from airflow_provider_tts.waiting import Waiter, WaitPolicy
 
@@ -100,12 +106,22 @@ class TtsTaskTrigger(BaseTrigger):
         return TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        hook = self._hook()
+        hook = None
         try:
+            hook = self._hook()
             event = await self._wait(hook)
+        except Exception as exc:  # a bad kwarg or a bug ends the wait with an event, never a crashed trigger
+            event = {**error_event(exc), "tts_task_id": self.tts_task_id}
         finally:
-            await hook.aclose()  # also on cancellation: the pooled session is released
+            if hook is not None:
+                await hook.aclose()  # also on cancellation: the pooled session is released
         yield TriggerEvent(event)
+
+    def _poll_budget(self) -> float | None:
+        """Seconds one poll (with its retries) may take: until the deadline, plus a second for a last answer."""
+        if self.deadline is None:
+            return None
+        return max(self.deadline - time.time(), 0.0) + 1.0
 
     async def _wait(self, hook: Any) -> dict[str, Any]:
         waiter = Waiter(
@@ -118,7 +134,12 @@ class TtsTaskTrigger(BaseTrigger):
         )
         while True:
             try:
-                event = waiter.on_status(await hook.aget_task_status(self.tts_task_id, self.kind))
+                # One poll may retry for a while (the hook's policy); it must not outlive the deadline.
+                event = waiter.on_status(
+                    await asyncio.wait_for(hook.aget_task_status(self.tts_task_id, self.kind), self._poll_budget())
+                )
+            except TimeoutError:
+                event = None  # the deadline passed mid-poll: next_delay() ends the wait with a timeout
             except Exception as exc:  # a bug must end the wait with an event, not crash the triggerer
                 event = waiter.on_error(exc)
             if event is not None:
@@ -148,6 +169,8 @@ def status_from_event(event: dict[str, Any] | None, tts_task_id: str) -> TtsTask
             status = TtsTaskStatus.from_xcom(event.get("task_status"))
         except ValueError as exc:
             raise TtsError(f"waiting for task {tts_task_id!r} resumed with a malformed status: {exc}") from None
+        if status.tts_task_id != tts_task_id:
+            raise TtsError(f"event for task {tts_task_id!r} carries the status of {status.tts_task_id!r}")
         if kind == "failed" and status.state == "failed":
             raise TtsTaskFailedError.for_status(status)
         if kind == "success" and status.state == "succeeded":
