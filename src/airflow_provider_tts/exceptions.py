@@ -58,9 +58,6 @@ class TtsInvalidRequestError(TtsConfigError):
 class TtsApiError(TtsError):
     """The vendor API answered with an HTTP error."""
 
-    #: Whether the hook's retry policy may send the same request again.
-    transient: bool = False
-
 
 class TtsAuthError(TtsApiError, TtsPermanentError):
     """401/403: the API key is missing, wrong, or lacks permission. Retrying cannot help."""
@@ -70,38 +67,30 @@ class TtsRejectedRequestError(TtsApiError, TtsPermanentError):
     """400/404/422: the vendor rejected the request itself (bad field, unknown id)."""
 
 
-class TtsRateLimitError(TtsApiError):
+class TtsTransientApiError(TtsApiError):
+    """An HTTP error that may pass (429, 5xx), raised once the hook's retries are spent.
+
+    :param retry_after: the vendor's ``Retry-After`` in seconds, when it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        vendor_status: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, http_status=http_status, vendor_status=vendor_status)
+        self.retry_after = retry_after
+
+
+class TtsRateLimitError(TtsTransientApiError):
     """429 after every retry was spent."""
 
-    transient = True
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        http_status: int | None = None,
-        vendor_status: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, http_status=http_status, vendor_status=vendor_status)
-        self.retry_after = retry_after
-
-
-class TtsServerError(TtsApiError):
+class TtsServerError(TtsTransientApiError):
     """5xx after every retry was spent."""
-
-    transient = True
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        http_status: int | None = None,
-        vendor_status: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, http_status=http_status, vendor_status=vendor_status)
-        self.retry_after = retry_after
 
 
 class TtsConnectionError(TtsError):
@@ -207,6 +196,7 @@ def _event_error_classes() -> list[type[TtsError]]:
         TtsConfigError,
         TtsInvalidRequestError,
         TtsApiError,
+        TtsTransientApiError,
         TtsAuthError,
         TtsRejectedRequestError,
         TtsRateLimitError,
