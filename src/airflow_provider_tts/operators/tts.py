@@ -245,7 +245,7 @@ class TtsAudioToStorageOperator(BaseOperator):
         sha256 as the new audio means no second write, so a retried pipeline neither rewrites nor
         fails), ``replace``, or ``fail``.
     :param max_bytes: refuse audio larger than this (default 2 GiB), before or while downloading.
-    :param chunk_bytes: size of the chunks streamed from HTTP into storage (default 1 MiB).
+    :param chunk_bytes: size of the chunks streamed from HTTP into storage (default 256 KiB).
     :param deferrable: wait in the triggerer rather than in a worker slot; defaults to
         ``[operators] default_deferrable``.
     :param wait_timeout: seconds to wait for the task to finish before failing (default 1 hour).

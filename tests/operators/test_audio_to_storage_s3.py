@@ -1,0 +1,300 @@
+"""TtsAudioToStorageOperator storing to ``s3://`` on a real S3-compatible server (moto, server mode).
+
+The moto server listens on loopback (session fixture ``moto_endpoint``); the operator reaches it
+through the Amazon provider's ``aws`` connection (``endpoint_url`` in its extra) and s3fs, exactly
+as it would reach AWS. What ended up in the bucket is read back with boto3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.sdk import Asset, AssetAlias, ObjectStoragePath
+from airflow.sdk.execution_time.context import OutletEventAccessors
+
+from airflow_provider_tts.exceptions import TtsConnectionError, TtsProtocolError
+from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator
+from airflow_provider_tts.storage import TtsStorageError
+from tests.conftest import PAIRS, ConnFactory
+from tests.operators.conftest import run_worker, ti_context, wait_until
+
+EXTENSIONS = {"audio/flac": ".flac", "audio/wav": ".wav"}
+
+
+def _op(conn_id: str, tts_task_id: str, destination: Any, kind: str = "tts", **kw: Any) -> TtsAudioToStorageOperator:
+    kw.setdefault("deferrable", False)
+    kw.setdefault("poll_interval", 0.05)
+    return TtsAudioToStorageOperator(
+        task_id="download", tts_conn_id=conn_id, tts_task_id=tts_task_id, kind=kind, destination=destination, **kw
+    )
+
+
+def _keys(s3: Any, bucket: str) -> list[str]:
+    return sorted(obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def _uploads(s3: Any, bucket: str) -> list[dict[str, Any]]:
+    """Multipart uploads still in progress (what a killed or abandoned upload leaves behind)."""
+    return list(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
+
+def _body(s3: Any, bucket: str, key: str) -> bytes:
+    data: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return data
+
+
+def _versions(s3: Any, bucket: str, key: str) -> int:
+    return len([v for v in s3.list_object_versions(Bucket=bucket, Prefix=key).get("Versions", []) if v["Key"] == key])
+
+
+@pytest.fixture
+def versioned(s3: Any, bucket: str) -> str:
+    """The bucket with versioning on: every write of a key makes a version, so writes can be counted."""
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    return bucket
+
+
+@pytest.mark.parametrize(("api", "kind"), PAIRS)
+def test_every_pair_downloads_into_a_bucket_folder(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str, api: str, kind: str
+) -> None:
+    task_id = emu.create_task(api, kind, delay=0)
+    result = _op(make_conn(api), task_id, f"s3://{bucket}/audio/{kind}/", kind, dest_conn_id=aws_conn).execute(
+        ti_context()
+    )
+    key = f"audio/{kind}/{task_id}{EXTENSIONS[result['content_type']]}"
+    assert _keys(s3, bucket) == [key]  # no temporary object beside it
+    assert _uploads(s3, bucket) == []
+    data = _body(s3, bucket, key)
+    assert result == {
+        "uri": f"s3://{bucket}/{key}",
+        "size_bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "content_type": result["content_type"],
+        "duration_seconds": result["duration_seconds"],
+        "tts_task_id": task_id,
+    }
+    assert result["duration_seconds"] > 0
+    assert data[:4] == (b"fLaC" if result["content_type"] == "audio/flac" else b"RIFF")
+    json.dumps(result)
+
+
+def test_literal_key_and_multipart_size(emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str) -> None:
+    # 20 MiB: more than two 8 MiB upload parts, so the temporary is a real multipart upload.
+    size = 20 * 1024**2
+    task_id = emu.create_task("camb_ai", "text-to-sound", delay=0, audio_bytes=size)
+    uri = f"s3://{bucket}/a/b/rain.wav"
+    result = _op(make_conn("camb_ai"), task_id, uri, "text-to-sound", dest_conn_id=aws_conn).execute(ti_context())
+    assert result["uri"] == uri
+    assert result["size_bytes"] == size
+    assert _keys(s3, bucket) == ["a/b/rain.wav"]
+    assert hashlib.sha256(_body(s3, bucket, "a/b/rain.wav")).hexdigest() == result["sha256"]
+    assert _uploads(s3, bucket) == []
+
+
+def test_object_storage_path_destination_with_its_own_conn(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str
+) -> None:
+    task_id = emu.create_task("revid_tts", "srt-to-speech", delay=0)
+    destination = ObjectStoragePath(f"s3://{bucket}/subs/{task_id}.wav", conn_id=aws_conn)
+    result = _op(make_conn("revid_tts"), task_id, destination, "srt-to-speech").execute({})
+    assert result["uri"] == f"s3://{bucket}/subs/{task_id}.wav"  # no connection id in the URI
+    assert hashlib.sha256(_body(s3, bucket, f"subs/{task_id}.wav")).hexdigest() == result["sha256"]
+    assert emu.storage_key_leaks() == []
+
+
+@pytest.mark.parametrize(("api", "kind", "endpoint"), [("camb_ai", "tts", "result"), ("revid_tts", "tts", "storage")])
+def test_dropped_download_leaves_no_object_and_no_upload(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str, api: str, kind: str, endpoint: str
+) -> None:
+    task_id = emu.create_task(api, kind, delay=0)
+    emu.inject("drop", 1, endpoint=endpoint)
+    with pytest.raises(TtsConnectionError):
+        _op(make_conn(api), task_id, f"s3://{bucket}/audio/", kind, dest_conn_id=aws_conn).execute(ti_context())
+    assert _keys(s3, bucket) == []
+    assert _uploads(s3, bucket) == []
+
+
+def test_failure_after_uploaded_parts_aborts_the_upload(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, versioned: str
+) -> None:
+    # Over the cap only after 24 MiB were streamed: parts were already uploaded. The upload is
+    # aborted, never completed: in a versioned bucket not even a deleted version of the temporary.
+    bucket = versioned
+    task_id = emu.create_task("camb_ai", "text-to-sound", delay=0, audio_bytes=40 * 1024**2)
+    op = _op(make_conn("camb_ai"), task_id, f"s3://{bucket}/x.wav", "text-to-sound", dest_conn_id=aws_conn)
+    op.max_bytes = 24 * 1024**2
+
+    from airflow_provider_tts import hooks
+
+    real_open = hooks.tts.TtsHook.open_audio
+
+    def unsized(self: Any, status: Any) -> Any:  # as if the server had sent no Content-Length
+        stream = real_open(self, status)
+        stream.content_length = None
+        return stream
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hooks.tts.TtsHook, "open_audio", unsized)
+        with pytest.raises(TtsProtocolError, match="exceeded"):
+            op.execute(ti_context())
+    assert _keys(s3, bucket) == []
+    assert _uploads(s3, bucket) == []
+    listing = s3.list_object_versions(Bucket=bucket)
+    assert listing.get("Versions", []) == listing.get("DeleteMarkers", []) == []
+
+
+def test_announced_size_over_the_cap_writes_nothing(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str
+) -> None:
+    task_id = emu.create_task("revid_tts", "tts", delay=0, audio_bytes=300_000)
+    op = _op(make_conn("revid_tts"), task_id, f"s3://{bucket}/", max_bytes=100_000, dest_conn_id=aws_conn)
+    with pytest.raises(TtsProtocolError, match="cap"):
+        op.execute({})
+    assert _keys(s3, bucket) == []
+    assert _uploads(s3, bucket) == []
+
+
+def test_missing_bucket_fails_before_any_request(emu: Any, make_conn: ConnFactory, aws_conn: str) -> None:
+    task_id = emu.create_task("camb_ai", "tts", delay=0)
+    for destination in ("s3://no-such-bucket-x1/audio/", "s3://no-such-bucket-x1/a.flac"):
+        with pytest.raises(TtsStorageError, match=r"bucket s3://no-such-bucket-x1 does not exist"):
+            _op(make_conn("camb_ai"), task_id, destination, dest_conn_id=aws_conn).execute({})
+    assert emu.stats()["requests_total"] == 0  # not even a status poll, let alone the audio
+
+
+def test_missing_bucket_after_deferral_fails_before_the_download(
+    emu: Any, make_conn: ConnFactory, aws_conn: str
+) -> None:
+    task_id = emu.create_task("camb_ai", "tts", delay=0)
+    status = _op(make_conn("camb_ai"), task_id, "file:///unused/").hook.get_task_status(task_id)
+    op = _op(make_conn("camb_ai"), task_id, "s3://no-such-bucket-x2/", dest_conn_id=aws_conn)
+    with pytest.raises(TtsStorageError, match="does not exist"):
+        op.execute_complete({}, {"status": "success", "task_status": status.to_xcom()})
+    assert emu.stats()["requests_by_endpoint"].get("result", 0) == 0
+
+
+# ------------------------------------------------------------------------- killed worker
+
+
+def test_killed_upload_leaves_no_object_and_the_retry_cleans_up(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    conn_id = make_conn("camb_ai")
+    size = 48 * 1024**2
+    task_id = emu.create_task("camb_ai", "text-to-sound", delay=0, audio_bytes=size)
+    key = f"audio/{task_id}.wav"
+    run_id = "scheduled__2026-01-01"
+    op = _op(conn_id, task_id, f"s3://{bucket}/audio/", "text-to-sound", dest_conn_id=aws_conn)
+    temp_key = f"audio/{op._temp_name(ti_context(run_id), f'{task_id}.wav')}"
+    ready = tmp_path / "ready"
+    proc = run_worker(
+        {
+            "tts_conn_id": conn_id,
+            "tts_task_id": task_id,
+            "kind": "text-to-sound",
+            "destination": f"s3://{bucket}/audio/",
+            "dest_conn_id": aws_conn,
+            "run_id": run_id,
+            "ready_file": str(ready),
+            "pause_after_bytes": 20 * 1024**2,
+            "pause_seconds": 2.0,
+        }
+    )
+
+    def parts_uploaded() -> bool:
+        if not ready.exists():
+            return False
+        uploads = [u for u in _uploads(s3, bucket) if u["Key"] == temp_key]
+        if not uploads:
+            return False
+        parts = s3.list_parts(Bucket=bucket, Key=temp_key, UploadId=uploads[0]["UploadId"]).get("Parts", [])
+        return len(parts) >= 2
+
+    try:
+        wait_until(parts_uploaded, proc)
+        assert _keys(s3, bucket) == []
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.output.close()  # type: ignore[attr-defined]
+    assert proc.returncode == -signal.SIGKILL
+
+    # Killed mid-upload: no destination object, no temporary object; only an unfinished upload.
+    assert _keys(s3, bucket) == []
+    assert [u["Key"] for u in _uploads(s3, bucket)] == [temp_key]
+
+    # The retry (same task instance) aborts that leftover upload and stores the audio.
+    result = op.execute(ti_context(run_id))
+    assert result["size_bytes"] == size
+    assert _keys(s3, bucket) == [key]
+    assert hashlib.sha256(_body(s3, bucket, key)).hexdigest() == result["sha256"]
+    assert _uploads(s3, bucket) == []
+
+
+# -------------------------------------------------------------------------------- re-runs
+
+
+def test_skip_if_identical_does_not_rewrite(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, versioned: str
+) -> None:
+    task_id = emu.create_task("camb_ai", "tts", delay=0)
+    op = _op(make_conn("camb_ai"), task_id, f"s3://{versioned}/", dest_conn_id=aws_conn)
+    first = op.execute(ti_context())
+    key = f"{task_id}.flac"
+    head = s3.head_object(Bucket=versioned, Key=key)
+    time.sleep(1.1)  # LastModified has one-second resolution
+    assert op.execute(ti_context()) == first
+    again = s3.head_object(Bucket=versioned, Key=key)
+    assert (again["ETag"], again["LastModified"]) == (head["ETag"], head["LastModified"])
+    assert _versions(s3, versioned, key) == 1  # one write in all
+    assert _keys(s3, versioned) == [key]
+
+
+def test_replace_rewrites(emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, versioned: str) -> None:
+    task_id = emu.create_task("revid_tts", "tts", delay=0)
+    op = _op(
+        make_conn("revid_tts"), task_id, f"s3://{versioned}/speech.wav", overwrite="replace", dest_conn_id=aws_conn
+    )
+    first = op.execute({})
+    assert op.execute({}) == first
+    assert _versions(s3, versioned, "speech.wav") == 2
+    assert _keys(s3, versioned) == ["speech.wav"]
+
+
+def test_fail_policy_raises_before_downloading(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str
+) -> None:
+    s3.put_object(Bucket=bucket, Key="speech.flac", Body=b"already here")
+    task_id = emu.create_task("camb_ai", "tts", delay=0)
+    with pytest.raises(TtsStorageError, match="already exists"):
+        _op(
+            make_conn("camb_ai"), task_id, f"s3://{bucket}/speech.flac", overwrite="fail", dest_conn_id=aws_conn
+        ).execute({})
+    assert emu.stats()["requests_by_endpoint"].get("result", 0) == 0
+    assert _body(s3, bucket, "speech.flac") == b"already here"
+
+
+# -------------------------------------------------------------------------------- outlets
+
+
+def test_outlets_for_s3(emu: Any, make_conn: ConnFactory, aws_conn: str, bucket: str) -> None:
+    literal = f"s3://{bucket}/speech.flac"
+    assert _op("c", "t", literal, dest_conn_id=aws_conn).outlets == [Asset(literal)]
+
+    task_id = emu.create_task("camb_ai", "tts", delay=0)
+    op = _op(make_conn("camb_ai"), task_id, f"s3://{bucket}/audio/", dest_conn_id=aws_conn, asset_alias="speech")
+    assert op.outlets == [AssetAlias(name="speech")]
+    events = OutletEventAccessors()
+    result = op.execute({"outlet_events": events})
+    alias_events = events[AssetAlias(name="speech")].asset_alias_events
+    assert [e.dest_asset_key.uri for e in alias_events] == [result["uri"]] == [f"s3://{bucket}/audio/{task_id}.flac"]
