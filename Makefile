@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench emulator clean
+.PHONY: run test lint typecheck pytest bench emulator clean soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,6 @@ emulator: $(STAMP)  ## serve both vendor APIs on a local port
 
 clean:
 	rm -rf $(VENV) output .mypy_cache .ruff_cache .pytest_cache
+
+soak: $(STAMP)  ## the full soak: 10,000 waits through 30 % injected faults; figures in output/soak.json
+	TTS_SOAK_WAITS=10000 TTS_SOAK_REPORT=output/soak.json $(BIN)/pytest -q -p no:cacheprovider -s tests/reliability/test_soak.py

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from typing import Any
 
 import pendulum
@@ -52,6 +53,7 @@ with DAG(
         engine="edge",
         max_active_tis_per_dagrun=8,
         retries=2,
+        retry_delay=timedelta(seconds=10),
     ).expand(text=batch)
 
     store = TtsAudioToStorageOperator.partial(
@@ -63,6 +65,7 @@ with DAG(
         deferrable=True,
         max_active_tis_per_dagrun=8,
         retries=2,
+        retry_delay=timedelta(seconds=10),
     ).expand(tts_task_id=submit.output)
 
     @task

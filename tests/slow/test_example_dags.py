@@ -141,3 +141,14 @@ def test_scheduled_retries_heal_without_a_second_submit(airflow: LocalAirflow, e
     log = airflow.task_log(dag_id, runs[0]["dag_run_id"], "submit_and_wait", try_number=2)
     assert "earlier try" in log
     assert TEST_KEY not in log
+
+
+def test_secrets_audit(airflow: LocalAirflow, emulator: Emulator) -> None:
+    """After every example ran: the key is in no table, no log file, no storage request, no URL."""
+    from tests.reliability.secrets_audit import audit_deployment, audit_emulator
+
+    scanned: dict[str, int] = {}
+    findings = audit_deployment(airflow.home, TEST_KEY, summary=scanned) + audit_emulator(emulator, TEST_KEY)
+    assert findings == [], findings
+    assert min(scanned["rows"], scanned["files"]) > 0, scanned
+    print(f"\nFIGURE secrets audit: {scanned}; storage requests {emulator.stats()['storage_requests']}")

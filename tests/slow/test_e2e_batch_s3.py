@@ -1,0 +1,145 @@
+"""End to end on real Airflow: the batch example into s3://, with the vendor API misbehaving.
+
+Real Airflow 3.3 processes (scheduler, triggerer, dag-processor, api-server; SQLite; LocalExecutor),
+the emulator answering 10% of requests with 429s and 5xx (create, status, result and storage alike),
+and a real S3-compatible server (moto) on loopback. The batch DAG is triggered through Airflow's
+REST API with an ``s3://`` destination; the test checks through the API and the bucket that every
+mapped task succeeded, every object's sha256 matches what the emulator serves, the manifest is
+complete, and the emulator saw exactly one create per text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from airflow_provider_tts.emulator import Emulator, EmulatorConfig, FaultConfig
+from tests.conftest import TEST_KEY
+from tests.operators.conftest import AWS_ENV
+from tests.slow.test_example_dags import EXAMPLES
+from tools.local_airflow import LocalAirflow
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+BUCKET = "tts-e2e"
+TEXTS = [f"Sentence number {i + 1} of the end to end batch." for i in range(50)]
+
+
+def _log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in AWS_ENV.items():
+            mp.setenv(name, value)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        try:
+            _host, port = server.get_host_and_port()
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(s3_endpoint: str) -> Any:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[Emulator]:
+    faults = FaultConfig(
+        rate=0.10,
+        kinds=("429", "500", "502", "503", "504"),
+        endpoints=frozenset({"create", "status", "result", "storage"}),
+        retry_after="0.2",
+        seed=20261121,
+    )
+    with Emulator(api_key=TEST_KEY, config=EmulatorConfig(default_delay=4, faults=faults)) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory: pytest.TempPathFactory, emulator: Emulator, s3_endpoint: str) -> Iterator[LocalAirflow]:
+    extra = {"retry_backoff": 0.2, "retry_max_backoff": 2}
+    conns = {
+        "AIRFLOW_CONN_REVID_TTS_DEFAULT": {
+            "conn_type": "revid_tts", "host": emulator.revid_base_url, "password": TEST_KEY,
+            "extra": {**extra, "status_base_url": emulator.revid_status_base_url},
+        },
+        "AIRFLOW_CONN_CAMB_AI_DEFAULT": {
+            "conn_type": "camb_ai", "host": emulator.camb_base_url, "password": TEST_KEY, "extra": extra,
+        },
+        "AIRFLOW_CONN_AWS_E2E": {
+            "conn_type": "aws", "login": "testing", "password": "testing",
+            "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
+        },
+    }  # fmt: skip
+    env = {name: json.dumps(value) for name, value in conns.items()} | AWS_ENV
+    deployment = LocalAirflow(tmp_path_factory.mktemp("e2e") / "home", EXAMPLES, parallelism=8, env=env, log=_log)
+    try:
+        deployment.start(timeout=240)
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+def test_batch_to_s3_through_faults(airflow: LocalAirflow, emulator: Emulator, s3: Any) -> None:
+    dag_id = "example_tts_batch"
+    airflow.wait_for_dag(dag_id)
+    started = time.monotonic()
+    run_id = airflow.trigger(
+        dag_id, conf={"texts": TEXTS, "destination": f"s3://{BUCKET}/e2e/", "dest_conn_id": "aws_e2e"}
+    )
+    run = airflow.wait_for_run(dag_id, run_id, timeout=600, poll_interval=2)
+    faults = emulator.stats()["faults_by_kind"]
+    _log(f"batch of {len(TEXTS)} through {sum(faults.values())} injected faults in {time.monotonic() - started:.0f} s")
+    assert run["state"] == "success", airflow.describe_run(dag_id, run_id)
+    assert sum(faults.values()) > 0, "no fault was injected: the test would prove nothing"
+
+    # Through the API: every mapped task instance succeeded.
+    tis = airflow.task_instances(dag_id, run_id)
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for ti in tis:
+        by_task.setdefault(ti["task_id"], []).append(ti)
+    assert len(by_task["submit"]) == len(by_task["store"]) == len(TEXTS)
+    assert {ti["state"] for ti in tis} == {"success"}
+
+    # Exactly one create per text, whatever the faults and retries.
+    stats = emulator.stats()
+    assert stats["creates"]["revid_tts"]["tts"] == len(TEXTS)
+    created = sorted(emulator.task_info(ti_id)["body"]["text"] for ti_id in (
+        airflow.xcom(dag_id, run_id, "submit", map_index=i) for i in range(len(TEXTS))
+    ))  # fmt: skip
+    assert created == sorted(TEXTS)
+
+    # Through the bucket: the manifest is complete and every object is the audio the emulator serves.
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key="e2e/manifest.json")["Body"].read())
+    assert manifest["count"] == len(TEXTS)
+    assert [item["text"] for item in manifest["items"]] == TEXTS
+    emulator.set_faults(rate=0.0)
+    keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="e2e/")["Contents"]}
+    assert keys == {"e2e/manifest.json"} | {f"e2e/{item['tts_task_id']}.wav" for item in manifest["items"]}
+    for item in manifest["items"]:
+        key = f"e2e/{item['tts_task_id']}.wav"
+        assert item["uri"] == f"s3://{BUCKET}/{key}"
+        stored = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        served = requests.get(emulator.url + f"/storage/revid/{item['tts_task_id']}.wav", timeout=30).content
+        assert hashlib.sha256(stored).hexdigest() == item["sha256"] == hashlib.sha256(served).hexdigest()
+        assert len(stored) == item["size_bytes"]
+    assert emulator.storage_key_leaks() == []
