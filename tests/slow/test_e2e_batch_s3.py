@@ -36,29 +36,10 @@ def _log(message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in AWS_ENV.items():
-            mp.setenv(name, value)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            _host, port = server.get_host_and_port()
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.stop()
-
-
-@pytest.fixture(scope="module")
-def s3(s3_endpoint: str) -> Any:
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
-    client.create_bucket(Bucket=BUCKET)
-    return client
+def s3_client(s3: Any) -> Any:
+    """The session's moto S3 server (tests/slow/conftest.py), with this test's bucket."""
+    s3.create_bucket(Bucket=BUCKET)
+    return s3
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +56,7 @@ def emulator() -> Iterator[Emulator]:
 
 
 @pytest.fixture(scope="module")
-def airflow(tmp_path_factory: pytest.TempPathFactory, emulator: Emulator, s3_endpoint: str) -> Iterator[LocalAirflow]:
+def airflow(tmp_path_factory: pytest.TempPathFactory, emulator: Emulator, moto_endpoint: str) -> Iterator[LocalAirflow]:
     extra = {"retry_backoff": 0.2, "retry_max_backoff": 2}
     conns = {
         "AIRFLOW_CONN_REVID_TTS_DEFAULT": {
@@ -87,7 +68,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, emulator: Emulator, s3_end
         },
         "AIRFLOW_CONN_AWS_E2E": {
             "conn_type": "aws", "login": "testing", "password": "testing",
-            "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
+            "extra": {"endpoint_url": moto_endpoint, "region_name": "us-east-1"},
         },
     }  # fmt: skip
     env = {name: json.dumps(value) for name, value in conns.items()} | AWS_ENV
@@ -99,7 +80,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, emulator: Emulator, s3_end
         deployment.stop()
 
 
-def test_batch_to_s3_through_faults(airflow: LocalAirflow, emulator: Emulator, s3: Any) -> None:
+def test_batch_to_s3_through_faults(airflow: LocalAirflow, emulator: Emulator, s3_client: Any) -> None:
     dag_id = "example_tts_batch"
     airflow.wait_for_dag(dag_id)
     started = time.monotonic()
@@ -129,16 +110,16 @@ def test_batch_to_s3_through_faults(airflow: LocalAirflow, emulator: Emulator, s
     assert created == sorted(TEXTS)
 
     # Through the bucket: the manifest is complete and every object is the audio the emulator serves.
-    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key="e2e/manifest.json")["Body"].read())
+    manifest = json.loads(s3_client.get_object(Bucket=BUCKET, Key="e2e/manifest.json")["Body"].read())
     assert manifest["count"] == len(TEXTS)
     assert [item["text"] for item in manifest["items"]] == TEXTS
     emulator.set_faults(rate=0.0)
-    keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="e2e/")["Contents"]}
+    keys = {obj["Key"] for obj in s3_client.list_objects_v2(Bucket=BUCKET, Prefix="e2e/")["Contents"]}
     assert keys == {"e2e/manifest.json"} | {f"e2e/{item['tts_task_id']}.wav" for item in manifest["items"]}
     for item in manifest["items"]:
         key = f"e2e/{item['tts_task_id']}.wav"
         assert item["uri"] == f"s3://{BUCKET}/{key}"
-        stored = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        stored = s3_client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         served = requests.get(emulator.url + f"/storage/revid/{item['tts_task_id']}.wav", timeout=30).content
         assert hashlib.sha256(stored).hexdigest() == item["sha256"] == hashlib.sha256(served).hexdigest()
         assert len(stored) == item["size_bytes"]
