@@ -135,6 +135,14 @@ def run_worker(method: str, env: dict[str, str], **options: str) -> dict[str, An
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+            result["load"] = os.getloadavg()[0]
+            where = options["dest"].split("://")[0]
+            print(
+                f"  {method:>12} {where:>4} {result['bytes'] / MiB:6,.0f} MiB: "
+                f"{result['bytes'] / MiB / result['seconds']:7,.0f} MiB/s, CPU "
+                f"{result['cpu'] / (result['bytes'] / 1024**3):5.2f} s/GiB, load {result['load']:.1f}",
+                flush=True,
+            )
             return result
     raise RuntimeError(f"{method} failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
 
@@ -291,7 +299,14 @@ def bench_size(
     op_rate = statistics.median(rate(r) for r in runs["operator"])
     # Each operator run is compared with the curl run right after it (same machine state), and the
     # median of those ratios is reported: steadier than a ratio of medians on a shared machine.
-    ratio = statistics.median(rate(o) / rate(c) for o, c in zip(runs["operator"], runs["curl"], strict=True))
+    ratios = [rate(o) / rate(c) for o, c in zip(runs["operator"], runs["curl"], strict=True)]
+    ratio = statistics.median(ratios)
+    checks.append(
+        f"{label}: file:// operator/curl ratio of each pair: {', '.join(f'{r:.2f}' for r in ratios)}; "
+        f"1-minute load average during the runs: "
+        f"{min(r['load'] for r in runs['operator'] + runs['curl']):.1f} to "
+        f"{max(r['load'] for r in runs['operator'] + runs['curl']):.1f}"
+    )
     rows: list[list[object]] = []
     op_peak = max(r["peak"] for r in runs["operator"])
     op_increase = max(r["peak"] - r["rss_before"] for r in runs["operator"])

@@ -23,7 +23,7 @@ finished), peak RSS and RSS per wait, TCP connections the emulator accepted, lat
 (time received minus the task's completion time), and errors or wrong events.
 
     .venv/bin/python benchmarks/trigger_scale.py [--sizes 1000,5000,10000] [--task-seconds 30]
-    .venv/bin/python benchmarks/trigger_scale.py --quick        # ~1 minute smoke run, prints only
+    .venv/bin/python benchmarks/trigger_scale.py --quick        # ~1.5 minute smoke run, prints only
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -448,7 +449,13 @@ async def run_one(
     result.late_p99 = percentile(lateness, 99)
     result.late_max = max(lateness) if lateness else float("nan")
     text = log_file.read_text(errors="replace") if log_file.exists() else ""
-    result.log_warnings = len(re.findall(r"\[(?:warning|error|critical)\s*\]", text))
+    warnings = re.findall(r"\[(?:warning|error|critical)\s*\]\s*(.*)", text)
+    result.log_warnings = len(warnings)
+    if warnings:
+        # What went wrong, once per kind: task ids masked so that repeats of one message count together.
+        masked = (re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "<id>", w) for w in warnings)
+        kinds = Counter(re.sub(r"\b(Poll|retry) \d+", r"\1 <n>", w)[:160] for w in masked)
+        result.notes += [f"{count:,} log lines like: {kind}" for kind, count in kinds.most_common(2)]
     steady_state(result, samples, started["time"], min(row[1] for row in tasks), interval, before["polls_total"])
     if len(samples) >= 2:
         result.other_cores = (samples[-1].others - samples[0].others) / (samples[-1].t - samples[0].t)
@@ -533,8 +540,9 @@ def steady_state(
         opened = opened if opened is not None and opened.t < inside[-1].t else inside[0]
         closed = inside[-1]
         result.notes.append(
-            "overloaded: no whole round of polls completed between the first round and the first task's "
-            f"completion, so only its CPU in cores ({closed.t - opened.t:.0f} s window) is shown"
+            "no whole round of polls completed between the first round and the first task's completion (the "
+            "process could not keep up, or the tasks are too short), so only its CPU in cores "
+            f"({closed.t - opened.t:.0f} s window) is shown"
         )
     dt = closed.t - opened.t
     result.steady_window = (opened.t - started, closed.t - started)
@@ -645,7 +653,7 @@ def report(results: list[RunResult], poke: dict[str, Any] | None, args: argparse
                 r.label,
                 f"**{r.cpu_per_1k:.3f}**",
                 f"**{r.steady_cores:.2f}**",
-                f"{r.steady_cpu_per_1k:.3f}" if math.isfinite(r.steady_cpu_per_1k) else "n/a (overloaded)",
+                f"{r.steady_cpu_per_1k:.3f}" if math.isfinite(r.steady_cpu_per_1k) else "n/a (no whole round)",
                 mb(r.peak_rss),
                 f"{r.rss_per_wait / 1024:.1f}",
                 f"{r.connections:,}",
@@ -676,6 +684,9 @@ def report(results: list[RunResult], poke: dict[str, Any] | None, args: argparse
     default = by.get((top, "shared"))
     calm = spread.get((top, "shared"))
     calm_peer = spread.get((top, "per-poll"))
+
+    def times(ratio: float | None) -> str:
+        return f"{ratio:.1f}x" if ratio and math.isfinite(ratio) else "not measurable ((a) completed no whole round)"
 
     def also(text: str) -> str:
         return f"; with starts spread over one interval: {text}" if calm else ""
@@ -715,20 +726,23 @@ def report(results: list[RunResult], poke: dict[str, Any] | None, args: argparse
                 "not measured"
                 if ratio is None
                 else f"{ratio:.1f}x less CPU per 1,000 polls over the whole run; in the steady state "
-                + (f"{steady_ratio:.1f}x" if steady_ratio and math.isfinite(steady_ratio) else "(a) was overloaded")
+                + times(steady_ratio)
                 + (
                     also(
                         f"{calm_peer.cpu_per_1k / calm.cpu_per_1k:.1f}x over the whole run, "
-                        f"{calm_peer.steady_cpu_per_1k / calm.steady_cpu_per_1k:.1f}x in the steady state"
+                        f"{times(calm_peer.steady_cpu_per_1k / calm.steady_cpu_per_1k)} in the steady state"
                     )
                     if calm and calm_peer
                     else ""
                 ),
             ),
             (
-                "no errors or wrong events (every run)",
-                all(r.errors == 0 and r.wrong_events == 0 for r in results),
-                f"{sum(r.errors for r in results)} errors, {sum(r.wrong_events for r in results)} wrong events",
+                "no errors or wrong events (the default strategy, every run)",
+                all(r.errors == 0 and r.wrong_events == 0 for r in results if r.strategy == "shared"),
+                f"{sum(r.errors for r in results if r.strategy == 'shared')} errors, "
+                f"{sum(r.wrong_events for r in results if r.strategy == 'shared')} wrong events; the other "
+                f"strategies: {sum(r.errors for r in results if r.strategy != 'shared')} errors, "
+                f"{sum(r.wrong_events for r in results if r.strategy != 'shared')} wrong events",
             ),
         ]
     all_met = bool(checks) and all(ok is True for _, ok, _ in checks)
@@ -743,8 +757,8 @@ def report(results: list[RunResult], poke: dict[str, Any] | None, args: argparse
         "step) poll. One fresh trigger process per row; rlimit `nofile` "
         f"{nofile_limit():,} in both processes. The machine is shared with other work, which disturbs the "
         "wall-clock figures (cores, lateness) but hardly the CPU-time ones: a row during which other processes "
-        f"used more than {args.max_other_cores:g} cores is re-run (at most {args.retries} times, within a time "
-        "budget) and the quietest attempt kept; the second table shows how busy the machine was.",
+        f"used more than {args.max_other_cores:g} cores is re-run (at most {args.retries} more time(s), within a "
+        "time budget) and the quietest attempt kept; the second table shows how busy the machine was.",
         "",
         table(headers, rows),
         "*CPU s / 1,000 polls*: the trigger process's whole CPU time (creating the triggers, resolving the "
@@ -807,9 +821,20 @@ def report(results: list[RunResult], poke: dict[str, Any] | None, args: argparse
     for name, ok, detail in checks:
         verdict = "not measured" if ok is None else ("**met**" if ok else "**not met**")
         lines.append(f"- {name}: {verdict} ({detail})")
+    if default is not None and (top, "per-poll") in by:
+        lines += [
+            "",
+            "On the CPU ratio: the emulator speaks plain HTTP on loopback, so (a) pays one TCP handshake per poll "
+            "here; against the vendors' HTTPS APIs each of its polls would also pay a TLS handshake, which these "
+            "figures leave out. The whole-run figure also carries each wait's fixed cost (resolving the connection "
+            "through Airflow, building the hook, logging the first status), the same for every strategy, which "
+            "narrows the ratio; the steady-state column is the per-poll cost alone.",
+        ]
     lines.append("")
     lines.append(decision(results, args))
-    notes = [f"- {r.n:,} {r.strategy}: {note}" for r in results for note in r.notes]
+    notes = [
+        f"- {r.n:,} {r.strategy}{', starts spread' if r.spread else ''}: {note}" for r in results for note in r.notes
+    ]
     if notes:
         lines += ["", "Notes:", "", *notes]
     return "\n".join(lines) + "\n", all_met
@@ -964,7 +989,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--retries", type=int, default=1, help="re-runs per row at most (default %(default)s)")
     parser.add_argument(
-        "--budget", type=float, default=690.0, help="no re-runs once they would end past this many seconds"
+        "--budget", type=float, default=600.0, help="no re-runs once they would end past this many seconds"
     )
     parser.add_argument(
         "--src",

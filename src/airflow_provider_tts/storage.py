@@ -13,6 +13,7 @@ delete: the destination object appears whole or not at all, at the cost of one c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import queue
@@ -59,8 +60,9 @@ DEFAULT_CHUNK_BYTES = 256 * 1024
 UPLOAD_BLOCK_BYTES = 8 * 1024**2
 #: Seconds between progress log lines of one download (at most one line per interval).
 PROGRESS_LOG_INTERVAL = 5.0
-#: Bytes received but not yet written that the writer thread may hold (at least two chunks).
-WRITE_BEHIND_BYTES = 1024**2
+#: Bytes the helper thread may lag behind the download (at least two chunks). Small on purpose:
+#: with more chunks in flight the allocator returned and re-faulted their memory (as with 1 MiB chunks).
+BEHIND_BYTES = 1024**2
 #: Size of each ``write()`` to a local file (curl's size). Bigger writes make the kernel build the
 #: page cache from large folios, which on VMs that hand free memory back to their host (free page
 #: reporting, balloons) must be faulted in again: on the benchmark machine 1 MiB writes ran at
@@ -266,14 +268,19 @@ def store_stream(
     local = _is_local(path)
     if not local:
         _abort_stale_uploads(temp)
-    open_kwargs: dict[str, Any] = {} if local else {"block_size": UPLOAD_BLOCK_BYTES}
     try:
-        # The filesystem's own file object: ObjectStoragePath.open would wrap every write() in a
-        # lineage hook, for a temporary's name that no reader should care about (move() records
-        # the lineage from the temporary to the destination).
-        out = temp.fs.open(temp.path, "wb", **open_kwargs)
-        depth = max(2, WRITE_BEHIND_BYTES // max(chunk_bytes, 1))
-        writer = _WriteBehind(out, depth, LOCAL_WRITE_BYTES if local else None)
+        out = _open_temp(temp, local)
+        depth = max(2, BEHIND_BYTES // max(chunk_bytes, 1))
+        # Two stages per chunk run side by side (hashlib, socket reads and writes release the GIL):
+        # on file:// this thread writes (in small writes, like curl) while a helper thread hashes;
+        # on object stores a helper thread uploads (a part upload blocks) while this one hashes.
+        foreground: Callable[[bytes], Any]
+        if local:
+            behind = _Behind(digest.update, depth, "tts-audio-hash")
+            foreground = functools.partial(_write_all, out, step=LOCAL_WRITE_BYTES)
+        else:
+            behind = _Behind(out.write, depth, "tts-audio-upload")
+            foreground = digest.update
         try:
             for chunk in chunks:
                 size += len(chunk)
@@ -281,18 +288,18 @@ def store_stream(
                     raise TtsProtocolError(f"audio for task {tts_task_id!r} exceeded the {max_bytes}-byte cap")
                 if len(header) < 65536:
                     header += chunk[: 65536 - len(header)]
-                writer.write(chunk)  # written by the writer thread while this one hashes and receives
-                digest.update(chunk)
+                behind.put(chunk)
+                foreground(chunk)
                 progress.update(size)
                 if on_chunk is not None:
                     on_chunk(size)
-            writer.finish()
+            behind.finish()  # every chunk hashed (or uploaded): only now may the digest be read
             if content_length is not None and size != content_length:
                 raise TtsProtocolError(
                     f"audio for task {tts_task_id!r}: server announced {content_length} bytes, sent {size}"
                 )
         except BaseException:
-            writer.abort()
+            behind.abort()
             _abandon(out, local)
             raise
         out.close()
@@ -314,56 +321,70 @@ def store_stream(
     return StoredAudio(str(path), size, sha256, content_type, duration, tts_task_id, written)
 
 
-class _WriteBehind:
-    """Writes chunks to ``out`` from a background thread, at most ``depth`` chunks behind.
+def _open_temp(temp: ObjectStoragePath, local: bool) -> Any:
+    """The temporary, opened for writing.
 
-    Receiving (and hashing) a chunk and writing the previous one then overlap: hashlib, socket
-    reads and file writes all release the GIL, so a download runs at the pace of its slowest
-    stage instead of the sum of them (on s3:// the next part downloads while one uploads). The
-    queue is bounded, so memory stays at a few chunks whatever the file size. Only the writer
-    thread touches ``out`` until :meth:`finish` or :meth:`abort` has joined it. With
-    ``write_bytes``, each chunk is written in slices of at most that size (see
-    :data:`LOCAL_WRITE_BYTES`), without copying.
+    A local temporary is a plain unbuffered OS file: every ``write()`` is one system call of the
+    size given (see :data:`LOCAL_WRITE_BYTES`). An object store's is the filesystem's own file
+    object, uploading in :data:`UPLOAD_BLOCK_BYTES` parts. Either way not ``ObjectStoragePath.open``,
+    which wraps each ``write()`` in a lineage hook for a temporary's name no reader should care
+    about (``move()`` records the lineage from the temporary to the destination).
+    """
+    if local:
+        return open(temp.path, "wb", buffering=0)  # closed by store_stream
+    return temp.fs.open(temp.path, "wb", block_size=UPLOAD_BLOCK_BYTES)
+
+
+def _write_all(out: Any, chunk: bytes, step: int) -> None:
+    """Write ``chunk`` to ``out`` in writes of at most ``step`` bytes, without copying it."""
+    view = memoryview(chunk)
+    write = out.write
+    for start in range(0, len(view), step):
+        piece = view[start : start + step]
+        while piece:
+            piece = piece[write(piece) :]
+
+
+class _Behind:
+    """Applies ``consume`` to every chunk in a helper thread, at most ``depth`` chunks behind.
+
+    The queue is bounded, so memory stays at a few chunks whatever the file size. Only the helper
+    thread calls ``consume`` (and touches what it uses) until :meth:`finish` or :meth:`abort` has
+    joined it; its first error is re-raised in the caller's thread by :meth:`put` or :meth:`finish`.
     """
 
-    def __init__(self, out: Any, depth: int, write_bytes: int | None = None) -> None:
-        self._out = out
-        self._write_bytes = write_bytes
+    def __init__(self, consume: Callable[[bytes], Any], depth: int, name: str) -> None:
+        self._consume = consume
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max(1, depth))
         self._error: BaseException | None = None
         self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="tts-audio-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        consume = self._consume
         while (chunk := self._queue.get()) is not None:
             if self._error is not None or self._stopped:
                 continue  # keep draining, so the producer never blocks on a full queue
             try:
-                step = self._write_bytes
-                if step is None or len(chunk) <= step:
-                    self._out.write(chunk)
-                    continue
-                view = memoryview(chunk)
-                for start in range(0, len(view), step):
-                    self._out.write(view[start : start + step])
+                consume(chunk)
             except BaseException as exc:
                 self._error = exc
 
-    def write(self, chunk: bytes) -> None:
+    def put(self, chunk: bytes) -> None:
         if self._error is not None:
             raise self._error
         self._queue.put(chunk)
 
     def finish(self) -> None:
-        """Wait until every chunk is written; re-raise the writer's error, if any."""
+        """Wait until every chunk is consumed; re-raise the helper's error, if any."""
         self._queue.put(None)
         self._thread.join()
         if self._error is not None:
             raise self._error
 
     def abort(self) -> None:
-        """Stop writing as soon as possible (queued chunks are dropped) and wait for the thread."""
+        """Stop as soon as possible (queued chunks are dropped) and wait for the thread."""
         if not self._thread.is_alive():
             return
         self._stopped = True

@@ -344,22 +344,20 @@ def test_failure_keeps_an_existing_destination_intact(emu: Any, make_conn: ConnF
 def test_write_failure_mid_download_is_a_storage_error_and_leaves_nothing(
     emu: Any, make_conn: ConnFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The disk fills up after 1 MiB: the writer thread's error reaches the operator, the temporary goes.
+    # The disk fills up after 1 MiB: the error becomes a storage error and the temporary goes.
     import errno
 
-    from fsspec.implementations.local import LocalFileOpener
-
     written = 0
-    real_write = LocalFileOpener.write
+    real_write_all = storage._write_all
 
-    def write(self: Any, data: Any) -> Any:
+    def write_all(out: Any, chunk: bytes, step: int) -> None:
         nonlocal written
-        written += len(data)
+        written += len(chunk)
         if written > 1024**2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(self, data)
+        real_write_all(out, chunk, step)
 
-    monkeypatch.setattr(LocalFileOpener, "write", write)
+    monkeypatch.setattr(storage, "_write_all", write_all)
     task_id = emu.create_task("camb_ai", "text-to-sound", delay=0, audio_bytes=8 * 1024**2)
     with pytest.raises(TtsStorageError, match="No space left on device"):
         _op(make_conn("camb_ai"), task_id, f"file://{tmp_path}/out/", "text-to-sound").execute(ti_context())
