@@ -164,7 +164,7 @@ def main() -> None:
 
     scratch = scratch_dir()
     logs = {"emulator": scratch / "emulator.log", "moto": scratch / "moto.log"}
-    env = dict(os.environ, **AWS_ENV, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
+    env = dict(os.environ, **AWS_ENV, PYTHONPATH=str(REPO))
     env.setdefault("AIRFLOW_HOME", str(scratch / "airflow-home"))
     env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     rows: list[list[object]] = []

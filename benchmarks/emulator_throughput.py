@@ -61,7 +61,7 @@ def start_emulator(uvloop: bool) -> tuple[subprocess.Popen[str], dict[str, str]]
     ]
     if uvloop:
         cmd.append("--uvloop")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "src"))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline()

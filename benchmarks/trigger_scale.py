@@ -72,7 +72,7 @@ _CHILDREN: list[subprocess.Popen[Any]] = []
 #: Trigger and sensor processes (asyncio subprocesses); killed by pid on the way out if still running.
 _ASYNC_CHILDREN: list[asyncio.subprocess.Process] = []
 #: Where the child processes import the provider from (``--src``).
-SRC = [str(ROOT / "src")]
+SRC = [str(ROOT)]
 
 
 def log(message: str) -> None:
@@ -993,7 +993,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--src",
-        default=str(ROOT / "src"),
+        default=str(ROOT),
         help="package source the emulator and trigger processes import (to compare code versions)",
     )
     args = parser.parse_args(argv)

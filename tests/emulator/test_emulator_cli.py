@@ -16,7 +16,7 @@ import requests
 
 from airflow_provider_tts.emulator import DEFAULT_API_KEY
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+SRC = str(Path(__file__).resolve().parents[2])
 
 
 def _env() -> dict[str, str]:

@@ -178,7 +178,7 @@ def run_worker(spec: dict[str, Any]) -> subprocess.Popen[str]:
     """Run ``tests/operators/_download_worker.py`` (the operator, killable mid-download) with ``spec``."""
     import tempfile
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "src")]))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     # Output to a file, not a pipe: a pipe nobody reads until the end could fill up and stall the worker.
     output = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed by the test after the worker ends)
     proc = subprocess.Popen(

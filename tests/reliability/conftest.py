@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a child Python process: this one's, with the repository importable."""
-    path = os.pathsep.join([str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     return {**os.environ, "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1", **extra}
 
 
