@@ -32,7 +32,7 @@ def machine_line() -> str:
 
 def write_section(name: str, title: str, command: str, body: str) -> None:
     """Replace (or append) the section ``name`` of BENCHMARKS.md with ``body``."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"<!-- begin:{name} -->\n## {title}\n\n"
         f"Command: `{command}`  \nRun: {stamp} on {machine_line()}\n\n{body.rstrip()}\n"

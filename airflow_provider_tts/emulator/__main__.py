@@ -192,13 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop_factory = uvloop.new_event_loop
         except ImportError:
             print("uvloop is not installed; using the default event loop", file=sys.stderr)
-    # A hand-made loop rather than asyncio.Runner, which needs Python 3.11 (the package supports 3.10).
-    loop = loop_factory() if loop_factory is not None else asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(serve(emulator, args.print_json))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-    finally:
-        loop.close()
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(emulator, args.print_json))
     return 0
 
 

@@ -184,7 +184,7 @@ class Emulator:
                 transport.abort()
             await asyncio.sleep(0)
         if listener is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(listener.wait_closed(), timeout=2)
         if server is not None:
             await server.cancel_background()
