@@ -265,7 +265,13 @@ class TtsSubmitOperator(BaseOperator):
             self.log.warning("%s Resubmitting, as on_uncertain_submit='resubmit' asks.", message)
             return None
         status = self.hook.get_task_status(earlier.tts_task_id, self.kind)
-        self.log.info("Task %s from an earlier try is %s (%s)", earlier.tts_task_id, status.state, status.vendor_status)
+        self.log.info(
+            "Task %s from an earlier try (recorded in %s) is %s (%s)",
+            earlier.tts_task_id,
+            ledger.where if ledger is not None else "no ledger",
+            status.state,
+            status.vendor_status,
+        )
         # The same rule as every wait: "not found" shortly after the create means "not visible yet".
         age = time.time() - (earlier.submitted_at or earlier.requested_at)
         if WaitPolicy().verdict(status, age) == "failed":
