@@ -2,8 +2,14 @@
 
 ``TtsSubmitOperator(wait=True)`` creates the task and waits for it in the same Airflow task. If
 the wait fails (the vendor is down for longer than the hook's own retries and the wait's error
-budget), the Airflow task fails and is retried; the retry finds the vendor task id in the task
-state store and waits on the same task again instead of creating, and paying for, another.
+budget), the Airflow task fails and is retried; the retry finds the vendor task id recorded for
+this task instance (in the task state store on Airflow 3.3+, in an Airflow Variable before) and
+waits on the same task again instead of creating, and paying for, another.
+
+Retries heal what is known to have created nothing or to have created a recorded task. A create
+whose answer was lost (a 502 or a timeout after sending) is different: the vendor may have
+billed a task nobody knows the id of, so the task fails at once, without using up its retries,
+and says what to check; ``on_uncertain_submit="resubmit"`` would send it again instead.
 """
 
 from __future__ import annotations
