@@ -495,4 +495,6 @@ class TtsAudioToStorageOperator(BaseOperator):
         """
         from airflow_provider_tts.lineage import operator_lineage
 
+        if self.stored_audio is None:  # failed before storing: nothing to report, no connection lookup
+            return operator_lineage(None, api=None, kind=self.kind)
         return operator_lineage(self.stored_audio, api=self.hook.api, kind=self.kind)

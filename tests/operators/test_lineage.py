@@ -240,9 +240,8 @@ def test_openlineage_facets_on_complete_for_s3(emu: Any, make_conn: ConnFactory,
     assert (output.namespace, output.name) == (f"s3://{bucket}", f"audio/{Path(result['uri']).name}")
 
 
-def test_nothing_stored_means_no_datasets() -> None:
-    op = TtsAudioToStorageOperator(task_id="s", tts_task_id="t", destination="file:///x/")
-    assert op.stored_audio is None
-    from airflow_provider_tts.lineage import operator_lineage
-
-    assert operator_lineage(None, api="camb_ai", kind="tts").outputs == []
+def test_nothing_stored_means_no_datasets_and_no_connection_lookup() -> None:
+    """On a failed task the OpenLineage provider asks too: no datasets, and no hook built for it."""
+    op = TtsAudioToStorageOperator(task_id="s", tts_conn_id="no_such_conn", tts_task_id="t", destination="file:///x/")
+    lineage = op.get_openlineage_facets_on_complete(None)
+    assert (lineage.inputs, lineage.outputs, lineage.run_facets) == ([], [], {})
