@@ -5,6 +5,13 @@ its task is done). ``max_active_tis_per_dagrun`` bounds how many run at once, so
 neither floods the vendor nor the workers. The last task writes ``manifest.json`` next to the
 audio: uri, size, sha256 and duration per text.
 
+The mapped store task declares one asset, ``tts-audio/example_tts_batch/store`` (the destination
+is only known at run time, so the asset is named after the DAG and task; a literal destination
+would be its own asset), and each stored file is an event on it with the file in its ``extra``.
+``example_tts_batch_announce`` is scheduled on that asset: it runs after the stores and lists the
+files whose events it was given, without any sensor or polling of the folder (Airflow gives a run
+the events up to the moment it was queued; later ones go to the next run the asset triggers).
+
 Connections: ``revid_tts_default`` (RevidAPI), plus ``dest_conn_id`` for the storage (e.g. an
 ``aws`` connection for ``s3://``).
 """
@@ -12,12 +19,13 @@ Connections: ``revid_tts_default`` (RevidAPI), plus ``dest_conn_id`` for the sto
 from __future__ import annotations
 
 import json
+import logging
 import os
 from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, ObjectStoragePath, Param, task
+from airflow.sdk import DAG, Asset, ObjectStoragePath, Param, task
 
 from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator, TtsSubmitOperator
 
@@ -26,6 +34,8 @@ SUBJECTS = ["The river", "A small bird", "The night train", "Our team", "The old
             "The mountain", "Every morning", "The harbour", "A warm kitchen"]  # fmt: skip
 ENDINGS = ["wakes up slowly.", "carries a story.", "sounds like rain.", "waits for spring.", "hums a tune."]
 TEXTS = [f"{i + 1}. {s} {e}" for i, (s, e) in enumerate((s, e) for e in ENDINGS for s in SUBJECTS)][:50]
+#: The asset the store task declares by default (see TtsAudioToStorageOperator, "Assets").
+BATCH_AUDIO = Asset(name="tts-audio/example_tts_batch/store")
 
 with DAG(
     dag_id="example_tts_batch",
@@ -80,3 +90,21 @@ with DAG(
 
     # TaskFlow resolves these XComArgs to the lists at run time; mypy only sees the XComArgs.
     write_manifest(batch, store.output)  # type: ignore[arg-type]
+
+
+with DAG(
+    dag_id="example_tts_batch_announce",
+    schedule=[BATCH_AUDIO],
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["example", "tts", "batch", "assets"],
+) as announce_dag:
+
+    @task
+    def announce(triggering_asset_events: Any = None) -> list[str]:
+        """The files stored since the last run: one asset event per file, its URI in the extra."""
+        uris = sorted(event.extra["uri"] for event in (triggering_asset_events or {}).get(BATCH_AUDIO, []))
+        logging.getLogger(__name__).info("%d new audio file(s): %s", len(uris), ", ".join(uris))
+        return uris
+
+    announce()

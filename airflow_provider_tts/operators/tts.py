@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -26,6 +26,7 @@ from airflow.sdk.configuration import conf
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsSubmitUncertainError
 from airflow_provider_tts.fingerprint import request_fingerprint
+from airflow_provider_tts.lineage import asset_event_extra, default_outlet
 from airflow_provider_tts.status import KINDS
 from airflow_provider_tts.storage import (
     DEFAULT_CHUNK_BYTES,
@@ -50,6 +51,7 @@ from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
 from airflow_provider_tts.waiting import Waiter, WaitPolicy, wait_sync
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context, ObjectStoragePath, XComArg
 
     from airflow_provider_tts.hooks.tts import TtsHook
@@ -315,7 +317,7 @@ class TtsSubmitOperator(BaseOperator):
 
     def _uncertain_message(self, intent: SubmitRecord, ledger: SubmitLedger | None, cause: BaseException | None) -> str:
         """What happened, what it may have cost, and what the user can do about it."""
-        when = datetime.fromtimestamp(intent.requested_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        when = datetime.fromtimestamp(intent.requested_at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         call = f"the {self.hook.api} {self.kind} create call sent at {when}"
         if cause is None:
             head = f"An earlier try of this task never recorded the answer to {call} (the worker stopped mid-call)"
@@ -402,9 +404,22 @@ class TtsAudioToStorageOperator(BaseOperator):
     :param not_found_grace: seconds during which "not found" means "not visible yet" (default 30).
     :param max_consecutive_errors: polls in a row that may fail after retries (default 5).
     :param retry: per-request retry overrides (``max_retries``, ``backoff``, ``max_backoff``).
-    :param asset_alias: name of the ``AssetAlias`` outlet used when the destination is only known
-        at run time (templated or a folder); a literal file destination is declared as an
-        ``Asset`` outlet directly.
+    :param asset_alias: opt in to one asset *per stored file*: the task's outlet becomes this
+        ``AssetAlias`` and each store adds the file's own asset to it. Airflow creates those assets
+        at run time, so no DAG can be scheduled on them in advance; the default (one stable asset,
+        below) is what a scheduler can use.
+
+    **Assets.** Without ``outlets``, the task declares one stable asset, registered when the DAG is
+    parsed, also under ``.partial().expand()``: the destination itself when it is a literal URI (a
+    folder destination's asset is the folder), else ``Asset(name="tts-audio/<dag_id>/<task_id>")``
+    (a templated destination). Each store emits one event on it (on every ``Asset`` of explicit
+    ``outlets``) whose ``extra`` names the file written: ``uri``, ``size_bytes``, ``sha256``,
+    ``content_type``, ``duration_seconds``, ``tts_task_id``, ``kind``. A DAG scheduled on that
+    asset runs after each store and finds the files in ``triggering_asset_events``.
+
+    **Lineage.** The stored destination, and only it, is the output: reported to Airflow's hook
+    lineage collector and, with ``apache-airflow-providers-openlineage`` installed, as the output
+    dataset of the OpenLineage event (see :meth:`get_openlineage_facets_on_complete`).
     """
 
     template_fields: Sequence[str] = ("tts_task_id", "destination", "tts_conn_id", "kind", "dest_conn_id")
@@ -440,9 +455,11 @@ class TtsAudioToStorageOperator(BaseOperator):
             raise TtsConfigError(f"max_bytes must be a positive integer, got {max_bytes!r}")
         if not isinstance(chunk_bytes, int) or not 4096 <= chunk_bytes <= 64 * 1024**2:
             raise TtsConfigError(f"chunk_bytes must be an integer from 4096 to 64 MiB, got {chunk_bytes!r}")
-        if "outlets" not in kwargs:
-            kwargs["outlets"] = [self._outlet(destination, asset_alias, kwargs.get("task_id", "audio"))]
+        explicit_outlets = "outlets" in kwargs  # also under .expand(): partial() put them there
         super().__init__(**kwargs)
+        if not explicit_outlets:
+            dag_id = self.dag_id if self.has_dag() else None
+            self.outlets = [self._outlet(destination, asset_alias, dag_id, self.task_id)]
         # An XComArg is resolved and a template rendered to str before execute() runs.
         self.tts_task_id = cast("str", tts_task_id)
         self.destination = destination
@@ -462,15 +479,41 @@ class TtsAudioToStorageOperator(BaseOperator):
             not_found_grace=not_found_grace,
             max_consecutive_errors=max_consecutive_errors,
         )
-        self.asset_alias = asset_alias or f"tts-audio/{kwargs.get('task_id', 'audio')}"
+        self.asset_alias = asset_alias
+        #: What this try stored (the XCom dict), for the OpenLineage facets on completion.
+        self.stored_audio: dict[str, Any] | None = None
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Declare the default outlet on the mapped task too, so it is registered at parse time.
+
+        ``BaseOperator.partial`` never runs ``__init__`` while the DAG is parsed, and fills in
+        ``outlets=[]``: the scheduler then saw no outlet, and every mapped instance got none. The
+        outlet is computed here from what ``partial()`` knows (a ``destination`` given to
+        ``expand()`` instead is only known at run time: the stable name is used) and travels in
+        the partial arguments to every unmapped instance.
+        """
+        explicit_outlets = "outlets" in kwargs
+        operator_partial = super().partial(**kwargs)
+        if not explicit_outlets:
+            partial_kwargs = operator_partial.kwargs
+            dag = partial_kwargs.get("dag")
+            partial_kwargs["outlets"] = [
+                cls._outlet(
+                    kwargs.get("destination"),
+                    kwargs.get("asset_alias"),
+                    dag.dag_id if dag is not None else None,
+                    partial_kwargs["task_id"],
+                )
+            ]
+        return operator_partial
 
     @staticmethod
-    def _outlet(destination: Any, alias: str | None, task_id: str) -> Asset | AssetAlias:
-        """An Asset when the destination is a literal file URI; otherwise an alias filled at run time."""
-        literal_file = isinstance(destination, str) and not _templated(destination) and not is_folder(destination)
-        if literal_file and "://" in destination:
-            return Asset(destination)
-        return AssetAlias(name=alias or f"tts-audio/{task_id}")
+    def _outlet(destination: Any, alias: str | None, dag_id: str | None, task_id: str) -> Asset | AssetAlias:
+        """The stable asset of :func:`~airflow_provider_tts.lineage.default_outlet`, or the opt-in alias."""
+        if alias:
+            return AssetAlias(name=alias)
+        return default_outlet(destination, dag_id, task_id)
 
     @cached_property
     def hook(self) -> TtsHook:
@@ -563,12 +606,42 @@ class TtsAudioToStorageOperator(BaseOperator):
                 duration_seconds=status.duration_seconds,
             )
         result = {**stored.to_xcom(), "uri": plain_uri(path)}
-        self._emit_asset(context, result["uri"])
+        self._emit_asset(context, result)
         return result
 
-    def _emit_asset(self, context: Context, uri: str) -> None:
-        """For a destination known only at run time, tell the alias which asset was written."""
+    def _emit_asset(self, context: Context, stored: dict[str, Any]) -> None:
+        """Record the stored file as this task's one output: asset event, hook lineage, OpenLineage.
+
+        Called once the destination holds the audio (``stored`` is the XCom dict). Every
+        ``Asset`` outlet gets the file in its event's ``extra``; an opt-in ``AssetAlias`` gets the
+        file's own asset. The destination is reported to the hook lineage collector here, by URI,
+        so lineage never depends on how the storage layer wrote it (a temporary and a move, or a
+        direct upload): that layer must not report its temporary.
+        """
+        from airflow.sdk.definitions.asset import AssetRef
+        from airflow.sdk.lineage import get_hook_lineage_collector
+
+        self.stored_audio = dict(stored)
+        extra = asset_event_extra(stored, self.kind)
         events = context.get("outlet_events")
-        for outlet in self.outlets:
-            if isinstance(outlet, AssetAlias) and events is not None:
-                events[outlet].add(Asset(uri))
+        if events is not None:
+            for outlet in self.outlets:
+                if isinstance(outlet, AssetAlias):
+                    events[outlet].add(Asset(stored["uri"]), extra=extra)
+                elif isinstance(outlet, Asset | AssetRef):
+                    events[outlet].extra.update(extra)
+        get_hook_lineage_collector().add_output_asset(context=self.hook, uri=stored["uri"])
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage[Any, Any]:
+        """OpenLineage facets of the finished store (called by the OpenLineage provider, if installed).
+
+        The output dataset is the stored object (namespace and name per the OpenLineage naming
+        spec: ``file`` + path, ``s3://<bucket>`` + key); run facets carry the vendor job
+        (``externalQuery``: task id and API; ``ttsJob``: api, kind, task id, audio duration).
+        No input dataset: the text lives with the vendor, and a temporary object is not data.
+        """
+        from airflow_provider_tts.lineage import operator_lineage
+
+        if self.stored_audio is None:  # failed before storing: nothing to report, no connection lookup
+            return operator_lineage(None, api=None, kind=self.kind)
+        return operator_lineage(self.stored_audio, api=self.hook.api, kind=self.kind)

@@ -670,11 +670,6 @@ def test_runtime_destination_is_an_alias_filled_by_execute(
     assert alias_events[0].source_alias_name == "tts/speech"
 
 
-def test_default_alias_name_follows_the_task_id() -> None:
-    op = TtsAudioToStorageOperator(task_id="fetch_audio", tts_task_id="t", destination="file:///x/")
-    assert op.outlets == [AssetAlias(name="tts-audio/fetch_audio")]
-
-
 # ------------------------------------------------------------------------------- progress
 
 
