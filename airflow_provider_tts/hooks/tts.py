@@ -204,6 +204,44 @@ class TtsHook(BaseHook):
             stream = self._sync.open_stream(ApiRequest("GET", url, what=req.what, authenticated=False))
         return stream
 
+    # ----------------------------------------------------------------------------- tts-stream
+
+    def stream_vendor(self) -> Any:
+        """The vendor unit, when its API has a synchronous streaming TTS call (Camb.ai's ``/tts-stream``).
+
+        Returns the vendor object (which has ``stream_request``); a connection whose API has no
+        such call is refused with a clear error before any request.
+        """
+        vendor = self.vendor
+        if not callable(getattr(vendor, "stream_request", None)):
+            raise TtsConfigError(
+                f"connection {self.tts_conn_id!r} is a {vendor.api} connection, which has no streaming "
+                "TTS call; /tts-stream needs a camb_ai connection"
+            )
+        return vendor
+
+    def open_tts_stream(self, **fields: Any) -> AudioStream:
+        """Validate a ``/tts-stream`` body, send it, and return the open audio response.
+
+        The body is checked against the documented model before anything is sent. The call is not
+        idempotent (no task id; the response *is* the paid-for audio), so the transport resends it
+        only when the vendor provably did not process it: 429, 503, or a connection that never
+        opened. Once a 2xx arrived, a body that breaks off is the caller's to handle: this method
+        has already returned and resends nothing. The stream carries the response headers, so
+        ``stream.headers.get("x-credits-required")`` is what the vendor says it charged.
+        """
+        vendor = self.stream_vendor()
+        req: ApiRequest = vendor.stream_request(fields)
+        stream = self._sync.open_stream(req)
+        self.log.info(
+            "Opened %s tts-stream (%s, %s bytes, credits %s)",
+            vendor.api,
+            stream.content_type,
+            stream.content_length if stream.content_length is not None else "unknown",
+            stream.headers.get("x-credits-required", "not stated"),
+        )
+        return stream
+
     # ------------------------------------------------------------------------------ connections
 
     def test_connection(self) -> tuple[bool, str]:
