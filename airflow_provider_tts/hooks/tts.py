@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS, parse_connection
-from airflow_provider_tts.exceptions import TtsConfigError, TtsError
+from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsProtocolError, excerpt
 from airflow_provider_tts.status import TtsTaskStatus
 from airflow_provider_tts.transport import AsyncTransport, AudioStream, SyncTransport
 from airflow_provider_tts.vendors import vendor_class
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     import requests
 
 __all__ = ["AudioStream", "Submission", "TtsHook", "TtsTaskStatus"]
+
+#: Media types that are never audio: a streaming TTS response carrying one is an error body.
+_NOT_AUDIO = frozenset({"application/json", "text/json", "application/problem+json", "text/html", "application/xml"})
 
 
 def _mask(secret: str) -> None:
@@ -233,6 +236,15 @@ class TtsHook(BaseHook):
         vendor = self.stream_vendor()
         req: ApiRequest = vendor.stream_request(fields)
         stream = self._sync.open_stream(req)
+        if stream.content_type in _NOT_AUDIO or stream.content_type.startswith("text/"):
+            # A 2xx whose body is a page or JSON, not audio: a gateway or a changed API. It may
+            # have been charged, so it is an error to look at, never a resend or a stored file.
+            with stream:
+                resp = self._sync.read_response(req, stream._response)
+            raise TtsProtocolError(
+                f"{req.what}: expected audio, got {stream.content_type} (HTTP {resp.status}): {excerpt(resp.body)}",
+                http_status=resp.status,
+            )
         self.log.info(
             "Opened %s tts-stream (%s, %s bytes, credits %s)",
             vendor.api,
