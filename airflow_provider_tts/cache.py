@@ -127,6 +127,21 @@ def lookup(path: ObjectStoragePath, fingerprint: str) -> CachedAudio | None:
     )
 
 
+def find_in_folder(
+    folder: ObjectStoragePath, fingerprint: str, extensions: tuple[str, ...] = (".flac", ".wav", ".mp3")
+) -> CachedAudio | None:
+    """:func:`lookup` of ``<folder>/<fingerprint name><ext>`` for each extension, first hit wins.
+
+    For the legacy task path, whose file extension follows the ``Content-Type`` of the download
+    and so is not known before the (paid) submit that this check exists to avoid.
+    """
+    for extension in extensions:
+        hit = lookup(folder / fingerprint_name(fingerprint, extension), fingerprint)
+        if hit is not None:
+            return hit
+    return None
+
+
 def forget(path: ObjectStoragePath) -> None:
     """Remove the sidecar of ``path`` (before new audio is written there); absent is fine."""
     sidecar = sidecar_of(path)

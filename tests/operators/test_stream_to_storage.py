@@ -257,3 +257,24 @@ def test_s3_cut_mid_stream_leaves_nothing(
 def test_fingerprint_name_refuses_non_hex() -> None:
     with pytest.raises(ValueError, match="hex fingerprint"):
         cache.fingerprint_name("../../etc/passwd-0123456789", ".wav")
+
+
+def test_find_in_folder_serves_the_legacy_path(tmp_path: Path) -> None:
+    """The legacy path names its file after the fingerprint too, but learns the extension only on download."""
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_tts.storage import StoredAudio
+
+    fp = request_fingerprint("camb_ai", "tts", {"text": "Hello", "voice_id": 1, "language": 1})
+    folder = ObjectStoragePath(f"file://{tmp_path}/")
+    assert cache.find_in_folder(folder, fp) is None
+    audio = folder / cache.fingerprint_name(fp, ".wav")
+    audio.write_bytes(b"RIFF" + b"\0" * 60)
+    stored = StoredAudio(str(audio), 64, "ab" * 32, "audio/wav", None, "task-1", True)
+    cache.record(audio, fp, stored, api="camb_ai", kind="tts", uri=f"file://{tmp_path}/{audio.name}")
+    hit = cache.find_in_folder(folder, fp)
+    assert hit is not None
+    assert hit.size_bytes == 64
+    assert cache.find_in_folder(folder, "0" * 64) is None
+    cache.forget(audio)
+    assert cache.find_in_folder(folder, fp) is None
