@@ -59,8 +59,8 @@ def per_item(hook: Any, out: Path, n: int) -> dict[str, list[float]]:
 
     figures: dict[str, list[float]] = {"stream_ttfb": [], "stream_e2e": [], "legacy_ttfb": [], "legacy_e2e": []}
     sizes: dict[str, list[int]] = {"stream": [], "legacy": []}
-    stream_texts, legacy_texts = _texts("S", n), _texts("L", n)
-    for i in range(n):
+    stream_texts, legacy_texts = _texts("S", n + 1), _texts("L", n + 1)
+    for i in range(n + 1):  # item 0 warms up both paths (imports, connections) and is not counted
         for path_name in ("stream", "legacy"):
             first: list[float] = []
             target = ObjectStoragePath(f"file://{out}/{path_name}-{i}.wav")
@@ -90,6 +90,8 @@ def per_item(hook: Any, out: Path, n: int) -> dict[str, list[float]]:
                     on_chunk=mark,
                 )
             done = time.perf_counter()
+            if i == 0:
+                continue
             figures[f"{path_name}_ttfb"].append(first[0] - started)
             figures[f"{path_name}_e2e"].append(done - started)
             sizes[path_name].append(stored.size_bytes)
@@ -137,7 +139,8 @@ def main() -> None:
     from airflow_provider_tts.emulator import Emulator, EmulatorConfig
     from airflow_provider_tts.hooks.tts import TtsHook
 
-    config = EmulatorConfig(default_delay=0.0, default_not_found_for=0.0, audio_engine="tones")
+    # WAV on both paths, so equal text length gives byte-for-byte equal audio length.
+    config = EmulatorConfig(default_delay=0.0, default_not_found_for=0.0, audio_engine="tones", camb_tts_format="wav")
     with Emulator(api_key=KEY, config=config) as emu, tempfile.TemporaryDirectory(prefix="tts-stream-bench-") as tmp:
         os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(
             {"conn_type": "camb_ai", "host": emu.camb_base_url, "password": KEY}
@@ -164,20 +167,22 @@ def main() -> None:
         ratio = f"{r['wall'] / first:.2f}"
         batch_rows.append([r["run"], r["texts"], r["vendor_calls"], r["served_from_cache"], f"{r['wall']:.2f}", ratio])
     body = (
-        f"Per item ({items} items per path, interleaved; median and p90, ms):\n\n"
+        f"Per item ({items} items per path, interleaved, after one warm-up item each; median and p90, ms):\n\n"
         + table(["path", "first byte stored", "file complete"], per_rows)
         + f"\nBatch of {batch_size} texts through `CambTtsStreamToStorageOperator` (folder destination, cache on):\n\n"
         + table(["run", "texts", "vendor calls", "served from cache", "wall s", "vs first run"], batch_rows)
-        + "\nHow it was measured: the emulator runs in the same process (a thread), with tasks ready at once "
-        "(`default_delay=0`) and the tone engine (no espeak), so the figures are the client's and the "
-        "protocol's, not a vendor's synthesis time. Every item has its own text of the same length (equal "
-        "audio length, each rendered once). *First byte stored* is from the start of the item until the "
-        "first chunk was written to the temporary beside the destination (`store_stream`'s `on_chunk`); "
-        "*file complete* until the file was moved into place. The legacy path is `TtsHook.submit` -> "
-        f"`get_task_status` every {LEGACY_POLL:g} s -> `open_audio`, through the same `store_stream`; the real "
-        "operator polls every 5 s, so on a real vendor its wait is longer still. The batch runs the operator's "
-        "`execute()` sequentially in one process into a file:// folder; the second run changes every tenth "
-        "text. The machine is shared (2 CPUs); load average at the end: " + load + "."
+        + (
+            "\nHow it was measured: the emulator runs in the same process (a thread), with tasks ready at once "
+            "(`default_delay=0`), WAV on both paths and the tone engine (no espeak), so the figures are the "
+            "client's and the protocol's, not a vendor's synthesis time. Every item has its own text of the same "
+            "length (equal audio length, each rendered once). *First byte stored* is from the start of the item "
+            "until the first chunk was written to the temporary beside the destination (`store_stream`'s "
+            "`on_chunk`); *file complete* until the file was moved into place. The legacy path is "
+            "`TtsHook.submit` -> `get_task_status` every {poll} s -> `open_audio`, through the same "
+            "`store_stream`; the real operator polls every 5 s, so on a real vendor its wait is longer still. The"
+            " batch runs the operator's `execute()` sequentially in one process into a file:// folder; the second"
+            " run changes every tenth text. The machine is shared (2 CPUs); load average at the end: {load}."
+        ).format(poll=f"{LEGACY_POLL:g}", load=load)
     )
     print(body)
     if not args.quick:
