@@ -38,3 +38,8 @@ def request_fingerprint(api: str, kind: str, body: Mapping[str, Any]) -> str:
     """
     text = canonical_json({"api": api, "kind": kind, "body": dict(body)})
     return PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprint_hex(fingerprint: str) -> str:
+    """The hex digest of a fingerprint, without its algorithm prefix: for file names and log lines."""
+    return fingerprint.removeprefix(PREFIX)

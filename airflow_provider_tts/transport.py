@@ -188,12 +188,14 @@ class AudioStream:
     :param url: where the bytes come from, without its query string (safe to log).
     :param content_type: the server's media type, e.g. ``audio/flac``.
     :param content_length: the announced size in bytes, when the server gave one.
+    :param headers: the response headers, names in lower case (e.g. Camb's ``x-credits-required``).
     """
 
     url: str
     content_type: str
     content_length: int | None
     _response: requests.Response = field(repr=False)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
 
     def iter_chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """Yield the body in chunks of at most ``chunk_size`` bytes; never holds the whole body."""
@@ -289,6 +291,7 @@ class SyncTransport:
                     content_type=resp.headers.get("content-type", "").split(";")[0].strip().lower(),
                     content_length=int(length) if length and length.isdigit() else None,
                     _response=resp,
+                    headers={k.lower(): v for k, v in resp.headers.items()},
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -63,7 +63,8 @@ PERMANENT_FAULT_KINDS: tuple[str, ...] = ("401", "403", "422")
 #: Every fault kind ``Emulator.inject`` accepts.
 FAULT_KINDS: tuple[str, ...] = TRANSIENT_FAULT_KINDS + PERMANENT_FAULT_KINDS
 
-FAULT_ENDPOINTS: tuple[str, ...] = ("create", "status", "result", "storage")
+#: ``stream`` is Camb's ``/tts-stream``: a create whose response body is the audio.
+FAULT_ENDPOINTS: tuple[str, ...] = ("create", "status", "result", "storage", "stream")
 
 AUDIO_ENGINES: tuple[str, ...] = ("auto", "espeak", "tones")
 

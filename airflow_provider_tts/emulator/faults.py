@@ -120,6 +120,19 @@ async def respond_with_fault(
             transport.abort()
         # aiohttp notices the closed transport when it tries to send this and gives up quietly.
         return web.Response(status=500), "reset"
+    if kind == "drop" and endpoint == "stream":
+        # A stream that breaks off: 200, audio headers and a third of a chunked body, then FIN
+        # without the terminating chunk. The vendor had begun generating (and charging).
+        wav = SizedWav(64 * 1024, 22050)
+        full = b"".join(bytes(chunk) for chunk in wav.chunks())
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "audio/wav", "X-Credits-Required": "1"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(full[: len(full) // 3])
+        await resp.drain()
+        if transport is not None:
+            transport.close()
+        return resp, "drop"
     if kind == "drop":
         if endpoint in ("result", "storage"):
             wav = SizedWav(64 * 1024, 22050)

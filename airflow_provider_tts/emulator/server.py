@@ -8,6 +8,7 @@ URL layout (one address stands in for every vendor host)::
     POST /apis/text-to-sound                Camb.ai create text-to-sound
     GET  /apis/text-to-sound/{task_id}      Camb.ai text-to-sound status
     GET  /apis/text-to-sound-result/{run_id}
+    POST /apis/tts-stream                   Camb.ai streaming TTS: the body is the audio (chunked)
     POST /paid/text-to-speech               RevidAPI create TTS
     POST /paid/srt-to-speech/merge          RevidAPI create SRT-to-speech (V1 subtitles or V2 srt_url)
     GET  /api/get/{task_id}                 RevidAPI status (both kinds)
@@ -21,6 +22,7 @@ runs, and records the status, so accounting stays in one place and costs two sho
 
 from __future__ import annotations
 
+import array
 import asyncio
 import dataclasses
 import hmac
@@ -28,21 +30,25 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from .audio import AudioRenderer, SizedWav
+from .audio import AudioRenderer, AudioSource, SizedWav
 from .config import CAMB, REVID
 from .faults import error_body, json_response, respond_with_fault
-from .spec import SpecError, markers_in
+from .spec import SpecError, markers_in, strip_markers
 from .state import NOT_FOUND, PENDING, SUCCESS, UNKNOWN, State, Task
 from .vendors import (
     camb_source,
+    camb_stream_credits,
+    camb_stream_format,
     revid_source,
     validate_camb_sound,
+    validate_camb_stream,
     validate_camb_tts,
     validate_revid_srt,
     validate_revid_tts,
@@ -68,6 +74,8 @@ _CAMB_MESSAGES = {
     "timeout": "Task processing exceeded the allowed time",
     "payment_required": "Insufficient credits for this operation",
 }
+#: Size of each chunk of a ``/tts-stream`` body (the emulator writes it as a real stream).
+STREAM_CHUNK_BYTES = 16 * 1024
 _EXPIRES = "X-Emu-Expires"
 _SIGNATURE = "X-Emu-Signature"
 
@@ -96,6 +104,25 @@ async def _read_json(request: web.Request) -> tuple[Any, str | None]:
         return json.loads(raw), None
     except (ValueError, UnicodeDecodeError) as exc:
         return None, f"JSON decode error: {exc}"
+
+
+def pcm_as(s16le: bytes, fmt: str) -> bytes:
+    """16-bit little-endian mono samples as the raw ``pcm_*`` format asked for."""
+    samples = array.array("h")
+    samples.frombytes(s16le)
+    if sys.byteorder == "big":
+        samples.byteswap()
+    out: array.array[Any]
+    if fmt.startswith("pcm_s16"):
+        out = samples
+    elif fmt.startswith("pcm_s32"):
+        out = array.array("i", (v << 16 for v in samples))
+    else:
+        out = array.array("f", (v / 32768.0 for v in samples))
+    little = fmt.endswith("le")
+    if (sys.byteorder == "little") != little:
+        out.byteswap()
+    return out.tobytes()
 
 
 class EmulatorServer:
@@ -129,6 +156,7 @@ class EmulatorServer:
         r.add_get(
             "/apis/text-to-sound-result/{run_id}", wrap("result", CAMB, lambda q: self.camb_result(q, "text-to-sound"))
         )
+        r.add_post("/apis/tts-stream", wrap("stream", CAMB, self.camb_tts_stream))
         r.add_post("/paid/text-to-speech", wrap("create", REVID, lambda q: self.revid_create(q, "tts")))
         r.add_post("/paid/srt-to-speech/merge", wrap("create", REVID, lambda q: self.revid_create(q, "srt-to-speech")))
         r.add_get("/api/get/{task_id}", wrap("status", REVID, self.revid_status))
@@ -410,6 +438,41 @@ class EmulatorServer:
             url = self.presign(f"/storage/camb/{run_id}.{fmt}", self.state.config.presigned_url_ttl)
             return _json({key: url})
         return await self.send_audio(request, task, fmt)
+
+    async def camb_tts_stream(self, request: web.Request) -> web.StreamResponse:
+        """``POST /tts-stream``: validate, then stream the audio in the requested format, chunked.
+
+        mp3 and adts cannot be encoded here; they are served as WAV with ``Content-Type:
+        audio/wav`` (a client must trust the header, as it must for ``/tts-result``). ``pcm_*``
+        formats are raw samples converted from the 16-bit mono render.
+        """
+        denied = self._camb_auth(request)
+        if denied is not None:
+            return denied
+        body, problem = await _read_json(request)
+        if problem is not None:
+            return _json({"detail": [{"type": "json_invalid", "loc": ["body", 0], "msg": problem, "input": {}}]}, 422)
+        errors = validate_camb_stream(body)
+        if errors:
+            return _json({"detail": errors}, 422)
+        fmt = camb_stream_format(body)
+        source = AudioSource("speech", text=strip_markers(body["text"]))
+        if fmt in ("wav", "flac"):
+            data, content_type = await self.renderer.encoded(source, fmt), AUDIO_TYPES[fmt]
+        elif fmt.startswith("pcm_"):
+            data, content_type = pcm_as((await self.renderer.pcm(source)).data, fmt), "audio/pcm"
+        else:
+            data, content_type = await self.renderer.encoded(source, "wav"), AUDIO_TYPES["wav"]
+        resp = web.StreamResponse(
+            headers={"Content-Type": content_type, "X-Credits-Required": str(camb_stream_credits(body))}
+        )
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        view = memoryview(data)
+        for start in range(0, len(data), STREAM_CHUNK_BYTES):
+            await resp.write(view[start : start + STREAM_CHUNK_BYTES])
+        await resp.write_eof()
+        return resp
 
     # -- RevidAPI ----------------------------------------------------------------------------
 

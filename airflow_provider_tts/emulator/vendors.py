@@ -269,3 +269,96 @@ def revid_source(kind: str, body: Mapping[str, Any]) -> AudioSource:
     silence = float(body.get("add_silence") or 0)
     total = max(seg.end for seg in segments) + silence
     return AudioSource("timeline", seconds=total, segments=tuple(segments))
+
+
+# ---------------------------------------------------------------------------------------------
+# Camb.ai /tts-stream
+
+#: ``output_configuration.format`` values of ``/tts-stream`` (the SDK's ``OutputFormat``).
+CAMB_STREAM_FORMATS: tuple[str, ...] = (
+    "wav",
+    "flac",
+    "mp3",
+    "adts",
+    "pcm_s16le",
+    "pcm_s16be",
+    "pcm_s32le",
+    "pcm_s32be",
+    "pcm_f32le",
+    "pcm_f32be",
+)
+_BCP47 = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+_STREAM_KEYS = frozenset(
+    {
+        "text",
+        "language",
+        "voice_id",
+        "speech_model",
+        "user_instructions",
+        "enhance_named_entities_pronunciation",
+        "output_configuration",
+        "voice_settings",
+        "inference_options",
+    }
+)
+
+
+def validate_camb_stream(body: object) -> ErrorList:
+    """``POST /tts-stream``: text of 3-3000 characters, a BCP-47 ``language`` string, an integer
+    ``voice_id``, an ``output_configuration`` object whose ``format`` is one of the documented ones.
+
+    Null optional fields are accepted (the SDK sends ``null`` for options the caller passed as
+    None); unknown top-level keys are not checked, as FastAPI ignores them by default.
+    """
+    if not isinstance(body, Mapping):
+        return _not_object(body)
+    errors: ErrorList = []
+    for name in ("text", "language", "voice_id"):
+        if body.get(name) is None:
+            errors.append(_err(name, "missing", "Field required", dict(body)))
+    text = body.get("text")
+    if text is not None:
+        if not isinstance(text, str):
+            errors.append(_err("text", "string_type", "Input should be a valid string", text))
+        elif len(text) < 3:
+            errors.append(_err("text", "string_too_short", "String should have at least 3 characters", text))
+        elif len(text) > 3000:
+            errors.append(_err("text", "string_too_long", "String should have at most 3000 characters", text))
+    language = body.get("language")
+    if language is not None and (not isinstance(language, str) or not _BCP47.match(language)):
+        errors.append(_err("language", "enum", "Input should be a BCP-47 language code such as 'en-us'", language))
+    if body.get("voice_id") is not None:
+        _check_int(errors, "voice_id", body["voice_id"])
+    if body.get("speech_model") is not None:
+        _check_str(errors, "speech_model", body["speech_model"], min_length=1)
+    config = body.get("output_configuration")
+    if config is not None:
+        if not isinstance(config, Mapping):
+            errors.append(_err("output_configuration", "model_type", "Input should be an object", config))
+        else:
+            fmt = config.get("format")
+            if fmt is not None and fmt not in CAMB_STREAM_FORMATS:
+                errors.append(
+                    {
+                        "type": "enum",
+                        "loc": ["body", "output_configuration", "format"],
+                        "msg": "Input should be " + ", ".join(repr(f) for f in CAMB_STREAM_FORMATS),
+                        "input": fmt,
+                    }
+                )
+    for name in ("voice_settings", "inference_options"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, Mapping):
+            errors.append(_err(name, "model_type", "Input should be an object", value))
+    return errors
+
+
+def camb_stream_format(body: Mapping[str, Any]) -> str:
+    """The requested output format; the vendor's default is mp3 (per the SDK)."""
+    config = body.get("output_configuration") or {}
+    return str(config.get("format") or "mp3")
+
+
+def camb_stream_credits(body: Mapping[str, Any]) -> int:
+    """What the emulator says a stream costs: one credit per character (its own rule; Camb publishes none)."""
+    return len(str(body["text"]))

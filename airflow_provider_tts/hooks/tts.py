@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS, parse_connection
-from airflow_provider_tts.exceptions import TtsConfigError, TtsError
+from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsProtocolError, excerpt
 from airflow_provider_tts.status import TtsTaskStatus
 from airflow_provider_tts.transport import AsyncTransport, AudioStream, SyncTransport
 from airflow_provider_tts.vendors import vendor_class
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     import requests
 
 __all__ = ["AudioStream", "Submission", "TtsHook", "TtsTaskStatus"]
+
+#: Media types that are never audio: a streaming TTS response carrying one is an error body.
+_NOT_AUDIO = frozenset({"application/json", "text/json", "application/problem+json", "text/html", "application/xml"})
 
 
 def _mask(secret: str) -> None:
@@ -202,6 +205,53 @@ class TtsHook(BaseHook):
                 resp = self._sync.read_response(req, stream._response)
             url = vendor.file_url_from(resp, req.what)
             stream = self._sync.open_stream(ApiRequest("GET", url, what=req.what, authenticated=False))
+        return stream
+
+    # ----------------------------------------------------------------------------- tts-stream
+
+    def stream_vendor(self) -> Any:
+        """The vendor unit, when its API has a synchronous streaming TTS call (Camb.ai's ``/tts-stream``).
+
+        Returns the vendor object (which has ``stream_request``); a connection whose API has no
+        such call is refused with a clear error before any request.
+        """
+        vendor = self.vendor
+        if not callable(getattr(vendor, "stream_request", None)):
+            raise TtsConfigError(
+                f"connection {self.tts_conn_id!r} is a {vendor.api} connection, which has no streaming "
+                "TTS call; /tts-stream needs a camb_ai connection"
+            )
+        return vendor
+
+    def open_tts_stream(self, **fields: Any) -> AudioStream:
+        """Validate a ``/tts-stream`` body, send it, and return the open audio response.
+
+        The body is checked against the documented model before anything is sent. The call is not
+        idempotent (no task id; the response *is* the paid-for audio), so the transport resends it
+        only when the vendor provably did not process it: 429, 503, or a connection that never
+        opened. Once a 2xx arrived, a body that breaks off is the caller's to handle: this method
+        has already returned and resends nothing. The stream carries the response headers, so
+        ``stream.headers.get("x-credits-required")`` is what the vendor says it charged.
+        """
+        vendor = self.stream_vendor()
+        req: ApiRequest = vendor.stream_request(fields)
+        stream = self._sync.open_stream(req)
+        if stream.content_type in _NOT_AUDIO or stream.content_type.startswith("text/"):
+            # A 2xx whose body is a page or JSON, not audio: a gateway or a changed API. It may
+            # have been charged, so it is an error to look at, never a resend or a stored file.
+            with stream:
+                resp = self._sync.read_response(req, stream._response)
+            raise TtsProtocolError(
+                f"{req.what}: expected audio, got {stream.content_type} (HTTP {resp.status}): {excerpt(resp.body)}",
+                http_status=resp.status,
+            )
+        self.log.info(
+            "Opened %s tts-stream (%s, %s bytes, credits %s)",
+            vendor.api,
+            stream.content_type,
+            stream.content_length if stream.content_length is not None else "unknown",
+            stream.headers.get("x-credits-required", "not stated"),
+        )
         return stream
 
     # ------------------------------------------------------------------------------ connections

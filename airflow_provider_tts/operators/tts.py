@@ -25,7 +25,7 @@ from airflow.sdk.configuration import conf
 
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsSubmitUncertainError
-from airflow_provider_tts.fingerprint import request_fingerprint
+from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint
 from airflow_provider_tts.lineage import asset_event_extra, default_outlet
 from airflow_provider_tts.status import KINDS
 from airflow_provider_tts.storage import (
@@ -380,7 +380,67 @@ def plain_uri(path: ObjectStoragePath) -> str:
     return f"{path.protocol}://{path.path}"
 
 
-class TtsAudioToStorageOperator(BaseOperator):
+class _StoredAudioOutput:
+    """What every operator that stores audio reports once the file is in place: one output.
+
+    Shared by :class:`TtsAudioToStorageOperator` and :class:`CambTtsStreamToStorageOperator`, so
+    both emit the same asset event, hook lineage and OpenLineage facets for the object they wrote.
+    """
+
+    if TYPE_CHECKING:
+        kind: str
+        outlets: list[Any]
+        stored_audio: dict[str, Any] | None
+
+        @property
+        def hook(self) -> TtsHook: ...
+
+    def _emit_asset(self, context: Context, stored: dict[str, Any]) -> None:
+        """Record the stored file as this task's one output: asset event, hook lineage, OpenLineage.
+
+        Called once the destination holds the audio (``stored`` is the XCom dict). Every
+        ``Asset`` outlet gets the file in its event's ``extra``; an opt-in ``AssetAlias`` gets the
+        file's own asset. The destination is reported to the hook lineage collector here, by URI,
+        so lineage never depends on how the storage layer wrote it (a temporary and a move, or a
+        direct upload): that layer must not report its temporary.
+        """
+        from airflow.sdk.definitions.asset import AssetRef
+        from airflow.sdk.lineage import get_hook_lineage_collector
+
+        self.stored_audio = dict(stored)
+        extra = asset_event_extra(stored, self.kind)
+        events = context.get("outlet_events")
+        if events is not None:
+            for outlet in self.outlets:
+                if isinstance(outlet, AssetAlias):
+                    events[outlet].add(Asset(stored["uri"]), extra=extra)
+                elif isinstance(outlet, Asset | AssetRef):
+                    events[outlet].extra.update(extra)
+        get_hook_lineage_collector().add_output_asset(context=self.hook, uri=stored["uri"])
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage[Any, Any]:
+        """OpenLineage facets of the finished store (called by the OpenLineage provider, if installed).
+
+        The output dataset is the stored object (namespace and name per the OpenLineage naming
+        spec: ``file`` + path, ``s3://<bucket>`` + key); run facets carry the vendor job
+        (``externalQuery``: task id and API; ``ttsJob``: api, kind, task id, audio duration).
+        No input dataset: the text lives with the vendor, and a temporary object is not data.
+        """
+        from airflow_provider_tts.lineage import operator_lineage
+
+        if self.stored_audio is None:  # failed before storing: nothing to report, no connection lookup
+            return operator_lineage(None, api=None, kind=self.kind)
+        return operator_lineage(self.stored_audio, api=self.hook.api, kind=self.kind)
+
+
+#: ``/tts-stream`` body fields the stream operator passes through (each may be templated or not).
+STREAM_FIELDS: tuple[str, ...] = (
+    "text", "language", "voice_id", "speech_model", "user_instructions", "enhance_named_entities_pronunciation",
+    "output_configuration", "voice_settings", "inference_options",
+)  # fmt: skip
+
+
+class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
     """Wait for a text-to-speech task if needed, then stream its audio into object storage.
 
     :param tts_task_id: the vendor's task id (templated; an XComArg works).
@@ -609,39 +669,235 @@ class TtsAudioToStorageOperator(BaseOperator):
         self._emit_asset(context, result)
         return result
 
-    def _emit_asset(self, context: Context, stored: dict[str, Any]) -> None:
-        """Record the stored file as this task's one output: asset event, hook lineage, OpenLineage.
 
-        Called once the destination holds the audio (``stored`` is the XCom dict). Every
-        ``Asset`` outlet gets the file in its event's ``extra``; an opt-in ``AssetAlias`` gets the
-        file's own asset. The destination is reported to the hook lineage collector here, by URI,
-        so lineage never depends on how the storage layer wrote it (a temporary and a move, or a
-        direct upload): that layer must not report its temporary.
-        """
-        from airflow.sdk.definitions.asset import AssetRef
-        from airflow.sdk.lineage import get_hook_lineage_collector
+class CambTtsStreamToStorageOperator(_StoredAudioOutput, BaseOperator):
+    """Synthesise speech with Camb.ai's ``/tts-stream`` and stream it straight into object storage.
 
-        self.stored_audio = dict(stored)
-        extra = asset_event_extra(stored, self.kind)
-        events = context.get("outlet_events")
-        if events is not None:
-            for outlet in self.outlets:
-                if isinstance(outlet, AssetAlias):
-                    events[outlet].add(Asset(stored["uri"]), extra=extra)
-                elif isinstance(outlet, Asset | AssetRef):
-                    events[outlet].extra.update(extra)
-        get_hook_lineage_collector().add_output_asset(context=self.hook, uri=stored["uri"])
+    ``/tts-stream`` is Camb's recommended TTS call: one synchronous request whose response body is
+    the audio, with no task id and no polling. This is a separate operator rather than a
+    ``stream=True`` path of :class:`TtsAudioToStorageOperator` because almost nothing of that
+    operator's interface applies: it takes a task id, waits (deferring) and downloads, while this
+    one takes the text and its options, never waits and has nothing to defer. What they do share,
+    the atomic constant-memory writer (:func:`~airflow_provider_tts.storage.store_stream`), the
+    destination checks and the returned dict, is shared by calling the same functions.
 
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage[Any, Any]:
-        """OpenLineage facets of the finished store (called by the OpenLineage provider, if installed).
+    Every documented field is validated before anything else (text of 3-3000 characters, a BCP-47
+    ``language`` such as ``en-us``, an integer ``voice_id``, the output format and its options):
+    a bad value is a clear error that costs nothing. A body that breaks off mid-stream leaves
+    nothing at the destination (the writer streams into a temporary and moves it into place only
+    when complete) and is not resent by the hook: the vendor may already have charged for it.
 
-        The output dataset is the stored object (namespace and name per the OpenLineage naming
-        spec: ``file`` + path, ``s3://<bucket>`` + key); run facets carry the vendor job
-        (``externalQuery``: task id and API; ``ttsJob``: api, kind, task id, audio duration).
-        No input dataset: the text lives with the vendor, and a temporary object is not data.
-        """
-        from airflow_provider_tts.lineage import operator_lineage
+    **Request cache (on by default).** A streaming call has no task id, so a retried or re-run
+    task would pay again. The request's fingerprint (vendor, ``tts-stream``, the validated body
+    including the output format) is recorded in a sidecar ``<file>.tts.json`` beside the audio;
+    when the destination already holds audio made from the same fingerprint (sidecar matches and
+    the object has the recorded size) the vendor is not called at all and the stored object is
+    returned with ``cached: True``. On by default because a pipeline re-run over the same texts is
+    expected to produce the same files, the same expectation the ``skip_if_identical`` overwrite
+    default already serves, and paying again for identical audio is never what a batch wants. To
+    force new audio (a new model version behind the same name), set ``reuse_cached=False`` or
+    ``overwrite="replace"``.
 
-        if self.stored_audio is None:  # failed before storing: nothing to report, no connection lookup
-            return operator_lineage(None, api=None, kind=self.kind)
-        return operator_lineage(self.stored_audio, api=self.hook.api, kind=self.kind)
+    :param text: the words to speak, 3-3000 characters (templated).
+    :param language: BCP-47 tag, e.g. ``en-us`` (templated). Not the legacy integer id.
+    :param voice_id: Camb voice id, an integer (templated).
+    :param destination: a file URI, or a folder URI ending in ``/``: the file is then named
+        ``<first 16 hex of the request fingerprint><extension of the format>``, so the same
+        request always lands on the same object (templated).
+    :param output_format: ``wav``, ``flac``, ``mp3`` (Camb's default), ``adts`` or ``pcm_*``;
+        shorthand for ``output_configuration={"format": ...}``.
+    :param output_configuration: the full documented object (``format``, ``duration``,
+        ``apply_enhancement``, ``sample_rate``).
+    :param speech_model: e.g. ``mars-pro``, ``mars-flash``, ``mars-instruct``.
+    :param user_instructions, enhance_named_entities_pronunciation, voice_settings,
+        inference_options: passed as documented by Camb's SDK, validated here.
+    :param reuse_cached: skip the vendor when the destination holds audio of this very request.
+    :param overwrite, max_bytes, chunk_bytes, dest_conn_id, retry, asset_alias: as for
+        :class:`TtsAudioToStorageOperator`.
+
+    Returns the storage operator's dict (``uri``, ``size_bytes``, ``sha256``, ``content_type``,
+    ``duration_seconds``, ``tts_task_id``: None, as a stream has no task) plus ``fingerprint``,
+    ``cached`` and ``credits`` (the vendor's ``X-Credits-Required``; 0 on a cache hit; None when
+    the vendor did not say).
+    """
+
+    template_fields: Sequence[str] = (
+        "text", "language", "voice_id", "speech_model", "user_instructions", "destination", "tts_conn_id",
+        "dest_conn_id",
+    )  # fmt: skip
+    ui_color = "#d9ecf2"
+
+    def __init__(
+        self,
+        *,
+        text: str | XComArg,
+        language: str,
+        voice_id: int | str,
+        destination: str | ObjectStoragePath,
+        tts_conn_id: str = DEFAULT_CONN_IDS["camb_ai"],
+        output_format: str | None = None,
+        output_configuration: Mapping[str, Any] | None = None,
+        speech_model: str | None = None,
+        user_instructions: str | None = None,
+        enhance_named_entities_pronunciation: bool | None = None,
+        voice_settings: Mapping[str, Any] | None = None,
+        inference_options: Mapping[str, Any] | None = None,
+        reuse_cached: bool = True,
+        dest_conn_id: str | None = None,
+        overwrite: OverwritePolicy = "skip_if_identical",
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        retry: Mapping[str, Any] | None = None,
+        asset_alias: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if overwrite not in OVERWRITE_POLICIES:
+            raise TtsConfigError(f"overwrite must be one of {', '.join(OVERWRITE_POLICIES)}, got {overwrite!r}")
+        if not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise TtsConfigError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+        if not isinstance(chunk_bytes, int) or not 4096 <= chunk_bytes <= 64 * 1024**2:
+            raise TtsConfigError(f"chunk_bytes must be an integer from 4096 to 64 MiB, got {chunk_bytes!r}")
+        if not isinstance(reuse_cached, bool):
+            raise TtsConfigError(f"reuse_cached must be True or False, got {reuse_cached!r}")
+        config = dict(output_configuration or {})
+        if output_format is not None:
+            if "format" in config and config["format"] != output_format:
+                raise TtsConfigError(
+                    f"output_format={output_format!r} contradicts output_configuration.format={config['format']!r}"
+                )
+            config["format"] = output_format
+        explicit_outlets = "outlets" in kwargs
+        super().__init__(**kwargs)
+        if not explicit_outlets:  # the same stable asset as TtsAudioToStorageOperator declares
+            dag_id = self.dag_id if self.has_dag() else None
+            self.outlets = [TtsAudioToStorageOperator._outlet(destination, asset_alias, dag_id, self.task_id)]
+        self.text = text
+        self.language = language
+        self.voice_id = voice_id
+        self.destination = destination
+        self.tts_conn_id = tts_conn_id
+        self.output_configuration = config or None
+        self.speech_model = speech_model
+        self.user_instructions = user_instructions
+        self.enhance_named_entities_pronunciation = enhance_named_entities_pronunciation
+        self.voice_settings = dict(voice_settings) if voice_settings is not None else None
+        self.inference_options = dict(inference_options) if inference_options is not None else None
+        self.reuse_cached = reuse_cached
+        self.dest_conn_id = dest_conn_id
+        self.overwrite: OverwritePolicy = overwrite
+        self.max_bytes = max_bytes
+        self.chunk_bytes = chunk_bytes
+        self.retry = dict(retry) if retry else None
+        self.asset_alias = asset_alias
+        self.kind = "tts-stream"  # how lineage and asset events name what made the audio
+        #: What this try stored (the XCom dict), for the OpenLineage facets on completion.
+        self.stored_audio: dict[str, Any] | None = None
+        if not any(_rendered_later(getattr(self, name)) for name in STREAM_FIELDS):
+            # Literal fields: a mistake fails when the DAG is parsed, not at 3 a.m.
+            self.stream_body()
+
+    @cached_property
+    def hook(self) -> TtsHook:
+        from airflow_provider_tts.hooks.tts import TtsHook
+
+        return TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
+
+    def stream_body(self) -> dict[str, Any]:
+        """The validated ``/tts-stream`` body from the (rendered) arguments; raises before any request."""
+        from airflow_provider_tts.vendors.camb import validate_stream_fields
+
+        fields = {name: getattr(self, name) for name in STREAM_FIELDS if getattr(self, name) is not None}
+        return validate_stream_fields(fields)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_tts import cache
+        from airflow_provider_tts.fingerprint import request_fingerprint
+        from airflow_provider_tts.vendors.camb import STREAM_FORMATS
+
+        body = self.stream_body()
+        vendor = self.hook.stream_vendor()  # a revid_tts connection fails here, before any request
+        fingerprint = request_fingerprint(vendor.api, "tts-stream", body)
+        fmt = body["output_configuration"]["format"]
+        expected_type, extension = STREAM_FORMATS[fmt]
+        destination = destination_path(self.destination, self.dest_conn_id or None)
+        path = destination
+        if is_folder(self.destination):
+            path = destination / cache.fingerprint_name(fingerprint, extension)
+        check_writable(path)
+        if self.overwrite == "fail" and path.exists():
+            raise TtsStorageError(f"destination {plain_uri(path)} already exists and overwrite='fail'")
+        uri = plain_uri(path)
+        if self.reuse_cached and self.overwrite != "replace":
+            hit = cache.lookup(path, fingerprint)
+            if hit is not None:
+                self.log.info("%s already holds the audio of request %s; not calling the vendor", uri, fingerprint)
+                cached = {
+                    "uri": uri,
+                    "size_bytes": hit.size_bytes,
+                    "sha256": hit.sha256,
+                    "content_type": hit.content_type,
+                    "duration_seconds": hit.recorded.get("duration_seconds"),
+                    "tts_task_id": None,
+                    "fingerprint": fingerprint,
+                    "cached": True,
+                    "credits": 0,
+                }
+                self._emit_asset(context, cached)
+                return cached
+        # The sidecar goes before the audio changes, so it can never describe audio it did not see.
+        cache.forget(path)
+        with self.hook.open_tts_stream(**body) as audio:
+            credits = _credits(audio.headers.get("x-credits-required"))
+            if audio.content_type != expected_type:
+                self.log.warning(
+                    "Asked for %s (%s) but the vendor answered %s; storing what arrived", fmt, expected_type,
+                    audio.content_type,
+                )  # fmt: skip
+            self.log.info("Streaming tts-stream audio (%s, credits %s) to %s", audio.content_type, credits, uri)
+            stored = store_stream(
+                audio.iter_chunks(self.chunk_bytes),
+                path,
+                temp_name=_stream_temp_name(context, path.name),
+                content_type=audio.content_type,
+                content_length=audio.content_length,
+                tts_task_id=f"tts-stream {fingerprint_hex(fingerprint)[:16]}",
+                overwrite=self.overwrite,
+                max_bytes=self.max_bytes,
+                chunk_bytes=self.chunk_bytes,
+            )
+        cache.record(path, fingerprint, stored, api=vendor.api, kind="tts-stream", uri=uri, credits=credits)
+        result = {
+            **stored.to_xcom(),
+            "uri": uri,
+            "tts_task_id": None,
+            "fingerprint": fingerprint,
+            "cached": False,
+            "credits": credits,
+        }
+        self._emit_asset(context, result)
+        return result
+
+
+def _rendered_later(value: Any) -> bool:
+    """A template string or an XComArg: its value is only known when the task runs."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    return not isinstance(value, (int, float, bool, dict, list, type(None)))
+
+
+def _credits(header: str | None) -> int | None:
+    """``X-Credits-Required`` as an integer; None when absent or not a whole number."""
+    if header is None:
+        return None
+    try:
+        value = float(header.strip())
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() and value >= 0 else None
+
+
+def _stream_temp_name(context: Context, final_name: str) -> str:
+    """The temporary's name, fixed per task instance so a killed try's leftover is overwritten."""
+    ti = context.get("ti")
+    identity = "/".join(str(getattr(ti, attr, "")) for attr in ("dag_id", "task_id", "run_id", "map_index"))
+    return f".{final_name}.{hashlib.sha256((identity or 'manual').encode()).hexdigest()[:12]}.partial"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from airflow_provider_tts.exceptions import TtsProtocolError, excerpt
 from airflow_provider_tts.status import FailureKind, Kind, TtsTaskStatus
@@ -70,6 +70,113 @@ class _CambTextToSoundFields(BaseModel):
 
 
 _FIELDS: dict[str, type[BaseModel]] = {"tts": _CambTtsFields, "text-to-sound": _CambTextToSoundFields}
+
+# ------------------------------------------------------------------------------------ /tts-stream
+
+#: Output formats of ``/tts-stream`` (the SDK's ``OutputFormat``) and the media type each answers with.
+STREAM_FORMATS: dict[str, tuple[str, str]] = {
+    # format: (media type the vendor answers with, file extension)
+    "wav": ("audio/wav", ".wav"),
+    "flac": ("audio/flac", ".flac"),
+    "mp3": ("audio/mpeg", ".mp3"),
+    "adts": ("audio/aac", ".aac"),
+    "pcm_s16le": ("audio/pcm", ".pcm"),
+    "pcm_s16be": ("audio/pcm", ".pcm"),
+    "pcm_s32le": ("audio/pcm", ".pcm"),
+    "pcm_s32be": ("audio/pcm", ".pcm"),
+    "pcm_f32le": ("audio/pcm", ".pcm"),
+    "pcm_f32be": ("audio/pcm", ".pcm"),
+}
+#: Speech models the SDK names. The SDK's type also lets any string through, so a new model is not
+#: refused here; only the shape (a lower-case model name) is checked.
+STREAM_SPEECH_MODELS: tuple[str, ...] = (
+    "mars-pro",
+    "mars-flash",
+    "mars-instruct",
+    "mars-8.1-pro-beta",
+    "mars-8.1-flash-beta",
+)
+#: A BCP-47 tag as Camb writes them (``en-us``, ``pt-br``, ``zh-cn``): a 2-3 letter language and
+#: optional subtags. Camb's list is long and grows; the shape, not the list, is what is checked.
+_BCP47 = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"
+#: Format used when a request names none (the SDK documents mp3 as the vendor's default).
+StreamFormat = Literal[
+    "wav", "flac", "mp3", "adts", "pcm_s16le", "pcm_s16be", "pcm_s32le", "pcm_s32be", "pcm_f32le", "pcm_f32be"
+]
+DEFAULT_STREAM_FORMAT: StreamFormat = "mp3"
+
+
+class _StreamOutputConfiguration(BaseModel):
+    """``output_configuration`` of ``/tts-stream`` (the SDK's ``StreamTtsOutputConfiguration``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: StreamFormat = DEFAULT_STREAM_FORMAT
+    duration: float | None = Field(default=None, gt=0, le=600)
+    apply_enhancement: bool | None = None
+    sample_rate: Literal[8000, 16000, 22050, 24000, 32000, 44100, 48000] | None = None
+
+
+class _StreamVoiceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enhance_reference_audio_quality: bool | None = None
+    maintain_source_accent: bool | None = None
+    apply_ref_loudness_norm: bool | None = None
+    speaking_rate: float | None = Field(default=None, gt=0, le=4)
+
+
+class _StreamInferenceOptions(BaseModel):
+    """Ranges as the SDK's docstring states them."""
+
+    model_config = ConfigDict(extra="forbid")
+    stability: float | None = Field(default=None, ge=0, le=1)
+    temperature: float | None = Field(default=None, ge=0.01, le=4)
+    inference_steps: int | None = Field(default=None, ge=1, le=1000)
+    speaker_similarity: float | None = Field(default=None, ge=0, le=1)
+    localize_speaker_weight: float | None = Field(default=None, ge=0, le=1)
+    acoustic_quality_boost: bool | None = None
+
+
+class CambTtsStreamFields(BaseModel):
+    """Documented body of ``POST /tts-stream`` (Camb's recommended, synchronous TTS).
+
+    Strict where the vendor documents a rule (text of 3-3000 characters, a BCP-47 language string,
+    an integer voice id, the listed output formats); unknown keys are refused so a misspelt option
+    fails here, before it is paid for, rather than being ignored by the vendor. ``voice_id`` is
+    required: the SDK refuses a call without it for Camb's own provider.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+    text: str = Field(min_length=3, max_length=3000)
+    language: str = Field(pattern=_BCP47, description="BCP-47 tag such as en-us (not the legacy integer id)")
+    voice_id: int = Field(ge=0)
+    speech_model: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.\-]{0,63}$")] | None = None
+    user_instructions: str | None = Field(default=None, max_length=3000)
+    enhance_named_entities_pronunciation: bool | None = None
+    output_configuration: _StreamOutputConfiguration = Field(default_factory=_StreamOutputConfiguration)
+    voice_settings: _StreamVoiceSettings | None = None
+    inference_options: _StreamInferenceOptions | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str) -> str:
+        if len(value.strip()) < 3:
+            raise ValueError("text must have at least 3 characters that are not whitespace")
+        return value
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _language_is_a_tag(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError(
+                "language for /tts-stream is a BCP-47 string such as 'en-us'; "
+                "the integer ids belong to the legacy /tts call"
+            )
+        return value.lower() if isinstance(value, str) else value
+
+
+def validate_stream_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The validated ``/tts-stream`` body (defaults filled in, so equal requests fingerprint alike)."""
+    return validate_fields(CambTtsStreamFields, fields, "camb_ai tts-stream request")
 
 
 def _text(value: Any) -> str | None:
@@ -185,6 +292,20 @@ class CambAi(Vendor):
             f"{self.settings.api_base_url}/{_PATHS[status.kind][1]}/{status.run_id}",
             what=f"audio of camb_ai {status.kind} run {status.run_id}",
             params={"output_type": "raw_bytes"},
+        )
+
+    def stream_request(self, fields: Mapping[str, Any]) -> ApiRequest:
+        """``POST /tts-stream``: validated before anything is sent; never resent once it may have run.
+
+        Not idempotent: the response body *is* the audio and there is no task id to re-attach to,
+        so a resend after the vendor started generating would be charged again.
+        """
+        return ApiRequest(
+            "POST",
+            f"{self.settings.api_base_url}/tts-stream",
+            what="camb_ai tts-stream",
+            json=validate_stream_fields(fields),
+            idempotent=False,
         )
 
     def probe_request(self) -> ApiRequest:
