@@ -31,7 +31,7 @@ from airflow_provider_tts.emulator import Emulator, EmulatorConfig
 from tests.conftest import TEST_KEY
 from tools.local_airflow import LocalAirflow
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a cold start on a busy machine takes minutes
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # a cold start on a busy machine takes minutes
 
 EXAMPLE = Path(__file__).resolve().parent.parent.parent / "example_dags" / "example_tts_batch.py"
 BATCH, ANNOUNCE = "example_tts_batch", "example_tts_batch_announce"
@@ -76,7 +76,7 @@ def airflow(workdir: Path, emulator: Emulator) -> Iterator[LocalAirflow]:
     }
     deployment = LocalAirflow(workdir / "home", workdir / "dags", parallelism=4, env=env, log=_log)
     try:
-        deployment.start(timeout=240)
+        deployment.start(timeout=480)  # generous: the machine running CI may be shared
         yield deployment
     finally:
         deployment.stop()
