@@ -38,9 +38,11 @@ from airflow_provider_tts.storage import (
     store_stream,
 )
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
-from airflow_provider_tts.waiting import Waiter, WaitPolicy, wait_sync
+from airflow_provider_tts.waiting import Waiter, WaitPolicy, wait_sync, wait_timeout
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from airflow.sdk import Context, ObjectStoragePath, XComArg
 
     from airflow_provider_tts.hooks.tts import TtsHook
@@ -84,7 +86,11 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
     :param wait: also wait for the task to finish (deferring like the sensor when ``deferrable``);
         the operator still returns the task id.
     :param deferrable: with ``wait``, wait in the triggerer; defaults to ``[operators] default_deferrable``.
-    :param wait_timeout: with ``wait``, seconds to wait before failing (default 1 hour).
+    :param timeout: with ``wait``, how long to wait before failing: seconds or a ``timedelta``
+        (default 1 hour; ``wait_timeout``, its old name, still works with a deprecation warning).
+    :param poll_interval: with ``wait``, seconds (or a ``timedelta``) between polls at first.
+    :param wait_policy: with ``wait``, the other wait settings; see
+        :class:`~airflow_provider_tts.waiting.WaitPolicy` (its fields may also be passed by name).
     :param durable: keep the task id in the task state store so retries re-attach (Airflow 3.3+).
     """
 
@@ -102,7 +108,9 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
         kind: str = "tts",
         wait: bool = False,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        wait_timeout: float = 3600.0,
+        timeout: float | timedelta | None = None,
+        poll_interval: float | timedelta | None = None,
+        wait_policy: WaitPolicy | None = None,
         retry: Mapping[str, Any] | None = None,
         text: str | XComArg | None = None,
         voice_id: int | str | None = None,
@@ -131,6 +139,9 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
         output_format: str | None = None,
         **kwargs: Any,
     ) -> None:
+        policy_fields = WaitPolicy.pop_fields(kwargs)
+        self.timeout = wait_timeout(timeout, kwargs, type(self).__name__)
+        self.wait_policy = WaitPolicy.build(wait_policy, poll_interval=poll_interval, **policy_fields)
         super().__init__(**kwargs)
         if not _templated(kind) and kind not in KINDS:
             raise TtsConfigError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -141,7 +152,7 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
         self.kind = kind
         self.wait = wait
         self.deferrable = deferrable
-        self.wait_timeout = float(wait_timeout)
+        self.wait_timeout = self.timeout  # the old name, for code that still reads it
         self.retry = dict(retry) if retry else None
         self.text, self.voice_id, self.language, self.gender, self.age = text, voice_id, language, gender, age
         self.project_name, self.project_description, self.folder_id = project_name, project_description, folder_id
@@ -195,11 +206,11 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
             return str(external_id)
         started_at = time.time()
         waiter = Waiter(
-            WaitPolicy(),
+            self.wait_policy,
             tts_task_id=str(external_id),
             kind=self.kind,
             started_at=started_at,
-            deadline=started_at + self.wait_timeout,
+            deadline=started_at + self.timeout,
             logger=self.log,
         )
         if self.deferrable:
@@ -211,6 +222,7 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
                     deadline=waiter.deadline,
                     started_at=started_at,
                     retry=self.retry,
+                    wait_policy=self.wait_policy,
                 ),
                 method_name="execute_complete",
                 kwargs={"tts_task_id": str(external_id)},
@@ -248,12 +260,12 @@ class TtsAudioToStorageOperator(BaseOperator):
     :param chunk_bytes: size of the chunks streamed from HTTP into storage (default 256 KiB).
     :param deferrable: wait in the triggerer rather than in a worker slot; defaults to
         ``[operators] default_deferrable``.
-    :param wait_timeout: seconds to wait for the task to finish before failing (default 1 hour).
-    :param poll_interval: seconds between polls at first (default 5).
-    :param slow_poll_interval: seconds between polls after ``slow_after`` (default 10).
-    :param slow_after: seconds after which polling slows down (default 60).
-    :param not_found_grace: seconds during which "not found" means "not visible yet" (default 30).
-    :param max_consecutive_errors: polls in a row that may fail after retries (default 5).
+    :param timeout: how long to wait for the task to finish before failing: seconds or a
+        ``timedelta`` (default 1 hour; ``wait_timeout``, its old name, still works with a
+        deprecation warning).
+    :param poll_interval: seconds (or a ``timedelta``) between polls at first (default 5).
+    :param wait_policy: the other wait settings; see :class:`~airflow_provider_tts.waiting.WaitPolicy`
+        (its fields may also be passed by name).
     :param retry: per-request retry overrides (``max_retries``, ``backoff``, ``max_backoff``).
     :param asset_alias: name of the ``AssetAlias`` outlet used when the destination is only known
         at run time (templated or a folder); a literal file destination is declared as an
@@ -275,12 +287,9 @@ class TtsAudioToStorageOperator(BaseOperator):
         max_bytes: int = DEFAULT_MAX_BYTES,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        wait_timeout: float = 3600.0,
-        poll_interval: float = WaitPolicy.poll_interval,
-        slow_poll_interval: float = WaitPolicy.slow_poll_interval,
-        slow_after: float = WaitPolicy.slow_after,
-        not_found_grace: float = WaitPolicy.not_found_grace,
-        max_consecutive_errors: int = WaitPolicy.max_consecutive_errors,
+        timeout: float | timedelta | None = None,
+        poll_interval: float | timedelta | None = None,
+        wait_policy: WaitPolicy | None = None,
         retry: Mapping[str, Any] | None = None,
         asset_alias: str | None = None,
         **kwargs: Any,
@@ -293,6 +302,9 @@ class TtsAudioToStorageOperator(BaseOperator):
             raise TtsConfigError(f"max_bytes must be a positive integer, got {max_bytes!r}")
         if not isinstance(chunk_bytes, int) or not 4096 <= chunk_bytes <= 64 * 1024**2:
             raise TtsConfigError(f"chunk_bytes must be an integer from 4096 to 64 MiB, got {chunk_bytes!r}")
+        policy_fields = WaitPolicy.pop_fields(kwargs)
+        self.timeout = wait_timeout(timeout, kwargs, type(self).__name__)
+        self.policy = WaitPolicy.build(wait_policy, poll_interval=poll_interval, **policy_fields)
         if "outlets" not in kwargs:
             kwargs["outlets"] = [self._outlet(destination, asset_alias, kwargs.get("task_id", "audio"))]
         super().__init__(**kwargs)
@@ -306,15 +318,8 @@ class TtsAudioToStorageOperator(BaseOperator):
         self.max_bytes = max_bytes
         self.chunk_bytes = chunk_bytes
         self.deferrable = deferrable
-        self.wait_timeout = float(wait_timeout)
+        self.wait_timeout = self.timeout  # the old name, for code that still reads it
         self.retry = dict(retry) if retry else None
-        self.policy = WaitPolicy(
-            poll_interval=poll_interval,
-            slow_poll_interval=slow_poll_interval,
-            slow_after=slow_after,
-            not_found_grace=not_found_grace,
-            max_consecutive_errors=max_consecutive_errors,
-        )
         self.asset_alias = asset_alias or f"tts-audio/{kwargs.get('task_id', 'audio')}"
 
     @staticmethod
@@ -341,7 +346,7 @@ class TtsAudioToStorageOperator(BaseOperator):
             tts_task_id=self.tts_task_id,
             kind=self.kind,
             started_at=started_at,
-            deadline=started_at + self.wait_timeout,
+            deadline=started_at + self.timeout,
             logger=self.log,
         )
         try:
@@ -357,7 +362,7 @@ class TtsAudioToStorageOperator(BaseOperator):
                         kind=self.kind,
                         deadline=waiter.deadline,
                         started_at=started_at,
-                        **self.policy.to_kwargs(),
+                        wait_policy=self.policy,
                         retry=self.retry,
                     ),
                     method_name="execute_complete",
