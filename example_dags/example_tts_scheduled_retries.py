@@ -41,7 +41,7 @@ with DAG(
         language=1,
         wait=True,
         deferrable=False,
-        wait_timeout=10 * 60,
+        timeout=timedelta(minutes=10),
     )
     TtsAudioToStorageOperator(
         task_id="store",

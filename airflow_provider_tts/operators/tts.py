@@ -48,9 +48,11 @@ from airflow_provider_tts.submissions import (
     select_ledger,
 )
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
-from airflow_provider_tts.waiting import Waiter, WaitPolicy, wait_sync
+from airflow_provider_tts.waiting import Waiter, WaitPolicy, wait_sync, wait_timeout
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context, ObjectStoragePath, XComArg
 
@@ -121,7 +123,11 @@ class TtsSubmitOperator(BaseOperator):
     :param wait: also wait for the task to finish (deferring like the sensor when ``deferrable``);
         the operator still returns the task id.
     :param deferrable: with ``wait``, wait in the triggerer; defaults to ``[operators] default_deferrable``.
-    :param wait_timeout: with ``wait``, seconds to wait before failing (default 1 hour).
+    :param timeout: with ``wait``, how long to wait before failing: seconds or a ``timedelta``
+        (default 1 hour; ``wait_timeout``, its old name, still works with a deprecation warning).
+    :param poll_interval: with ``wait``, seconds (or a ``timedelta``) between polls at first.
+    :param wait_policy: with ``wait``, the other wait settings; see
+        :class:`~airflow_provider_tts.waiting.WaitPolicy` (its fields may also be passed by name).
     :param durable: record each submission so retries re-attach and never pay blindly twice.
     :param on_uncertain_submit: ``"fail"`` (default) stops when an earlier create's outcome is
         unknown; ``"resubmit"`` sends the request again instead (and may pay twice), for pipelines
@@ -142,7 +148,9 @@ class TtsSubmitOperator(BaseOperator):
         kind: str = "tts",
         wait: bool = False,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        wait_timeout: float = 3600.0,
+        timeout: float | timedelta | None = None,
+        poll_interval: float | timedelta | None = None,
+        wait_policy: WaitPolicy | None = None,
         retry: Mapping[str, Any] | None = None,
         durable: bool = True,
         on_uncertain_submit: Literal["fail", "resubmit"] = "fail",
@@ -173,6 +181,9 @@ class TtsSubmitOperator(BaseOperator):
         output_format: str | None = None,
         **kwargs: Any,
     ) -> None:
+        policy_fields = WaitPolicy.pop_fields(kwargs)
+        self.timeout = wait_timeout(timeout, kwargs, type(self).__name__)
+        self.wait_policy = WaitPolicy.build(wait_policy, poll_interval=poll_interval, **policy_fields)
         super().__init__(**kwargs)
         if not _templated(kind) and kind not in KINDS:
             raise TtsConfigError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -188,7 +199,7 @@ class TtsSubmitOperator(BaseOperator):
         self.kind = kind
         self.wait = wait
         self.deferrable = deferrable
-        self.wait_timeout = float(wait_timeout)
+        self.wait_timeout = self.timeout  # the old name, for code that still reads it
         self.retry = dict(retry) if retry else None
         self.durable = durable
         self.on_uncertain_submit: Literal["fail", "resubmit"] = on_uncertain_submit
@@ -276,7 +287,7 @@ class TtsSubmitOperator(BaseOperator):
         )
         # The same rule as every wait: "not found" shortly after the create means "not visible yet".
         age = time.time() - (earlier.submitted_at or earlier.requested_at)
-        if WaitPolicy().verdict(status, age) == "failed":
+        if self.wait_policy.verdict(status, age) == "failed":
             self.log.warning("Task %s failed; submitting the request afresh", earlier.tts_task_id)
             return None
         self.log.info("Re-attaching to task %s instead of submitting again", earlier.tts_task_id)
@@ -340,11 +351,11 @@ class TtsSubmitOperator(BaseOperator):
             return tts_task_id
         started_at = time.time()
         waiter = Waiter(
-            WaitPolicy(),
+            self.wait_policy,
             tts_task_id=tts_task_id,
             kind=self.kind,
             started_at=started_at,
-            deadline=started_at + self.wait_timeout,
+            deadline=started_at + self.timeout,
             logger=self.log,
         )
         if self.deferrable:
@@ -356,6 +367,7 @@ class TtsSubmitOperator(BaseOperator):
                     deadline=waiter.deadline,
                     started_at=started_at,
                     retry=self.retry,
+                    wait_policy=self.wait_policy,
                 ),
                 method_name="execute_complete",
                 kwargs={"tts_task_id": tts_task_id},
@@ -457,12 +469,12 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
     :param chunk_bytes: size of the chunks streamed from HTTP into storage (default 256 KiB).
     :param deferrable: wait in the triggerer rather than in a worker slot; defaults to
         ``[operators] default_deferrable``.
-    :param wait_timeout: seconds to wait for the task to finish before failing (default 1 hour).
-    :param poll_interval: seconds between polls at first (default 5).
-    :param slow_poll_interval: seconds between polls after ``slow_after`` (default 10).
-    :param slow_after: seconds after which polling slows down (default 60).
-    :param not_found_grace: seconds during which "not found" means "not visible yet" (default 30).
-    :param max_consecutive_errors: polls in a row that may fail after retries (default 5).
+    :param timeout: how long to wait for the task to finish before failing: seconds or a
+        ``timedelta`` (default 1 hour; ``wait_timeout``, its old name, still works with a
+        deprecation warning).
+    :param poll_interval: seconds (or a ``timedelta``) between polls at first (default 5).
+    :param wait_policy: the other wait settings; see :class:`~airflow_provider_tts.waiting.WaitPolicy`
+        (its fields may also be passed by name).
     :param retry: per-request retry overrides (``max_retries``, ``backoff``, ``max_backoff``).
     :param asset_alias: opt in to one asset *per stored file*: the task's outlet becomes this
         ``AssetAlias`` and each store adds the file's own asset to it. Airflow creates those assets
@@ -497,12 +509,9 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
         max_bytes: int = DEFAULT_MAX_BYTES,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        wait_timeout: float = 3600.0,
-        poll_interval: float = WaitPolicy.poll_interval,
-        slow_poll_interval: float = WaitPolicy.slow_poll_interval,
-        slow_after: float = WaitPolicy.slow_after,
-        not_found_grace: float = WaitPolicy.not_found_grace,
-        max_consecutive_errors: int = WaitPolicy.max_consecutive_errors,
+        timeout: float | timedelta | None = None,
+        poll_interval: float | timedelta | None = None,
+        wait_policy: WaitPolicy | None = None,
         retry: Mapping[str, Any] | None = None,
         asset_alias: str | None = None,
         **kwargs: Any,
@@ -516,6 +525,9 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
         if not isinstance(chunk_bytes, int) or not 4096 <= chunk_bytes <= 64 * 1024**2:
             raise TtsConfigError(f"chunk_bytes must be an integer from 4096 to 64 MiB, got {chunk_bytes!r}")
         explicit_outlets = "outlets" in kwargs  # also under .expand(): partial() put them there
+        policy_fields = WaitPolicy.pop_fields(kwargs)
+        self.timeout = wait_timeout(timeout, kwargs, type(self).__name__)
+        self.policy = WaitPolicy.build(wait_policy, poll_interval=poll_interval, **policy_fields)
         super().__init__(**kwargs)
         if not explicit_outlets:
             dag_id = self.dag_id if self.has_dag() else None
@@ -530,15 +542,8 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
         self.max_bytes = max_bytes
         self.chunk_bytes = chunk_bytes
         self.deferrable = deferrable
-        self.wait_timeout = float(wait_timeout)
+        self.wait_timeout = self.timeout  # the old name, for code that still reads it
         self.retry = dict(retry) if retry else None
-        self.policy = WaitPolicy(
-            poll_interval=poll_interval,
-            slow_poll_interval=slow_poll_interval,
-            slow_after=slow_after,
-            not_found_grace=not_found_grace,
-            max_consecutive_errors=max_consecutive_errors,
-        )
         self.asset_alias = asset_alias
         #: What this try stored (the XCom dict), for the OpenLineage facets on completion.
         self.stored_audio: dict[str, Any] | None = None
@@ -591,7 +596,7 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
             tts_task_id=self.tts_task_id,
             kind=self.kind,
             started_at=started_at,
-            deadline=started_at + self.wait_timeout,
+            deadline=started_at + self.timeout,
             logger=self.log,
         )
         try:
@@ -607,7 +612,7 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
                         kind=self.kind,
                         deadline=waiter.deadline,
                         started_at=started_at,
-                        **self.policy.to_kwargs(),
+                        wait_policy=self.policy,
                         retry=self.retry,
                     ),
                     method_name="execute_complete",

@@ -1,32 +1,52 @@
 """TtsTaskSensor: wait for a remote text-to-speech task in poke, reschedule or deferrable mode.
 
-All three modes judge a status the same way (``waiting.WaitPolicy.verdict``) and raise the same
-exceptions, so switching ``deferrable`` on changes where the waiting happens, not what it decides.
-Failures that retrying cannot fix (no credits, rejected content, Camb's TIMEOUT, a task that stays
-not found, a bad key) raise ``AirflowFailException`` subclasses and do not use up retries.
+All three modes poll through the one wait policy (:class:`~airflow_provider_tts.waiting.Waiter`),
+judge a status the same way and raise the same exceptions, and ``soft_fail``/``never_fail`` treat
+those exceptions the same way, so switching ``deferrable`` or ``mode`` changes where the waiting
+happens, not what it decides. Failures that retrying cannot fix (no credits, rejected content,
+Camb's TIMEOUT, a task that stays not found, a bad key) raise ``AirflowFailException`` subclasses
+and do not use up retries.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue
+import airflow.sdk.exceptions as sdk_exceptions
+from airflow.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
 from airflow.sdk.configuration import conf
-from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
-from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsTaskFailedError, TtsWaitTimeoutError
+from airflow_provider_tts.exceptions import TtsConfigError, TtsWaitTimeoutError
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
-from airflow_provider_tts.waiting import StatusChangeLog, WaitPolicy
+from airflow_provider_tts.waiting import Waiter, WaitPolicy, poll_once, seconds
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, XComArg
 
     from airflow_provider_tts.hooks.tts import TtsHook
+
+#: Airflow's guidance for reschedule mode: each reschedule costs a scheduler round trip and a new
+#: task process, so poll no more often than once a minute. The default interval in reschedule mode.
+RESCHEDULE_FLOOR = 60.0
+
+#: Where a rescheduled sensor keeps its count of consecutive failed polls (Airflow 3.3+).
+ERRORS_KEY = "airflow_provider_tts.consecutive_poll_errors"
+
+AirflowSensorTimeout = sdk_exceptions.AirflowSensorTimeout
+AirflowSkipException = sdk_exceptions.AirflowSkipException
+#: What ``soft_fail`` skips on in poke mode (Airflow's BaseSensorOperator.execute): a failure
+#: retrying cannot fix and a timeout. Looked up by name: not every Airflow 3 has each in the SDK.
+_SOFT_FAIL_ON: tuple[type[BaseException], ...] = tuple(
+    cls
+    for name in ("AirflowSensorTimeout", "AirflowTaskTimeout", "AirflowFailException")
+    if isinstance(cls := getattr(sdk_exceptions, name, None), type)
+)
 
 
 class TtsTaskSensor(BaseSensorOperator):
@@ -37,15 +57,27 @@ class TtsTaskSensor(BaseSensorOperator):
     :param kind: ``tts``, ``text-to-sound`` (Camb.ai) or ``srt-to-speech`` (RevidAPI).
     :param deferrable: wait in the triggerer instead of a worker slot; defaults to
         ``[operators] default_deferrable``.
-    :param poke_interval: seconds between polls at first (default 5, the vendors' advice).
-    :param slow_poll_interval: seconds between polls after ``slow_after`` (default 10).
-    :param slow_after: seconds after which polling slows down (default 60).
-    :param not_found_grace: seconds during which "not found" means "not visible yet" (default 30).
-    :param max_consecutive_errors: polls in a row that may fail (after the hook's retries) before
-        the sensor fails (default 5).
+    :param poke_interval: seconds (or a ``timedelta``) between polls at first: Airflow's name for
+        :attr:`WaitPolicy.poll_interval <airflow_provider_tts.waiting.WaitPolicy>`; ``poll_interval``,
+        the operators' name, is accepted too. Default 5 s, or 60 s in reschedule mode.
+    :param timeout: standard sensor timeout, seconds or a ``timedelta``; running out raises
+        ``AirflowSensorTimeout`` (no retries; ``soft_fail`` skips instead) in every mode.
+    :param wait_policy: the rest of the wait settings (slow-down, not-found grace, failed polls
+        allowed in a row); each :class:`~airflow_provider_tts.waiting.WaitPolicy` field may also be
+        passed as a keyword argument.
     :param retry: per-request retry overrides (``max_retries``, ``backoff``, ``max_backoff``).
-    :param timeout: standard sensor timeout in seconds; running out raises ``AirflowSensorTimeout``
-        (no retries; ``soft_fail`` skips instead) in every mode.
+
+    ``soft_fail`` and ``never_fail`` mean the same in every mode, what they mean in Airflow's poke
+    mode: ``soft_fail`` skips on a failure that retrying cannot fix and on a timeout, while a
+    transient failure (the API down for ``max_consecutive_errors`` polls) raises and uses the
+    task's retries; ``never_fail`` skips on any failure. (Airflow's own deferred path would skip on
+    any error; a sensor that skips because the API blinked would hide an outage.)
+
+    In reschedule mode the default interval is 60 s (Airflow's guidance); a shorter one is
+    honoured with a warning. Failed polls in a row are counted across reschedules in the
+    ``task_state_store`` (Airflow 3.3+); where there is none, a failed poll is followed by more
+    polls in the same run until one succeeds or the limit is reached, so the limit holds either way
+    (at the cost of the worker slot while the API keeps failing).
     """
 
     template_fields: Sequence[str] = ("tts_task_id", "tts_conn_id", "kind")
@@ -58,31 +90,29 @@ class TtsTaskSensor(BaseSensorOperator):
         tts_conn_id: str = DEFAULT_CONN_IDS["camb_ai"],
         kind: str = "tts",
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        poke_interval: float = WaitPolicy.poll_interval,
-        slow_poll_interval: float = WaitPolicy.slow_poll_interval,
-        slow_after: float = WaitPolicy.slow_after,
-        not_found_grace: float = WaitPolicy.not_found_grace,
-        max_consecutive_errors: int = WaitPolicy.max_consecutive_errors,
+        poke_interval: float | timedelta | None = None,
+        poll_interval: float | timedelta | None = None,
+        wait_policy: WaitPolicy | None = None,
         retry: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(poke_interval=poke_interval, **kwargs)
+        policy_fields = WaitPolicy.pop_fields(kwargs)
+        interval = _one_interval(poke_interval, poll_interval)
+        super().__init__(poke_interval=interval if interval is not None else WaitPolicy.poll_interval, **kwargs)
+        base = wait_policy
+        if base is None and interval is None and self.reschedule:
+            base = WaitPolicy(poll_interval=RESCHEDULE_FLOOR, slow_poll_interval=RESCHEDULE_FLOOR)
+        self.policy = WaitPolicy.build(base, poll_interval=interval, **policy_fields)
+        self.poke_interval = self.policy.poll_interval
         # An XComArg is resolved and a template rendered to str before execute() runs.
         self.tts_task_id = cast("str", tts_task_id)
         self.tts_conn_id = tts_conn_id
         self.kind = kind
         self.deferrable = deferrable
         self.retry = dict(retry) if retry else None
-        self.policy = WaitPolicy(
-            poll_interval=float(poke_interval),
-            slow_poll_interval=slow_poll_interval,
-            slow_after=slow_after,
-            not_found_grace=not_found_grace,
-            max_consecutive_errors=max_consecutive_errors,
-        )
         self._started_at: float | None = None
-        self._consecutive_errors = 0
-        self._changes: StatusChangeLog | None = None
+        self._waiter: Waiter | None = None
+        self._stored_errors: int | None = None
 
     @cached_property
     def hook(self) -> TtsHook:
@@ -91,7 +121,7 @@ class TtsTaskSensor(BaseSensorOperator):
         return TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
 
     def _get_next_poke_interval(self, started_at: Any, run_duration: Any, poke_count: int) -> float:
-        # Follow the vendors' schedule (5 s, then 10 s after a minute) in poke and reschedule modes too.
+        # Follow the policy's schedule (5 s, then 10 s after a minute) in poke and reschedule modes too.
         if self.exponential_backoff:
             return float(super()._get_next_poke_interval(started_at, run_duration, poke_count))
         return self.policy.interval(run_duration())
@@ -107,11 +137,20 @@ class TtsTaskSensor(BaseSensorOperator):
             first = context["ti"].get_first_reschedule_date(context)
             if first is not None:
                 self._started_at = first.timestamp()
+            elif self.policy.poll_interval < RESCHEDULE_FLOOR:
+                self.log.warning(
+                    "Reschedule mode with a %.0f s poll interval: every poll costs a scheduler round trip "
+                    "and a new task process; Airflow advises at least %.0f s (or use deferrable=True)",
+                    self.policy.poll_interval,
+                    RESCHEDULE_FLOOR,
+                )
         if not self.deferrable:
             return super().execute(context)
         # Check once before deferring: a task that is already finished never needs the triggerer.
-        result = self.poke(context)
-        if isinstance(result, PokeReturnValue) and result.is_done:
+        # Outside BaseSensorOperator.execute, so soft_fail is applied here as it is there.
+        with self._skip_as_in_poke_mode():
+            result = self.poke(context)
+        if result.is_done:
             return result.xcom_value
         self.defer(
             trigger=TtsTaskTrigger(
@@ -120,12 +159,8 @@ class TtsTaskSensor(BaseSensorOperator):
                 kind=self.kind,
                 deadline=self._started_at + self.timeout,
                 started_at=self._started_at,
-                poll_interval=self.policy.poll_interval,
-                slow_poll_interval=self.policy.slow_poll_interval,
-                slow_after=self.policy.slow_after,
-                not_found_grace=self.policy.not_found_grace,
-                max_consecutive_errors=self.policy.max_consecutive_errors,
                 retry=self.retry,
+                **self.policy.to_kwargs(),
             ),
             method_name="execute_complete",
             # Airflow turns this into AirflowSensorTimeout (soft_fail honoured); the trigger keeps
@@ -134,26 +169,61 @@ class TtsTaskSensor(BaseSensorOperator):
         )
 
     def poke(self, context: Context) -> PokeReturnValue:
-        started_at = self._started_at if self._started_at is not None else time.time()
-        elapsed = time.time() - started_at
-        if self._changes is None:
-            self._changes = StatusChangeLog(self.log, f"{self.kind} task {self.tts_task_id}")
-        try:
-            status = self.hook.get_task_status(self.tts_task_id, self.kind)
-        except TtsError as exc:
-            from airflow_provider_tts.transport import is_retryable
-
-            self._consecutive_errors += 1
-            if not is_retryable(exc, idempotent=True) or self._consecutive_errors > self.policy.max_consecutive_errors:
-                raise
-            self.log.warning("Poll %d failed (%s); polling again later", self._consecutive_errors, exc)
+        """One poll through the shared :class:`Waiter`; raises what the trigger's event would."""
+        waiter = self._get_waiter(context)
+        event = poll_once(self.hook, waiter)
+        if event is None and self.reschedule and waiter.errors and self._state_store(context) is None:
+            event = self._poll_through_error_streak(waiter)
+        self._save_errors(context, waiter.errors)
+        if event is None:
             return PokeReturnValue(is_done=False)
-        self._consecutive_errors = 0
-        self._changes.seen(status, elapsed)
-        verdict = self.policy.verdict(status, elapsed)
-        if verdict == "failed":
-            raise TtsTaskFailedError.for_status(status)
-        return PokeReturnValue(is_done=verdict == "succeeded", xcom_value=status.to_xcom())
+        return PokeReturnValue(is_done=True, xcom_value=status_from_event(event, self.tts_task_id).to_xcom())
+
+    def _get_waiter(self, context: Context) -> Waiter:
+        if self._waiter is None:
+            errors = self._load_errors(context) if self.reschedule else 0
+            self._waiter = Waiter(
+                self.policy,
+                tts_task_id=self.tts_task_id,
+                kind=self.kind,
+                started_at=self._started_at if self._started_at is not None else time.time(),
+                deadline=None,  # BaseSensorOperator enforces the timeout in poke and reschedule modes
+                logger=self.log,
+                errors=errors,
+            )
+        return self._waiter
+
+    def _poll_through_error_streak(self, waiter: Waiter) -> dict[str, Any] | None:
+        """Without a store to count failed polls across reschedules, finish the streak in this run."""
+        while waiter.errors and waiter.elapsed() <= self.timeout:
+            time.sleep(min(waiter.policy.interval(waiter.elapsed()), max(self.timeout - waiter.elapsed(), 0.0)))
+            event = poll_once(self.hook, waiter)
+            if event is not None:
+                return event
+        return None
+
+    @staticmethod
+    def _state_store(context: Context) -> Any:
+        # Feature detection: Airflow 3.3+ puts a task_state_store in the context; older ones do not.
+        return cast("Mapping[str, Any]", context).get("task_state_store")
+
+    def _load_errors(self, context: Context) -> int:
+        store = self._state_store(context)
+        saved = store.get(ERRORS_KEY) if store is not None else None
+        errors = 0
+        # The count belongs to one try: a retry (a new try) starts afresh.
+        if isinstance(saved, dict) and saved.get("try_number") == getattr(context.get("ti"), "try_number", None):
+            count = saved.get("errors")
+            errors = count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else 0
+        self._stored_errors = errors
+        return errors
+
+    def _save_errors(self, context: Context, errors: int) -> None:
+        store = self._state_store(context) if self.reschedule else None
+        if store is None or errors == self._stored_errors:
+            return  # written only when the count changes: most pokes cost no store call
+        store.set(ERRORS_KEY, {"try_number": getattr(context.get("ti"), "try_number", None), "errors": errors})
+        self._stored_errors = errors
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger fired: validate the event; success returns the status dict."""
@@ -161,3 +231,48 @@ class TtsTaskSensor(BaseSensorOperator):
             return status_from_event(event, self.tts_task_id).to_xcom()
         except TtsWaitTimeoutError as exc:
             raise AirflowSensorTimeout(str(exc)) from None
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        # BaseSensorOperator's version skips on *any* error under soft_fail; apply poke mode's rule.
+        deferral_timeout = getattr(sdk_exceptions, "TaskDeferralTimeout", None)
+        with self._skip_as_in_poke_mode():
+            try:
+                return BaseOperator.resume_execution(self, next_method, next_kwargs, context)
+            except Exception as exc:
+                if deferral_timeout is not None and isinstance(exc, deferral_timeout):
+                    raise AirflowSensorTimeout(str(exc)) from exc
+                raise
+
+    @contextmanager
+    def _skip_as_in_poke_mode(self) -> Iterator[None]:
+        """Turn an exception into a skip exactly where BaseSensorOperator.execute's poke loop would."""
+        try:
+            yield
+        except AirflowSkipException:
+            raise
+        except _SOFT_FAIL_ON as exc:
+            if self.soft_fail or self.never_fail:
+                flag = "soft_fail" if self.soft_fail else "never_fail"
+                raise AirflowSkipException(f"Skipping due to {flag} is set to True: {exc}") from exc
+            raise
+        except Exception as exc:
+            if self.never_fail:
+                raise AirflowSkipException(f"Skipping due to never_fail is set to True: {exc}") from exc
+            raise
+
+
+def _one_interval(poke_interval: Any, poll_interval: Any) -> float | None:
+    """The first poll interval from Airflow's name or the operators' name; both must agree."""
+    values = [
+        seconds(value, name, allow_zero=False)
+        for name, value in (
+            ("poke_interval (WaitPolicy.poll_interval)", poke_interval),
+            ("poll_interval", poll_interval),
+        )
+        if value is not None
+    ]
+    if len(set(values)) > 1:
+        raise TtsConfigError(
+            f"poke_interval ({values[0]} s) and poll_interval ({values[1]} s) name the same setting; give one"
+        )
+    return values[0] if values else None

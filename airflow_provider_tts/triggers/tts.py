@@ -5,7 +5,7 @@ connection id, never the key; an absolute wall-clock deadline and start time, so
 re-created on another triggerer after a crash neither resets nor loses its deadline or its poll
 schedule. Inside ``run()`` everything is non-blocking: the connection is resolved asynchronously,
 polls go through the hook's async path on a pooled session, and transient failures are retried by
-the hook's policy. The trigger yields exactly one event and returns.
+the hook's policy. The trigger yields exactly one event and returns (none only after ``on_kill``).
 
 Events (``event["status"]``):
 
@@ -46,13 +46,10 @@ class TtsTaskTrigger(BaseTrigger):
         None waits until the task ends (the sensor always passes one).
     :param started_at: wall-clock epoch seconds when the wait began; drives the poll schedule and
         the not-found grace period, and survives re-creation of the trigger.
-    :param poll_interval: see :class:`~airflow_provider_tts.waiting.WaitPolicy`.
-    :param slow_poll_interval: see :class:`~airflow_provider_tts.waiting.WaitPolicy`.
-    :param slow_after: see :class:`~airflow_provider_tts.waiting.WaitPolicy`.
-    :param not_found_grace: see :class:`~airflow_provider_tts.waiting.WaitPolicy`.
-    :param max_consecutive_errors: see :class:`~airflow_provider_tts.waiting.WaitPolicy`.
     :param retry: overrides of the connection's per-request retry settings (``max_retries``,
         ``backoff``, ``max_backoff``), carried here so they are not lost on the way in.
+    :param wait_policy: the :class:`~airflow_provider_tts.waiting.WaitPolicy`; its fields may also
+        be given flat (``poll_interval=...``), which is how the trigger row stores them.
     """
 
     def __init__(
@@ -63,12 +60,9 @@ class TtsTaskTrigger(BaseTrigger):
         kind: str = "tts",
         deadline: float | None = None,
         started_at: float | None = None,
-        poll_interval: float = WaitPolicy.poll_interval,
-        slow_poll_interval: float = WaitPolicy.slow_poll_interval,
-        slow_after: float = WaitPolicy.slow_after,
-        not_found_grace: float = WaitPolicy.not_found_grace,
-        max_consecutive_errors: int = WaitPolicy.max_consecutive_errors,
         retry: Mapping[str, Any] | None = None,
+        wait_policy: WaitPolicy | None = None,
+        **policy_fields: Any,
     ) -> None:
         super().__init__()
         self.tts_conn_id = tts_conn_id
@@ -76,14 +70,9 @@ class TtsTaskTrigger(BaseTrigger):
         self.kind = kind
         self.deadline = float(deadline) if deadline is not None else None
         self.started_at = float(started_at) if started_at is not None else time.time()
-        self.policy = WaitPolicy(
-            poll_interval=poll_interval,
-            slow_poll_interval=slow_poll_interval,
-            slow_after=slow_after,
-            not_found_grace=not_found_grace,
-            max_consecutive_errors=max_consecutive_errors,
-        )
+        self.policy = WaitPolicy.build(wait_policy, **policy_fields)
         self.retry = dict(retry) if retry else None
+        self._killed = False
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -115,7 +104,29 @@ class TtsTaskTrigger(BaseTrigger):
         finally:
             if hook is not None:
                 await hook.aclose()  # also on cancellation: the pooled session is released
-        yield TriggerEvent(event)
+        if event is not None:
+            yield TriggerEvent(event)
+
+    async def on_kill(self) -> None:
+        """The Airflow task was killed or cleared while deferred (Airflow 3.3+ calls this).
+
+        Neither vendor has a cancel endpoint, so the remote task keeps running, and may be billed,
+        whatever happens here: this stops polling and says so. It only sets a flag and logs, so it
+        is idempotent and harmless when Airflow calls it on a trigger another triggerer has
+        adopted (a known 3.3 behaviour): that copy keeps polling, the vendor task is untouched.
+        The pooled session is not closed here; ``run()`` releases its own on the way out. Airflow
+        3.0-3.2 never call it.
+        """
+        if self._killed:
+            return
+        self._killed = True
+        self.log.warning(
+            "Stopped waiting for %s task %s (connection %s): the Airflow task was killed or cleared. "
+            "The vendor has no cancel endpoint, so the remote task keeps running and may be billed.",
+            self.kind,
+            self.tts_task_id,
+            self.tts_conn_id,
+        )
 
     def _poll_budget(self) -> float | None:
         """Seconds one poll (with its retries) may take: until the deadline, plus a second for a last answer."""
@@ -123,7 +134,8 @@ class TtsTaskTrigger(BaseTrigger):
             return None
         return max(self.deadline - time.time(), 0.0) + 1.0
 
-    async def _wait(self, hook: Any) -> dict[str, Any]:
+    async def _wait(self, hook: Any) -> dict[str, Any] | None:
+        """The wait's one event; None only when :meth:`on_kill` stopped it (nobody awaits an event)."""
         waiter = Waiter(
             self.policy,
             tts_task_id=self.tts_task_id,
@@ -132,7 +144,7 @@ class TtsTaskTrigger(BaseTrigger):
             deadline=self.deadline,
             logger=self.log,
         )
-        while True:
+        while not self._killed:
             try:
                 # One poll may retry for a while (the hook's policy); it must not outlive the deadline.
                 event = waiter.on_status(
@@ -148,6 +160,7 @@ class TtsTaskTrigger(BaseTrigger):
             if delay is None:
                 return waiter.timeout_event()
             await asyncio.sleep(delay)
+        return None
 
 
 def status_from_event(event: dict[str, Any] | None, tts_task_id: str) -> TtsTaskStatus:

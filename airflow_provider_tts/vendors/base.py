@@ -277,6 +277,17 @@ class Vendor(ABC):
     def parse_status(self, kind: Kind, tts_task_id: str, resp: ApiResponse) -> TtsTaskStatus:
         """Normalise a status response; raise a TtsError for anything that is not a task state."""
 
+    def not_found_hint(self, kind: Kind, tts_task_id: str) -> str:
+        """What a "task not found" message adds: the kind and endpoint asked, and what to check.
+
+        A task waited for with the wrong ``kind`` looks exactly like a task that does not exist,
+        so the message names what was asked rather than leaving the user to guess.
+        """
+        return (
+            f"asked for a {kind} task at GET {self.status_request(kind, tts_task_id).url}; check that "
+            f"kind={kind!r} is the kind the task was submitted as"
+        )
+
     @abstractmethod
     def submit_request(self, kind: Kind, fields: Mapping[str, Any]) -> ApiRequest:
         """The create call, with fields validated against the vendor's documented model."""

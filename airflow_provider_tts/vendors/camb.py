@@ -210,7 +210,7 @@ class CambAi(Vendor):
                 tts_task_id,
                 "failed",
                 "NOT_FOUND",
-                message=excerpt(resp.body, 200) or "task not found",
+                message=f"{excerpt(resp.body, 200) or 'task not found'} ({self.not_found_hint(kind, tts_task_id)})",
                 retryable=False,
                 failure="not_found",
             )
@@ -266,6 +266,15 @@ class CambAi(Vendor):
             )
         warn_unknown_status(self.api, status)
         return self.status(kind, tts_task_id, "pending", status, message=message)
+
+    def not_found_hint(self, kind: Kind, tts_task_id: str) -> str:
+        # Each kind has its own status endpoint: a text-to-sound id asked for as tts is a 404.
+        others = "; ".join(
+            f"a {other} task is at GET /{_PATHS[other][0]}/{path_segment(tts_task_id)} (kind={other!r})"
+            for other in self.kinds
+            if other != kind
+        )
+        return f"{super().not_found_hint(kind, tts_task_id)}; {others}"
 
     def submit_request(self, kind: Kind, fields: Mapping[str, Any]) -> ApiRequest:
         what = f"camb_ai {kind} submit"

@@ -182,13 +182,22 @@ class RevidTts(Vendor):
                 tts_task_id,
                 "failed",
                 status,
-                message=message or "task not found (never created, or expired)",
+                message=f"{message or 'task not found (never created, or expired)'} "
+                f"({self.not_found_hint(kind, tts_task_id)})",
                 retryable=False,
                 failure="not_found",
             )
         if status not in _PENDING:
             warn_unknown_status(self.api, status)
         return self.status(kind, tts_task_id, "pending", status, message=message)
+
+    def not_found_hint(self, kind: Kind, tts_task_id: str) -> str:
+        # One status endpoint serves every kind, so a wrong kind cannot be why a task is not found.
+        return (
+            f"asked for a {kind} task at GET {self.status_request(kind, tts_task_id).url}; RevidAPI serves "
+            f"every kind's status there, so check the task id and that connection {self.settings.conn_id!r} "
+            "is the account that submitted it"
+        )
 
     def submit_request(self, kind: Kind, fields: Mapping[str, Any]) -> ApiRequest:
         what = f"revid_tts {kind} submit"
