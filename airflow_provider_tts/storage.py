@@ -1,14 +1,29 @@
 """Stream audio into object storage atomically, in constant memory, through Airflow's ObjectStoragePath.
 
-One mechanism for every fsspec filesystem Airflow knows (``file://``, ``s3://``, ...): the bytes go
-into a temporary object beside the destination, are counted and hashed on the way through, and
-the temporary is moved into place only once it is complete and verified. A reader of the
-destination never sees a partial file; a failed download removes its temporary; a download killed
-with the worker leaves a temporary whose name is fixed for that task instance, so the next try
-overwrites it and nothing accumulates.
+The bytes are counted and hashed on the way through, checked against the announced length and the
+size cap, and only then made visible at the destination. How a whole file reaches its destination
+is decided in one place, :func:`write_mode`, per scheme:
 
-On ``file://`` the move is an atomic ``rename``. On object stores it is a server-side copy and a
-delete: the destination object appears whole or not at all, at the cost of one copy.
+``direct`` (``s3``, ``s3a``, ``gs``, ``gcs``, ``abfs``, ``abfss``, ``az``)
+    Object stores that publish an object only when its upload completes: a reader sees the old
+    object (or none) until then, never a partial one. The destination key is written directly,
+    once: on S3 a single ``PutObject`` below :data:`UPLOAD_BLOCK_BYTES`, a multipart upload above
+    it, aborted on any failure so no upload stays open (and never completed when the policy says
+    the object already holds these bytes). Other direct schemes use the filesystem's own
+    uncommitted file (``autocommit=False``), committed at the end or discarded.
+``rename`` (``file``, ``local``)
+    A temporary beside the destination, then ``os.replace``: atomic within one filesystem, and it
+    refuses to replace a directory.
+``copy`` (every other scheme)
+    A temporary beside the destination, then the filesystem's move (copy and delete where it has no
+    atomic rename): the destination appears whole or not at all, at the cost of a second write.
+
+A temporary's name is fixed per task instance, so a download killed with its worker leaves at most
+one temporary (or, on S3, one unfinished multipart upload) that the next try overwrites (or
+aborts): nothing accumulates.
+
+The write path never goes through ``ObjectStoragePath.open`` or ``.move``: their hook-lineage calls
+would record a temporary nobody reads as an input asset. The destination alone is the output.
 """
 
 from __future__ import annotations
@@ -16,11 +31,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import queue
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,6 +49,15 @@ log = logging.getLogger(__name__)
 
 OverwritePolicy = Literal["replace", "skip_if_identical", "fail"]
 OVERWRITE_POLICIES: tuple[OverwritePolicy, ...] = ("replace", "skip_if_identical", "fail")
+WriteMode = Literal["direct", "rename", "copy"]
+
+#: Object stores whose uploads become visible only when they complete (single or multipart): the
+#: destination itself is written, there is no temporary to copy.
+DIRECT_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"})
+#: Filesystems where a rename within a folder is atomic.
+RENAME_SCHEMES = frozenset({"file", "local", ""})
+#: Schemes served by s3fs, whose S3 calls the direct writer makes itself (to choose PUT vs multipart).
+S3_SCHEMES = frozenset({"s3", "s3a"})
 
 #: File extension for each audio media type the vendors send; anything else is ``.bin``.
 EXTENSIONS = {
@@ -47,27 +72,36 @@ EXTENSIONS = {
     "audio/mp4": ".m4a",
     "audio/aac": ".aac",
     "audio/ogg": ".ogg",
+    "audio/opus": ".opus",
     "video/mp4": ".mp4",
 }
+#: Extensions that name the same container, for the extension check of a literal file name.
+_SAME_FORMAT = {".m4a": ".mp4", ".oga": ".ogg", ".opus": ".ogg", ".wave": ".wav"}
+#: Media types accepted besides ``audio/*``: what the vendors document (Revid's SRT-to-speech may
+#: return MP4), and the generic binary types storage hosts serve files under (S3 defaults to
+#: ``binary/octet-stream``). Anything else (an HTML login page, a JSON error) is refused.
+ACCEPTED_TYPES = frozenset({"video/mp4", "application/octet-stream", "binary/octet-stream"})
+#: Types whose body is not labelled as a format: the first bytes are sniffed instead.
+_GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 DEFAULT_MAX_BYTES = 2 * 1024**3
-#: Size of the chunks read from the HTTP response. Each chunk is a new bytes object; at 1 MiB the
-#: allocator kept handing their pages back to the OS and faulting fresh ones in (60-90 page faults
-#: per MiB on the benchmark machine, where a fault on memory its host reclaimed is expensive),
-#: while 256 KiB chunks are reused from the heap (no faults) for a little more per-chunk overhead.
+#: Size of the chunks read from the HTTP response. Each chunk is a new bytes object; chunks this
+#: size are reused from the heap, where much larger ones are handed back to the OS and faulted in
+#: again (see BENCHMARKS.md).
 DEFAULT_CHUNK_BYTES = 256 * 1024
-#: Multipart part size for object stores: big enough for S3's 5 MiB minimum, small enough that
-#: the buffered part keeps memory flat whatever the file size.
+#: S3: at or below this size a file is one ``PutObject``; above, a multipart upload in parts of this
+#: size (S3's minimum part is 5 MiB). Also the block size of other object stores' files. Bounds the
+#: memory a write holds whatever the file size.
 UPLOAD_BLOCK_BYTES = 8 * 1024**2
 #: Seconds between progress log lines of one download (at most one line per interval).
 PROGRESS_LOG_INTERVAL = 5.0
-#: Bytes the helper thread may lag behind the download (at least two chunks). Small on purpose:
-#: with more chunks in flight the allocator returned and re-faulted their memory (as with 1 MiB chunks).
+#: Bytes the helper thread may lag behind the download (at least two chunks).
 BEHIND_BYTES = 1024**2
-#: Size of each ``write()`` to a local file (curl's size). Bigger writes make the kernel build the
-#: page cache from large folios, which on VMs that hand free memory back to their host (free page
-#: reporting, balloons) must be faulted in again: on the benchmark machine 1 MiB writes ran at
-#: ~350 MB/s and 16 KiB writes at ~2 GB/s (``benchmarks/download.py``).
+#: Size of each ``write()`` to a local file (curl's size): large writes make the kernel build the
+#: page cache from large folios, slower to fault in on VMs that hand memory back to their host
+#: (see BENCHMARKS.md).
 LOCAL_WRITE_BYTES = 16 * 1024
+#: Key of the object metadata (``x-amz-meta-sha256``) holding the sha256 of the bytes written.
+SHA256_METADATA = "sha256"
 
 
 class TtsStorageError(TtsError):
@@ -118,7 +152,7 @@ def destination_path(destination: Any, dest_conn_id: str | None) -> ObjectStorag
             path = ObjectStoragePath(raw, conn_id=dest_conn_id)
         except ValueError as exc:
             raise TtsConfigError(f"destination {raw!r} is not a usable storage URI: {exc}") from None
-    _check_scheme(raw, path.protocol if isinstance(path.protocol, str) else path.protocol[0], has_fs)
+    _check_scheme(raw, _protocol(path), has_fs)
     return path
 
 
@@ -130,17 +164,153 @@ def _check_scheme(raw: str, scheme: str, has_fs: Callable[[str], bool]) -> None:
         )
 
 
+def _protocol(path: ObjectStoragePath) -> str:
+    protocol = path.protocol
+    return protocol if isinstance(protocol, str) else protocol[0]
+
+
+def write_mode(path: ObjectStoragePath) -> WriteMode:
+    """How a file reaches ``path`` atomically at the lowest cost: the one per-scheme decision.
+
+    See the module docstring for what each mode does and why it is atomic on its schemes.
+    """
+    scheme = _protocol(path)
+    if scheme in RENAME_SCHEMES:
+        return "rename"
+    if scheme in DIRECT_SCHEMES:
+        return "direct"
+    return "copy"
+
+
 def is_folder(destination: Any) -> bool:
-    """A destination ending in ``/`` names a folder: the file is named after the task."""
+    """A destination *written* with a trailing ``/`` names a folder (see :func:`check_destination`)."""
     return str(destination).endswith("/")
 
 
-def extension_for(content_type: str) -> str:
-    ext = EXTENSIONS.get(content_type.split(";")[0].strip().lower())
+def check_destination(path: ObjectStoragePath, *, folder_hint: bool) -> bool:
+    """Fail clearly, before any byte is written, when the destination cannot be written; return folder-ness.
+
+    A destination is a folder when it was written with a trailing ``/`` (``folder_hint``) or when
+    the storage already holds a directory (a prefix, on object stores) under that name:
+    ``ObjectStoragePath("file:///data/audio/")`` loses its slash, and storing a file *as*
+    ``/data/audio`` would move it into the folder under another name. On S3 one request
+    (``ListObjectsV2`` under ``key/``, at most one key) tells both that the bucket exists and
+    whether the name is a prefix. A local folder (or a file's parent folder) is created.
+    """
+    mode = write_mode(path)
+    if mode == "rename":
+        local = path.path
+        if os.path.isdir(local) or folder_hint:
+            os.makedirs(local, exist_ok=True)
+            return True
+        os.makedirs(os.path.dirname(local) or "/", exist_ok=True)
+        return False
+    bucket, _, key = path.path.partition("/")
+    where = f"{_protocol(path)}://{bucket}"
+    call_s3 = getattr(path.fs, "call_s3", None)
+    try:
+        if _protocol(path) in S3_SCHEMES and callable(call_s3):
+            prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+            listing = call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+            return folder_hint or not prefix or bool(listing.get("KeyCount") or listing.get("Contents"))
+        if not getattr(path, "bucket", bucket):  # a filesystem without buckets (sftp, memory): a folder tree
+            path.fs.makedirs(path.path if folder_hint else path.parent.path, exist_ok=True)
+            return folder_hint or path.is_dir()
+        exists = path.fs.exists(bucket)
+    except FileNotFoundError:
+        exists = False
+    except Exception as exc:
+        raise TtsStorageError(f"cannot reach the destination bucket {where}: {exc}") from exc
+    if not exists:
+        raise TtsStorageError(f"destination bucket {where} does not exist (or the connection cannot see it)")
+    return folder_hint or not key.strip("/") or path.is_dir()
+
+
+def check_writable(path: ObjectStoragePath) -> None:
+    """Fail clearly, before any byte is written, when the destination's container does not exist."""
+    check_destination(path, folder_hint=False)
+
+
+# ------------------------------------------------------------------------------ what the body is
+
+
+def media_type(content_type: str) -> str:
+    return content_type.split(";")[0].strip().lower()
+
+
+def sniff_extension(head: bytes) -> str | None:
+    """The extension of the audio container the first bytes announce; None when they announce none."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return ".wav"
+    if head[:4] == b"fLaC":
+        return ".flac"
+    if head[:4] == b"OggS":
+        return ".ogg"
+    if head[4:8] == b"ftyp":
+        return ".mp4"
+    if head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        # MPEG audio frame sync; ADTS AAC shares the first 12 bits (layer bits 00).
+        return ".aac" if len(head) > 1 and head[:3] != b"ID3" and head[1] & 0x06 == 0 else ".mp3"
+    return None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:16].lower()
+    return start.startswith((b"<!doctype", b"<html", b"<?xml", b"<", b"{", b"["))
+
+
+def check_audio_body(content_type: str, head: bytes, *, what: str) -> None:
+    """Refuse a response that is not audio, before anything is written.
+
+    Accepted: ``audio/*``, ``video/mp4`` (Revid SRT-to-speech may render MP4),
+    ``application/octet-stream`` and ``binary/octet-stream`` (what storage hosts label files they
+    know nothing about) or no type at all; the generic types only when the first bytes are not
+    markup or JSON (a login page served as ``octet-stream`` is still a login page). The error names
+    the type that arrived and a short excerpt of the body, so the cause is visible in the task log.
+    """
+    kind = media_type(content_type)
+    accepted = kind.startswith("audio/") or kind in ACCEPTED_TYPES or kind == ""
+    if accepted and not (kind in _GENERIC_TYPES and _looks_like_text(head)):
+        return
+    excerpt = head[:160].decode("utf-8", "replace").replace("\r", " ").replace("\n", " ").strip()
+    raise TtsProtocolError(
+        f"{what}: expected audio (audio/*, video/mp4 or application/octet-stream), got "
+        f"{content_type or 'no Content-Type'!s} starting with {excerpt!r}; nothing was stored"
+    )
+
+
+def extension_for(content_type: str, head: bytes = b"") -> str:
+    """The file extension for a body: from its media type, else from its first bytes, else ``.bin``."""
+    ext = EXTENSIONS.get(media_type(content_type))
+    if ext is None and media_type(content_type) in _GENERIC_TYPES:
+        ext = sniff_extension(head)
     if ext is None:
         log.warning("Unknown audio content type %r; saving with extension .bin", content_type)
         return ".bin"
     return ext
+
+
+def check_extension(name: str, content_type: str, head: bytes) -> None:
+    """Refuse a file name whose audio extension contradicts what the body is.
+
+    Refused rather than warned about: a FLAC stored as ``daily.mp3`` is silently broken for every
+    player and pipeline that trusts the name, and a warning in a task log nobody reads does not stop
+    it from being published. Only a known audio extension against a known format is refused: a
+    name without one (``daily``, ``daily.audio``, ``.bin``) or a body whose format cannot be told
+    is stored as named. Use a folder destination (the extension then follows the content type) or
+    the matching extension.
+    """
+    ext = os.path.splitext(name)[1].lower()
+    if ext not in set(EXTENSIONS.values()) | set(_SAME_FORMAT):
+        return
+    actual = EXTENSIONS.get(media_type(content_type)) or sniff_extension(head)
+    if actual is None or _SAME_FORMAT.get(ext, ext) == _SAME_FORMAT.get(actual, actual):
+        return
+    raise TtsConfigError(
+        f"destination {name!r} says {ext} but the audio is {content_type or 'untyped'} ({actual}); refusing to "
+        f"store it under a name that contradicts its format. Name the file *{actual} or give a folder "
+        "destination ending in '/' (the extension then follows the content type)"
+    )
 
 
 def audio_duration(header: bytes) -> float | None:
@@ -167,41 +337,297 @@ def audio_duration(header: bytes) -> float | None:
     return None
 
 
-def _size(path: ObjectStoragePath) -> int | None:
+# ------------------------------------------------------------------------------- existing object
+
+
+@dataclass(frozen=True)
+class _Existing:
+    """What is at the destination already, from one metadata request (never a download)."""
+
+    size: int
+    sha256: str | None = None  # from object metadata, where this module wrote it
+    etag: str | None = None  # S3's, for objects written without the sha256 metadata
+
+
+def _existing(path: ObjectStoragePath, mode: WriteMode) -> _Existing | None:
+    """The destination's current size (and identity where cheap): one HEAD on object stores.
+
+    Raises :class:`TtsStorageError` when the destination is a directory: nothing may be moved onto it.
+    """
+    if mode == "rename":
+        try:
+            stat = os.stat(path.path)
+        except FileNotFoundError:
+            return None
+        if not os.path.isfile(path.path):
+            raise TtsStorageError(f"destination {path} is a folder (or not a regular file); refusing to write onto it")
+        return _Existing(stat.st_size)
+    call_s3 = getattr(path.fs, "call_s3", None)
+    if _protocol(path) in S3_SCHEMES and callable(call_s3):
+        bucket, _, key = path.path.partition("/")
+        try:
+            head = call_s3("head_object", Bucket=bucket, Key=key)
+        except FileNotFoundError:
+            return None
+        meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+        return _Existing(int(head["ContentLength"]), meta.get(SHA256_METADATA), head.get("ETag"))
     try:
-        return int(path.stat()["size"])
+        info = path.fs.info(path.path)
     except FileNotFoundError:
         return None
-
-
-def _is_local(path: ObjectStoragePath) -> bool:
-    return path.protocol in ("file", "local", "")
+    if info.get("type") == "directory":
+        raise TtsStorageError(f"destination {path} is a folder; refusing to write onto it")
+    return _Existing(int(info["size"]))
 
 
 def _sha256_of(path: ObjectStoragePath, chunk_bytes: int) -> str:
+    """Hash what is at ``path``: a local read for ``rename``; a download only for ``copy`` schemes."""
     digest = hashlib.sha256()
-    # Object stores read ahead a whole block (s3fs: 50 MiB by default); keep it small.
-    open_kwargs: dict[str, Any] = {} if _is_local(path) else {"block_size": UPLOAD_BLOCK_BYTES}
-    with path.open("rb", **open_kwargs) as src:
+    if write_mode(path) == "rename":
+        with open(path.path, "rb") as src:
+            while block := src.read(chunk_bytes):
+                digest.update(block)
+        return digest.hexdigest()
+    with path.fs.open(path.path, "rb", block_size=UPLOAD_BLOCK_BYTES) as src:
         while block := src.read(chunk_bytes):
             digest.update(block)
     return digest.hexdigest()
 
 
-def check_writable(path: ObjectStoragePath) -> None:
-    """Fail clearly, before any byte is written, when the destination's container does not exist."""
-    if _is_local(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return
-    bucket = path.bucket
-    try:
-        exists = bool(bucket) and path.fs.exists(bucket)
-    except Exception as exc:
-        raise TtsStorageError(f"cannot reach the destination bucket {path.protocol}://{bucket}: {exc}") from exc
-    if not exists:
-        raise TtsStorageError(
-            f"destination bucket {path.protocol}://{bucket} does not exist (or the connection cannot see it)"
+# ---------------------------------------------------------------------------------------- writers
+
+
+class _Writer:
+    """Where the bytes go until :meth:`commit` makes them visible at the destination, or :meth:`abandon`.
+
+    ``write`` runs on one thread at a time (the helper thread for object stores); ``commit`` and
+    ``abandon`` only after that thread was joined. ``abandon`` leaves nothing behind and never raises.
+    """
+
+    def write(self, chunk: bytes) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Every byte written (no commit yet): the place for flushing."""
+
+    def same_as(self, existing: _Existing, sha256: str) -> bool:
+        return existing.sha256 == sha256
+
+    def commit(self, sha256: str, size: int) -> None:
+        raise NotImplementedError
+
+    def abandon(self) -> None:
+        raise NotImplementedError
+
+
+class _TempWriter(_Writer):
+    """``rename`` and ``copy``: a temporary beside the destination, then renamed or moved into place."""
+
+    def __init__(self, path: ObjectStoragePath, temp_name: str, mode: WriteMode) -> None:
+        self.path, self.temp, self.mode = path, path.parent / temp_name, mode
+        if mode == "rename":
+            # A plain unbuffered OS file: every write() is one system call (see LOCAL_WRITE_BYTES).
+            self.out: Any = open(self.temp.path, "wb", buffering=0)  # noqa: SIM115 (closed in finish/abandon)
+        else:
+            self.out = self.temp.fs.open(self.temp.path, "wb", block_size=UPLOAD_BLOCK_BYTES)
+
+    def write(self, chunk: bytes) -> None:
+        self.out.write(chunk)
+
+    def finish(self) -> None:
+        self.out.close()
+
+    def commit(self, sha256: str, size: int) -> None:
+        if self.mode == "rename":
+            os.replace(self.temp.path, self.path.path)  # atomic; refuses to replace a directory
+            return
+        self.temp.fs.mv(self.temp.path, self.path.path)
+
+    def abandon(self) -> None:
+        try:
+            if not self.out.closed:
+                _abandon_file(self.out)
+            if self.mode == "rename":
+                os.unlink(self.temp.path)
+            else:
+                self.temp.fs.rm(self.temp.path)
+        except FileNotFoundError:
+            pass
+        except Exception:  # the original error matters more; a leftover is overwritten next try
+            log.warning("Could not remove the temporary %s", self.temp, exc_info=True)
+
+
+class _FsspecDirectWriter(_Writer):
+    """``direct`` on object stores other than S3: the filesystem's own file, uncommitted until the end."""
+
+    def __init__(self, path: ObjectStoragePath, content_type: str) -> None:
+        self.path = path
+        self.out = path.fs.open(path.path, "wb", block_size=UPLOAD_BLOCK_BYTES, autocommit=False)
+
+    def write(self, chunk: bytes) -> None:
+        self.out.write(chunk)
+
+    def finish(self) -> None:
+        self.out.close()  # uploads what is buffered; with autocommit=False nothing is visible yet
+
+    def commit(self, sha256: str, size: int) -> None:
+        self.out.commit()
+
+    def abandon(self) -> None:
+        _abandon_file(self.out)
+
+
+class _S3DirectWriter(_Writer):
+    """``direct`` on S3: the destination key itself, one ``PutObject`` or one multipart upload.
+
+    Below :data:`UPLOAD_BLOCK_BYTES` the bytes are held until the end and sent as one ``PutObject``
+    carrying their sha256 as object metadata (so ``skip_if_identical`` later costs one HEAD). Above
+    it a multipart upload is created at the first full part; its parts are uploaded as they fill and
+    the upload is completed only by :meth:`commit`, aborted by :meth:`abandon`. A multipart
+    object's sha256 is not known when the upload is created (when metadata must be given), so its
+    identity for ``skip_if_identical`` is its ETag (an MD5 over the parts), recomputed while
+    streaming only when an object of the same size is already there.
+    """
+
+    def __init__(self, path: ObjectStoragePath, content_type: str, want_etag: bool) -> None:
+        self.path = path
+        self.call_s3 = path.fs.call_s3
+        self.bucket, _, self.key = path.path.partition("/")
+        self.content_type = content_type or "application/octet-stream"
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+        self.md5s: list[bytes] | None = [] if want_etag else None
+
+    def write(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        while len(self.buffer) > UPLOAD_BLOCK_BYTES:  # keep the last part for commit: it may be the only one
+            body = bytes(self.buffer[:UPLOAD_BLOCK_BYTES])
+            del self.buffer[:UPLOAD_BLOCK_BYTES]
+            self._upload_part(body)
+
+    def _upload_part(self, body: bytes) -> None:
+        if self.upload_id is None:
+            created = self.call_s3(
+                "create_multipart_upload", Bucket=self.bucket, Key=self.key, ContentType=self.content_type
+            )
+            self.upload_id = str(created["UploadId"])
+        number = len(self.parts) + 1
+        done = self.call_s3(
+            "upload_part", Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body
         )
+        self.parts.append({"PartNumber": number, "ETag": done["ETag"]})
+        if self.md5s is not None:
+            self.md5s.append(hashlib.md5(body, usedforsecurity=False).digest())
+
+    def same_as(self, existing: _Existing, sha256: str) -> bool:
+        if existing.sha256 is not None:
+            return existing.sha256 == sha256
+        return existing.etag is not None and existing.etag.strip('"') == self._etag()
+
+    def _etag(self) -> str | None:
+        """The ETag S3 gives the object this upload makes (unencrypted or SSE-S3); None if unknown."""
+        if self.md5s is None:
+            return None
+        last = hashlib.md5(bytes(self.buffer), usedforsecurity=False).digest()
+        if self.upload_id is None:
+            return last.hex()
+        md5s = [*self.md5s, last] if self.buffer else self.md5s
+        return f"{hashlib.md5(b''.join(md5s), usedforsecurity=False).hexdigest()}-{len(md5s)}"
+
+    def commit(self, sha256: str, size: int) -> None:
+        if self.upload_id is None:
+            self.call_s3(
+                "put_object",
+                Bucket=self.bucket,
+                Key=self.key,
+                Body=bytes(self.buffer),
+                ContentType=self.content_type,
+                Metadata={SHA256_METADATA: sha256},
+            )
+        else:
+            if self.buffer:
+                self._upload_part(bytes(self.buffer))
+            self.call_s3(
+                "complete_multipart_upload",
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": self.parts},
+            )
+            self.upload_id = None
+        self.buffer = bytearray()
+        self.path.fs.invalidate_cache(self.path.path)
+
+    def abandon(self) -> None:
+        self.buffer = bytearray()
+        if self.upload_id is None:
+            return
+        try:
+            self.call_s3("abort_multipart_upload", Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+        except Exception:  # the original error matters more; the next try aborts it (abort_stale_uploads)
+            log.warning("Could not abort the multipart upload to %s", self.path, exc_info=True)
+        self.upload_id = None
+
+
+def _abandon_file(out: Any) -> None:
+    """Give up an fsspec file being written without committing it.
+
+    Closing an object-store file commits it (s3fs completes the multipart upload), which would
+    publish a partial object. ``discard()`` aborts the upload instead; the file object is then marked
+    closed so its finaliser does not try to commit after all. A local file is simply closed.
+    """
+    try:
+        discard = getattr(out, "discard", None)
+        if callable(discard):
+            discard()
+            out.closed = True
+        else:
+            out.close()
+    except Exception:  # the original error matters more
+        log.warning("Could not abandon the upload %s", out, exc_info=True)
+
+
+def _open_writer(
+    path: ObjectStoragePath, mode: WriteMode, temp_name: str, content_type: str, existing: _Existing | None, size: int
+) -> _Writer:
+    if mode != "direct":
+        return _TempWriter(path, temp_name, mode)
+    if _protocol(path) in S3_SCHEMES and callable(getattr(path.fs, "call_s3", None)):
+        # The ETag is worth computing only if an object of the same size could be these very bytes.
+        want_etag = existing is not None and existing.sha256 is None and size in (existing.size, -1)
+        return _S3DirectWriter(path, content_type, want_etag)
+    return _FsspecDirectWriter(path, content_type)
+
+
+def abort_stale_uploads(path: ObjectStoragePath, temp_name: str) -> None:
+    """Abort multipart uploads an earlier, killed try of this task instance left open (S3 only).
+
+    A worker killed mid-upload leaves an in-progress multipart upload: invisible to readers and
+    never completed, but its parts are billed until a bucket lifecycle rule removes them. A direct
+    write's upload is on the destination key, a copy-mode write's on its temporary; the operator
+    calls this only on a retry (try number > 1), for the destination key it owns, so uploads there
+    that started before this try are its own leftovers. Best effort: a failure is logged, never fatal.
+    """
+    call_s3 = getattr(path.fs, "call_s3", None)
+    if _protocol(path) not in S3_SCHEMES or not callable(call_s3):
+        return
+    started = time.time()
+    for target in (path, path.parent / temp_name):
+        bucket, _, key = target.path.partition("/")
+        try:
+            listing = call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+            for upload in listing.get("Uploads", []):
+                initiated = upload.get("Initiated")
+                if upload.get("Key") != key or (initiated is not None and initiated.timestamp() > started):
+                    continue
+                call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+                log.info("Aborted a multipart upload left on %s by an earlier try", target)
+        except Exception:
+            log.warning("Could not check %s for multipart uploads left by an earlier try", target, exc_info=True)
+
+
+# ----------------------------------------------------------------------------------------- store
 
 
 @dataclass
@@ -230,6 +656,24 @@ class _Progress:
             log.info("Downloaded %d bytes at %.1f MiB/s", done, rate)
 
 
+def peek(chunks: Iterable[bytes], want: int = 4096) -> tuple[bytes, Iterator[bytes]]:
+    """The first ``want`` bytes of a chunk stream (fewer if it is shorter), and the whole stream again."""
+    it = iter(chunks)
+    taken: list[bytes] = []
+    got = 0
+    for chunk in it:
+        taken.append(chunk)
+        got += len(chunk)
+        if got >= want:
+            break
+
+    def again() -> Iterator[bytes]:
+        yield from taken
+        yield from it
+
+    return b"".join(taken)[:want], again()
+
+
 def store_stream(
     chunks: Iterable[bytes],
     path: ObjectStoragePath,
@@ -243,11 +687,24 @@ def store_stream(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     duration_seconds: float | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    checked: bool = False,
 ) -> StoredAudio:
     """Stream ``chunks`` into ``path`` atomically; verify length and cap; apply the overwrite policy.
 
-    :param temp_name: file name of the temporary beside ``path``; fixed per task instance so that a
-        leftover from a killed try is overwritten, never accumulated.
+    What each policy does when the destination exists (one metadata request finds out: a HEAD on
+    object stores, ``stat`` on a local disk):
+
+    * ``replace``: the new bytes replace it, whatever they are.
+    * ``skip_if_identical``: the new bytes are streamed and hashed first; if their size and sha256
+      equal the existing object's (from its metadata on object stores, its bytes on a local disk)
+      nothing is written and the existing object stays as it is; **if they differ, the new bytes
+      replace it** (a warning names both digests): the policy avoids rewriting, it never keeps
+      stale audio.
+    * ``fail``: a :class:`TtsStorageError` before anything is written.
+
+    :param temp_name: file name of the temporary beside ``path`` (rename and copy modes); fixed per
+        task instance so that a leftover from a killed try is overwritten, never accumulated.
+    :param checked: the caller already ran :func:`check_destination` on ``path`` (saves a request).
     """
     if overwrite not in OVERWRITE_POLICIES:
         raise TtsConfigError(f"overwrite must be one of {', '.join(OVERWRITE_POLICIES)}, got {overwrite!r}")
@@ -255,31 +712,36 @@ def store_stream(
         raise TtsProtocolError(
             f"audio for task {tts_task_id!r} is {content_length} bytes, over the {max_bytes}-byte cap"
         )
-    existing = _size(path)
+    mode = write_mode(path)
+    try:
+        if not checked and check_destination(path, folder_hint=False):
+            raise TtsStorageError(f"destination {path} is a folder; refusing to write onto it")
+        existing = _existing(path, mode)
+    except OSError as exc:
+        raise TtsStorageError(f"checking {path} failed: {type(exc).__name__}: {exc}") from exc
     if existing is not None and overwrite == "fail":
         raise TtsStorageError(f"destination {path} already exists and overwrite='fail'")
-    check_writable(path)
+    head, chunks = peek(chunks)
+    check_audio_body(content_type, head, what=f"audio for task {tts_task_id!r}")  # before anything is written
 
-    temp = path.parent / temp_name
     digest = hashlib.sha256()
     header = bytearray()
     size = 0
     progress = _Progress(content_length, PROGRESS_LOG_INTERVAL)
-    local = _is_local(path)
-    if not local:
-        _abort_stale_uploads(temp)
+    expected = content_length if content_length is not None else -1
+    writer: _Writer | None = None
     try:
-        out = _open_temp(temp, local)
+        writer = _open_writer(path, mode, temp_name, content_type, existing, expected)
         depth = max(2, BEHIND_BYTES // max(chunk_bytes, 1))
         # Two stages per chunk run side by side (hashlib, socket reads and writes release the GIL):
-        # on file:// this thread writes (in small writes, like curl) while a helper thread hashes;
-        # on object stores a helper thread uploads (a part upload blocks) while this one hashes.
+        # on a local disk this thread writes (in small writes, like curl) while a helper thread
+        # hashes; elsewhere a helper thread uploads (a part upload blocks) while this one hashes.
         foreground: Callable[[bytes], Any]
-        if local:
+        if isinstance(writer, _TempWriter) and mode == "rename":
             behind = _Behind(digest.update, depth, "tts-audio-hash")
-            foreground = functools.partial(_write_all, out, step=LOCAL_WRITE_BYTES)
+            foreground = functools.partial(_write_all, writer.out, step=LOCAL_WRITE_BYTES)
         else:
-            behind = _Behind(out.write, depth, "tts-audio-upload")
+            behind = _Behind(writer.write, depth, "tts-audio-upload")
             foreground = digest.update
         try:
             for chunk in chunks:
@@ -294,25 +756,36 @@ def store_stream(
                 if on_chunk is not None:
                     on_chunk(size)
             behind.finish()  # every chunk hashed (or uploaded): only now may the digest be read
-            if content_length is not None and size != content_length:
-                raise TtsProtocolError(
-                    f"audio for task {tts_task_id!r}: server announced {content_length} bytes, sent {size}"
-                )
         except BaseException:
             behind.abort()
-            _abandon(out, local)
             raise
-        out.close()
+        if content_length is not None and size != content_length:
+            raise TtsProtocolError(
+                f"audio for task {tts_task_id!r}: server announced {content_length} bytes, sent {size}"
+            )
+        writer.finish()
         sha256 = digest.hexdigest()
         written = True
-        if existing == size and overwrite == "skip_if_identical" and _sha256_of(path, chunk_bytes) == sha256:
-            log.info("%s already holds these %d bytes (sha256 %s); not rewriting it", path, size, sha256)
-            temp.unlink()
-            written = False
+        if existing is not None and existing.size == size and overwrite == "skip_if_identical":
+            same = writer.same_as(existing, sha256) if mode == "direct" else _sha256_of(path, chunk_bytes) == sha256
+            if same:
+                log.info("%s already holds these %d bytes (sha256 %s); not rewriting it", path, size, sha256)
+                written = False
+        if written:
+            if existing is not None and overwrite == "skip_if_identical":
+                log.warning(
+                    "%s held other bytes (%d bytes, sha256 %s); replacing them with %d bytes (sha256 %s)",
+                    path, existing.size, existing.sha256 or "not recorded", size, sha256,
+                )  # fmt: skip
+            writer.commit(sha256, size)
+            writer = None
+            _verify(path, mode, size)
         else:
-            temp.move(path)
+            writer.abandon()
+            writer = None
     except BaseException as exc:
-        _discard(temp)
+        if writer is not None:
+            writer.abandon()
         if isinstance(exc, OSError):
             raise TtsStorageError(f"writing {path} failed: {type(exc).__name__}: {exc}") from exc
         raise
@@ -321,18 +794,22 @@ def store_stream(
     return StoredAudio(str(path), size, sha256, content_type, duration, tts_task_id, written)
 
 
-def _open_temp(temp: ObjectStoragePath, local: bool) -> Any:
-    """The temporary, opened for writing.
+def _verify(path: ObjectStoragePath, mode: WriteMode, size: int) -> None:
+    """Check that the destination holds a file of ``size`` bytes before success is reported.
 
-    A local temporary is a plain unbuffered OS file: every ``write()`` is one system call of the
-    size given (see :data:`LOCAL_WRITE_BYTES`). An object store's is the filesystem's own file
-    object, uploading in :data:`UPLOAD_BLOCK_BYTES` parts. Either way not ``ObjectStoragePath.open``,
-    which wraps each ``write()`` in a lineage hook for a temporary's name no reader should care
-    about (``move()`` records the lineage from the temporary to the destination).
+    On a local disk and on ``copy`` schemes a ``stat``. On ``direct`` object stores the store's own
+    answer to the completing request (``PutObject``, ``CompleteMultipartUpload``) is the check: it
+    is given only once the object exists with exactly the bytes sent, and a further HEAD would add a
+    request to every file for no new information.
     """
-    if local:
-        return open(temp.path, "wb", buffering=0)  # closed by store_stream
-    return temp.fs.open(temp.path, "wb", block_size=UPLOAD_BLOCK_BYTES)
+    if mode == "direct":
+        return
+    try:
+        found = os.stat(path.path).st_size if mode == "rename" else int(path.fs.info(path.path)["size"])
+    except FileNotFoundError:
+        found = None
+    if found != size:
+        raise TtsStorageError(f"after writing {size} bytes, {path} holds {found if found is not None else 'nothing'}")
 
 
 def _write_all(out: Any, chunk: bytes, step: int) -> None:
@@ -390,52 +867,3 @@ class _Behind:
         self._stopped = True
         self._queue.put(None)
         self._thread.join()
-
-
-def _abandon(out: Any, local: bool) -> None:
-    """Give up a temporary being written without committing it.
-
-    Closing an object-store file commits it (s3fs completes the multipart upload), which would
-    publish a partial temporary only to delete it again. ``discard()`` aborts the upload instead;
-    the file object is then marked closed so its finaliser does not try to commit after all.
-    A local file is simply closed (and unlinked by the caller).
-    """
-    try:
-        if local:
-            out.close()
-            return
-        discard = getattr(out, "discard", None)
-        if callable(discard):
-            discard()
-        out.closed = True
-    except Exception:  # the original error matters more
-        log.warning("Could not abandon the temporary upload %s", out, exc_info=True)
-
-
-def _abort_stale_uploads(temp: ObjectStoragePath) -> None:
-    """Abort multipart uploads left on the temporary's key by a killed earlier try (S3 only).
-
-    A worker killed mid-upload leaves an in-progress multipart upload: invisible to readers and
-    never at the destination, but its parts are billed until a bucket lifecycle rule removes them.
-    The temporary's name is fixed per task instance, so uploads to exactly that key are this task
-    instance's own leftovers. Best effort: a failure here is logged, never fatal.
-    """
-    call_s3 = getattr(temp.fs, "call_s3", None)
-    if temp.protocol not in ("s3", "s3a") or not callable(call_s3):
-        return
-    bucket, _, key = temp.path.partition("/")
-    try:
-        listing = call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
-        for upload in listing.get("Uploads", []):
-            if upload.get("Key") == key:
-                call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"])
-                log.info("Aborted a multipart upload left on %s by an earlier try", temp)
-    except Exception:
-        log.warning("Could not check %s for multipart uploads left by an earlier try", temp, exc_info=True)
-
-
-def _discard(temp: ObjectStoragePath) -> None:
-    try:
-        temp.unlink(missing_ok=True)
-    except Exception:  # the original error matters more; a leftover is overwritten next try
-        log.warning("Could not remove the temporary %s", temp, exc_info=True)

@@ -118,6 +118,24 @@ def http_json(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
         return json.loads(resp.read())
 
 
+def s3_requests(endpoint: str, reset: bool = False) -> dict[str, int]:
+    """The moto server's request counts by S3 operation (``benchmarks/download_moto.py``); optionally zeroed."""
+    req = urllib.request.Request(
+        f"{endpoint}/_bench/{'reset' if reset else 'requests'}", method="POST" if reset else "GET"
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        counts: dict[str, int] = json.loads(resp.read())
+    return counts
+
+
+def describe_requests(counts: dict[str, int], files: int = 1) -> str:
+    """``PutObject 1, HeadObject 1, ...`` per file; writes first."""
+    from benchmarks.download_moto import WRITES
+
+    order = sorted(counts, key=lambda op: (op not in WRITES, op))
+    return ", ".join(f"{op} {counts[op] / files:g}" for op in order)
+
+
 #: When the previous run's file or object was deleted (see SETTLE_SECONDS).
 _freed_at = [0.0]
 
@@ -156,11 +174,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8 and 32 MiB, one run each; BENCHMARKS.md untouched")
     parser.add_argument("--repeat", type=int, default=None, help="runs per file:// method (default 7; quick 1)")
     parser.add_argument("--sizes", help="comma-separated sizes in MiB instead of the defaults (no BENCHMARKS.md)")
+    parser.add_argument("--small", type=int, default=None, help="files in the many-small-files rows (default 1000)")
+    parser.add_argument("--no-large", action="store_true", help="only the many-small-files rows (no BENCHMARKS.md)")
     args = parser.parse_args()
     sizes = [8 * MiB, 32 * MiB] if args.quick else [512 * MiB, 2048 * MiB]
     if args.sizes:
         sizes = [int(part) * MiB for part in args.sizes.split(",")]
     repeat = args.repeat or (1 if args.quick else 7)
+    small = args.small if args.small is not None else (40 if args.quick else 1000)
+    if args.no_large:
+        sizes = []
 
     scratch = scratch_dir()
     logs = {"emulator": scratch / "emulator.log", "moto": scratch / "moto.log"}
@@ -168,6 +191,7 @@ def main() -> None:
     env.setdefault("AIRFLOW_HOME", str(scratch / "airflow-home"))
     env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     rows: list[list[object]] = []
+    small_rows: list[list[object]] = []
     checks: list[str] = []
     try:
         emulator_cmd = [sys.executable, "-m", "airflow_provider_tts.emulator", "--port", "0", "--delay", "0"]
@@ -214,8 +238,11 @@ def main() -> None:
                 )
                 run_id = http_json("GET", f"{emu['camb_base_url']}/text-to-sound/{task['task_id']}")["run_id"]
                 url = f"{emu['camb_base_url']}/text-to-sound-result/{run_id}?output_type=raw_bytes"
-                rows += bench_size(size, task["task_id"], url, env, scratch, s3, repeat, checks)
-                print(table(HEADERS, rows[-4:]), flush=True)
+                rows += bench_size(size, task["task_id"], url, env, scratch, s3, repeat, checks, moto["endpoint"])
+                print(table(HEADERS, rows[-5:]), flush=True)
+            if small:
+                small_rows = bench_small(small, emu, env, scratch, s3, moto["endpoint"])
+                print(table(SMALL_HEADERS, small_rows), flush=True)
             s3.delete_bucket(Bucket=BUCKET)
     except BaseException:
         for name, log in logs.items():
@@ -226,8 +253,10 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
     body = describe(rows, checks, repeat, filesystem_of(REPO))
+    if small_rows:
+        body += "\n" + describe_small(small_rows, small)
     print(body)
-    if not (args.quick or args.sizes):
+    if not (args.quick or args.sizes or args.no_large or args.small is not None):
         write_section("download", TITLE, ".venv/bin/python benchmarks/download.py", body)
         print("Section 'download' written to BENCHMARKS.md")
 
@@ -237,7 +266,15 @@ TITLE = "Audio download to storage: throughput and memory (TtsAudioToStorageOper
 
 
 def bench_size(
-    size: int, task_id: str, url: str, env: dict[str, str], scratch: Path, s3: Any, repeat: int, checks: list[str]
+    size: int,
+    task_id: str,
+    url: str,
+    env: dict[str, str],
+    scratch: Path,
+    s3: Any,
+    repeat: int,
+    checks: list[str],
+    moto: str,
 ) -> list[list[object]]:
     label = f"{size // MiB:,} MiB" if size < 1024**3 else f"{size / 1024**3:g} GiB"
     out_dir = scratch / "out"
@@ -259,6 +296,7 @@ def bench_size(
     assert not list(out_dir.iterdir()), "a temporary was left behind"
 
     key = f"audio/op-{size}.wav"
+    s3_requests(moto, reset=True)
     op_s3 = run_worker(
         "operator",
         env,
@@ -266,7 +304,9 @@ def bench_size(
         dest_conn_id=AWS_CONN_ID,
         tts_conn_id=TTS_CONN_ID,
         tts_task_id=task_id,
+        reset_url=f"{moto}/_bench/reset",
     )
+    op_requests = s3_requests(moto)
     assert s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"] == size
     assert [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]] == [key], "temporary left in the bucket"
     s3.delete_object(Bucket=BUCKET, Key=key)
@@ -275,12 +315,27 @@ def bench_size(
     checks.append(f"{label}: sha256 identical in every file:// and s3:// operator run: {same_sha}")
 
     key = f"audio/mem-{size}.wav"
-    mem_s3 = run_worker("in_memory_s3", env, dest=f"s3://{BUCKET}/{key}", dest_conn_id=AWS_CONN_ID, url=url)
+    s3_requests(moto, reset=True)
+    mem_s3 = run_worker(
+        "in_memory_s3", env, dest=f"s3://{BUCKET}/{key}", dest_conn_id=AWS_CONN_ID, url=url,
+        reset_url=f"{moto}/_bench/reset",
+    )  # fmt: skip
+    mem_requests = s3_requests(moto)
+    assert s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"] == size
+    s3.delete_object(Bucket=BUCKET, Key=key)
+    freed()
+    key = f"audio/fileobj-{size}.wav"
+    s3_requests(moto, reset=True)
+    fileobj_s3 = run_worker(
+        "upload_fileobj_s3", env, dest=f"s3://{BUCKET}/{key}", dest_conn_id=AWS_CONN_ID, url=url,
+        reset_url=f"{moto}/_bench/reset",
+    )  # fmt: skip
+    fileobj_requests = s3_requests(moto)
     assert s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"] == size
     s3.delete_object(Bucket=BUCKET, Key=key)
     freed()
     every = [("file:// operator", r) for r in runs["operator"]] + [("curl", r) for r in runs["curl"]]
-    every += [("s3:// operator", op_s3), ("in memory", mem_s3)]
+    every += [("s3:// operator", op_s3), ("in memory", mem_s3), ("upload_fileobj", fileobj_s3)]
     late = [f"{name} {r['late']:.1f} s" for name, r in every if r["late"] > 0.5]
     if late:
         checks.append(f"{label}: started late (warm-up longer than the pause): {', '.join(late)}")
@@ -315,17 +370,141 @@ def bench_size(
     curl_peak = max(r["peak"] for r in runs["curl"])
     rows.append([label, "file://", "`curl -o`", f"{curl_rate:,.0f}", "1.00x", mib(curl_peak), "—",
                  cpu(runs["curl"]), f"{spread(runs['curl'])}; curl's own RSS and CPU".lstrip("; ")])  # fmt: skip
-    stream_rate = op_s3["bytes"] / MiB / (op_s3["seconds"] - op_s3["move_seconds"])
-    move = (
-        f"streaming {stream_rate:,.0f} MiB/s, then {op_s3['move_seconds']:.1f} s server-side copy of the "
-        "temporary into place"
-    )
     rows.append([label, "s3://", "operator", f"{rate(op_s3):,.0f}", "", mib(op_s3["peak"]),
-                 mib(op_s3["peak"] - op_s3["rss_before"]), cpu([op_s3]), move])  # fmt: skip
+                 mib(op_s3["peak"] - op_s3["rss_before"]), cpu([op_s3]),
+                 f"S3 requests: {describe_requests(op_requests)}"])  # fmt: skip
     how = "`requests.get().content` + `S3Hook.load_bytes`"
     rows.append([label, "s3://", "in memory (HttpToS3Operator)", f"{rate(mem_s3):,.0f}", "", mib(mem_s3["peak"]),
-                 mib(mem_s3["peak"] - mem_s3["rss_before"]), cpu([mem_s3]), how])  # fmt: skip
+                 mib(mem_s3["peak"] - mem_s3["rss_before"]), cpu([mem_s3]),
+                 f"{how}; S3 requests: {describe_requests(mem_requests)}"])  # fmt: skip
+    rows.append([label, "s3://", "boto3 `upload_fileobj` from the stream", f"{rate(fileobj_s3):,.0f}", "",
+                 mib(fileobj_s3["peak"]), mib(fileobj_s3["peak"] - fileobj_s3["rss_before"]), cpu([fileobj_s3]),
+                 f"S3 requests: {describe_requests(fileobj_requests)}"])  # fmt: skip
     return rows
+
+
+SMALL_HEADERS = [
+    "files",
+    "in parallel",
+    "method",
+    "files/s",
+    "MiB/s",
+    "S3 requests per file",
+    "writes per file",
+    "note",
+]
+SMALL_METHODS = {
+    "operator": "operator",
+    "in_memory_s3": "in memory (HttpToS3Operator)",
+    "upload_fileobj_s3": "boto3 `upload_fileobj` from the stream",
+}
+#: Seconds the many-files workers get to start (import Airflow, build clients) before the common start.
+SMALL_WARMUP_SECONDS = 60.0
+
+
+def bench_small(
+    n: int, emu: dict[str, Any], env: dict[str, str], scratch: Path, s3: Any, moto: str
+) -> list[list[object]]:
+    """``n`` files of 200 KB-2 MB to s3://, 1 and 8 workers at a time, the operator against both anchors."""
+    import random
+
+    from benchmarks.download_moto import WRITES
+
+    rng = random.Random(13)
+    tasks = []
+    for _ in range(n):
+        size = rng.randint(200_000, 2_000_000)
+        task = http_json(
+            "POST",
+            f"{emu['control_url']}/tasks",
+            {"api": "camb_ai", "kind": "text-to-sound", "delay": 0, "audio_bytes": size},
+        )
+        run_id = http_json("GET", f"{emu['camb_base_url']}/text-to-sound/{task['task_id']}")["run_id"]
+        url = f"{emu['camb_base_url']}/text-to-sound-result/{run_id}?output_type=raw_bytes"
+        tasks.append((task["task_id"], url, size))
+    total_bytes = sum(size for _, _, size in tasks)
+    rows: list[list[object]] = []
+    for parallel in (1, 8):
+        for method, label in SMALL_METHODS.items():
+            prefix = f"small-{method}-{parallel}/"
+            entries = [
+                {
+                    "task_id": t,
+                    "url": u,
+                    "dest": f"s3://{BUCKET}/{prefix}" + ("" if method == "operator" else f"{t}.wav"),
+                }
+                for t, u, _ in tasks
+            ]
+            lists = []
+            for i in range(parallel):
+                path = scratch / f"list-{method}-{parallel}-{i}.json"
+                path.write_text(json.dumps(entries[i::parallel]))
+                lists.append(path)
+            s3_requests(moto, reset=True)
+            start_at = time.time() + SMALL_WARMUP_SECONDS
+            procs = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(REPO / "benchmarks" / "download_worker.py"),
+                        "many",
+                        "--inner",
+                        method,
+                        "--list",
+                        str(path),
+                        "--dest-conn-id",
+                        AWS_CONN_ID,
+                        "--tts-conn-id",
+                        TTS_CONN_ID,
+                        "--start-at",
+                        str(start_at),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=env,
+                    cwd=REPO,
+                )
+                for i, path in enumerate(lists)
+            ]
+            results = []
+            for proc in procs:
+                out, err = proc.communicate()
+                line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
+                if proc.returncode != 0 or line is None:
+                    raise RuntimeError(f"many {method} failed ({proc.returncode}):\n{out[-2000:]}\n{err[-3000:]}")
+                results.append(json.loads(line[len("RESULT ") :]))
+            counts = s3_requests(moto)
+            elapsed = max(r["ended_at"] for r in results) - start_at
+            stored = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix, MaxKeys=1000)
+            keys = [o["Key"] for o in stored.get("Contents", [])]
+            while stored.get("IsTruncated"):
+                stored = s3.list_objects_v2(
+                    Bucket=BUCKET, Prefix=prefix, ContinuationToken=stored["NextContinuationToken"]
+                )
+                keys += [o["Key"] for o in stored.get("Contents", [])]
+            assert len(keys) == n, f"{method}: {len(keys)} objects stored, expected {n}"
+            for start in range(0, len(keys), 1000):
+                s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]})
+            writes = sum(v for k, v in counts.items() if k in WRITES)
+            late = max(r["late"] for r in results)
+            note = f"started {late:.0f} s late (warm-up longer than {SMALL_WARMUP_SECONDS:g} s)" if late > 1 else ""
+            rows.append([f"{n:,}", parallel, label, f"{n / elapsed:,.1f}", f"{total_bytes / MiB / elapsed:,.1f}",
+                         describe_requests(counts, n), f"{writes / n:g}", note])  # fmt: skip
+            print(f"  many {method} x{parallel}: {n / elapsed:.1f} files/s; {describe_requests(counts, n)}", flush=True)
+    return rows
+
+
+def describe_small(rows: list[list[object]], n: int) -> str:
+    return (
+        table(SMALL_HEADERS, rows) + "\n"
+        f"Many small files: {n:,} WAV files of 200 KB to 2 MB (sizes drawn with a fixed seed), each stored to "
+        f"s3:// on the loopback moto server by 1 or 8 worker processes at once, each storing its share one after "
+        f"another. *operator* is `TtsAudioToStorageOperator.execute` per file (folder destination, default "
+        f"`skip_if_identical`, first try): its status poll, download and write; the anchors download the same URL. "
+        f"files/s runs from the common start to the last worker's end; S3 requests are counted by the moto "
+        f"server (`benchmarks/download_moto.py`) per operation and divided by the number of files.\n"
+    )
 
 
 def describe(rows: list[list[object]], checks: list[str], repeat: int, disk: str) -> str:
@@ -333,6 +512,8 @@ def describe(rows: list[list[object]], checks: list[str], repeat: int, disk: str
         return float(str(cell).rstrip("x").replace(",", ""))
 
     op_rows = [r for r in rows if r[2] == "operator"]
+    if not op_rows:
+        return ""
     worst_increase = max(number(r[6]) for r in op_rows)  # RSS increase column
     worst_ratio = min(number(r[4]) for r in op_rows if r[1] == "file://")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -352,8 +533,10 @@ def describe(rows: list[list[object]], checks: list[str], repeat: int, disk: str
         f"`TtsAudioToStorageOperator.execute` with `deferrable=False`: one status poll, the streamed download "
         f"(256 KiB chunks, sha256 and size on the way through, a writer thread at most 1 MiB behind, 16 KiB "
         f"writes on file://) into a temporary beside the destination, then "
-        f"the move into place (a rename on file://; on s3:// an 8 MiB-part multipart upload, then a "
-        f"server-side copy and delete, included in the time). *RSS increase* is `ru_maxrss` at the end minus "
+        f"the move into place (a rename on file://); on s3:// the destination key is written directly (an "
+        f"8 MiB-part multipart upload, completed at the end; no temporary, no copy). *boto3 upload_fileobj* "
+        f"streams the HTTP response into boto3's managed upload (8 MiB parts, 10 threads). "
+        f"*RSS increase* is `ru_maxrss` at the end minus "
         f"the resident size just before the download, after imports and after the connections and storage "
         f"client were set up; *peak RSS* is the whole process's. curl's peak is its own (`RUSAGE_CHILDREN` "
         f"of a wrapper). *CPU s/GiB* is the user + system time of the download (all threads), per GiB. "
@@ -364,9 +547,8 @@ def describe(rows: list[list[object]], checks: list[str], repeat: int, disk: str
         f"in milliseconds, would reuse the pages the previous run freed while Python, importing Airflow "
         f"for seconds, would not). file:// rows are the median of "
         f"{repeat} interleaved runs (peaks: the maximum), and *vs curl* is the median of the ratios of each "
-        f"operator run to the curl run that followed it. s3:// rows are single runs whose rate is moto's, a "
-        f"Python server: it re-reads the whole source object for every 50 MiB part of the server-side copy "
-        f"(`UploadPartCopy`), so the copy into place grows with the square of the size there, not on S3. "
+        f"operator run to the curl run that followed it. s3:// rows are single runs against moto, a Python "
+        f"server, whose own speed bounds them; the S3 requests each made are counted by that server. "
         f"Files were written to {disk}, then deleted. The machine is shared (2 CPUs for the emulator, the "
         f"download and the disk writes); load average at the end: {load}.\n"
     )

@@ -7,6 +7,11 @@ Methods:
   the provider's storage layer (temporary beside the destination, hashed, moved into place).
 * ``in_memory_s3`` — what the Amazon provider's ``HttpToS3Operator`` does: ``requests.get(url).content``
   (the whole body in memory), then ``S3Hook.load_bytes``.
+* ``upload_fileobj_s3`` — ``aws s3 cp``-style streaming: boto3 ``upload_fileobj`` reading straight
+  from the HTTP response (``requests`` with ``stream=True``), its default transfer settings.
+* ``many`` — ``--inner`` (``operator``, ``in_memory_s3`` or ``upload_fileobj_s3``) once per entry of
+  ``--list`` (a JSON file of ``{"task_id", "url", "dest"}``), one after another, in this one process;
+  ``benchmarks/download.py`` starts 1 or 8 of these at the same moment for the many-small-files rows.
 * ``curl`` — ``curl -s -o FILE`` as a child process (the practical limit for ``file://``); its
   peak RSS is read from ``RUSAGE_CHILDREN`` of this wrapper, which has no other children.
 
@@ -55,8 +60,20 @@ def minor_faults(who: int = resource.RUSAGE_SELF) -> int:
 START_AT = 0.0
 
 
+RESET_URL = ""
+
+
 def wait_for_start() -> float:
-    """Sleep until ``--start-at`` (after the warm-up); returns how late the start is, in seconds."""
+    """Sleep until ``--start-at`` (after the warm-up); returns how late the start is, in seconds.
+
+    With ``--reset-url`` the S3 server's request counter is zeroed first, so the warm-up's own
+    requests (building the storage client, checking the bucket) are not counted against the method.
+    """
+    if RESET_URL:
+        import urllib.request
+
+        with urllib.request.urlopen(urllib.request.Request(RESET_URL, method="POST"), timeout=30):
+            pass
     delay = START_AT - time.time()
     if delay > 0:
         time.sleep(delay)
@@ -93,7 +110,8 @@ def run_operator(args: argparse.Namespace) -> dict[str, Any]:
         overwrite="replace",
         **({"chunk_bytes": args.chunk_bytes} if args.chunk_bytes else {}),
     )
-    context = {"ti": SimpleNamespace(dag_id="bench", task_id="download", run_id=args.dest, map_index=-1)}
+    ti = SimpleNamespace(dag_id="bench", task_id="download", run_id=args.dest, map_index=-1, try_number=1)
+    context = {"ti": ti}
     # Warm-up, not downloading: resolve both connections and build the storage client (s3fs and
     # its botocore session are tens of MiB of code and caches, the same whatever the file size).
     from airflow_provider_tts.storage import check_writable, destination_path
@@ -130,17 +148,11 @@ def run_in_memory_s3(args: argparse.Namespace) -> dict[str, Any]:
 
     hook = S3Hook(aws_conn_id=args.dest_conn_id)
     hook.get_conn()  # client built before the baseline, like the imports
-    bucket, _, key = args.dest.removeprefix("s3://").partition("/")
     late = wait_for_start()
     rss0, peak0, cpu0 = rss_bytes(), peak_bytes(), cpu_seconds()
     began = time.perf_counter()
-    response = requests.get(args.url, headers={"x-api-key": args.key}, timeout=(10, 300))
-    response.raise_for_status()
-    data = response.content
-    hook.load_bytes(data, key=key, bucket_name=bucket, replace=True)
+    size = in_memory_s3_one(hook, requests, args.url, args.dest, args.key)
     seconds = time.perf_counter() - began
-    size = len(data)
-    del data, response
     return {
         "bytes": size,
         "seconds": seconds,
@@ -150,6 +162,96 @@ def run_in_memory_s3(args: argparse.Namespace) -> dict[str, Any]:
         "peak_before": peak0,
         "peak": peak_bytes(),
     }
+
+
+def in_memory_s3_one(hook: Any, requests: Any, url: str, dest: str, key: str) -> int:
+    """What HttpToS3Operator does: the whole body in memory, then ``S3Hook.load_bytes``."""
+    bucket, _, name = dest.removeprefix("s3://").partition("/")
+    response = requests.get(url, headers={"x-api-key": key}, timeout=(10, 300))
+    response.raise_for_status()
+    data = response.content
+    hook.load_bytes(data, key=name, bucket_name=bucket, replace=True)
+    return len(data)
+
+
+def upload_fileobj_one(client: Any, session: Any, url: str, dest: str, key: str) -> int:
+    """``aws s3 cp``-style: boto3's managed upload reading from the HTTP stream as it arrives."""
+    bucket, _, name = dest.removeprefix("s3://").partition("/")
+    with session.get(url, headers={"x-api-key": key}, timeout=(10, 300), stream=True) as response:
+        response.raise_for_status()
+        response.raw.decode_content = False
+        client.upload_fileobj(response.raw, bucket, name)
+        return int(response.headers["content-length"])
+
+
+def _s3_client(conn_id: str) -> Any:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=conn_id).get_conn()
+
+
+def run_upload_fileobj_s3(args: argparse.Namespace) -> dict[str, Any]:
+    import requests
+
+    client = _s3_client(args.dest_conn_id)
+    session = requests.Session()
+    late = wait_for_start()
+    rss0, peak0, cpu0 = rss_bytes(), peak_bytes(), cpu_seconds()
+    began = time.perf_counter()
+    size = upload_fileobj_one(client, session, args.url, args.dest, args.key)
+    return {
+        "bytes": size,
+        "seconds": time.perf_counter() - began,
+        "late": late,
+        "cpu": cpu_seconds() - cpu0,
+        "rss_before": rss0,
+        "peak_before": peak0,
+        "peak": peak_bytes(),
+    }
+
+
+def run_many(args: argparse.Namespace) -> dict[str, Any]:
+    """Store every entry of ``--list`` with ``--inner``, one after another; time from the common start."""
+    from types import SimpleNamespace
+
+    import requests
+
+    entries = json.loads(Path(args.list).read_text())
+    one: Any
+    if args.inner == "operator":
+        from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator
+        from airflow_provider_tts.storage import check_writable, destination_path
+
+        check_writable(destination_path(entries[0]["dest"], args.dest_conn_id))  # storage client built
+
+        def one(entry: dict[str, str]) -> int:
+            op = TtsAudioToStorageOperator(
+                task_id="download", tts_conn_id=args.tts_conn_id, tts_task_id=entry["task_id"],
+                kind="text-to-sound", destination=entry["dest"], dest_conn_id=args.dest_conn_id, deferrable=False,
+            )  # fmt: skip
+            ti = SimpleNamespace(
+                dag_id="bench", task_id="download", run_id=entry["task_id"], map_index=-1, try_number=1
+            )
+            return int(op.execute({"ti": ti})["size_bytes"])  # type: ignore[arg-type]
+    elif args.inner == "in_memory_s3":
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        hook = S3Hook(aws_conn_id=args.dest_conn_id)
+        hook.get_conn()
+
+        def one(entry: dict[str, str]) -> int:
+            return in_memory_s3_one(hook, requests, entry["url"], entry["dest"], args.key)
+    else:
+        client, session = _s3_client(args.dest_conn_id), requests.Session()
+
+        def one(entry: dict[str, str]) -> int:
+            return upload_fileobj_one(client, session, entry["url"], entry["dest"], args.key)
+
+    late = wait_for_start()
+    cpu0 = cpu_seconds()
+    total = sum(one(entry) for entry in entries)
+    return {"files": len(entries), "bytes": total, "ended_at": time.time(), "late": late, "cpu": cpu_seconds() - cpu0,
+            "seconds": time.time() - START_AT, "peak": peak_bytes()}  # fmt: skip
 
 
 def run_curl(args: argparse.Namespace) -> dict[str, Any]:
@@ -171,8 +273,10 @@ def run_curl(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("method", choices=("operator", "in_memory_s3", "curl"))
-    parser.add_argument("--dest", required=True)
+    parser.add_argument("method", choices=("operator", "in_memory_s3", "upload_fileobj_s3", "many", "curl"))
+    parser.add_argument("--inner", default="operator", help="with many: the method used for each file")
+    parser.add_argument("--list", help="with many: a JSON file of {task_id, url, dest} entries")
+    parser.add_argument("--dest", default="")
     parser.add_argument("--dest-conn-id")
     parser.add_argument("--tts-conn-id", default="camb_bench")
     parser.add_argument("--tts-task-id")
@@ -180,10 +284,18 @@ def main() -> None:
     parser.add_argument("--key", default="tts-emulator-key")
     parser.add_argument("--chunk-bytes", type=int, default=None, help="the operator's chunk_bytes (default its own)")
     parser.add_argument("--start-at", type=float, default=0.0, help="epoch seconds to start downloading at")
+    parser.add_argument("--reset-url", default="", help="POSTed to after the warm-up (zeroes the S3 request count)")
     args = parser.parse_args()
-    global START_AT
+    global START_AT, RESET_URL
     START_AT = args.start_at
-    runner = {"operator": run_operator, "in_memory_s3": run_in_memory_s3, "curl": run_curl}[args.method]
+    RESET_URL = args.reset_url
+    runner = {
+        "operator": run_operator,
+        "in_memory_s3": run_in_memory_s3,
+        "upload_fileobj_s3": run_upload_fileobj_s3,
+        "many": run_many,
+        "curl": run_curl,
+    }[args.method]
     result = runner(args)
     sys.stdout.flush()
     print("RESULT " + json.dumps(result), flush=True)

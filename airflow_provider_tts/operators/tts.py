@@ -34,10 +34,14 @@ from airflow_provider_tts.storage import (
     OVERWRITE_POLICIES,
     OverwritePolicy,
     TtsStorageError,
-    check_writable,
+    abort_stale_uploads,
+    check_audio_body,
+    check_destination,
+    check_extension,
     destination_path,
     extension_for,
     is_folder,
+    peek,
     store_stream,
 )
 from airflow_provider_tts.submissions import (
@@ -631,26 +635,43 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
         )
         return f".{final_name}.{hashlib.sha256(identity.encode()).hexdigest()[:12]}.partial"
 
-    def _checked_destination(self) -> ObjectStoragePath:
-        """The destination path, validated before any request for audio is made.
+    def _checked_destination(self, *, reuse: bool = False) -> tuple[ObjectStoragePath, bool]:
+        """The destination path and whether it is a folder, validated before any request for audio.
 
         Checks the scheme, that the container exists (a missing bucket is a clear error, not a
         failed upload after the download), and, for a literal file with ``overwrite="fail"``,
-        that it does not exist yet.
+        that it does not exist yet. A folder is a destination written with a trailing ``/`` or one
+        the storage already holds as a directory (prefix): an ``ObjectStoragePath`` loses its
+        trailing slash, so the raw value alone cannot tell. ``reuse`` takes the answer ``execute``
+        found moments ago in this same process (one request less per file on object stores);
+        after a deferral the check runs again.
         """
+        cached = self.__dict__.pop("_destination_checked", None)
+        if reuse and cached is not None and cached[0] == repr(self.destination):
+            return cast("tuple[ObjectStoragePath, bool]", cached[1])
         destination = destination_path(self.destination, self.dest_conn_id or None)
-        folder = is_folder(self.destination)
-        check_writable(destination / "probe" if folder else destination)
+        try:
+            folder = check_destination(destination, folder_hint=is_folder(self.destination))
+        except OSError as exc:
+            raise TtsStorageError(f"cannot prepare {plain_uri(destination)}: {type(exc).__name__}: {exc}") from exc
         if not folder and self.overwrite == "fail" and destination.exists():
             raise TtsStorageError(f"destination {plain_uri(destination)} already exists and overwrite='fail'")
-        return destination
+        self.__dict__["_destination_checked"] = (repr(self.destination), (destination, folder))
+        return destination, folder
 
     def _store(self, context: Context, status: TtsTaskStatus) -> dict[str, Any]:
-        destination = self._checked_destination()
+        destination, folder = self._checked_destination(reuse=True)
+        ti = context.get("ti")
+        try_number = getattr(ti, "try_number", None)
         with self.hook.open_audio(status) as audio:
-            path = destination
-            if is_folder(self.destination):
-                path = destination / f"{status.tts_task_id}{extension_for(audio.content_type)}"
+            what = f"audio for task {status.tts_task_id!r} from {audio.url}"
+            head, chunks = peek(audio.iter_chunks(self.chunk_bytes))
+            check_audio_body(audio.content_type, head, what=what)  # a login page is never stored
+            if folder:
+                path = destination / f"{status.tts_task_id}{extension_for(audio.content_type, head)}"
+            else:
+                path = destination
+                check_extension(path.name, audio.content_type, head)
             self.log.info(
                 "Streaming %s (%s, %s bytes) to %s",
                 audio.url,
@@ -658,10 +679,13 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
                 audio.content_length if audio.content_length is not None else "unknown",
                 plain_uri(path),
             )
+            temp_name = self._temp_name(context, path.name)
+            if not isinstance(try_number, int) or try_number > 1:
+                abort_stale_uploads(path, temp_name)  # a killed earlier try's open upload
             stored = store_stream(
-                audio.iter_chunks(self.chunk_bytes),
+                chunks,
                 path,
-                temp_name=self._temp_name(context, path.name),
+                temp_name=temp_name,
                 content_type=audio.content_type,
                 content_length=audio.content_length,
                 tts_task_id=status.tts_task_id,
@@ -669,6 +693,7 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
                 max_bytes=self.max_bytes,
                 chunk_bytes=self.chunk_bytes,
                 duration_seconds=status.duration_seconds,
+                checked=True,
             )
         result = {**stored.to_xcom(), "uri": plain_uri(path)}
         self._emit_asset(context, result)

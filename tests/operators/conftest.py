@@ -103,12 +103,16 @@ def bucket(s3: Any) -> Iterator[str]:
     s3.delete_bucket(Bucket=name)
 
 
-def ti_context(run_id: str = "manual__1", **extra: Any) -> dict[str, Any]:
-    """A minimal task context whose ``ti`` fixes the temporary's name (dag, task, run, map index)."""
+def ti_context(run_id: str = "manual__1", try_number: int = 1, **extra: Any) -> dict[str, Any]:
+    """A minimal task context whose ``ti`` fixes the temporary's name (dag, task, run, map index) and try."""
     from types import SimpleNamespace
 
-    ti = SimpleNamespace(dag_id="tts_dag", task_id="download", run_id=run_id, map_index=-1)
+    ti = SimpleNamespace(dag_id="tts_dag", task_id="download", run_id=run_id, map_index=-1, try_number=try_number)
     return {"ti": ti, **extra}
+
+
+#: What a storage host behind a login wall answers with status 200 (``/html`` of ``audio_server``).
+LOGIN_PAGE = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body><form>Password</form></body></html>\n"
 
 
 @pytest.fixture(scope="session")
@@ -119,6 +123,7 @@ def audio_server() -> Iterator[Any]:
     * ``/short?n=N`` — announces N bytes, sends half, closes (a Content-Length mismatch);
     * ``/unsized?n=N`` — a WAV of N bytes with no Content-Length (body ends at close);
     * ``/redirect?to=URL`` — 302 to URL (any scheme);
+    * ``/html`` — an HTML login page with status 200 (``ct`` defaults to ``text/html`` there);
     * ``ct=TYPE`` on any audio path sets its Content-Type (default ``audio/wav``).
     """
     import threading
@@ -147,10 +152,12 @@ def audio_server() -> Iterator[Any]:
                 self.end_headers()
                 return
             body = b"".join(bytes(c) for c in SizedWav(n, 22050).chunks())
+            if parts.path == "/html":
+                body = LOGIN_PAGE
             self.send_response(200)
-            self.send_header("Content-Type", query.get("ct", "audio/wav"))
-            if parts.path == "/wav":
-                self.send_header("Content-Length", str(n))
+            self.send_header("Content-Type", query.get("ct", "text/html" if parts.path == "/html" else "audio/wav"))
+            if parts.path in ("/wav", "/html"):
+                self.send_header("Content-Length", str(len(body)))
             elif parts.path == "/short":
                 self.send_header("Content-Length", str(n))
                 body = body[: n // 2]
@@ -193,7 +200,7 @@ def run_worker(spec: dict[str, Any]) -> subprocess.Popen[str]:
     return proc
 
 
-def wait_until(condition: Any, proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
+def wait_until(condition: Any, proc: subprocess.Popen[str], timeout: float = 240.0) -> None:
     """Poll ``condition`` until it holds; fail (with the worker's stderr) if the worker exits first."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -203,5 +210,8 @@ def wait_until(condition: Any, proc: subprocess.Popen[str], timeout: float = 60.
             raise AssertionError(f"the worker exited ({proc.returncode}) before the condition held:\n{err[-3000:]}")
         if time.monotonic() > deadline:
             proc.kill()
-            raise AssertionError("timed out waiting for the worker")
+            proc.wait()
+            proc.output.seek(0)  # type: ignore[attr-defined]
+            err = proc.output.read()  # type: ignore[attr-defined]
+            raise AssertionError(f"timed out waiting for the worker; its output:\n{err[-3000:]}")
         time.sleep(0.02)

@@ -429,7 +429,9 @@ def test_non_http_audio_url_is_refused_before_any_request(make_conn: ConnFactory
         ("audio/wav", ".wav"),
         ("audio/flac", ".flac"),
         ("AUDIO/FLAC; charset=binary", ".flac"),
-        ("application/octet-stream", ".bin"),
+        ("application/octet-stream", ".wav"),  # untyped: the first bytes say RIFF/WAVE
+        ("binary/octet-stream", ".wav"),
+        ("audio/x-unheard-of", ".bin"),
     ],
 )
 def test_folder_file_extension_follows_the_content_type(
@@ -699,3 +701,175 @@ def test_progress_is_rate_limited(
         _op(make_conn("camb_ai"), task_id, f"file://{tmp_path}/", "text-to-sound").execute({})
     assert not [r for r in caplog.records if r.getMessage().startswith("Downloaded ")]
     assert [r for r in caplog.records if r.getMessage().startswith("Stored ")]
+
+
+# ------------------------------------------------------------------ one write path per filesystem
+
+
+@pytest.mark.parametrize(
+    ("uri", "mode"),
+    [
+        ("file:///data/a.wav", "rename"),
+        ("s3://bucket/a.wav", "direct"),
+        ("gs://bucket/a.wav", "direct"),
+        ("gcs://bucket/a.wav", "direct"),
+        ("abfs://container/a.wav", "direct"),
+        ("az://container/a.wav", "direct"),
+        ("memory://scratch/a.wav", "copy"),
+        ("sftp://host/a.wav", "copy"),
+    ],
+)
+def test_the_write_mode_is_decided_per_scheme(uri: str, mode: str) -> None:
+    from types import SimpleNamespace
+
+    path: Any = SimpleNamespace(protocol=uri.split("://")[0])
+    assert storage.write_mode(path) == mode
+
+
+@pytest.fixture
+def memory_scheme(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``memory://`` registered as an Airflow filesystem: a store with no atomic rename (the copy mode)."""
+    from airflow.sdk.io.fs import _register_filesystems
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    fs = MemoryFileSystem()
+    monkeypatch.setitem(_register_filesystems(), "memory", lambda conn_id, options=None: fs)  # type: ignore[index]
+    yield fs
+    fs.rm("/", recursive=True)
+
+
+def test_copy_mode_writes_a_temporary_then_moves_it_into_place(memory_scheme: Any) -> None:
+    path = storage.destination_path("memory://scratch/a.wav", None)
+    assert storage.write_mode(path) == "copy"
+    moves: list[tuple[str, str]] = []
+    real_mv = memory_scheme.mv
+    memory_scheme.mv = lambda src, dst, **kw: (moves.append((src, dst)), real_mv(src, dst, **kw))[1]
+    data = b"RIFF" + b"\0" * 70_000
+    stored = store_stream(
+        iter([data]), path, temp_name=".a.wav.x.partial", content_type="audio/wav", content_length=None,
+        tts_task_id="t",
+    )  # fmt: skip
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert moves == [("/scratch/.a.wav.x.partial", "/scratch/a.wav")]
+    assert memory_scheme.cat("/scratch/a.wav") == data
+    assert memory_scheme.ls("/scratch", detail=False) == ["/scratch/a.wav"]
+
+    def broken() -> Any:
+        yield data[:5000]
+        raise OSError("disk on fire")
+
+    with pytest.raises(TtsStorageError, match="disk on fire"):
+        store_stream(broken(), path, temp_name=".a.wav.x.partial", content_type="audio/wav", content_length=None,
+                     tts_task_id="t", overwrite="replace")  # fmt: skip
+    assert memory_scheme.ls("/scratch", detail=False) == ["/scratch/a.wav"]  # no temporary left
+    assert memory_scheme.cat("/scratch/a.wav") == data
+
+
+def test_rename_mode_never_goes_through_object_storage_path_move(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ObjectStoragePath.move and .open record hook lineage: the temporary would become an input asset.
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the write path must not use ObjectStoragePath.move/open")
+
+    monkeypatch.setattr(ObjectStoragePath, "move", refuse)
+    monkeypatch.setattr(ObjectStoragePath, "open", refuse)
+    task_id = emu.create_task("camb_ai", "tts", delay=0)
+    result = _op(make_conn("camb_ai"), task_id, f"file://{tmp_path}/").execute(ti_context())
+    assert result["sha256"] == _sha256(tmp_path / f"{task_id}.flac")
+
+
+# --------------------------------------------------------------- folders, however they are given
+
+
+@pytest.mark.parametrize("form", ["string with slash", "string without slash", "ObjectStoragePath"])
+def test_an_existing_folder_receives_the_file_however_it_is_given(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path, form: str
+) -> None:
+    # ObjectStoragePath("file:///…/audio/") loses its slash: the file used to be moved INTO the
+    # folder under its temporary name while the XCom said file:///…/audio.
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    task_id = emu.create_task("camb_ai", "tts", delay=0)
+    destination: Any = {
+        "string with slash": f"file://{folder}/",
+        "string without slash": f"file://{folder}",
+        "ObjectStoragePath": ObjectStoragePath(f"file://{folder}/"),
+    }[form]
+    result = _op(make_conn("camb_ai"), task_id, destination).execute(ti_context())
+    final = folder / f"{task_id}.flac"
+    assert result["uri"] == f"file://{final}"
+    assert _all_files(folder) == [final.name]
+    assert result["size_bytes"] == final.stat().st_size
+    assert result["sha256"] == _sha256(final)
+
+
+def test_a_folder_where_the_file_should_go_is_refused_and_left_alone(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    task_id = emu.create_task("camb_ai", "tts", delay=0)
+    (tmp_path / f"{task_id}.flac").mkdir()
+    (tmp_path / f"{task_id}.flac" / "inside.txt").write_text("keep")
+    with pytest.raises(TtsStorageError, match="is a folder"):
+        _op(make_conn("camb_ai"), task_id, f"file://{tmp_path}/").execute(ti_context())
+    assert _all_files(tmp_path) == [f"{task_id}.flac/inside.txt"]
+
+
+# ------------------------------------------------------------------------ a 200 that is not audio
+
+
+@pytest.mark.parametrize(("api", "endpoint"), [("camb_ai", "result"), ("revid_tts", "storage")])
+def test_an_html_page_with_status_200_is_not_stored(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path, api: str, endpoint: str
+) -> None:
+    task_id = emu.create_task(api, "tts", delay=0)
+    emu.inject("html_200", 1, endpoint=endpoint)
+    with pytest.raises(TtsProtocolError, match=r"got text/html starting with '<!DOCTYPE html>") as info:
+        _op(make_conn(api), task_id, f"file://{tmp_path}/out/").execute(ti_context())
+    assert "nothing was stored" in str(info.value)
+    assert _all_files(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("content_type", ["text/html", "text/plain", "application/octet-stream", "application/xml"])
+def test_a_login_page_is_refused_whatever_its_content_type(
+    make_conn: ConnFactory, audio_server: Any, tmp_path: Path, content_type: str
+) -> None:
+    from urllib.parse import quote
+
+    op = _op(make_conn("revid_tts"), "rv-1", f"file://{tmp_path}/out/")
+    with pytest.raises(TtsProtocolError, match=rf"got {re.escape(content_type)} starting with '<!DOCTYPE html>"):
+        op.execute_complete({}, _succeeded(f"{audio_server.url}/html?ct={quote(content_type)}"))
+    assert _all_files(tmp_path / "out") == []
+
+
+# ------------------------------------------------------------- names that contradict the content
+
+
+@pytest.mark.parametrize(
+    ("name", "stored"),
+    [("daily.mp3", False), ("daily.wav", False), ("daily.flac", True), ("daily", True), ("daily.audio", True)],
+)
+def test_an_extension_that_contradicts_the_audio_is_refused_before_writing(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path, name: str, stored: bool
+) -> None:
+    task_id = emu.create_task("camb_ai", "tts", delay=0)  # Camb tts audio is FLAC
+    op = _op(make_conn("camb_ai"), task_id, f"file://{tmp_path}/{name}")
+    if stored:
+        assert op.execute(ti_context())["uri"] == f"file://{tmp_path}/{name}"
+        assert _all_files(tmp_path) == [name]
+        return
+    with pytest.raises(TtsConfigError, match=rf"destination '{re.escape(name)}' says .* audio/flac \(\.flac\)"):
+        op.execute(ti_context())
+    assert _all_files(tmp_path) == []
+
+
+def test_skip_if_identical_with_other_bytes_replaces_them_and_says_so(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    task_id = emu.create_task("camb_ai", "tts", delay=0)
+    target = tmp_path / "daily.flac"
+    target.write_bytes(b"fLaC yesterday's audio")
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_tts.storage"):
+        result = _op(make_conn("camb_ai"), task_id, f"file://{target}").execute(ti_context())
+    assert result["sha256"] == _sha256(target)
+    assert any("held other bytes" in r.getMessage() and result["sha256"] in r.getMessage() for r in caplog.records)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import signal
 import time
 from pathlib import Path
@@ -192,7 +193,6 @@ def test_killed_upload_leaves_no_object_and_the_retry_cleans_up(
     key = f"audio/{task_id}.wav"
     run_id = "scheduled__2026-01-01"
     op = _op(conn_id, task_id, f"s3://{bucket}/audio/", "text-to-sound", dest_conn_id=aws_conn)
-    temp_key = f"audio/{op._temp_name(ti_context(run_id), f'{task_id}.wav')}"
     ready = tmp_path / "ready"
     proc = run_worker(
         {
@@ -211,10 +211,10 @@ def test_killed_upload_leaves_no_object_and_the_retry_cleans_up(
     def parts_uploaded() -> bool:
         if not ready.exists():
             return False
-        uploads = [u for u in _uploads(s3, bucket) if u["Key"] == temp_key]
+        uploads = [u for u in _uploads(s3, bucket) if u["Key"] == key]
         if not uploads:
             return False
-        parts = s3.list_parts(Bucket=bucket, Key=temp_key, UploadId=uploads[0]["UploadId"]).get("Parts", [])
+        parts = s3.list_parts(Bucket=bucket, Key=key, UploadId=uploads[0]["UploadId"]).get("Parts", [])
         return len(parts) >= 2
 
     try:
@@ -229,12 +229,12 @@ def test_killed_upload_leaves_no_object_and_the_retry_cleans_up(
         proc.output.close()  # type: ignore[attr-defined]
     assert proc.returncode == -signal.SIGKILL
 
-    # Killed mid-upload: no destination object, no temporary object; only an unfinished upload.
+    # Killed mid-upload: no object at all; only the unfinished upload, on the destination key itself.
     assert _keys(s3, bucket) == []
-    assert [u["Key"] for u in _uploads(s3, bucket)] == [temp_key]
+    assert [u["Key"] for u in _uploads(s3, bucket)] == [key]
 
-    # The retry (same task instance) aborts that leftover upload and stores the audio.
-    result = op.execute(ti_context(run_id))
+    # The retry (same task instance, try 2) aborts that leftover upload and stores the audio.
+    result = op.execute(ti_context(run_id, try_number=2))
     assert result["size_bytes"] == size
     assert _keys(s3, bucket) == [key]
     assert hashlib.sha256(_body(s3, bucket, key)).hexdigest() == result["sha256"]
@@ -298,3 +298,150 @@ def test_outlets_for_s3(emu: Any, make_conn: ConnFactory, aws_conn: str, bucket:
     result = op.execute({"outlet_events": events})
     alias_events = events[AssetAlias(name="speech")].asset_alias_events
     assert [e.dest_asset_key.uri for e in alias_events] == [result["uri"]] == [f"s3://{bucket}/audio/{task_id}.flac"]
+
+
+# ------------------------------------------------------------- written once: requests per file
+
+
+def _requests(caplog: pytest.LogCaptureFixture, bucket: str) -> list[str]:
+    """``METHOD /path?query`` of every request the moto server logged for ``bucket`` (werkzeug's access log)."""
+    import re
+
+    seen = []
+    for record in caplog.records:
+        match = re.search(r'"(?:\x1b\[[0-9;]*m)*([A-Z]+) (/[^ ]*) HTTP', record.getMessage())
+        if record.name == "werkzeug" and match and match.group(2).lstrip("/").startswith(bucket):
+            seen.append(f"{match.group(1)} {match.group(2)}")
+    return seen
+
+
+def _writes(requests: list[str]) -> list[str]:
+    return [r for r in requests if r.split()[0] in ("PUT", "POST", "DELETE")]
+
+
+def test_a_new_file_is_one_put_with_its_sha256_in_metadata(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    task_id = emu.create_task("camb_ai", "tts", delay=0)
+    op = _op(make_conn("camb_ai"), task_id, f"s3://{bucket}/audio/", dest_conn_id=aws_conn)
+    with caplog.at_level(logging.INFO, logger="werkzeug"):
+        result = op.execute(ti_context())
+    requests = _requests(caplog, bucket)
+    key = f"audio/{task_id}.flac"
+    # One write (the PutObject of the destination key itself: no temporary, no copy, no delete);
+    # one list (bucket exists, folder-ness) and one HEAD (is something there already).
+    assert _writes(requests) == [f"PUT /{bucket}/{key}"], requests
+    assert len(requests) == 3, requests
+    head = s3.head_object(Bucket=bucket, Key=key)
+    assert head["Metadata"] == {"sha256": result["sha256"]}
+    assert head["ContentType"] == "audio/flac"
+    assert _keys(s3, bucket) == [key]
+
+
+@pytest.mark.parametrize("size", [300_000, 20 * 1024**2], ids=["single-put", "multipart"])
+def test_skip_if_identical_costs_one_head_and_no_download(
+    emu: Any,
+    make_conn: ConnFactory,
+    aws_conn: str,
+    s3: Any,
+    versioned: str,
+    caplog: pytest.LogCaptureFixture,
+    size: int,
+) -> None:
+    task_id = emu.create_task("camb_ai", "text-to-sound", delay=0, audio_bytes=size)
+    op = _op(make_conn("camb_ai"), task_id, f"s3://{versioned}/rain.wav", "text-to-sound", dest_conn_id=aws_conn)
+    first = op.execute(ti_context())
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="werkzeug"):
+        assert op.execute(ti_context()) == first
+    requests = _requests(caplog, versioned)
+    assert [r for r in requests if r.startswith("HEAD ")] == [f"HEAD /{versioned}/rain.wav"]
+    assert not [r for r in requests if r.startswith("GET /" + versioned + "/rain.wav")]  # never read back
+    completed = [
+        r for r in requests if (r.startswith("PUT ") and "partNumber" not in r) or ("uploadId" in r and "POST" in r)
+    ]
+    assert completed == [], requests  # no PutObject, no CompleteMultipartUpload
+    assert _versions(s3, versioned, "rain.wav") == 1
+    assert _uploads(s3, versioned) == []  # a multipart upload of the same bytes was aborted, not completed
+
+
+@pytest.mark.parametrize("size", [300_000, 20 * 1024**2], ids=["single-put", "multipart"])
+def test_skip_if_identical_recognises_an_object_written_without_metadata(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, versioned: str, size: int
+) -> None:
+    # Written by someone else (no sha256 metadata): its ETag (an MD5, per part for multipart)
+    # proves the same bytes; a same-sized object with other bytes is replaced.
+    task_id = emu.create_task("camb_ai", "text-to-sound", delay=0, audio_bytes=size)
+    op = _op(make_conn("camb_ai"), task_id, f"s3://{versioned}/rain.wav", "text-to-sound", dest_conn_id=aws_conn)
+    data = _body_of_task(op)
+    import io
+
+    from boto3.s3.transfer import TransferConfig
+
+    config = TransferConfig(multipart_threshold=8 * 1024**2, multipart_chunksize=8 * 1024**2)
+    s3.upload_fileobj(io.BytesIO(data), versioned, "rain.wav", Config=config)
+    result = op.execute(ti_context())
+    assert result["sha256"] == hashlib.sha256(data).hexdigest()
+    assert _versions(s3, versioned, "rain.wav") == 1  # recognised: not rewritten
+
+    s3.put_object(Bucket=versioned, Key="rain.wav", Body=b"\0" * size)  # same size, other bytes
+    op.execute(ti_context())
+    assert _versions(s3, versioned, "rain.wav") == 3
+    assert hashlib.sha256(_body(s3, versioned, "rain.wav")).hexdigest() == result["sha256"]
+    assert _uploads(s3, versioned) == []
+
+
+def _body_of_task(op: TtsAudioToStorageOperator) -> bytes:
+    status = op.hook.get_task_status(op.tts_task_id, op.kind)
+    with op.hook.open_audio(status) as audio:
+        return b"".join(audio.iter_chunks())
+
+
+def test_a_failed_write_keeps_the_old_object_and_leaves_no_upload(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str
+) -> None:
+    s3.put_object(Bucket=bucket, Key="keep.wav", Body=b"RIFF previous version")
+    task_id = emu.create_task("camb_ai", "text-to-sound", delay=0, audio_bytes=20 * 1024**2)
+    emu.inject("drop", 1, endpoint="result")
+    op = _op(make_conn("camb_ai"), task_id, f"s3://{bucket}/keep.wav", "text-to-sound", dest_conn_id=aws_conn)
+    with pytest.raises(TtsConnectionError):
+        op.execute(ti_context())
+    assert _body(s3, bucket, "keep.wav") == b"RIFF previous version"
+    assert _uploads(s3, bucket) == []
+
+
+# ------------------------------------------------------------------- folders given either way
+
+
+@pytest.mark.parametrize("form", ["string with slash", "string without slash", "ObjectStoragePath"])
+def test_an_existing_prefix_is_a_folder_however_it_is_given(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str, form: str
+) -> None:
+    s3.put_object(Bucket=bucket, Key="audio/earlier.flac", Body=b"fLaC")
+    task_id = emu.create_task("camb_ai", "tts", delay=0)
+    destination: Any = {
+        "string with slash": f"s3://{bucket}/audio/",
+        "string without slash": f"s3://{bucket}/audio",
+        "ObjectStoragePath": ObjectStoragePath(f"s3://{bucket}/audio/", conn_id=aws_conn),
+    }[form]
+    result = _op(make_conn("camb_ai"), task_id, destination, dest_conn_id=aws_conn).execute(ti_context())
+    key = f"audio/{task_id}.flac"
+    assert result["uri"] == f"s3://{bucket}/{key}"
+    assert _keys(s3, bucket) == sorted(["audio/earlier.flac", key])
+    assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == result["size_bytes"]
+
+
+# ------------------------------------------------------------------------ a 200 that is not audio
+
+
+@pytest.mark.parametrize(("api", "endpoint"), [("camb_ai", "result"), ("revid_tts", "storage")])
+def test_an_html_page_with_status_200_is_not_stored(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str, api: str, endpoint: str
+) -> None:
+    task_id = emu.create_task(api, "tts", delay=0)
+    emu.inject("html_200", 1, endpoint=endpoint)
+    with pytest.raises(TtsProtocolError, match=r"got text/html starting with '<!DOCTYPE html>") as info:
+        _op(make_conn(api), task_id, f"s3://{bucket}/audio/", dest_conn_id=aws_conn).execute(ti_context())
+    assert "nothing was stored" in str(info.value)
+    assert _keys(s3, bucket) == []
+    assert _uploads(s3, bucket) == []
