@@ -38,6 +38,7 @@ from airflow_provider_tts.storage import (
     check_audio_body,
     check_destination,
     check_extension,
+    check_writable,
     destination_path,
     extension_for,
     is_folder,

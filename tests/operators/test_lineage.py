@@ -174,12 +174,6 @@ def test_the_destination_is_reported_as_an_output(
     assert result["uri"] in _uris(collector.collected_assets.outputs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="storage.py's write path reports its temporary: ObjectStoragePath.move() records the .partial "
-    "file as an input asset (and the destination again as an output). Passes once storage.py writes "
-    "without ObjectStoragePath.move/copy/open on the temporary (storage-direct branch); then drop this mark.",
-)
 @pytest.mark.parametrize("destination", ["file://ROOT/", "file://ROOT/speech.flac"])
 def test_only_the_destination_is_in_the_hook_lineage(
     emu: Any, make_conn: ConnFactory, tmp_path: Path, collector: HookLineageCollector, destination: str
