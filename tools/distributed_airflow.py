@@ -38,6 +38,9 @@ Design notes:
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.metadata
+import json
 import os
 import pwd
 import shutil
@@ -50,6 +53,8 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+import requests
 
 from tools.local_airflow import LocalAirflow, LocalAirflowError, _cache_dir, _free_port, _parse_time
 
@@ -236,7 +241,7 @@ class DistributedAirflow(LocalAirflow):
         """
         t0 = time.monotonic()
         self._start_redis(deadline)
-        template = _cache_dir() / f"pg-{self._db_template().stem.removeprefix('migrated-')}-{self._pg_version()}"
+        template = self._pg_template()
         if template.is_dir():
             self._start_postgres(deadline, template=template)
             self._log(f"local-airflow: postgres :{self.pg_port} from migrated template {template} in "
@@ -261,6 +266,21 @@ class DistributedAirflow(LocalAirflow):
             shutil.rmtree(partial, ignore_errors=True)
         self._run_postgres(deadline)
 
+    def _pg_template(self) -> Path:
+        """Cache key: PostgreSQL's major version, the installed Airflow distributions, ``[database]`` overrides.
+
+        Other ``AIRFLOW__*`` overrides (a test's heartbeat thresholds...) do not change the migrated schema,
+        so they share one template.
+        """
+        dists = sorted(
+            (d.metadata["Name"] or "", d.version)
+            for d in importlib.metadata.distributions()
+            if (d.metadata["Name"] or "").lower().startswith("apache-airflow")
+        )
+        overrides = sorted((k, v) for k, v in self._extra_env.items() if k.startswith("AIRFLOW__DATABASE__"))
+        digest = hashlib.sha256(json.dumps([dists, overrides]).encode()).hexdigest()[:16]
+        return _cache_dir() / f"pg{self._pg_version()}-{digest}"
+
     def _pg_version(self) -> str:
         assert self._pg_bin is not None
         return self._pg_bin.parent.name
@@ -275,6 +295,18 @@ class DistributedAirflow(LocalAirflow):
                 self._wait_triggerer(component, deadline)
             elif component in self.workers:
                 self._wait_worker(component, deadline)
+
+    def _warm_up_execution_api(self) -> None:
+        """As :class:`LocalAirflow`'s, but patient: seven Airflow processes start at once here, and on a
+        loaded 2-core machine the api-server's first Execution API request can take longer than one timeout."""
+        for attempt in range(4):
+            try:
+                super()._warm_up_execution_api()
+                return
+            except requests.Timeout:
+                if attempt == 3:
+                    raise
+                self._log("local-airflow: Execution API slow to answer its first request; asking again")
 
     def _wait_triggerer(self, component: str, deadline: float) -> None:
         started = self._require(component).started_at.timestamp() - 1
