@@ -356,8 +356,7 @@ class LocalAirflow:
 
     def restart(self, component: str, timeout: float = 120.0) -> None:
         """Start a new process of ``component`` (stopping a still-running old one first) and wait until healthy."""
-        if component not in _COMMANDS:
-            raise ValueError(f"unknown component {component!r}")
+        self.command(component)  # raises ValueError for an unknown component
         old = self._procs.get(component)
         if old is not None and old.running():
             old.expected_alive = False
@@ -366,6 +365,17 @@ class LocalAirflow:
         self._spawn(component)
         self._wait_healthy((component,), deadline)
         self._log(f"local-airflow: {component} restarted (pid {self.pid(component)})")
+
+    def command(self, component: str) -> tuple[str, ...]:
+        """The ``airflow`` sub-command that runs ``component`` (a hook: subclasses add components)."""
+        try:
+            return _COMMANDS[component]
+        except KeyError:
+            raise ValueError(f"unknown component {component!r}") from None
+
+    def component_environment(self, component: str) -> dict[str, str]:
+        """The environment of one component's process (a hook: subclasses vary it per process)."""
+        return self.environment()
 
     def pid(self, component: str) -> int:
         """PID of the current process of ``component``."""
@@ -657,8 +667,8 @@ class LocalAirflow:
         fh = log_path.open("ab")
         try:
             popen = subprocess.Popen(
-                [*_airflow_cmd(), *_COMMANDS[component]],
-                env=self.environment(),
+                [*_airflow_cmd(), *self.command(component)],
+                env=self.component_environment(component),
                 cwd=self.home,
                 stdin=subprocess.DEVNULL,
                 stdout=fh,
