@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
-from airflow.sdk import Asset, AssetAlias, BaseOperator, ResumableJobMixin
-from airflow.sdk.configuration import conf
+from airflow.sdk import Asset, AssetAlias, BaseOperator
 
+from airflow_provider_tts.compat import ResumableJobMixin, conf
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.status import KINDS

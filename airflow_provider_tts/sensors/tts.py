@@ -15,9 +15,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.configuration import conf
-from airflow.sdk.exceptions import AirflowSensorTimeout
 
+from airflow_provider_tts.compat import AirflowSensorTimeout, conf
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsTaskFailedError, TtsWaitTimeoutError
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
+from airflow_provider_tts.compat import AirflowFailException, TaskDeferred
 from airflow_provider_tts.exceptions import TtsConfigError, TtsInvalidRequestError, TtsTaskFailedError
 from airflow_provider_tts.operators.tts import TtsSubmitOperator
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger
