@@ -19,7 +19,6 @@ on 3.0 only ``airflow.exceptions`` has them.
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import TYPE_CHECKING, Any
 
 from airflow import __version__ as AIRFLOW_VERSION
@@ -37,7 +36,6 @@ __all__ = [
     "AirflowSensorTimeout",
     "AirflowSkipException",
     "BaseHook",
-    "ResumableJobMixin",
     "TaskDeferred",
     "conf",
     "features",
@@ -65,7 +63,7 @@ def _first(name: str, *modules: str) -> Any:
 
 if TYPE_CHECKING:
     # mypy checks against the newest Airflow, where every name lives in the Task SDK.
-    from airflow.sdk import BaseHook, ResumableJobMixin
+    from airflow.sdk import BaseHook
     from airflow.sdk.configuration import conf
     from airflow.sdk.exceptions import (
         AirflowException,
@@ -94,7 +92,8 @@ HAS_ASYNC_GET_CONNECTION: bool = hasattr(_first("BaseHook", "airflow.sdk", "airf
 #: ``BaseTrigger.on_kill`` exists (3.3+): Airflow tells a trigger that its task was killed or cleared.
 HAS_TRIGGER_ON_KILL: bool = callable(getattr(BaseTrigger, "on_kill", None))
 
-#: ``airflow.sdk.ResumableJobMixin`` exists (3.3+).
+#: ``airflow.sdk.ResumableJobMixin`` exists (3.3+). The submit operator does not use it: its own
+#: ledger (:mod:`airflow_provider_tts.submissions`) works on every minor; reported for diagnostics.
 HAS_RESUMABLE_JOB_MIXIN: bool = _optional("ResumableJobMixin", "airflow.sdk") is not None
 
 
@@ -128,37 +127,6 @@ if not TYPE_CHECKING:
                 from asgiref.sync import sync_to_async
 
                 return await sync_to_async(cls.get_connection)(conn_id)
-
-    if HAS_RESUMABLE_JOB_MIXIN:
-        ResumableJobMixin = _first("ResumableJobMixin", "airflow.sdk")
-    else:
-
-        class ResumableJobMixin:
-            """Stand-in for 3.3's ``ResumableJobMixin`` where there is no ``task_state_store``.
-
-            It keeps the operator's signature (``durable`` is accepted) and runs the job the plain
-            way: submit, wait, return the result. An operator that must not pay twice below 3.3
-            keeps its own durable record; this stand-in only makes the import and the constructor
-            work everywhere.
-            """
-
-            external_id_key: str = "remote_job_id"
-
-            def __init__(self, *, durable: bool = True, **kwargs: Any) -> None:
-                super().__init__(**kwargs)
-                self.durable = durable
-
-            def execute_resumable(self, context: Any) -> Any:
-                if self.durable:
-                    warnings.warn(
-                        f"Airflow {AIRFLOW_VERSION} has no task_state_store: {type(self).__name__} cannot "
-                        "re-attach a retry to the job an earlier try submitted",
-                        UserWarning,
-                        stacklevel=2,
-                    )
-                external_id = self.submit_job(context)
-                self.poll_until_complete(external_id, context)
-                return self.get_job_result(external_id, context)
 
 
 def features() -> dict[str, Any]:

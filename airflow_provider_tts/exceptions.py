@@ -117,10 +117,12 @@ class TtsProtocolError(TtsError):
     """A response does not fit the vendor's documented contract (wrong shape, not JSON, HTML page)."""
 
 
-class TtsSubmitUncertainError(TtsError):
+class TtsSubmitUncertainError(TtsPermanentError):
     """A create call failed in a way that leaves unknown whether the vendor created the task.
 
-    The hook does not retry such a call, because a retry could create, and pay for, a second task.
+    Neither the hook nor Airflow may send it again, because that could create, and pay for, a
+    second task: being an ``AirflowFailException``, it fails the task without using up its retries.
+    The message says what the user can check and how to resubmit on purpose.
     """
 
 

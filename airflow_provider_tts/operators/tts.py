@@ -16,14 +16,16 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 
-from airflow_provider_tts.compat import ResumableJobMixin, conf
+from airflow_provider_tts.compat import conf
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
-from airflow_provider_tts.exceptions import TtsConfigError
+from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsSubmitUncertainError
+from airflow_provider_tts.fingerprint import request_fingerprint
 from airflow_provider_tts.status import KINDS
 from airflow_provider_tts.storage import (
     DEFAULT_CHUNK_BYTES,
@@ -36,6 +38,13 @@ from airflow_provider_tts.storage import (
     extension_for,
     is_folder,
     store_stream,
+)
+from airflow_provider_tts.submissions import (
+    SubmitIdentity,
+    SubmitLedger,
+    SubmitRecord,
+    outcome_unknown,
+    select_ledger,
 )
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
 from airflow_provider_tts.waiting import Waiter, WaitPolicy, wait_sync
@@ -60,24 +69,50 @@ SUBMIT_FIELDS: tuple[str, ...] = (
     "subtitles", "srt", "srt_url", "video_url", "audio_name", "mode", "add_silence", "output_format",
 )  # fmt: skip
 
+#: What ``TtsSubmitOperator`` does when an earlier create call's outcome is unknown.
+UNCERTAIN_SUBMIT_POLICIES: tuple[str, ...] = ("fail", "resubmit")
 
-class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
+
+class TtsSubmitOperator(BaseOperator):
     """Create a remote text-to-speech task and return its vendor task id (XCom).
 
-    Fields follow each vendor's documented create body. Camb.ai ``tts``: ``text``, ``voice_id``,
-    ``language`` (integer id; 1 is English US), ``gender``, ``age``, ``project_name``,
-    ``project_description``, ``folder_id``. Camb.ai ``text-to-sound``: ``prompt``, ``duration``
-    (at most 10 s), ``audio_type`` (``sound``/``music``). RevidAPI ``tts``: ``text``, ``engine``,
-    ``voice_id`` or ``voice``, ``speed`` (0.5-2), ``pitch`` (-20..20), ``webhook_url``,
-    ``caller_id`` (sent as ``id``). RevidAPI ``srt-to-speech``: ``subtitles`` (a cue list), ``srt``
-    (SRT text, parsed here into cues; malformed SRT names the line) or ``srt_url``, plus
-    ``voice_id``, ``speed``, ``audio_name``, ``mode``, ``add_silence``, ``engine``, ``voice``,
-    ``output_format``, ``video_url``. Every input is validated before any request: nothing invalid
-    is sent or paid for.
+    Required fields, by connection type and ``kind`` (everything else is optional):
 
-    A retry must not pay twice: with ``durable=True`` (default) on Airflow 3.3+, the task id is
-    stored in the ``task_state_store`` right after the create call, and a retry re-attaches to that
-    task while it is pending or succeeded (a failed one is submitted afresh).
+    * Camb.ai ``tts``: ``text``; ``voice_id``, an integer voice id from Camb's voice list (e.g.
+      ``20303``); ``language``, Camb's integer language id (``1`` is English, US).
+    * Camb.ai ``text-to-sound``: ``prompt``.
+    * RevidAPI ``tts``: ``text``.
+    * RevidAPI ``srt-to-speech``: exactly one of ``srt`` (SRT text, parsed here into cues;
+      malformed SRT names the line), ``subtitles`` (a cue list) or ``srt_url``.
+
+    Optional fields follow each vendor's documented create body. Camb.ai ``tts``: ``gender``
+    (0, 1, 2 or 9), ``age``, ``project_name``, ``project_description``, ``folder_id``. Camb.ai
+    ``text-to-sound``: ``duration`` (seconds, at most 10), ``audio_type`` (``sound``/``music``),
+    and the project fields. RevidAPI ``tts``: ``engine`` (``edge``/``capcut``/``google``),
+    ``voice_id`` or ``voice``, ``speed`` (0.5-2), ``pitch`` (-20..20), ``webhook_url``,
+    ``caller_id`` (sent as ``id``). RevidAPI ``srt-to-speech``: ``voice_id``, ``speed``,
+    ``audio_name``, ``mode`` (``merge``/``timeline``), ``add_silence``, ``engine``, ``voice``,
+    ``output_format`` (``mp4``/``mp3``/``wav``), ``video_url``. Every input is validated before
+    anything is recorded or sent: a missing field is named, nothing invalid is paid for.
+
+    **Paying once.** With ``durable=True`` (the default) the operator records, per task instance,
+    the request's fingerprint *before* the create call and the vendor task id right after it
+    (:mod:`airflow_provider_tts.submissions`: the task state store on Airflow 3.3+, an Airflow
+    Variable before). A later try of the same task instance then:
+
+    * re-attaches to the recorded task while it is pending or succeeded and the request is
+      unchanged ("not found" within the 30 s grace of its creation counts as pending: the vendor
+      may not have indexed it yet); a failed task, or a request edited since (a cleared task whose
+      text changed), is submitted afresh;
+    * finds an intent without a task id when an earlier create's answer never arrived (a worker
+      killed mid-call, a 502 or a read timeout after sending). The vendor may have created and
+      billed that task, so by default (``on_uncertain_submit="fail"``) the task fails without
+      using up its retries, saying what to check. A create failing that way in the current try
+      fails the same way: retrying would only run into the same unknown.
+
+    RevidAPI stores a caller's reference with each task: unless ``caller_id`` is given, the
+    operator sends a deterministic one derived from the DAG, run, task and map index (never the
+    try number), which the error message quotes so a duplicate can be found. Camb.ai has none.
 
     :param tts_conn_id: a ``camb_ai`` or ``revid_tts`` connection (templated).
     :param kind: ``tts``, ``text-to-sound`` (Camb.ai) or ``srt-to-speech`` (RevidAPI).
@@ -85,7 +120,11 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
         the operator still returns the task id.
     :param deferrable: with ``wait``, wait in the triggerer; defaults to ``[operators] default_deferrable``.
     :param wait_timeout: with ``wait``, seconds to wait before failing (default 1 hour).
-    :param durable: keep the task id in the task state store so retries re-attach (Airflow 3.3+).
+    :param durable: record each submission so retries re-attach and never pay blindly twice.
+    :param on_uncertain_submit: ``"fail"`` (default) stops when an earlier create's outcome is
+        unknown; ``"resubmit"`` sends the request again instead (and may pay twice), for pipelines
+        where a duplicate costs less than a stop. With ``"resubmit"`` an ambiguous create failure
+        stays retryable, so Airflow's retry resubmits.
     """
 
     template_fields: Sequence[str] = (
@@ -93,7 +132,6 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
         "project_name", "project_description", "audio_name", "webhook_url", "caller_id",
     )  # fmt: skip
     ui_color = "#fbe3c9"
-    external_id_key = "tts_task_id"
 
     def __init__(
         self,
@@ -104,6 +142,8 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         wait_timeout: float = 3600.0,
         retry: Mapping[str, Any] | None = None,
+        durable: bool = True,
+        on_uncertain_submit: Literal["fail", "resubmit"] = "fail",
         text: str | XComArg | None = None,
         voice_id: int | str | None = None,
         language: int | str | None = None,
@@ -134,6 +174,11 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
         super().__init__(**kwargs)
         if not _templated(kind) and kind not in KINDS:
             raise TtsConfigError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+        if on_uncertain_submit not in UNCERTAIN_SUBMIT_POLICIES:
+            raise TtsConfigError(
+                f"on_uncertain_submit must be one of {', '.join(UNCERTAIN_SUBMIT_POLICIES)}, "
+                f"got {on_uncertain_submit!r}"
+            )
         for name, value in (("text", text), ("prompt", prompt), ("srt", srt)):
             if isinstance(value, str) and not value.strip():
                 raise TtsConfigError(f"{name} is empty; expected the words to synthesise")
@@ -143,6 +188,8 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
         self.deferrable = deferrable
         self.wait_timeout = float(wait_timeout)
         self.retry = dict(retry) if retry else None
+        self.durable = durable
+        self.on_uncertain_submit: Literal["fail", "resubmit"] = on_uncertain_submit
         self.text, self.voice_id, self.language, self.gender, self.age = text, voice_id, language, gender, age
         self.project_name, self.project_description, self.folder_id = project_name, project_description, folder_id
         self.prompt, self.duration, self.audio_type = prompt, duration, audio_type
@@ -170,33 +217,123 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
             fields["subtitles"] = parse_srt(fields.pop("srt"))
         return fields
 
-    def execute(self, context: Context) -> Any:
-        # Validate everything the vendor would check before the state store is even consulted.
+    def _ledger(self, context: Context) -> SubmitLedger | None:
+        if not self.durable:
+            return None
+        return select_ledger(context, SubmitIdentity.from_context(context))
+
+    def execute(self, context: Context) -> str:
         vendor = self.hook.vendor
-        vendor.submit_request(vendor.check_kind(self.kind), self.create_fields())
-        return self.execute_resumable(context)
+        kind = vendor.check_kind(self.kind)
+        fields = self.create_fields()
+        reference_field = vendor.client_reference_field
+        identity = SubmitIdentity.from_context(context)
+        if reference_field is not None and identity is not None and fields.get(reference_field) is None:
+            fields[reference_field] = identity.client_reference()
+        # Validate everything the vendor would check before anything is recorded or sent.
+        body = vendor.submit_request(kind, fields).json
+        intent = SubmitRecord(
+            fingerprint=request_fingerprint(vendor.api, kind, body or {}),
+            requested_at=time.time(),
+            client_reference=fields.get(reference_field) if reference_field is not None else None,
+        )
+        ledger = self._ledger(context)
+        if ledger is None and self.durable:
+            self.log.warning(
+                "No durable record is possible here (no task_state_store and no task instance in the context): "
+                "a retry of this task cannot know what this try submitted"
+            )
+        earlier = ledger.load() if ledger is not None else None
+        tts_task_id = self._reattach(earlier, intent, ledger) if earlier is not None else None
+        if tts_task_id is None:
+            tts_task_id = self._submit(kind, fields, intent, ledger)
+        return self._wait_for(context, tts_task_id, ledger)
 
-    def submit_job(self, context: Context) -> str:
-        return self.hook.submit_task(self.kind, self.create_fields()).tts_task_id
+    def _reattach(self, earlier: SubmitRecord, intent: SubmitRecord, ledger: SubmitLedger | None) -> str | None:
+        """The task an earlier try created, if this try may use it; None to submit afresh."""
+        if earlier.fingerprint != intent.fingerprint:
+            self.log.warning(
+                "An earlier try submitted %s for a different request; the request changed since, so it is "
+                "submitted afresh",
+                repr(earlier.tts_task_id) if earlier.tts_task_id else "a create whose outcome is unknown",
+            )
+            return None
+        if earlier.tts_task_id is None:
+            message = self._uncertain_message(earlier, ledger, cause=None)
+            if self.on_uncertain_submit == "fail":
+                raise TtsSubmitUncertainError(message)
+            self.log.warning("%s Resubmitting, as on_uncertain_submit='resubmit' asks.", message)
+            return None
+        status = self.hook.get_task_status(earlier.tts_task_id, self.kind)
+        self.log.info("Task %s from an earlier try is %s (%s)", earlier.tts_task_id, status.state, status.vendor_status)
+        # The same rule as every wait: "not found" shortly after the create means "not visible yet".
+        age = time.time() - (earlier.submitted_at or earlier.requested_at)
+        if WaitPolicy().verdict(status, age) == "failed":
+            self.log.warning("Task %s failed; submitting the request afresh", earlier.tts_task_id)
+            return None
+        self.log.info("Re-attaching to task %s instead of submitting again", earlier.tts_task_id)
+        return earlier.tts_task_id
 
-    def get_job_status(self, external_id: Any, context: Context) -> str:
-        status = self.hook.get_task_status(str(external_id), self.kind)
-        self.log.info("Task %s from an earlier try is %s (%s)", external_id, status.state, status.vendor_status)
-        return status.state
+    def _submit(self, kind: str, fields: dict[str, Any], intent: SubmitRecord, ledger: SubmitLedger | None) -> str:
+        """Record the intent, send the create call, record the id; an unknown outcome stops here."""
+        if ledger is not None:
+            ledger.save(intent)  # before the call: a worker killed during it leaves this behind
+        try:
+            submission = self.hook.submit_task(kind, fields)
+        except Exception as exc:
+            if not outcome_unknown(exc):
+                self._forget(ledger)  # nothing was created: a retry may submit
+                raise
+            if self.on_uncertain_submit == "resubmit":
+                raise
+            raise TtsSubmitUncertainError(self._uncertain_message(intent, ledger, cause=exc)) from exc
+        if ledger is not None:
+            try:
+                ledger.save(intent.submitted(submission.tts_task_id))
+            except Exception as exc:
+                raise TtsSubmitUncertainError(
+                    f"{self.hook.api} created task {submission.tts_task_id!r}, but recording it in {ledger.where} "
+                    f"failed ({type(exc).__name__}: {exc}); not continuing, so that no retry submits it again. "
+                    f"Wait for that task with TtsTaskSensor(tts_task_id={submission.tts_task_id!r}), or set "
+                    "on_uncertain_submit='resubmit' and clear this task to pay for a new one."
+                ) from exc
+        return submission.tts_task_id
 
-    def is_job_active(self, status: str) -> bool:
-        return status == "pending"
+    def _forget(self, ledger: SubmitLedger | None) -> None:
+        if ledger is None:
+            return
+        try:
+            ledger.discard()
+        except Exception as exc:  # the create's own error is the one to report
+            self.log.warning("Could not remove the intent from %s (%s: %s)", ledger.where, type(exc).__name__, exc)
 
-    def is_job_succeeded(self, status: str) -> bool:
-        return status == "succeeded"
+    def _uncertain_message(self, intent: SubmitRecord, ledger: SubmitLedger | None, cause: BaseException | None) -> str:
+        """What happened, what it may have cost, and what the user can do about it."""
+        when = datetime.fromtimestamp(intent.requested_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        call = f"the {self.hook.api} {self.kind} create call sent at {when}"
+        if cause is None:
+            head = f"An earlier try of this task never recorded the answer to {call} (the worker stopped mid-call)"
+        else:
+            detail = str(cause) if isinstance(cause, TtsError) else f"{type(cause).__name__}: {cause}"
+            head = f"The answer to {call} was lost after the request was sent ({detail})"
+        reference = f" whose reference id is {intent.client_reference!r}" if intent.client_reference else ""
+        record = f" The record is in {ledger.where}." if ledger is not None else ""
+        return (
+            f"{head}. The vendor may have created, and billed, a task whose id Airflow never received, so it is not "
+            f"sent again (that could pay twice). Look in the {self.hook.api} dashboard for a task created around "
+            f"that time{reference}: if there is one, wait for it with TtsTaskSensor(tts_task_id=<its id>); if "
+            "there is none, or paying twice is acceptable, set on_uncertain_submit='resubmit' and clear this task."
+            f"{record}"
+        )
 
-    def poll_until_complete(self, external_id: Any, context: Context) -> Any:
+    def _wait_for(self, context: Context, tts_task_id: str, ledger: SubmitLedger | None) -> str:
         if not self.wait:
-            return str(external_id)
+            self._finished(ledger)
+            return tts_task_id
         started_at = time.time()
         waiter = Waiter(
             WaitPolicy(),
-            tts_task_id=str(external_id),
+            tts_task_id=tts_task_id,
             kind=self.kind,
             started_at=started_at,
             deadline=started_at + self.wait_timeout,
@@ -206,24 +343,28 @@ class TtsSubmitOperator(ResumableJobMixin, BaseOperator):
             self.defer(
                 trigger=TtsTaskTrigger(
                     tts_conn_id=self.tts_conn_id,
-                    tts_task_id=str(external_id),
+                    tts_task_id=tts_task_id,
                     kind=self.kind,
                     deadline=waiter.deadline,
                     started_at=started_at,
                     retry=self.retry,
                 ),
                 method_name="execute_complete",
-                kwargs={"tts_task_id": str(external_id)},
+                kwargs={"tts_task_id": tts_task_id},
             )
-        status_from_event(wait_sync(self.hook, waiter), str(external_id))
-        return str(external_id)
+        status_from_event(wait_sync(self.hook, waiter), tts_task_id)
+        self._finished(ledger)
+        return tts_task_id
 
-    def get_job_result(self, external_id: Any, context: Context) -> str:
-        return str(external_id)
+    def _finished(self, ledger: SubmitLedger | None) -> None:
+        if ledger is not None:
+            ledger.finished()
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None, tts_task_id: str = "") -> str:
         """Resume after waiting in the triggerer: a failed task raises like the sensor would."""
-        return status_from_event(event, tts_task_id).tts_task_id
+        result = status_from_event(event, tts_task_id).tts_task_id
+        self._finished(self._ledger(context))
+        return result
 
 
 def plain_uri(path: ObjectStoragePath) -> str:

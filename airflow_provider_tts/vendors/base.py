@@ -11,6 +11,7 @@ import email.utils
 import json
 import logging
 import re
+import reprlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -201,16 +202,35 @@ def unwrap_single(data: Any, what: str) -> Any:
     return data
 
 
+#: Shortens a rejected value for an error message the way ``repr`` would print it, but keeps it
+#: well-formed: a long string loses its middle (``'abc...xyz'``), never its closing quote.
+_SHORT_REPR = reprlib.Repr()  # keyword arguments arrived in Python 3.12
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 60
+_SHORT_REPR.maxlist = _SHORT_REPR.maxdict = 4
+_SHORT_REPR.maxlevel = 2
+
+
 def validate_fields(model: type[BaseModel], fields: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """Validate create-call fields against a vendor's documented request model, before anything is sent."""
+    """Validate create-call fields against a vendor's documented request model, before anything is sent.
+
+    The error names every missing required field first (with the field's documented meaning, when
+    the model has one), then each invalid value, shortened but never cut mid-quote.
+    """
     try:
         return model.model_validate(dict(fields)).model_dump(exclude_none=True)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(fields)'}: {err['msg']} (got {err.get('input')!r:.60})"
-            for err in exc.errors()
-        )
-        raise TtsInvalidRequestError(f"{what}: {problems}") from None
+        missing: list[str] = []
+        problems: list[str] = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(fields)"
+            if err["type"] == "missing":
+                info = model.model_fields.get(str(err["loc"][0])) if len(err["loc"]) == 1 else None
+                missing.append(f"{where} ({info.description})" if info and info.description else where)
+            else:
+                problems.append(f"{where}: {err['msg']} (got {_SHORT_REPR.repr(err.get('input'))})")
+        if missing:
+            problems.insert(0, f"missing required field{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+        raise TtsInvalidRequestError(f"{what}: {'; '.join(problems)}") from None
 
 
 def path_segment(value: str | int) -> str:
@@ -226,6 +246,10 @@ class Vendor(ABC):
     default_api_base_url: ClassVar[str]
     #: A second host for status polls (RevidAPI); None when statuses come from the API base.
     default_status_base_url: ClassVar[str | None] = None
+    #: The create-body field in which the vendor stores a caller's reference with the task
+    #: (RevidAPI's ``id``), so a duplicate created by an uncertain submit can be found; None when
+    #: the API has no such field (Camb.ai).
+    client_reference_field: ClassVar[str | None] = None
 
     def __init__(self, settings: ConnectionSettings) -> None:
         self.settings = settings

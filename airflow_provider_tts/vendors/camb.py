@@ -47,8 +47,8 @@ class _CambTtsFields(BaseModel):
     """Documented body of ``POST /tts`` (legacy async TTS)."""
 
     model_config = ConfigDict(extra="forbid")
-    text: NonEmptyText
-    voice_id: int
+    text: NonEmptyText = Field(description="the words to speak")
+    voice_id: int = Field(description="an integer voice id from Camb's voice list, e.g. 20303")
     language: int = Field(ge=1, description="Camb's integer language id; 1 is English (US)")
     gender: Literal[0, 1, 2, 9] | None = None
     age: int | None = Field(default=None, ge=0, le=150)
@@ -61,7 +61,7 @@ class _CambTextToSoundFields(BaseModel):
     """Documented body of ``POST /text-to-sound``."""
 
     model_config = ConfigDict(extra="forbid")
-    prompt: NonEmptyText
+    prompt: NonEmptyText = Field(description="a description of the sound, e.g. 'rain on a tin roof'")
     duration: float | None = Field(default=None, gt=0, le=10)
     audio_type: Literal["sound", "music"] | None = None
     project_name: str | None = None

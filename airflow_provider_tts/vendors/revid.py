@@ -50,7 +50,7 @@ class _RevidTtsFields(BaseModel):
     """Documented body of ``POST /paid/text-to-speech``."""
 
     model_config = ConfigDict(extra="forbid")
-    text: NonEmptyText
+    text: NonEmptyText = Field(description="the words to speak")
     engine: Literal["edge", "capcut", "google"] | None = None
     voice_id: int | None = None
     voice: str | None = None
@@ -116,6 +116,7 @@ class RevidTts(Vendor):
     api = "revid_tts"
     kinds: ClassVar[tuple[Kind, ...]] = ("tts", "srt-to-speech")
     default_api_base_url = "https://api.revidapi.com/paid"
+    client_reference_field = "id"
     default_status_base_url = "https://tts.revidapi.com/api"
 
     def status_request(self, kind: Kind, tts_task_id: str) -> ApiRequest:

@@ -22,13 +22,16 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from airflow_provider_tts.emulator import Emulator, EmulatorConfig
+from airflow_provider_tts.exceptions import TtsSubmitUncertainError
 from airflow_provider_tts.operators.tts import TtsSubmitOperator
+from airflow_provider_tts.submissions import SubmitIdentity
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger
 from tests.conftest import FIELDS, PAIRS, TEST_KEY, ConnFactory
 from tests.reliability.conftest import ROOT, conn_json, define_conn, drive, subprocess_env
@@ -183,7 +186,7 @@ def test_deadline_holds_while_the_api_is_down_with_default_retries(
 class FileStateStore:
     """A task state store kept in a JSON file, so two processes (a killed try and its retry) share it.
 
-    Airflow's real store lives in the metadata DB; the operator only calls ``get`` and ``set``.
+    Airflow's real store lives in the metadata DB; the operator calls ``get``, ``set`` and ``delete``.
     """
 
     def __init__(self, path: str) -> None:
@@ -192,25 +195,59 @@ class FileStateStore:
     def _load(self) -> dict[str, Any]:
         return json.loads(self.path.read_text()) if self.path.exists() else {}
 
+    def _write(self, data: dict[str, Any]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.path)
+
     def get(self, key: str, default: Any = None) -> Any:
         return self._load().get(key, default)
 
     def set(self, key: str, value: Any, **_: Any) -> None:
-        data = {**self._load(), key: value}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(self.path)
+        self._write({**self._load(), key: value})
+
+    def delete(self, key: str) -> None:
+        self._write({k: v for k, v in self._load().items() if k != key})
+
+
+class FileVariables(FileStateStore):
+    """``airflow.sdk.Variable``'s get/set/delete on the same kind of file: the Airflow 3.0-3.2 ledger."""
+
+    def set(self, key: str, value: Any, description: str | None = None, **_: Any) -> None:
+        super().set(key, value)
+
+
+@dataclass(frozen=True)
+class TI:
+    """The part of a running task instance the operator reads; the same for both tries but the try number."""
+
+    dag_id: str = "restarts"
+    run_id: str = "manual__2026-12-02"
+    task_id: str = "submit"
+    map_index: int = -1
+    try_number: int = 1
+
+
+def ledger_context(ledger: str, store: str | Path, try_number: int = 1) -> dict[str, Any]:
+    """A task's context with either ledger: the task state store (3.3+), or Variables (no store, as below 3.3)."""
+    if ledger == "task_state_store":
+        return {"task_state_store": FileStateStore(str(store)), "ti": TI(try_number=try_number)}
+    from airflow_provider_tts import submissions
+
+    variables = FileVariables(str(store))
+    submissions.variable_api = lambda: variables  # type: ignore[assignment]  # no API server outside a task runner
+    return {"ti": TI(try_number=try_number)}
 
 
 WORKER = textwrap.dedent(
     """
     import json, sys
     from airflow_provider_tts.operators.tts import TtsSubmitOperator
-    from tests.reliability.test_restarts import FileStateStore
+    from tests.reliability.test_restarts import ledger_context
     spec = json.loads(sys.argv[1])
     op = TtsSubmitOperator(task_id="submit", tts_conn_id=spec["conn_id"], kind=spec["kind"], **spec["fields"],
                            wait=spec.get("wait", False), deferrable=False)
-    print(op.execute({"task_state_store": FileStateStore(spec["store"])}), flush=True)
+    print(op.execute(ledger_context(spec.get("ledger", "task_state_store"), spec["store"])), flush=True)
     """
 )
 
@@ -243,45 +280,56 @@ def _kill(proc: subprocess.Popen[str]) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.parametrize("ledger", ["task_state_store", "variable"])
 def test_worker_killed_while_waiting_after_submit_does_not_pay_twice(
-    emu: Any, make_conn: ConnFactory, tmp_path: Path
+    emu: Any, make_conn: ConnFactory, tmp_path: Path, ledger: str
 ) -> None:
     """The id is stored once the create returns: a worker killed after that re-attaches on retry."""
     conn_id = make_conn("camb_ai")
     conn = conn_json("camb_ai", emu.camb_base_url, None, retry_backoff=0.01, read_timeout=5)
     store = tmp_path / "store.json"
     emu.script_next("camb_ai", "tts", delay=4)
-    proc = _worker(conn_id, conn, store, kind="tts", fields=FIELDS["camb_ai/tts"], wait=True)
+    proc = _worker(conn_id, conn, store, kind="tts", fields=FIELDS["camb_ai/tts"], wait=True, ledger=ledger)
     _until(lambda: store.exists() and emu.stats()["polls_total"] >= 1, proc)  # submitted, now waiting
     _kill(proc)
-    first = json.loads(store.read_text())["tts_task_id"]
+    (record,) = json.loads(store.read_text()).values()
+    first = json.loads(record)["tts_task_id"] if isinstance(record, str) else record["tts_task_id"]
     again = TtsSubmitOperator(task_id="submit", tts_conn_id=conn_id, kind="tts", **FIELDS["camb_ai/tts"]).execute(
-        {"task_state_store": FileStateStore(str(store))}
+        ledger_context(ledger, store, try_number=2)
     )
     assert again == first
     assert emu.stats()["creates"] == {"camb_ai": {"tts": 1}}
-    print("\nFIGURE worker SIGKILLed while waiting after the create: the retry re-attached, 1 create in all")
+    print(f"\nFIGURE [{ledger}] worker SIGKILLed while waiting after the create: the retry re-attached, 1 create")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: TtsSubmitOperator records the task id only after the create call returns; a worker killed "
-    "while the vendor is processing the create leaves no record, and the retry creates (pays for) a second task",
-)
-def test_worker_killed_mid_submit_does_not_pay_twice(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ledger", ["task_state_store", "variable"])
+def test_worker_killed_mid_submit_does_not_pay_twice(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path, ledger: str
+) -> None:
+    """R5' (was BUG-1, a strict xfail): the intent is recorded before the call, so the retry knows.
+
+    The retry cannot know whether the vendor created the task, so it neither pays again nor
+    pretends: it fails without using up retries, quoting the reference id RevidAPI stored.
+    """
     conn_id = make_conn("revid_tts")
     conn = conn_json("revid_tts", emu.revid_base_url, emu.revid_status_base_url, retry_backoff=0.01, read_timeout=30)
     store = tmp_path / "store.json"
     emu.set_faults(slow_seconds=2.0)
     emu.inject("slow", endpoint="create")  # the vendor takes 2 s to answer the create, then creates anyway
-    proc = _worker(conn_id, conn, store, kind="tts", fields={"text": "Hello", "caller_id": "row-1"})
+    proc = _worker(conn_id, conn, store, kind="tts", fields={"text": "Hello"}, ledger=ledger)
     _until(lambda: emu.stats()["requests_by_endpoint"].get("create", 0) == 1, proc)  # the vendor has it
     _kill(proc)
     deadline = time.monotonic() + 10
     while emu.stats()["tasks"] == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert emu.stats()["creates"] == {"revid_tts": {"tts": 1}}  # the killed try's create did go through
-    TtsSubmitOperator(task_id="submit", tts_conn_id=conn_id, kind="tts", text="Hello", caller_id="row-1").execute(
-        {"task_state_store": FileStateStore(str(store))}
-    )
+    (created,) = emu.tasks()
+    reference = SubmitIdentity.from_context({"ti": TI()}).client_reference()  # type: ignore[union-attr]
+    assert created["body"]["id"] == reference  # findable vendor-side
+    retry = TtsSubmitOperator(task_id="submit", tts_conn_id=conn_id, kind="tts", text="Hello")
+    with pytest.raises(TtsSubmitUncertainError) as info:
+        retry.execute(ledger_context(ledger, store, try_number=2))
+    assert reference in str(info.value)
     assert emu.stats()["creates"] == {"revid_tts": {"tts": 1}}, "the retry paid for a second task"
+    assert emu.stats()["requests_by_endpoint"]["create"] == 1
+    print(f"\nFIGURE [{ledger}] worker SIGKILLed mid-create: 1 create in all; the retry failed with {info.value}")
