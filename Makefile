@@ -13,10 +13,11 @@ AF_3.0 := 3.0.6
 AF_3.1 := 3.1.8
 AF_3.2 := 3.2.2
 MATRIX := 3.0 3.1 3.2
-# Airflow 3.0 declares universal-pathlib without an upper bound, and its ObjectStoragePath refuses every
-# path under universal-pathlib 0.3 (3.1 capped it at <0.3, 3.2 moved to 0.3). Airflow's constraints
-# file for 3.0 pins a 0.2 release; without constraints, this pin does the same.
-AF_PINS_3.0 := "universal-pathlib>=0.2.6,<0.3"
+# Airflow 3.0 declares three dependencies without an upper bound, and today's releases break it (3.1
+# capped them): under universal-pathlib 0.3 its ObjectStoragePath refuses every path; under
+# fastapi >= 0.118 / cadwyn >= 6 its Execution API answers 422 to the task runner's first call, so no
+# task starts. Airflow's constraints file for 3.0 pins releases from before; these pins do the same.
+AF_PINS_3.0 := "universal-pathlib>=0.2.6,<0.3" "fastapi[standard]>=0.116,<0.118" "cadwyn>=5.2.1,<6"
 # On older minors: the unit and emulator tests, plus the real-Airflow tests marked `matrix`.
 MATRIX_PYTEST_ARGS ?= -m "not slow or matrix"
 
