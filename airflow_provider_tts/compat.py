@@ -37,6 +37,7 @@ __all__ = [
     "AirflowSkipException",
     "BaseHook",
     "TaskDeferred",
+    "bucket_of",
     "conf",
     "features",
     "has_fs",
@@ -127,6 +128,16 @@ if not TYPE_CHECKING:
                 from asgiref.sync import sync_to_async
 
                 return await sync_to_async(cls.get_connection)(conn_id)
+
+
+def bucket_of(path: Any) -> str:
+    """The bucket (container) of an ``ObjectStoragePath``, without the connection id.
+
+    ``ObjectStoragePath.bucket`` is the URL's netloc, and under universal-pathlib 0.2 (Airflow 3.0
+    and 3.1) that still holds the connection id as user info (``aws_default@bucket``); under 0.3 it
+    does not. The first segment of ``.path`` is the bare bucket under both.
+    """
+    return str(path.path).lstrip("/").split("/", 1)[0]
 
 
 def features() -> dict[str, Any]:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from airflow_provider_tts.compat import bucket_of
 from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsProtocolError
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ def check_writable(path: ObjectStoragePath) -> None:
     if _is_local(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         return
-    bucket = path.bucket
+    bucket = bucket_of(path)
     try:
         exists = bool(bucket) and path.fs.exists(bucket)
     except Exception as exc:
