@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow_provider_tts.compat import AirflowException, AirflowFailException
 
 if TYPE_CHECKING:
     from airflow_provider_tts.status import TtsTaskStatus

@@ -134,7 +134,8 @@ class StoredAudio:
 def destination_path(destination: Any, dest_conn_id: str | None) -> ObjectStoragePath:
     """Validate a destination (URI string or ObjectStoragePath) before anything is downloaded or written."""
     from airflow.sdk import ObjectStoragePath
-    from airflow.sdk.io.fs import has_fs
+
+    from airflow_provider_tts.compat import has_fs
 
     if isinstance(destination, ObjectStoragePath):
         path = destination if dest_conn_id is None else ObjectStoragePath(str(destination), conn_id=dest_conn_id)

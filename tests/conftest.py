@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from importlib.metadata import version as _version
 from pathlib import Path
 
-_HOME = Path(tempfile.gettempdir()) / f"airflow-provider-tts-tests-{os.getuid()}"
+# One home per Airflow version: the CI matrix runs several minors on one machine, and a home written
+# by one (its airflow.cfg, its SQLite schema) must not be read by another.
+_HOME = Path(tempfile.gettempdir()) / f"airflow-provider-tts-tests-{os.getuid()}-af{_version('apache-airflow-core')}"
 _HOME.mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("AIRFLOW_HOME", str(_HOME))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
@@ -68,3 +71,25 @@ def make_conn(emu: Any, monkeypatch: pytest.MonkeyPatch) -> ConnFactory:
         return conn_id
 
     return make
+
+
+#: Real-Airflow tests that also run on the older Airflow minors of the CI matrix (``make test-af3.0`` ...,
+#: which select ``-m "not slow or matrix"``): one end-to-end run of the single-text example and of the
+#: scheduled-retries example, the one that proves a retry does not pay twice. Kept as node ids here so
+#: the test files themselves need no marker.
+MATRIX_TESTS = frozenset(
+    {
+        "tests/slow/test_example_dags.py::test_single",
+        "tests/slow/test_example_dags.py::test_scheduled_retries_heal_without_a_second_submit",
+    }
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "matrix: a slow real-Airflow test that also runs on every older Airflow minor")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid in MATRIX_TESTS:
+            item.add_marker(pytest.mark.matrix)

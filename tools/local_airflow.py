@@ -226,6 +226,9 @@ class LocalAirflow:
                 "AIRFLOW__API__SECRET_KEY": self._api_secret,
                 # Tokens for task workloads are signed by the scheduler and checked by the api-server.
                 "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt_secret,
+                # Airflow 3.0 signs an unset issuer as `"iss": []`, which PyJWT >= 2.10 refuses (every REST
+                # call then fails with HTTP 500); 3.1 fixed it. A named issuer works on every minor.
+                "AIRFLOW__API_AUTH__JWT_ISSUER": "local-airflow",
                 # Fast DAG discovery: look for new files every 1-2 s, re-parse changed ones every 10 s.
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
                 "AIRFLOW__DAG_PROCESSOR__BUNDLE_REFRESH_CHECK_INTERVAL": "1",

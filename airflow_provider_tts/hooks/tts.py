@@ -13,8 +13,7 @@ from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook
-
+from airflow_provider_tts.compat import BaseHook
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS, parse_connection
 from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsProtocolError, excerpt
 from airflow_provider_tts.status import TtsTaskStatus

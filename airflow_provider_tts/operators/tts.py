@@ -21,8 +21,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator
-from airflow.sdk.configuration import conf
 
+from airflow_provider_tts.compat import conf
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsSubmitUncertainError
 from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint

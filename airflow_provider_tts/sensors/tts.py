@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import airflow.sdk.exceptions as sdk_exceptions
 from airflow.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
-from airflow.sdk.configuration import conf
 
+from airflow_provider_tts.compat import AirflowSensorTimeout, AirflowSkipException, conf
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError, TtsWaitTimeoutError
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
@@ -38,8 +38,6 @@ RESCHEDULE_FLOOR = 60.0
 #: Where a rescheduled sensor keeps its count of consecutive failed polls (Airflow 3.3+).
 ERRORS_KEY = "airflow_provider_tts.consecutive_poll_errors"
 
-AirflowSensorTimeout = sdk_exceptions.AirflowSensorTimeout
-AirflowSkipException = sdk_exceptions.AirflowSkipException
 #: What ``soft_fail`` skips on in poke mode (Airflow's BaseSensorOperator.execute): a failure
 #: retrying cannot fix and a timeout. Looked up by name: not every Airflow 3 has each in the SDK.
 _SOFT_FAIL_ON: tuple[type[BaseException], ...] = tuple(

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 from airflow.sdk import Asset, AssetAlias, ObjectStoragePath
-from airflow.sdk.exceptions import TaskDeferred
 from airflow.sdk.execution_time.context import OutletEventAccessors
 
 from airflow_provider_tts import storage
+from airflow_provider_tts.compat import TaskDeferred
 from airflow_provider_tts.exceptions import (
     TtsConfigError,
     TtsConnectionError,

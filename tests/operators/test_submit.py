@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_tts import submissions
+from airflow_provider_tts.compat import AirflowFailException, TaskDeferred
 from airflow_provider_tts.exceptions import (
     TtsAuthError,
     TtsConfigError,

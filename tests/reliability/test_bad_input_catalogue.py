@@ -24,10 +24,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from airflow.sdk.exceptions import AirflowNotFoundException
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from airflow_provider_tts.compat import AirflowNotFoundException
 from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsInvalidRequestError, error_from_event
 from airflow_provider_tts.hooks.tts import TtsHook
 from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator, TtsSubmitOperator

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import requests
-from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_tts.compat import AirflowFailException
 from airflow_provider_tts.emulator import FaultConfig
 from airflow_provider_tts.emulator.config import PERMANENT_FAULT_KINDS, TRANSIENT_FAULT_KINDS
 from airflow_provider_tts.exceptions import (

@@ -7,8 +7,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, TaskDeferred
 
+from airflow_provider_tts.compat import AirflowFailException, AirflowSensorTimeout, TaskDeferred
 from airflow_provider_tts.exceptions import (
     TtsAuthError,
     TtsConfigError,
@@ -70,7 +70,7 @@ def test_deferrable_default_follows_config(monkeypatch: pytest.MonkeyPatch) -> N
     import airflow_provider_tts.sensors.tts as module
 
     monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "True")
-    from airflow.sdk.configuration import conf
+    from airflow_provider_tts.compat import conf
 
     assert conf.getboolean("operators", "default_deferrable")
     reloaded = importlib.reload(module)

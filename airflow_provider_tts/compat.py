@@ -1,0 +1,158 @@
+"""What this Airflow offers: the one place that knows how Airflow 3.0, 3.1, 3.2 and 3.3 differ.
+
+The package supports every Airflow 3 minor. The names it needs moved between them (``BaseHook``
+and the exceptions arrived in ``airflow.sdk`` after 3.0; ``airflow.sdk.configuration`` and
+``airflow.sdk.io.fs`` too) and some features only exist on newer minors (the ``task_state_store``
+and ``ResumableJobMixin`` of 3.3, ``BaseTrigger.on_kill`` of 3.3, ``BaseHook.aget_connection`` of
+3.1). Every other module imports those names from here, so the rest of the code never compares
+version numbers: each name is looked up where the newest Airflow keeps it, then where older ones
+did, and each feature flag is found by looking for the feature itself.
+
+The version string is exported for messages and reports only; no decision is made on it.
+
+Why the exceptions must come from the right place: the task runner of each minor catches its own
+classes (``AirflowFailException`` fails a task without retries only if it is the class that
+runner imports). On 3.1+ ``airflow.exceptions`` re-exports the ``airflow.sdk.exceptions`` classes;
+on 3.0 only ``airflow.exceptions`` has them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from airflow import __version__ as AIRFLOW_VERSION
+from airflow.triggers.base import BaseTrigger
+
+__all__ = [
+    "AIRFLOW_VERSION",
+    "HAS_ASYNC_GET_CONNECTION",
+    "HAS_RESUMABLE_JOB_MIXIN",
+    "HAS_TASK_STATE_STORE",
+    "HAS_TRIGGER_ON_KILL",
+    "AirflowException",
+    "AirflowFailException",
+    "AirflowNotFoundException",
+    "AirflowSensorTimeout",
+    "AirflowSkipException",
+    "BaseHook",
+    "TaskDeferred",
+    "bucket_of",
+    "conf",
+    "features",
+    "has_fs",
+]
+
+
+def _optional(name: str, *modules: str) -> Any:
+    """``name`` from the first of ``modules`` that has it (newest location first), else ``None``."""
+    for module in modules:
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+def _first(name: str, *modules: str) -> Any:
+    """``name`` from the first of ``modules`` that has it; an ``ImportError`` naming them all otherwise."""
+    found = _optional(name, *modules)
+    if found is None:
+        raise ImportError(f"none of {', '.join(modules)} provides {name}; is this Airflow 3?")
+    return found
+
+
+if TYPE_CHECKING:
+    # mypy checks against the newest Airflow, where every name lives in the Task SDK.
+    from airflow.sdk import BaseHook
+    from airflow.sdk.configuration import conf
+    from airflow.sdk.exceptions import (
+        AirflowException,
+        AirflowFailException,
+        AirflowNotFoundException,
+        AirflowSensorTimeout,
+        AirflowSkipException,
+        TaskDeferred,
+    )
+    from airflow.sdk.io.fs import has_fs
+else:
+    _EXCEPTION_MODULES = ("airflow.sdk.exceptions", "airflow.exceptions")
+    AirflowException = _first("AirflowException", *_EXCEPTION_MODULES)
+    AirflowFailException = _first("AirflowFailException", *_EXCEPTION_MODULES)
+    AirflowNotFoundException = _first("AirflowNotFoundException", *_EXCEPTION_MODULES)
+    AirflowSensorTimeout = _first("AirflowSensorTimeout", *_EXCEPTION_MODULES)
+    AirflowSkipException = _first("AirflowSkipException", *_EXCEPTION_MODULES)
+    TaskDeferred = _first("TaskDeferred", *_EXCEPTION_MODULES)
+    conf = _first("conf", "airflow.sdk.configuration", "airflow.configuration")
+    has_fs = _first("has_fs", "airflow.sdk.io.fs", "airflow.io")
+    _BaseHook = _first("BaseHook", "airflow.sdk", "airflow.hooks.base")
+
+#: ``BaseHook.aget_connection`` exists (3.1+): connections are looked up without blocking the loop.
+HAS_ASYNC_GET_CONNECTION: bool = hasattr(_first("BaseHook", "airflow.sdk", "airflow.hooks.base"), "aget_connection")
+
+#: ``BaseTrigger.on_kill`` exists (3.3+): Airflow tells a trigger that its task was killed or cleared.
+HAS_TRIGGER_ON_KILL: bool = callable(getattr(BaseTrigger, "on_kill", None))
+
+#: ``airflow.sdk.ResumableJobMixin`` exists (3.3+). The submit operator does not use it: its own
+#: ledger (:mod:`airflow_provider_tts.submissions`) works on every minor; reported for diagnostics.
+HAS_RESUMABLE_JOB_MIXIN: bool = _optional("ResumableJobMixin", "airflow.sdk") is not None
+
+
+def _context_has_task_state_store() -> bool:
+    try:
+        from airflow.sdk.definitions.context import Context
+    except ImportError:
+        return False
+    return "task_state_store" in getattr(Context, "__annotations__", {})
+
+
+#: Task instances get ``context["task_state_store"]`` (3.3+): a per-task-instance store that survives retries.
+HAS_TASK_STATE_STORE: bool = _context_has_task_state_store()
+
+
+if not TYPE_CHECKING:
+    if HAS_ASYNC_GET_CONNECTION:
+        BaseHook = _BaseHook
+    else:
+
+        class BaseHook(_BaseHook):
+            """Airflow 3.0's ``BaseHook`` plus the ``aget_connection`` that 3.1 added.
+
+            The 3.0 triggerer answers connection requests through ``async_to_sync`` on its event loop,
+            so the synchronous lookup must run in ``sync_to_async``'s worker thread, never on the loop
+            itself (that would deadlock) and never in a plain thread (that would start a second loop).
+            """
+
+            @classmethod
+            async def aget_connection(cls, conn_id: str) -> Any:
+                from asgiref.sync import sync_to_async
+
+                return await sync_to_async(cls.get_connection)(conn_id)
+
+
+def bucket_of(path: Any) -> str:
+    """The bucket (container) of an ``ObjectStoragePath``, without the connection id.
+
+    ``ObjectStoragePath.bucket`` is the URL's netloc, and under universal-pathlib 0.2 (Airflow 3.0
+    and 3.1) that still holds the connection id as user info (``aws_default@bucket``); under 0.3 it
+    does not. The first segment of ``.path`` is the bare bucket under both.
+    """
+    return str(path.path).lstrip("/").split("/", 1)[0]
+
+
+def features() -> dict[str, Any]:
+    """What this Airflow offers, as one JSON-friendly dict (for logs, bug reports and the CI matrix)."""
+    return {
+        "airflow": AIRFLOW_VERSION,
+        "task_state_store": HAS_TASK_STATE_STORE,
+        "resumable_job_mixin": HAS_RESUMABLE_JOB_MIXIN,
+        "trigger_on_kill": HAS_TRIGGER_ON_KILL,
+        "async_get_connection": HAS_ASYNC_GET_CONNECTION,
+    }
+
+
+if __name__ == "__main__":  # `python -m airflow_provider_tts.compat`: what CI prints before each minor's tests
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps(features()) + "\n")
