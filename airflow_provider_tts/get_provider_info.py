@@ -79,7 +79,7 @@ def get_provider_info() -> dict[str, Any]:
         "connection-types": [
             {
                 "connection-type": "camb_ai",
-                "hook-class-name": "airflow_provider_tts.hooks.tts.TtsHook",
+                "hook-class-name": "airflow_provider_tts.hooks.tts.CambAiHook",
                 "hook-name": "Camb.ai Text-to-Speech",
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "login", "port", "extra"],
@@ -93,7 +93,7 @@ def get_provider_info() -> dict[str, Any]:
             },
             {
                 "connection-type": "revid_tts",
-                "hook-class-name": "airflow_provider_tts.hooks.tts.TtsHook",
+                "hook-class-name": "airflow_provider_tts.hooks.tts.RevidTtsHook",
                 "hook-name": "RevidAPI Text-to-Speech",
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "login", "port", "extra"],

@@ -8,6 +8,7 @@ methods behave exactly alike.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import replace
 from functools import cached_property
@@ -25,7 +26,7 @@ from airflow_provider_tts.vendors.base import ApiRequest, Submission, Vendor, va
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["AudioStream", "Submission", "TtsHook", "TtsTaskStatus"]
+__all__ = ["AudioStream", "CambAiHook", "RevidTtsHook", "Submission", "TtsHook", "TtsTaskStatus"]
 
 
 def _mask(secret: str) -> None:
@@ -48,6 +49,8 @@ class TtsHook(BaseHook):
 
     conn_name_attr = "tts_conn_id"
     default_conn_name = DEFAULT_CONN_IDS["camb_ai"]
+    # Airflow's hook metadata holds one connection type per class; the registered classes are the
+    # subclasses below. This class serves either type, which its connection decides.
     conn_type = "camb_ai"
     hook_name = "Text-to-speech job API (Camb.ai, RevidAPI)"
 
@@ -98,10 +101,27 @@ class TtsHook(BaseHook):
         return self._vendor
 
     async def avendor(self) -> Vendor:
-        """The vendor unit, resolving the connection without blocking the event loop."""
+        """The vendor unit, resolving the connection without blocking the event loop.
+
+        Airflow's async lookup is tried first: in a triggerer it asks the triggerer's own channel
+        and finds connections from every source. Under ``airflow dags test`` the trigger runs inline
+        in the CLI process, where the async lookup does not see connections stored in the metadata
+        database although the synchronous one does (issue 16). So a not-found from the async lookup
+        is answered by the synchronous lookup, run in a worker thread so the event loop never
+        blocks; a connection that really does not exist still fails, with Airflow's own message.
+        """
         if self._vendor is None:
-            self._vendor = self._vendor_for(await self.aget_connection(self.tts_conn_id))
+            self._vendor = self._vendor_for(await self._aget_connection())
         return self._vendor
+
+    async def _aget_connection(self) -> Any:
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            return await self.aget_connection(self.tts_conn_id)
+        except AirflowNotFoundException:
+            self.log.debug("async lookup of %s found nothing; trying the sync lookup", self.tts_conn_id)
+        return await asyncio.to_thread(self.get_connection, self.tts_conn_id)
 
     @property
     def api(self) -> str:
@@ -214,3 +234,30 @@ class TtsHook(BaseHook):
             return self._sync.call(req, vendor.probe_verdict)
         except TtsError as exc:
             return False, str(exc)
+
+
+class CambAiHook(TtsHook):
+    """:class:`TtsHook` registered for the ``camb_ai`` connection type.
+
+    Airflow's ProvidersManager keys hooks by connection type and expects each registered class to
+    declare exactly the type it is registered for; one class registered for two types makes it log
+    an "Inconsistency!" warning in every component. The behaviour is all in :class:`TtsHook`.
+    """
+
+    default_conn_name = DEFAULT_CONN_IDS["camb_ai"]
+    conn_type = "camb_ai"
+    hook_name = "Camb.ai Text-to-Speech"
+
+    def __init__(self, tts_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(tts_conn_id, **kwargs)
+
+
+class RevidTtsHook(TtsHook):
+    """:class:`TtsHook` registered for the ``revid_tts`` connection type (see :class:`CambAiHook`)."""
+
+    default_conn_name = DEFAULT_CONN_IDS["revid_tts"]
+    conn_type = "revid_tts"
+    hook_name = "RevidAPI Text-to-Speech"
+
+    def __init__(self, tts_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(tts_conn_id, **kwargs)
