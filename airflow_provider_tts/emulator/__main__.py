@@ -21,6 +21,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .config import (
     AUDIO_ENGINES,
@@ -53,7 +54,7 @@ def connection_lines(emulator: Emulator) -> list[str]:
     ``export AIRFLOW_CONN_...`` (environment variables, read by every Airflow process started from
     that shell). The key printed is the emulator's own, not a vendor secret.
     """
-    conns = {
+    conns: dict[str, dict[str, Any]] = {
         "camb_ai": {"conn_type": "camb_ai", "host": emulator.camb_base_url, "password": emulator.api_key},
         "revid_tts": {
             "conn_type": "revid_tts",
