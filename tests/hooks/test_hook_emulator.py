@@ -335,6 +335,18 @@ def test_test_connection(emu: Any, make_conn: ConnFactory, api: str) -> None:
     assert sum(emu.stats()["creates"].get(api, {}).values()) == 0  # the probe never creates a task
 
 
+@pytest.mark.parametrize("api", ["camb_ai", "revid_tts"])
+def test_test_connection_sends_only_gets_and_says_what_it_verified(emu: Any, make_conn: ConnFactory, api: str) -> None:
+    # Issue 9.7: the Revid key check POSTed to the paid create endpoint, which a lenient backend could bill.
+    ok, message = TtsHook(make_conn(api)).test_connection()
+    assert ok, message
+    assert [r["method"] for r in emu.requests()] == ["GET"]
+    assert emu.requests()[0]["endpoint"] == "status"
+    if api == "revid_tts":
+        assert "creates no task" in message
+        assert "first submit" in message
+
+
 def test_test_connection_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
         "AIRFLOW_CONN_DEAD",
