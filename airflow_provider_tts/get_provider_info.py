@@ -35,6 +35,21 @@ _RETRY_AND_TIMEOUT_FIELDS: dict[str, Any] = {
         "description": "Upper bound of one wait between retries, Retry-After included. Default 60.",
         "schema": {"type": ["number", "null"], "minimum": 0},
     },
+    "allow_private_audio_hosts": {
+        "label": "Allow private audio hosts",
+        "description": (
+            "Let audio URLs and redirects lead to private or loopback addresses (automatic when the "
+            "API base is on loopback). Link-local addresses (169.254.0.0/16, fe80::/10) are never allowed."
+        ),
+        "schema": {"type": ["boolean", "null"]},
+    },
+    "allow_http_audio_hosts": {
+        "label": "Allow plain-http audio hosts",
+        "description": (
+            "Let audio URLs use http:// on public hosts too (default: https only, http for allowed private hosts)."
+        ),
+        "schema": {"type": ["boolean", "null"]},
+    },
 }
 
 

@@ -8,9 +8,11 @@ it needs to know which vendor it is talking to.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, model_validator
 
 Api = Literal["camb_ai", "revid_tts"]
 Kind = Literal["tts", "text-to-sound", "srt-to-speech"]
@@ -20,6 +22,12 @@ State = Literal["pending", "succeeded", "failed"]
 FailureKind = Literal["not_found", "payment_required", "vendor_timeout", "content_rejected", "error"]
 
 KINDS: tuple[Kind, ...] = ("tts", "text-to-sound", "srt-to-speech")
+
+
+def url_without_query(url: str) -> str:
+    """``url`` without its query and fragment: where a pre-signed URL carries its signature."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 class TtsTaskStatus(BaseModel):
@@ -32,6 +40,9 @@ class TtsTaskStatus(BaseModel):
     :param vendor_status: the vendor's raw status string, for logs and error messages.
     :param run_id: Camb.ai's id of the finished run, used to fetch the audio.
     :param audio_url: RevidAPI's URL of the finished audio (a storage host, never sent the key).
+        A pre-signed URL's query is a credential until it expires, so every dump of the model
+        (:meth:`to_xcom`, hence XCom and trigger events) and its repr leave the query out; the full
+        URL lives only in the object the vendor parser built, in the process that polled.
     :param duration_seconds: audio length when the vendor reports it.
     :param message: the vendor's explanation, mostly for failures.
     :param retryable: for failures, whether a new attempt (a new task) may succeed.
@@ -51,6 +62,29 @@ class TtsTaskStatus(BaseModel):
     message: str | None = None
     retryable: bool | None = None
     failure: FailureKind | None = None
+
+    # True only on an object a vendor parser built from an answer in this process: its audio_url
+    # is complete. A status rebuilt from XCom or an event is not fresh, and the hook polls again
+    # for a signed URL before downloading (which also replaces a URL that expired while waiting).
+    _fresh: bool = PrivateAttr(default=False)
+
+    @field_serializer("audio_url")
+    def _audio_url_without_query(self, value: str | None) -> str | None:
+        return None if value is None else url_without_query(value)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, url_without_query(value) if name == "audio_url" and value else value
+
+    @property
+    def fresh(self) -> bool:
+        """Whether this object came from a vendor answer in this process (its audio URL complete)."""
+        return self._fresh
+
+    def mark_fresh(self) -> TtsTaskStatus:
+        """Mark as parsed from a vendor answer in this process (the vendor units call this)."""
+        self._fresh = True
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> TtsTaskStatus:

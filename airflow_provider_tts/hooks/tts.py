@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS, parse_connection
-from airflow_provider_tts.exceptions import TtsConfigError, TtsError
+from airflow_provider_tts.exceptions import TtsAudioUrlExpiredError, TtsConfigError, TtsError, TtsTaskFailedError
 from airflow_provider_tts.status import TtsTaskStatus
 from airflow_provider_tts.transport import AsyncTransport, AudioStream, SyncTransport
 from airflow_provider_tts.vendors import vendor_class
@@ -206,7 +206,14 @@ class TtsHook(BaseHook):
 
         Camb results come from the API (with the key); a Revid ``audio_url`` is a storage host and
         gets no key. If a result endpoint answers with JSON pointing at a pre-signed URL instead of
-        bytes, that URL is followed, without the key.
+        bytes, that URL is followed, without the key. Every URL off the API's origins is checked
+        against the connection's storage-host rules first (``transport.check_storage_url``).
+
+        Signed URLs expire, and XCom and trigger events carry them without their query (see
+        :class:`TtsTaskStatus`), so a status that did not come from a poll in this process is
+        polled again for a signed URL before the download. A storage host refusing the URL
+        (401/403/404/410) gets one more poll for a fresh URL and one more try; if that fails too,
+        :class:`TtsAudioUrlExpiredError` (retryable: a later try polls again).
         """
         vendor = self.vendor
         if status.state != "succeeded":
@@ -215,6 +222,35 @@ class TtsHook(BaseHook):
             )
         if status.api != vendor.api:
             raise TtsConfigError(f"status of a {status.api} task given to a {vendor.api} connection")
+        if status.audio_url is not None and not status.fresh:
+            status = self._poll_for_audio(status)
+        try:
+            return self._open_audio_once(vendor, status)
+        except TtsAudioUrlExpiredError as first:
+            self.log.warning("%s; polling the status once for a fresh URL", first)
+            fresh = self._poll_for_audio(status)
+            try:
+                return self._open_audio_once(vendor, fresh)
+            except TtsAudioUrlExpiredError as again:
+                raise TtsAudioUrlExpiredError(
+                    f"{again} (also with a fresh URL from a new status poll; a retry of the task polls again)",
+                    http_status=again.http_status,
+                ) from first
+
+    def _poll_for_audio(self, status: TtsTaskStatus) -> TtsTaskStatus:
+        """A fresh status of the same task, which must still be succeeded (with a new audio URL)."""
+        self._finished_at_submit.pop((status.kind, status.tts_task_id), None)
+        fresh = self.get_task_status(status.tts_task_id, status.kind)
+        if fresh.state == "failed":
+            raise TtsTaskFailedError.for_status(fresh)
+        if fresh.state != "succeeded":
+            raise TtsError(
+                f"{fresh.api} {fresh.kind} task {fresh.tts_task_id!r} succeeded earlier but is now "
+                f"{fresh.vendor_status!r}; its audio cannot be fetched yet"
+            )
+        return fresh
+
+    def _open_audio_once(self, vendor: Vendor, status: TtsTaskStatus) -> AudioStream:
         req = vendor.audio_request(status)
         stream = self._sync.open_stream(req)
         if stream.content_type in ("application/json", "text/json"):
