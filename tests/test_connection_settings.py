@@ -116,3 +116,25 @@ def test_storage_host_switches_default_off_for_a_public_api_and_on_for_a_loopbac
 def test_a_storage_host_switch_that_is_not_a_boolean_is_a_clear_error() -> None:
     with pytest.raises(TtsConfigError, match=r"'allow_private_audio_hosts' must be true or false, got 'maybe'"):
         _settings("camb_ai", extra='{"allow_private_audio_hosts": "maybe"}')
+
+
+def test_why_the_connection_types_keep_their_underscore() -> None:
+    """Issue 16.6: Airflow warns "Connection schemes (type: camb_ai) shall not contain '_'".
+
+    The warning comes from ``airflow.models.Connection.get_uri()``, which Airflow calls itself on
+    every lookup of a database connection (to fill its secrets cache); the provider never builds a
+    URI. A hyphenated type cannot replace ours: Airflow's URI parser turns '-' back into '_', so a
+    ``camb-ai`` connection would come back from any URI (``AIRFLOW_CONN_*`` URI form, the cache) as
+    ``camb_ai``. The public names therefore stay, and this pins the Airflow behaviour behind that.
+    """
+    from airflow.models.connection import Connection as CoreConnection
+
+    assert CoreConnection(conn_id="x", uri="camb-ai://h").conn_type == "camb_ai"
+    assert CoreConnection(conn_id="x", uri="revid-tts://h").conn_type == "revid_tts"
+    uri = CoreConnection(
+        conn_id="x", conn_type="camb_ai", host="http://127.0.0.1:8739/apis", password="k1234"
+    ).get_uri()
+    assert uri.startswith("camb-ai://")
+    back = CoreConnection(conn_id="x", uri=uri)
+    assert back.conn_type == "camb_ai"
+    assert _settings("camb_ai", host=back.host, password=back.password).api_base_url == "http://127.0.0.1:8739/apis"

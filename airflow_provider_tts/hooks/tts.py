@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook
 
@@ -210,8 +211,8 @@ class TtsHook(BaseHook):
         against the connection's storage-host rules first (``transport.check_storage_url``).
 
         Signed URLs expire, and XCom and trigger events carry them without their query (see
-        :class:`TtsTaskStatus`), so a status that did not come from a poll in this process is
-        polled again for a signed URL before the download. A storage host refusing the URL
+        :class:`TtsTaskStatus`), so a status that did not come from a poll in this process, and
+        whose URL has no query, is polled again for a signed URL before the download. A storage host refusing the URL
         (401/403/404/410) gets one more poll for a fresh URL and one more try; if that fails too,
         :class:`TtsAudioUrlExpiredError` (retryable: a later try polls again).
         """
@@ -222,7 +223,10 @@ class TtsHook(BaseHook):
             )
         if status.api != vendor.api:
             raise TtsConfigError(f"status of a {status.api} task given to a {vendor.api} connection")
-        if status.audio_url is not None and not status.fresh:
+        vendor.audio_request(status)  # refuses what the status carries (e.g. an ftp:// URL) before any request
+        if status.audio_url is not None and not status.fresh and not urlsplit(status.audio_url).query:
+            # It may have lost its signature on the way through XCom or an event. A URL that still
+            # has a query (a status made by hand, or stored by an older version) is tried as it is.
             status = self._poll_for_audio(status)
         try:
             return self._open_audio_once(vendor, status)
