@@ -7,6 +7,7 @@ names the field, what arrived and what was expected, before any request is sent.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,6 +61,10 @@ class ConnectionSettings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     retry: RetryPolicy = RetryPolicy()
+    #: Audio URLs and redirects may lead to private and loopback addresses (never link-local ones).
+    allow_private_hosts: bool = False
+    #: Audio URLs and redirects may use plain http to any allowed host, not just private ones.
+    allow_http_hosts: bool = False
 
     @property
     def api_origins(self) -> frozenset[str]:
@@ -94,6 +99,29 @@ _NUMBER_EXTRAS: dict[str, tuple[float, float, bool]] = {
     "retry_backoff": (0.0, 600.0, False),
     "retry_max_backoff": (0.0, 3600.0, False),
 }
+
+
+#: Storage-host switches (see :func:`parse_connection`); booleans.
+_BOOL_EXTRAS = frozenset({"allow_private_audio_hosts", "allow_http_audio_hosts"})
+
+
+def _boolean(name: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return raw.strip().lower() in ("true", "1", "yes")
+    raise TtsConfigError(f"connection extra {name!r} must be true or false, got {raw!r}")
+
+
+def is_loopback_base(url: str) -> bool:
+    """Whether an API base URL names this machine (``localhost`` or a loopback address)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _number(name: str, raw: Any) -> float:
@@ -133,9 +161,16 @@ def parse_connection(
 ) -> ConnectionSettings:
     """Validate an Airflow ``Connection`` of one of our types into :class:`ConnectionSettings`.
 
-    ``host`` may be empty (vendor default), a full URL (``http://127.0.0.1:8080/apis``: how the
+    ``host`` may be empty (vendor default), a full URL (``http://127.0.0.1:8739/apis``: how the
     emulator stands in), or a bare host name, which gets ``https://``, the port, and the connection's
     ``schema`` as path (the vendor's default path when that is empty).
+
+    Storage hosts (audio URLs, redirect targets off the API's own origins) are restricted, because
+    their addresses come from the vendor's answers, not from the connection: link-local addresses
+    (``169.254.0.0/16``, ``fe80::/10``: cloud metadata services) are always refused; private,
+    loopback and other non-global addresses only with ``allow_private_audio_hosts`` or when the
+    API base itself is on loopback (the emulator, a local proxy); plain ``http`` only to such an
+    allowed private host or with ``allow_http_audio_hosts``.
     """
     conn_type = conn.conn_type or ""
     key = (conn.password or "").strip()
@@ -144,7 +179,9 @@ def parse_connection(
     raw_extra = conn.extra_dejson if conn.extra else {}
     if not isinstance(raw_extra, Mapping):
         raise TtsConfigError(f"connection {conn.conn_id!r} extra must be a JSON object, got {raw_extra!r}")
-    allowed = frozenset(_NUMBER_EXTRAS) | ({"status_base_url"} if default_status_base_url else frozenset())
+    allowed = (
+        frozenset(_NUMBER_EXTRAS) | _BOOL_EXTRAS | ({"status_base_url"} if default_status_base_url else frozenset())
+    )
     extras = _extras(conn_type, raw_extra, allowed)
 
     host = (conn.host or "").strip()
@@ -183,6 +220,11 @@ def parse_connection(
         connect_timeout=numbers.get("connect_timeout", ConnectionSettings.connect_timeout),
         read_timeout=numbers.get("read_timeout", ConnectionSettings.read_timeout),
         retry=retry,
+        allow_private_hosts=(
+            _boolean("allow_private_audio_hosts", extras.get("allow_private_audio_hosts", False))
+            or is_loopback_base(api_base)
+        ),
+        allow_http_hosts=_boolean("allow_http_audio_hosts", extras.get("allow_http_audio_hosts", False)),
     )
 
 

@@ -67,6 +67,23 @@ class TtsRejectedRequestError(TtsApiError, TtsPermanentError):
     """400/404/422: the vendor rejected the request itself (bad field, unknown id)."""
 
 
+class TtsAudioUrlExpiredError(TtsApiError):
+    """A storage host refused an audio URL (401/403/404/410): it expired or was revoked.
+
+    The API key is never sent to a storage host, so this says nothing about the key. The hook has
+    already polled the status once for a fresh URL; the error stays retryable because a later try
+    polls again and gets a new URL.
+    """
+
+
+class TtsBlockedHostError(TtsPermanentError):
+    """An audio URL or a redirect points at a host or scheme the connection does not allow.
+
+    Link-local addresses (cloud metadata services) are never allowed; private and loopback ones
+    and plain http only as the connection says (see ``connection.parse_connection``).
+    """
+
+
 class TtsTransientApiError(TtsApiError):
     """An HTTP error that may pass (429, 5xx), raised once the hook's retries are spent.
 
@@ -206,4 +223,6 @@ def _event_error_classes() -> list[type[TtsError]]:
         TtsConnectionError,
         TtsProtocolError,
         TtsSubmitUncertainError,
+        TtsAudioUrlExpiredError,
+        TtsBlockedHostError,
     ]

@@ -35,6 +35,21 @@ _RETRY_AND_TIMEOUT_FIELDS: dict[str, Any] = {
         "description": "Upper bound of one wait between retries, Retry-After included. Default 60.",
         "schema": {"type": ["number", "null"], "minimum": 0},
     },
+    "allow_private_audio_hosts": {
+        "label": "Allow private audio hosts",
+        "description": (
+            "Let audio URLs and redirects lead to private or loopback addresses (automatic when the "
+            "API base is on loopback). Link-local addresses (169.254.0.0/16, fe80::/10) are never allowed."
+        ),
+        "schema": {"type": ["boolean", "null"]},
+    },
+    "allow_http_audio_hosts": {
+        "label": "Allow plain-http audio hosts",
+        "description": (
+            "Let audio URLs use http:// on public hosts too (default: https only, http for allowed private hosts)."
+        ),
+        "schema": {"type": ["boolean", "null"]},
+    },
 }
 
 
@@ -79,7 +94,7 @@ def get_provider_info() -> dict[str, Any]:
         "connection-types": [
             {
                 "connection-type": "camb_ai",
-                "hook-class-name": "airflow_provider_tts.hooks.tts.TtsHook",
+                "hook-class-name": "airflow_provider_tts.hooks.tts.CambAiHook",
                 "hook-name": "Camb.ai Text-to-Speech",
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "login", "port", "extra"],
@@ -93,7 +108,7 @@ def get_provider_info() -> dict[str, Any]:
             },
             {
                 "connection-type": "revid_tts",
-                "hook-class-name": "airflow_provider_tts.hooks.tts.TtsHook",
+                "hook-class-name": "airflow_provider_tts.hooks.tts.RevidTtsHook",
                 "hook-name": "RevidAPI Text-to-Speech",
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "login", "port", "extra"],

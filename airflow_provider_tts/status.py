@@ -8,9 +8,11 @@ it needs to know which vendor it is talking to.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, model_validator
 
 Api = Literal["camb_ai", "revid_tts"]
 Kind = Literal["tts", "text-to-sound", "srt-to-speech"]
@@ -20,6 +22,31 @@ State = Literal["pending", "succeeded", "failed"]
 FailureKind = Literal["not_found", "payment_required", "vendor_timeout", "content_rejected", "error"]
 
 KINDS: tuple[Kind, ...] = ("tts", "text-to-sound", "srt-to-speech")
+
+
+#: Query parameters that carry a pre-signed URL's credentials (S3 SigV2/SigV4, GCS, Azure SAS,
+#: CloudFront, Alibaba OSS, the emulator). Prefixes end in "-"; the rest are exact, lower-cased names.
+_SIGNATURE_PREFIXES = ("x-amz-", "x-goog-", "x-emu-", "x-oss-")
+_SIGNATURE_NAMES = frozenset(
+    {"signature", "sig", "expires", "policy", "key-pair-id", "awsaccesskeyid", "googleaccessid", "token",
+     "security-token", "ossaccesskeyid", "se", "sp", "sv", "sr", "st", "spr", "skoid", "sktid", "skt", "ske",
+     "sks", "skv"}
+)  # fmt: skip
+
+
+def url_without_signature(url: str) -> str:
+    """``url`` without the query parameters that sign it (see ``_SIGNATURE_NAMES``) and its fragment.
+
+    Other parameters stay: they may select the object. A URL that was signed with a scheme not
+    listed keeps its signature; it still expires, and the download path copes with that.
+    """
+    parts = urlsplit(url)
+    kept = [
+        (name, value)
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        if not (name.lower().startswith(_SIGNATURE_PREFIXES) or name.lower() in _SIGNATURE_NAMES)
+    ]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept), ""))
 
 
 class TtsTaskStatus(BaseModel):
@@ -32,6 +59,9 @@ class TtsTaskStatus(BaseModel):
     :param vendor_status: the vendor's raw status string, for logs and error messages.
     :param run_id: Camb.ai's id of the finished run, used to fetch the audio.
     :param audio_url: RevidAPI's URL of the finished audio (a storage host, never sent the key).
+        A pre-signed URL's signature is a credential until it expires, so every dump of the model
+        (:meth:`to_xcom`, hence XCom and trigger events) and its repr leave the signing parameters
+        out; the full URL lives only in the object the vendor parser built, in the process that polled.
     :param duration_seconds: audio length when the vendor reports it.
     :param message: the vendor's explanation, mostly for failures.
     :param retryable: for failures, whether a new attempt (a new task) may succeed.
@@ -51,6 +81,29 @@ class TtsTaskStatus(BaseModel):
     message: str | None = None
     retryable: bool | None = None
     failure: FailureKind | None = None
+
+    # True only on an object a vendor parser built from an answer in this process: its audio_url
+    # is complete. A status rebuilt from XCom or an event is not fresh, and the hook polls again
+    # for a signed URL before downloading (which also replaces a URL that expired while waiting).
+    _fresh: bool = PrivateAttr(default=False)
+
+    @field_serializer("audio_url")
+    def _audio_url_without_query(self, value: str | None) -> str | None:
+        return None if value is None else url_without_signature(value)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, url_without_signature(value) if name == "audio_url" and value else value
+
+    @property
+    def fresh(self) -> bool:
+        """Whether this object came from a vendor answer in this process (its audio URL complete)."""
+        return self._fresh
+
+    def mark_fresh(self) -> TtsTaskStatus:
+        """Mark as parsed from a vendor answer in this process (the vendor units call this)."""
+        self._fresh = True
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> TtsTaskStatus:

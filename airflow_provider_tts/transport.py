@@ -11,15 +11,21 @@ retried like a 502 would be. What they share is here once:
 * the API key is attached only to requests the vendor marks as authenticated *and* whose origin is
   one of the vendor's API origins, hop by hop, so a redirect or a storage URL never receives it;
 * sessions are reused: one ``requests.Session`` per sync transport, one ``aiohttp.ClientSession``
-  per async transport, with keep-alive.
+  per async transport, with keep-alive;
+* a URL off the vendor's API origins (an audio URL, a redirect target) is checked before it is
+  requested: its host name is resolved and every address judged by :func:`check_storage_url`;
+* a storage host refusing an audio URL (401/403/404/410) is :class:`TtsAudioUrlExpiredError`,
+  never an API-key error: the key is never sent there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -37,6 +43,8 @@ from tenacity import (
 from airflow_provider_tts import __version__
 from airflow_provider_tts.connection import ConnectionSettings, RetryPolicy, origin_of
 from airflow_provider_tts.exceptions import (
+    TtsAudioUrlExpiredError,
+    TtsBlockedHostError,
     TtsConnectionError,
     TtsError,
     TtsProtocolError,
@@ -152,6 +160,64 @@ def _next_hop(req: ApiRequest, current: str, status: int, location: str | None, 
     return target
 
 
+#: What a storage host answers for a pre-signed URL that expired, was revoked, or whose object is gone.
+_EXPIRED_URL_STATUSES = frozenset({401, 403, 404, 410})
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _addresses(host: str, port: int) -> list[IpAddress]:
+    """Every address ``host`` resolves to (an IP literal is its own address)."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise TtsConnectionError(f"cannot resolve storage host {host!r}: {exc}", request_sent=False) from exc
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
+def check_storage_url(settings: ConnectionSettings, req: ApiRequest, url: str) -> None:
+    """Refuse a URL off the API origins whose scheme or resolved addresses the connection does not allow.
+
+    The vendor's API origins are trusted: they come from the connection, and get the key anyway.
+    Any other URL came from a vendor answer or a redirect, so it is judged on every address its
+    host name resolves to (a public name pointing at 169.254.169.254 is caught too): link-local
+    never; other non-global addresses (private, loopback, CGNAT, unspecified...) only when
+    ``settings.allow_private_hosts``; plain http only to such an allowed non-global host or when
+    ``settings.allow_http_hosts``. The addresses are resolved here and again by the HTTP client,
+    so a DNS answer that changes in between (rebinding) is not covered by this check.
+    """
+    if origin_of(url) in settings.api_origins:
+        return
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    where = safe_url(url)
+    if parts.scheme not in ("http", "https") or not host:
+        raise TtsBlockedHostError(f"{req.what}: refusing {where!r}; expected an http(s) URL with a host")
+    addresses = _addresses(host, parts.port or (443 if parts.scheme == "https" else 80))
+    for address in addresses:
+        plain = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped else address
+        if plain.is_link_local:
+            raise TtsBlockedHostError(
+                f"{req.what}: refusing {where}: {host} resolves to the link-local address {plain} "
+                "(where cloud metadata services live); audio is never fetched from link-local addresses"
+            )
+        if not plain.is_global and not settings.allow_private_hosts:
+            raise TtsBlockedHostError(
+                f"{req.what}: refusing {where}: {host} resolves to the non-public address {plain}; set the "
+                "connection extra allow_private_audio_hosts to true if audio really is served from there"
+            )
+    private = all(not a.is_global for a in addresses)
+    if parts.scheme == "http" and not settings.allow_http_hosts and not (private and settings.allow_private_hosts):
+        raise TtsBlockedHostError(
+            f"{req.what}: refusing {where}: plain http to a public host (the audio and its signed URL would "
+            "travel unencrypted); expected https, or set the connection extra allow_http_audio_hosts to true"
+        )
+
+
 def _too_big(req: ApiRequest, url: str) -> TtsProtocolError:
     return TtsProtocolError(f"{req.what}: response from {safe_url(url)} is over {MAX_JSON_BODY} bytes")
 
@@ -234,6 +300,7 @@ class SyncTransport:
     def _send(self, req: ApiRequest, extra_headers: dict[str, str] | None = None) -> requests.Response:
         url = req.url
         for hop in range(MAX_REDIRECTS + 1):
+            check_storage_url(self.settings, req, url)
             headers = {**(extra_headers or {}), **_key_headers(self.settings, req, url)}
             try:
                 resp = self.session.request(
@@ -284,7 +351,18 @@ class SyncTransport:
             with attempt:
                 resp = self._send(req, {"Accept-Encoding": "identity"})
                 if not 200 <= resp.status_code < 300:
-                    raise http_error(self.read_response(req, resp), req.what)
+                    answer = self.read_response(req, resp)
+                    # A request the vendor marks unauthenticated goes to storage (a Revid audio_url,
+                    # a Camb file_url) even where a test emulator serves it on the API's own origin.
+                    on_storage = not req.authenticated or origin_of(resp.url) not in self.settings.api_origins
+                    if resp.status_code in _EXPIRED_URL_STATUSES and on_storage:
+                        raise TtsAudioUrlExpiredError(
+                            f"{req.what}: the storage host {urlsplit(resp.url).netloc} answered HTTP "
+                            f"{resp.status_code} for {safe_url(resp.url)}: the signed audio URL expired or was "
+                            "revoked (the API key is never sent to storage hosts, so it is not the key)",
+                            http_status=resp.status_code,
+                        )
+                    raise http_error(answer, req.what)
                 length = resp.headers.get("content-length")
                 return AudioStream(
                     url=safe_url(resp.url),
@@ -422,6 +500,8 @@ class AsyncTransport:
         session = self._client()
         url = req.url
         for hop in range(MAX_REDIRECTS + 1):
+            if hop:  # polls start on an API origin; only a redirect can lead elsewhere
+                await asyncio.to_thread(check_storage_url, self.settings, req, url)
             headers = {"Accept": "application/json", **self._key_headers(req, url)}
             try:
                 async with (

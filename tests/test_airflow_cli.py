@@ -56,3 +56,13 @@ def test_connections_test_reports_a_bad_key(emu: Any, cli_env: dict[str, str]) -
     out = _airflow(cli_env, "connections", "test", "camb_bad_key")
     assert "Connection success!" not in out.stdout
     assert "401" in out.stdout + out.stderr
+
+
+def test_providers_hooks_shows_one_class_per_connection_type_without_inconsistency(cli_env: dict[str, str]) -> None:
+    # Issue 9.11: one class registered for both types made ProvidersManager log "Inconsistency!".
+    out = _airflow(cli_env, "providers", "hooks", "--output", "json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Inconsistency" not in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
+    hooks = {row["connection_type"]: row for row in json.loads(out.stdout[out.stdout.index("[") :])}
+    assert hooks["camb_ai"]["class"] == "airflow_provider_tts.hooks.tts.CambAiHook"
+    assert hooks["revid_tts"]["class"] == "airflow_provider_tts.hooks.tts.RevidTtsHook"

@@ -101,3 +101,40 @@ def test_bad_connections_fail_clearly(conn_type: str, kw: dict[str, Any], fragme
 def test_unknown_connection_type() -> None:
     with pytest.raises(TtsConfigError, match="expected one of camb_ai, revid_tts"):
         vendor_class("http", "c")
+
+
+def test_storage_host_switches_default_off_for_a_public_api_and_on_for_a_loopback_one() -> None:
+    public = _settings("revid_tts")
+    assert (public.allow_private_hosts, public.allow_http_hosts) == (False, False)
+    local = _settings("camb_ai", host="http://127.0.0.1:8739/apis")
+    assert (local.allow_private_hosts, local.allow_http_hosts) == (True, False)
+    assert _settings("camb_ai", host="http://localhost:8739/apis").allow_private_hosts
+    both = _settings("revid_tts", extra='{"allow_private_audio_hosts": "true", "allow_http_audio_hosts": true}')
+    assert (both.allow_private_hosts, both.allow_http_hosts) == (True, True)
+
+
+def test_a_storage_host_switch_that_is_not_a_boolean_is_a_clear_error() -> None:
+    with pytest.raises(TtsConfigError, match=r"'allow_private_audio_hosts' must be true or false, got 'maybe'"):
+        _settings("camb_ai", extra='{"allow_private_audio_hosts": "maybe"}')
+
+
+def test_why_the_connection_types_keep_their_underscore() -> None:
+    """Issue 16.6: Airflow warns "Connection schemes (type: camb_ai) shall not contain '_'".
+
+    The warning comes from ``airflow.models.Connection.get_uri()``, which Airflow calls itself on
+    every lookup of a database connection (to fill its secrets cache); the provider never builds a
+    URI. A hyphenated type cannot replace ours: Airflow's URI parser turns '-' back into '_', so a
+    ``camb-ai`` connection would come back from any URI (``AIRFLOW_CONN_*`` URI form, the cache) as
+    ``camb_ai``. The public names therefore stay, and this pins the Airflow behaviour behind that.
+    """
+    from airflow.models.connection import Connection as CoreConnection
+
+    assert CoreConnection(conn_id="x", uri="camb-ai://h").conn_type == "camb_ai"
+    assert CoreConnection(conn_id="x", uri="revid-tts://h").conn_type == "revid_tts"
+    uri = CoreConnection(
+        conn_id="x", conn_type="camb_ai", host="http://127.0.0.1:8739/apis", password="k1234"
+    ).get_uri()
+    assert uri.startswith("camb-ai://")
+    back = CoreConnection(conn_id="x", uri=uri)
+    assert back.conn_type == "camb_ai"
+    assert _settings("camb_ai", host=back.host, password=back.password).api_base_url == "http://127.0.0.1:8739/apis"

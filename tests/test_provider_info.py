@@ -67,3 +67,20 @@ def test_airflow_providers_manager_sees_the_provider() -> None:
     )
     result = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
     assert result == ["RESULT True ['camb_ai', 'revid_tts']"]
+
+
+def test_each_connection_type_has_its_own_hook_class_declaring_it() -> None:
+    from airflow_provider_tts.connection import DEFAULT_CONN_IDS
+    from airflow_provider_tts.hooks.tts import TtsHook
+
+    classes = []
+    for conn in get_provider_info()["connection-types"]:
+        module, _, name = conn["hook-class-name"].rpartition(".")
+        hook = getattr(importlib.import_module(module), name)
+        assert issubclass(hook, TtsHook)
+        assert hook.conn_type == conn["connection-type"]
+        assert hook.default_conn_name == DEFAULT_CONN_IDS[conn["connection-type"]]
+        assert hook.hook_name == conn["hook-name"]
+        assert hook().tts_conn_id == hook.default_conn_name
+        classes.append(hook)
+    assert len(set(classes)) == len(classes)

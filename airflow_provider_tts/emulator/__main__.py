@@ -2,17 +2,26 @@
 
 Serves until SIGINT/SIGTERM and exits 0, so it can run beside Airflow processes in integration tests
 and benchmarks. The first line printed (flushed at once) is ``TTS emulator listening on URL``, which
-scripts wait for before connecting.
+scripts wait for before connecting; then ready-to-paste ``airflow connections add`` commands and
+``AIRFLOW_CONN_*`` lines for both connection types, pointing at this emulator.
+
+The default port is :data:`DEFAULT_PORT` (8739), chosen because nothing common listens there:
+Airflow itself uses 8080 (api-server), 8793/8794 (log servers), 8974 (scheduler health) and 5555
+(Flower); 8765 (the usual "free" pick) is AnkiConnect's and many WebSocket examples'. ``--port 0``
+picks a free port, which tests and scripts running several emulators use.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .config import (
     AUDIO_ENGINES,
@@ -30,6 +39,41 @@ from .config import (
 )
 from .emulator import Emulator
 
+#: Default listening port; see the module docstring for why this one.
+DEFAULT_PORT = 8739
+
+#: The provider's public connection types and default connection ids (``connection.DEFAULT_CONN_IDS``;
+#: repeated here because the emulator imports nothing from the provider).
+_CONN_IDS = {"camb_ai": "camb_ai_default", "revid_tts": "revid_tts_default"}
+
+
+def connection_lines(emulator: Emulator) -> list[str]:
+    """Shell lines that define both connections against ``emulator``, ready to paste.
+
+    Two forms, use either: ``airflow connections add`` (stored in the metadata database) or
+    ``export AIRFLOW_CONN_...`` (environment variables, read by every Airflow process started from
+    that shell). The key printed is the emulator's own, not a vendor secret.
+    """
+    conns: dict[str, dict[str, Any]] = {
+        "camb_ai": {"conn_type": "camb_ai", "host": emulator.camb_base_url, "password": emulator.api_key},
+        "revid_tts": {
+            "conn_type": "revid_tts",
+            "host": emulator.revid_base_url,
+            "password": emulator.api_key,
+            "extra": {"status_base_url": emulator.revid_status_base_url},
+        },
+    }
+    lines = ["# Airflow connections for this emulator (paste one of the two forms):"]
+    for conn_type, conn in conns.items():
+        args = ["airflow", "connections", "add", _CONN_IDS[conn_type], "--conn-type", conn_type]
+        args += ["--conn-host", str(conn["host"]), "--conn-password", str(conn["password"])]
+        if "extra" in conn:
+            args += ["--conn-extra", json.dumps(conn["extra"])]
+        lines.append(shlex.join(args))
+    for conn_type, conn in conns.items():
+        lines.append(f"export AIRFLOW_CONN_{_CONN_IDS[conn_type].upper()}={shlex.quote(json.dumps(conn))}")
+    return lines
+
 
 def _csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
@@ -46,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free port (default 0)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port to bind; 0 picks a free port (default {DEFAULT_PORT}, which Airflow does not use)",
+    )
     parser.add_argument("--api-key", default=DEFAULT_API_KEY, help=f"accepted x-api-key (default {DEFAULT_API_KEY})")
     parser.add_argument("--delay", type=float, default=2.0, help="seconds a task stays pending (default 2.0)")
     parser.add_argument(
@@ -167,6 +216,7 @@ async def serve(emulator: Emulator, print_json: bool) -> None:
                 f"(status_base_url: {emulator.revid_status_base_url})",
                 flush=True,
             )
+            print("\n".join(connection_lines(emulator)), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -193,7 +243,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError:
             print("uvloop is not installed; using the default event loop", file=sys.stderr)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(emulator, args.print_json))
+        try:
+            runner.run(serve(emulator, args.print_json))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            print(
+                f"error: port {args.port} on {args.host} is in use; pass --port N, or --port 0 for a free one",
+                file=sys.stderr,
+            )
+            return 2
     return 0
 
 

@@ -197,6 +197,9 @@ class EmulatorConfig:
     camb_tts_url_key: str = "output_url"
     camb_sound_url_key: str = "file_url"
     camb_auth_error_shape: str = "detail"
+    #: Answer ``output_type=raw_bytes`` with the ``file_url`` JSON (a pre-signed, expiring storage
+    #: URL) instead of the bytes, so clients' handling of Camb's file URLs can be tested.
+    camb_result_as_file_url: bool = False
     camb_unknown_status: str = "QUEUED"
     # RevidAPI
     revid_create_response: str = "object"
@@ -244,7 +247,7 @@ class EmulatorConfig:
                 raise ConfigError(f"{name} must be a non-empty string")
         if self.revid_invalid_status not in (400, 422):
             raise ConfigError(f"revid_invalid_status must be 400 or 422; got {self.revid_invalid_status!r}")
-        for name in ("revid_wrap_array", "revid_status_synonyms", "require_key_on_status"):
+        for name in ("revid_wrap_array", "revid_status_synonyms", "require_key_on_status", "camb_result_as_file_url"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be a boolean")
         for name in ("request_log_size", "storage_log_size"):

@@ -430,7 +430,7 @@ class EmulatorServer:
         if task.phase(self.state.config) != SUCCESS:
             return _json({"detail": "Run not found"}, 404)
         fmt = self._camb_format(task)
-        if output_type == "file_url":
+        if output_type == "file_url" or self.state.config.camb_result_as_file_url:
             key = task.spec.variant("url_key")
             if key is None:
                 config = self.state.config

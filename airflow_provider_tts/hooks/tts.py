@@ -8,14 +8,23 @@ methods behave exactly alike.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from airflow_provider_tts.compat import BaseHook
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS, parse_connection
-from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsProtocolError, excerpt
+from airflow_provider_tts.exceptions import (
+    TtsAudioUrlExpiredError,
+    TtsConfigError,
+    TtsError,
+    TtsProtocolError,
+    TtsTaskFailedError,
+    excerpt,
+)
 from airflow_provider_tts.status import TtsTaskStatus
 from airflow_provider_tts.transport import AsyncTransport, AudioStream, SyncTransport
 from airflow_provider_tts.vendors import vendor_class
@@ -24,7 +33,7 @@ from airflow_provider_tts.vendors.base import ApiRequest, Submission, Vendor, va
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["AudioStream", "Submission", "TtsHook", "TtsTaskStatus"]
+__all__ = ["AudioStream", "CambAiHook", "RevidTtsHook", "Submission", "TtsHook", "TtsTaskStatus"]
 
 #: Media types that are never audio: a streaming TTS response carrying one is an error body.
 _NOT_AUDIO = frozenset({"application/json", "text/json", "application/problem+json", "text/html", "application/xml"})
@@ -50,6 +59,8 @@ class TtsHook(BaseHook):
 
     conn_name_attr = "tts_conn_id"
     default_conn_name = DEFAULT_CONN_IDS["camb_ai"]
+    # Airflow's hook metadata holds one connection type per class; the registered classes are the
+    # subclasses below. This class serves either type, which its connection decides.
     conn_type = "camb_ai"
     hook_name = "Text-to-speech job API (Camb.ai, RevidAPI)"
 
@@ -100,10 +111,27 @@ class TtsHook(BaseHook):
         return self._vendor
 
     async def avendor(self) -> Vendor:
-        """The vendor unit, resolving the connection without blocking the event loop."""
+        """The vendor unit, resolving the connection without blocking the event loop.
+
+        Airflow's async lookup is tried first: in a triggerer it asks the triggerer's own channel
+        and finds connections from every source. Under ``airflow dags test`` the trigger runs inline
+        in the CLI process, where the async lookup does not see connections stored in the metadata
+        database although the synchronous one does (issue 16). So a not-found from the async lookup
+        is answered by the synchronous lookup, run in a worker thread so the event loop never
+        blocks; a connection that really does not exist still fails, with Airflow's own message.
+        """
         if self._vendor is None:
-            self._vendor = self._vendor_for(await self.aget_connection(self.tts_conn_id))
+            self._vendor = self._vendor_for(await self._aget_connection())
         return self._vendor
+
+    async def _aget_connection(self) -> Any:
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            return await self.aget_connection(self.tts_conn_id)
+        except AirflowNotFoundException:
+            self.log.debug("async lookup of %s found nothing; trying the sync lookup", self.tts_conn_id)
+        return await asyncio.to_thread(self.get_connection, self.tts_conn_id)
 
     @property
     def api(self) -> str:
@@ -188,7 +216,14 @@ class TtsHook(BaseHook):
 
         Camb results come from the API (with the key); a Revid ``audio_url`` is a storage host and
         gets no key. If a result endpoint answers with JSON pointing at a pre-signed URL instead of
-        bytes, that URL is followed, without the key.
+        bytes, that URL is followed, without the key. Every URL off the API's origins is checked
+        against the connection's storage-host rules first (``transport.check_storage_url``).
+
+        Signed URLs expire, and XCom and trigger events carry them without their query (see
+        :class:`TtsTaskStatus`), so a status that did not come from a poll in this process, and
+        whose URL has no query, is polled again for a signed URL before the download. A storage host refusing the URL
+        (401/403/404/410) gets one more poll for a fresh URL and one more try; if that fails too,
+        :class:`TtsAudioUrlExpiredError` (retryable: a later try polls again).
         """
         vendor = self.vendor
         if status.state != "succeeded":
@@ -197,6 +232,38 @@ class TtsHook(BaseHook):
             )
         if status.api != vendor.api:
             raise TtsConfigError(f"status of a {status.api} task given to a {vendor.api} connection")
+        vendor.audio_request(status)  # refuses what the status carries (e.g. an ftp:// URL) before any request
+        if status.audio_url is not None and not status.fresh and not urlsplit(status.audio_url).query:
+            # It may have lost its signature on the way through XCom or an event. A URL that still
+            # has a query (a status made by hand, or stored by an older version) is tried as it is.
+            status = self._poll_for_audio(status)
+        try:
+            return self._open_audio_once(vendor, status)
+        except TtsAudioUrlExpiredError as first:
+            self.log.warning("%s; polling the status once for a fresh URL", first)
+            fresh = self._poll_for_audio(status)
+            try:
+                return self._open_audio_once(vendor, fresh)
+            except TtsAudioUrlExpiredError as again:
+                raise TtsAudioUrlExpiredError(
+                    f"{again} (also with a fresh URL from a new status poll; a retry of the task polls again)",
+                    http_status=again.http_status,
+                ) from first
+
+    def _poll_for_audio(self, status: TtsTaskStatus) -> TtsTaskStatus:
+        """A fresh status of the same task, which must still be succeeded (with a new audio URL)."""
+        self._finished_at_submit.pop((status.kind, status.tts_task_id), None)
+        fresh = self.get_task_status(status.tts_task_id, status.kind)
+        if fresh.state == "failed":
+            raise TtsTaskFailedError.for_status(fresh)
+        if fresh.state != "succeeded":
+            raise TtsError(
+                f"{fresh.api} {fresh.kind} task {fresh.tts_task_id!r} succeeded earlier but is now "
+                f"{fresh.vendor_status!r}; its audio cannot be fetched yet"
+            )
+        return fresh
+
+    def _open_audio_once(self, vendor: Vendor, status: TtsTaskStatus) -> AudioStream:
         req = vendor.audio_request(status)
         stream = self._sync.open_stream(req)
         if stream.content_type in ("application/json", "text/json"):
@@ -263,3 +330,30 @@ class TtsHook(BaseHook):
             return self._sync.call(req, vendor.probe_verdict)
         except TtsError as exc:
             return False, str(exc)
+
+
+class CambAiHook(TtsHook):
+    """:class:`TtsHook` registered for the ``camb_ai`` connection type.
+
+    Airflow's ProvidersManager keys hooks by connection type and expects each registered class to
+    declare exactly the type it is registered for; one class registered for two types makes it log
+    an "Inconsistency!" warning in every component. The behaviour is all in :class:`TtsHook`.
+    """
+
+    default_conn_name = DEFAULT_CONN_IDS["camb_ai"]
+    conn_type = "camb_ai"
+    hook_name = "Camb.ai Text-to-Speech"
+
+    def __init__(self, tts_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(tts_conn_id, **kwargs)
+
+
+class RevidTtsHook(TtsHook):
+    """:class:`TtsHook` registered for the ``revid_tts`` connection type (see :class:`CambAiHook`)."""
+
+    default_conn_name = DEFAULT_CONN_IDS["revid_tts"]
+    conn_type = "revid_tts"
+    hook_name = "RevidAPI Text-to-Speech"
+
+    def __init__(self, tts_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(tts_conn_id, **kwargs)

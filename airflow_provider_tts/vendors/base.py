@@ -258,7 +258,7 @@ class Vendor(ABC):
         """Build a normalised status for this vendor (the one constructor the parsers use)."""
         return TtsTaskStatus(
             api=self.api, kind=kind, tts_task_id=tts_task_id, state=state, vendor_status=vendor_status, **more
-        )
+        ).mark_fresh()
 
     def check_kind(self, kind: Any) -> Kind:
         """Refuse a kind this vendor does not have, before any request."""

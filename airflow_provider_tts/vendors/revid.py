@@ -231,12 +231,27 @@ class RevidTts(Vendor):
         return ApiRequest("GET", url, what=f"audio of revid_tts task {status.tts_task_id!r}", authenticated=False)
 
     def probe_request(self) -> ApiRequest:
-        # An empty create body: the key is checked first (401/403), then the body is rejected
-        # (400/422), so no task is created and nothing is paid for.
+        # A status poll for an id no task can have: a GET, so no backend, however lenient, can
+        # create (and bill) a task from it. The create endpoint is never probed.
         return ApiRequest(
-            "POST",
-            f"{self.settings.api_base_url}/text-to-speech",
+            "GET",
+            f"{self.settings.status_base_url}/get/airflow-connection-test",
             what="revid_tts API key check",
-            json={},
-            idempotent=False,
+        )
+
+    def probe_verdict(self, resp: ApiResponse) -> tuple[bool, str]:
+        """Judge the status probe, saying exactly what it proved.
+
+        A 401/403 proves the key is refused. Anything else proves only that the status API is
+        reachable: RevidAPI documents the key on status calls as optional "if required by your
+        configuration", so a status host may answer without checking it. Only a create call is
+        sure to check the key, and a create call may be billed, so the check does not make one.
+        """
+        ok, message = super().probe_verdict(resp)
+        if not ok:
+            return ok, message
+        return True, (
+            f"revid_tts status API at {self.settings.status_base_url} answered HTTP {resp.status} and did not "
+            "refuse the API key; RevidAPI may not check keys on status calls, so the key is fully verified "
+            "only by the first submit (this check creates no task)"
         )

@@ -151,3 +151,62 @@ def test_emulator_imports_neither_airflow_nor_the_provider() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=30, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_default_port_is_not_airflows() -> None:
+    # Issue 16.2: the README's --port 8080 is the api-server's; the default is a port Airflow leaves alone.
+    from airflow_provider_tts.emulator.__main__ import DEFAULT_PORT, build_parser
+
+    assert build_parser().parse_args([]).port == DEFAULT_PORT
+    assert DEFAULT_PORT not in (0, 8080, 8793, 8794, 8974, 5555, 8765)
+
+
+def test_prints_connection_commands_and_env_lines_that_point_at_itself(cli: list[Cli]) -> None:
+    import shlex
+
+    proc = Cli("--delay", "0", "--api-key", "sk-cli key")
+    cli.append(proc)
+    url = proc.first_line.rsplit(" ", 1)[1]
+    assert proc.proc.stdout is not None
+    lines = [proc.proc.stdout.readline().strip() for _ in range(7)]
+    adds = {shlex.split(line)[3]: shlex.split(line) for line in lines if line.startswith("airflow connections add")}
+    assert set(adds) == {"camb_ai_default", "revid_tts_default"}
+    camb, revid = adds["camb_ai_default"], adds["revid_tts_default"]
+    assert camb[camb.index("--conn-type") + 1] == "camb_ai"
+    assert camb[camb.index("--conn-host") + 1] == f"{url}/apis"
+    assert camb[camb.index("--conn-password") + 1] == "sk-cli key"
+    assert revid[revid.index("--conn-host") + 1] == f"{url}/paid"
+    assert json.loads(revid[revid.index("--conn-extra") + 1]) == {"status_base_url": f"{url}/api"}
+    env = {}
+    for line in lines:
+        if line.startswith("export "):
+            name, _, value = line.removeprefix("export ").partition("=")
+            env[name] = json.loads(shlex.split(value)[0])
+    assert env["AIRFLOW_CONN_CAMB_AI_DEFAULT"] == {
+        "conn_type": "camb_ai",
+        "host": f"{url}/apis",
+        "password": "sk-cli key",
+    }
+    assert env["AIRFLOW_CONN_REVID_TTS_DEFAULT"]["extra"] == {"status_base_url": f"{url}/api"}
+    assert proc.stop() == 0
+
+
+def test_a_busy_port_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow_provider_tts.emulator", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"port {port}" in done.stderr
+    assert "--port 0" in done.stderr
+    assert "Traceback" not in done.stderr

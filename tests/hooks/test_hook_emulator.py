@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_tts.exceptions import (
+    TtsAudioUrlExpiredError,
     TtsAuthError,
     TtsConnectionError,
     TtsRateLimitError,
@@ -216,14 +217,15 @@ def test_422_is_not_retried(emu: Any, make_conn: ConnFactory) -> None:
     assert emu.stats()["requests_total"] == 1
 
 
-def test_403_from_storage_is_not_retried(emu: Any, make_conn: ConnFactory) -> None:
+def test_403_from_storage_is_not_retried_as_is_but_with_one_fresh_url(emu: Any, make_conn: ConnFactory) -> None:
+    # Issue 9.4: this used to be a TtsAuthError "(check the connection's API key)" after one request.
     emu.configure(revid_url_ttl=0.0)  # the audio URL has expired by the time it is fetched
     hook = TtsHook(make_conn("revid_tts"))
     status = hook.get_task_status(emu.create_task("revid_tts", "tts", delay=0), "tts")
     time.sleep(0.05)
-    with pytest.raises(TtsAuthError, match="403"):
+    with pytest.raises(TtsAudioUrlExpiredError, match="403"):
         hook.open_audio(status)
-    assert len(emu.storage_requests()) == 1
+    assert len(emu.storage_requests()) == 2
 
 
 def test_create_retried_only_when_not_processed(emu: Any, make_conn: ConnFactory) -> None:
@@ -333,6 +335,18 @@ def test_test_connection(emu: Any, make_conn: ConnFactory, api: str) -> None:
     assert not ok
     assert "401" in message
     assert sum(emu.stats()["creates"].get(api, {}).values()) == 0  # the probe never creates a task
+
+
+@pytest.mark.parametrize("api", ["camb_ai", "revid_tts"])
+def test_test_connection_sends_only_gets_and_says_what_it_verified(emu: Any, make_conn: ConnFactory, api: str) -> None:
+    # Issue 9.7: the Revid key check POSTed to the paid create endpoint, which a lenient backend could bill.
+    ok, message = TtsHook(make_conn(api)).test_connection()
+    assert ok, message
+    assert [r["method"] for r in emu.requests()] == ["GET"]
+    assert emu.requests()[0]["endpoint"] == "status"
+    if api == "revid_tts":
+        assert "creates no task" in message
+        assert "first submit" in message
 
 
 def test_test_connection_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
