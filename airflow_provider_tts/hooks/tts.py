@@ -125,7 +125,7 @@ class TtsHook(BaseHook):
         return self._vendor
 
     async def _aget_connection(self) -> Any:
-        from airflow.sdk.exceptions import AirflowNotFoundException
+        from airflow_provider_tts.compat import AirflowNotFoundException
 
         try:
             return await self.aget_connection(self.tts_conn_id)
