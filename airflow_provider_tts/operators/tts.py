@@ -398,7 +398,7 @@ def plain_uri(path: ObjectStoragePath) -> str:
 
 
 class _StoredAudioOutput:
-    """What every operator that stores audio reports once the file is in place: one output.
+    """What every operator that stores audio shares: its temporary's name, and the one output it reports.
 
     Shared by :class:`TtsAudioToStorageOperator` and :class:`CambTtsStreamToStorageOperator`, so
     both emit the same asset event, hook lineage and OpenLineage facets for the object they wrote.
@@ -411,6 +411,14 @@ class _StoredAudioOutput:
 
         @property
         def hook(self) -> TtsHook: ...
+
+    def _temp_name(self, context: Context, final_name: str) -> str:
+        """The temporary's name, fixed per task instance (never the try) so a killed try's leftover is overwritten."""
+        ti = context.get("ti")
+        identity = (
+            "/".join(str(getattr(ti, attr, "")) for attr in ("dag_id", "task_id", "run_id", "map_index")) or "manual"
+        )
+        return f".{final_name}.{hashlib.sha256(identity.encode()).hexdigest()[:12]}.partial"
 
     def _emit_asset(self, context: Context, stored: dict[str, Any]) -> None:
         """Record the stored file as this task's one output: asset event, hook lineage, OpenLineage.
@@ -628,13 +636,6 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger fired: validate the event, then download."""
         return self._store(context, status_from_event(event, self.tts_task_id))
-
-    def _temp_name(self, context: Context, final_name: str) -> str:
-        ti = context.get("ti")
-        identity = (
-            "/".join(str(getattr(ti, attr, "")) for attr in ("dag_id", "task_id", "run_id", "map_index")) or "manual"
-        )
-        return f".{final_name}.{hashlib.sha256(identity.encode()).hexdigest()[:12]}.partial"
 
     def _checked_destination(self, *, reuse: bool = False) -> tuple[ObjectStoragePath, bool]:
         """The destination path and whether it is a folder, validated before any request for audio.
@@ -888,7 +889,7 @@ class CambTtsStreamToStorageOperator(_StoredAudioOutput, BaseOperator):
             stored = store_stream(
                 audio.iter_chunks(self.chunk_bytes),
                 path,
-                temp_name=_stream_temp_name(context, path.name),
+                temp_name=self._temp_name(context, path.name),
                 content_type=audio.content_type,
                 content_length=audio.content_length,
                 tts_task_id=f"tts-stream {fingerprint_hex(fingerprint)[:16]}",
@@ -925,10 +926,3 @@ def _credits(header: str | None) -> int | None:
     except ValueError:
         return None
     return int(value) if value.is_integer() and value >= 0 else None
-
-
-def _stream_temp_name(context: Context, final_name: str) -> str:
-    """The temporary's name, fixed per task instance so a killed try's leftover is overwritten."""
-    ti = context.get("ti")
-    identity = "/".join(str(getattr(ti, attr, "")) for attr in ("dag_id", "task_id", "run_id", "map_index"))
-    return f".{final_name}.{hashlib.sha256((identity or 'manual').encode()).hexdigest()[:12]}.partial"
