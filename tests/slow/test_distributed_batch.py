@@ -3,10 +3,10 @@
 The deployment (``tools/distributed_airflow.py``): PostgreSQL metadata DB, Redis broker, CeleryExecutor,
 api-server, scheduler, dag-processor, two Celery workers and two triggerers, all separate processes. The
 emulator keeps every vendor task pending until the triggerer kill is done (at least 20 s) and answers
-20 % of status, result and storage requests with a transient fault; a few create calls fail too (503s
-the hook may resend, 500s it must not resend, so Airflow retries the task and the retry must create
-exactly once). The destination is s3:// on
-the loopback moto server: a distributed deployment has no shared local disk.
+20 % of status, result and storage requests with a transient fault; a few create calls are answered 429 or
+503, which prove the vendor did not process them, so the hook resends them and each text is still
+created exactly once (a 5xx that may hide a created task ends the submit instead, by design: R9).
+The destination is s3:// on the loopback moto server: a distributed deployment has no shared local disk.
 
 While waits are deferred, the triggerer owning the most triggers is SIGKILLed (its whole process tree): the
 other must adopt every one of them. While downloads are in flight (the next storage responses are held
@@ -269,10 +269,11 @@ def test_batch_on_the_distributed_engine_survives_a_triggerer_and_a_worker_kille
 ) -> None:
     af = airflow
     af.wait_for_dag(DAG_ID)
-    # Create calls: 3 answered 503 (the hook resends: not processed), 2 answered 500 (not resent: the
-    # task fails and Airflow retries it; the retry must create exactly once).
+    # Create calls: 3 answered 503 and 2 answered 429, both provably unprocessed, so the hook resends
+    # them. A 500 may hide a created task: the submit then stops (TtsSubmitUncertainError, R9) rather
+    # than risk a second payment, which is what a fault meant to heal must not trigger here.
     emulator.inject("503", count=3, endpoint="create")
-    emulator.inject("500", count=2, endpoint="create")
+    emulator.inject("429", count=2, endpoint="create")
     started = time.monotonic()
     conf = {"texts": TEXTS, "destination": f"s3://{BUCKET}/{PREFIX}", "dest_conn_id": "aws_dist"}
     run_id = af.trigger(DAG_ID, conf=conf)
