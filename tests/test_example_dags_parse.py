@@ -24,6 +24,7 @@ def test_example_dags_parse_without_errors() -> None:
         "example_tts_sound_and_srt",
         "example_tts_scheduled_retries",
         "example_tts_stream",
+        "example_tts_batch_announce",
     }
     assert time.monotonic() - started < 30
     batch = bag.dags.get("example_tts_batch")
