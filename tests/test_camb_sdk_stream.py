@@ -8,6 +8,7 @@ audio body, FastAPI 422s), so the provider's tests against the emulator mean som
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -19,6 +20,20 @@ camb = pytest.importorskip("camb", reason="camb-sdk is in the dev extra")
 
 def _client(emu: Any) -> Any:
     return camb.CambAI(api_key=TEST_KEY, base_url=emu.camb_base_url, timeout=30)
+
+
+def _settled_stats(emu: Any, within: float = 5.0) -> dict[str, Any]:
+    """The emulator's counters once the streamed request is recorded.
+
+    A streamed response's last byte reaches the client before the server's handler returns and
+    counts the status, so reading the counters right after the body races that bookkeeping.
+    """
+    deadline = time.monotonic() + within
+    stats: dict[str, Any] = emu.stats()
+    while not stats["requests_by_status"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+        stats = emu.stats()
+    return stats
 
 
 def test_sdk_streaming_tts_returns_the_emulator_audio(emu: Any) -> None:
@@ -37,7 +52,7 @@ def test_sdk_streaming_tts_returns_the_emulator_audio(emu: Any) -> None:
     audio = b"".join(chunks)
     assert audio[:4] == b"RIFF"
     assert len(audio) > 1000
-    stats = emu.stats()
+    stats = _settled_stats(emu)
     assert stats["requests_by_endpoint"]["stream"] == 1
     assert stats["requests_by_status"] == {"200": 1}
 
