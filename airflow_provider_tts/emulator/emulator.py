@@ -400,6 +400,17 @@ class Emulator:
         task = self._state.task(task_id)
         return None if task is None else task.info(self._state.config)
 
+    def end_pending(self, *task_ids: str) -> None:
+        """Let these tasks reach their outcome at their next poll, whatever their ``delay``.
+
+        For tests that must hold tasks pending until something else has happened (a process killed,
+        every wait deferred) on a machine whose speed they cannot know: create with a long delay,
+        then end the wait when the test is ready. ``pending_polls`` still applies.
+        """
+        unknown = [task_id for task_id in task_ids if not self._state.end_pending(task_id)]
+        if unknown:
+            raise KeyError(f"no emulator task with id {', '.join(unknown)}")
+
     def tasks(self) -> list[dict[str, Any]]:
         config = self._state.config
         return [task.info(config) for task in self._state.tasks()]

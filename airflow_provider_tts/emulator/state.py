@@ -238,6 +238,19 @@ class State:
         with self._lock:
             return self._tasks.get(task_id)
 
+    def end_pending(self, task_id: str) -> bool:
+        """Age a delay-based task past its delay, so its next poll sees its outcome; False if unknown."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None:
+                return False
+            delay = task.delay(self._config)
+            if delay != float("inf"):
+                task.created = min(task.created, time.monotonic() - delay)
+            else:
+                task.spec = dataclasses.replace(task.spec, delay=0.0)
+            return True
+
     def run(self, run_id: int) -> Task | None:
         with self._lock:
             return self._runs.get(run_id)

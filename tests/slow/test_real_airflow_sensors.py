@@ -25,7 +25,9 @@ from tools.local_airflow import LocalAirflow
 pytestmark = pytest.mark.slow
 
 SENSORS = 20
-TASK_SECONDS = 30
+#: The vendor tasks stay pending this long unless the test ends their wait first (it does, once all
+#: waits are deferred and the triggerer has been killed); the run's timeout is below it.
+HELD_SECONDS = 3600
 TIMEOUT_SECONDS = 45
 #: Kill the triggerer once this many waits are deferred at the same time (with one slot, more than one
 #: deferred wait already shows that waiting holds no slot; a loaded machine starts sensors slowly).
@@ -67,7 +69,7 @@ def _when(value: str) -> float:
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[Emulator]:
-    with Emulator(api_key=TEST_KEY, config=EmulatorConfig(default_delay=TASK_SECONDS)) as emu:
+    with Emulator(api_key=TEST_KEY, config=EmulatorConfig(default_delay=HELD_SECONDS)) as emu:
         yield emu
 
 
@@ -108,7 +110,9 @@ def test_deferred_waits_hold_no_slot_and_survive_a_triggerer_kill(airflow: Local
     for i in range(SENSORS):
         conn, kind = pairs[i % len(pairs)]
         api = "camb_ai" if conn.startswith("camb") else "revid_tts"
-        tasks.append({"conn": conn, "kind": kind, "id": emulator.create_task(api, kind, delay=TASK_SECONDS)})
+        # Pending until the test ends the wait: how fast a loaded machine starts 40 task runs
+        # (20 unpacks, then 20 sensors on one slot) must not decide whether the sensors defer.
+        tasks.append({"conn": conn, "kind": kind, "id": emulator.create_task(api, kind, delay=HELD_SECONDS)})
     never = emulator.create_task("camb_ai", "tts", delay=float("inf"))
 
     started = time.monotonic()
@@ -117,9 +121,10 @@ def test_deferred_waits_hold_no_slot_and_survive_a_triggerer_kill(airflow: Local
 
     peak_deferred = 0
     killed = False
+    released = False
 
     def watch(_: dict[str, Any]) -> None:
-        nonlocal peak_deferred, killed
+        nonlocal peak_deferred, killed, released
         states = [ti["state"] for ti in airflow.task_instances("tts_many_waits", run_id) if ti["task_id"] == "wait"]
         deferred = states.count("deferred")
         peak_deferred = max(peak_deferred, deferred)
@@ -128,23 +133,29 @@ def test_deferred_waits_hold_no_slot_and_survive_a_triggerer_kill(airflow: Local
             airflow.kill("triggerer")
             killed = True
             airflow.restart("triggerer")
+        if killed and not released and deferred == SENSORS:
+            # Every wait is deferred, some on the killed triggerer: only adoption can finish them now.
+            _log(f"all {SENSORS} waits deferred: the vendor tasks finish now")
+            emulator.end_pending(*(t["id"] for t in tasks))
+            released = True
 
-    run = airflow.wait_for_run("tts_many_waits", run_id, timeout=400, on_poll=watch, poll_interval=2)
+    run = airflow.wait_for_run("tts_many_waits", run_id, timeout=900, on_poll=watch, poll_interval=2)
     elapsed = time.monotonic() - started
-    _log(f"{SENSORS} waits of {TASK_SECONDS} s finished in {elapsed:.0f} s; peak deferred {peak_deferred}")
+    _log(f"{SENSORS} waits finished {elapsed:.0f} s after the trigger; peak deferred {peak_deferred}")
     assert killed, "the triggerer was never killed mid-wait"
+    assert released, "the waits were never all deferred at once"
     assert run["state"] == "success", airflow.describe_run("tts_many_waits", run_id)
     waits = [ti for ti in airflow.task_instances("tts_many_waits", run_id) if ti["task_id"] == "wait"]
     assert len(waits) == SENSORS
     assert all(ti["state"] == "success" and ti["try_number"] == 1 for ti in waits)
-    # Sequential waits would need SENSORS * TASK_SECONDS = 600 s; deferral makes it about one wait.
-    assert elapsed < SENSORS * TASK_SECONDS / 3
-    assert peak_deferred >= KILL_AT_DEFERRED
+    # One slot, all waits deferred at once: a wait holds no slot (no timing needed to show it).
+    assert peak_deferred == SENSORS
     result = airflow.xcom("tts_many_waits", run_id, "wait", map_index=0)
     assert result["state"] == "succeeded"
     assert result["tts_task_id"] == tasks[0]["id"]
     polls = emulator.stats()["polls_by_task"]
-    assert all(1 <= polls[t["id"]] <= 2 + 2 * TASK_SECONDS / 5 for t in tasks), polls  # no hot loop
+    # No hot loop: at most the worker's check, one poll per 5 s interval, and a poll per triggerer start.
+    assert all(1 <= polls[t["id"]] <= 3 + 2 * elapsed / 5 for t in tasks), polls
 
     timed_out = airflow.wait_for_run("tts_wait_timeout", timeout_run, timeout=200)
     assert timed_out["state"] == "failed"
