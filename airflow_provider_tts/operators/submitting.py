@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsSubmitUncertainError
 from airflow_provider_tts.fingerprint import request_fingerprint
 from airflow_provider_tts.submissions import (
@@ -35,9 +36,10 @@ from airflow_provider_tts.submissions import (
 if TYPE_CHECKING:
     import logging
 
-    from airflow.sdk import Context
+    from airflow.sdk import Context, XComArg
 
     from airflow_provider_tts.hooks.tts import TtsHook
+    from airflow_provider_tts.operators.tts import TtsSubmitOperator
     from airflow_provider_tts.waiting import WaitPolicy
 
 #: What the operators do when an earlier create call's outcome is unknown.
@@ -52,6 +54,15 @@ def check_uncertain_policy(value: Any) -> UncertainSubmitPolicy:
         expected = ", ".join(UNCERTAIN_SUBMIT_POLICIES)
         raise TtsConfigError(f"on_uncertain_submit must be one of {expected}, got {value!r}")
     return value  # type: ignore[no-any-return]
+
+
+#: Operator arguments whose value reaches the create body under another name.
+_RENAMED: dict[str, str] = {"caller_id": "id", "srt": "subtitles"}
+
+
+def create_field_name(argument: str) -> str:
+    """The create-body field an operator argument becomes (``caller_id`` is ``id``, ``srt`` is ``subtitles``)."""
+    return _RENAMED.get(argument, argument)
 
 
 def create_fields(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -71,6 +82,51 @@ def create_fields(values: Mapping[str, Any]) -> dict[str, Any]:
             raise TtsConfigError("give either srt (SRT text) or subtitles (a cue list), not both")
         fields["subtitles"] = parse_srt(fields.pop("srt"))
     return fields
+
+
+def from_submitted(
+    owner: str,
+    submitted: TtsSubmitOperator | None,
+    *,
+    tts_task_id: str | XComArg | None,
+    tts_conn_id: str | None,
+    kind: str | None,
+) -> tuple[str | XComArg, str, str]:
+    """The task id, connection id and kind a downstream wait or store uses, read from ``submitted``.
+
+    A sensor or storage task downstream of a ``TtsSubmitOperator`` would otherwise repeat the
+    submit's connection id and kind, and a mismatch (the wrong kind) only shows as a "not found"
+    at run time. With ``submitted=`` they are read from the upstream operator when the DAG is
+    parsed, and its ``.output`` (an XComArg, which also sets the dependency) is the task id.
+    Without it, ``tts_task_id`` is required and the defaults are ``camb_ai_default`` and ``tts``.
+    """
+    if submitted is None:
+        if tts_task_id is None:
+            raise TtsConfigError(
+                f"{owner} needs tts_task_id (the vendor's task id) or submitted (the TtsSubmitOperator that creates it)"
+            )
+        return tts_task_id, tts_conn_id if tts_conn_id is not None else DEFAULT_CONN_IDS["camb_ai"], kind or "tts"
+    from airflow_provider_tts.operators.tts import TtsSubmitOperator
+
+    if not isinstance(submitted, TtsSubmitOperator):
+        hint = (
+            " (a mapped submit: map this task too, with .expand(tts_task_id=submit.output))"
+            if type(submitted).__name__ == "MappedOperator"
+            else ""
+        )
+        raise TtsConfigError(
+            f"{owner}: submitted must be the TtsSubmitOperator whose task to wait for, got "
+            f"{type(submitted).__name__}{hint}"
+        )
+    if tts_task_id is not None:
+        raise TtsConfigError(f"{owner}: give tts_task_id or submitted, not both (submitted's output is the task id)")
+    for name, given in (("tts_conn_id", tts_conn_id), ("kind", kind)):
+        upstream = getattr(submitted, name)
+        if given is not None and given != upstream:
+            raise TtsConfigError(
+                f"{owner}: {name}={given!r} contradicts {name}={upstream!r} of the submit task {submitted.task_id!r}"
+            )
+    return submitted.output, submitted.tts_conn_id, submitted.kind
 
 
 class SubmitOnce:

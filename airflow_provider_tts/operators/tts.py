@@ -30,6 +30,7 @@ from airflow_provider_tts.operators.submitting import (
     SubmitOnce,
     check_uncertain_policy,
     create_fields,
+    from_submitted,
 )
 from airflow_provider_tts.status import KINDS
 from airflow_provider_tts.storage import (
@@ -356,6 +357,10 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
         names a folder: the file is ``<tts_task_id><extension from the content type>`` inside it.
     :param tts_conn_id: a ``camb_ai`` or ``revid_tts`` connection (templated).
     :param kind: ``tts``, ``text-to-sound`` (Camb.ai) or ``srt-to-speech`` (RevidAPI).
+    :param submitted: instead of ``tts_task_id``, the upstream ``TtsSubmitOperator``: its output is
+        the task id, and its connection id and kind are used, so they need not be repeated (read when
+        the DAG is parsed). Without it, ``tts_conn_id`` defaults to ``camb_ai_default`` and ``kind``
+        to ``tts``.
     :param dest_conn_id: the storage connection (e.g. an ``aws`` connection for ``s3://``).
     :param overwrite: when the destination exists: ``skip_if_identical`` (default; the same size and
         sha256 as the new audio means no second write, so a retried pipeline neither rewrites nor
@@ -395,10 +400,11 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
     def __init__(
         self,
         *,
-        tts_task_id: str | XComArg,
+        tts_task_id: str | XComArg | None = None,
         destination: str | ObjectStoragePath,
-        tts_conn_id: str = DEFAULT_CONN_IDS["camb_ai"],
-        kind: str = "tts",
+        tts_conn_id: str | None = None,
+        kind: str | None = None,
+        submitted: TtsSubmitOperator | None = None,
         dest_conn_id: str | None = None,
         overwrite: OverwritePolicy = "skip_if_identical",
         max_bytes: int = DEFAULT_MAX_BYTES,
@@ -413,6 +419,9 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
     ) -> None:
         if overwrite not in OVERWRITE_POLICIES:
             raise TtsConfigError(f"overwrite must be one of {', '.join(OVERWRITE_POLICIES)}, got {overwrite!r}")
+        tts_task_id, tts_conn_id, kind = from_submitted(
+            type(self).__name__, submitted, tts_task_id=tts_task_id, tts_conn_id=tts_conn_id, kind=kind
+        )
         if not _templated(kind) and kind not in KINDS:
             raise TtsConfigError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
         if not isinstance(max_bytes, int) or max_bytes <= 0:
@@ -485,6 +494,10 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
         if not isinstance(self.tts_task_id, str) or not self.tts_task_id.strip():
             raise TtsConfigError(f"tts_task_id rendered to {self.tts_task_id!r}; expected a vendor task id")
         self._checked_destination()  # a bad destination fails before any request
+        return self._wait_and_store(context)
+
+    def _wait_and_store(self, context: Context) -> dict[str, Any]:
+        """Wait for ``self.tts_task_id`` (deferring when ``deferrable``), then store its audio."""
         started_at = time.time()
         waiter = Waiter(
             self.policy,
@@ -511,12 +524,23 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
                         retry=self.retry,
                     ),
                     method_name="execute_complete",
+                    # The id travels with the deferral: an operator that submitted it in execute()
+                    # resumes as a fresh instance that never saw it.
+                    kwargs={"tts_task_id": self.tts_task_id},
                 )
             event = wait_sync(self.hook, waiter)
         return self._store(context, status_from_event(event, self.tts_task_id))
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Resume after the trigger fired: validate the event, then download."""
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None, tts_task_id: str | None = None
+    ) -> dict[str, Any]:
+        """Resume after the trigger fired: validate the event, then download.
+
+        ``tts_task_id`` is the id ``execute`` deferred with (None from a deferral made before it was
+        passed along): the event must be about that task.
+        """
+        if tts_task_id is not None:
+            self.tts_task_id = tts_task_id
         return self._store(context, status_from_event(event, self.tts_task_id))
 
     def _checked_destination(self, *, reuse: bool = False) -> tuple[ObjectStoragePath, bool]:
