@@ -26,6 +26,7 @@ from airflow_provider_tts.operators.text_to_storage import (
     RevidSrtToSpeechToStorageOperator,
     RevidTtsToStorageOperator,
 )
+from airflow_provider_tts.storage import TtsStorageError
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger
 from tests.conftest import FIELDS, ConnFactory
 from tests.operators.test_submit import SRT, FakeTI, Ledger, StateStore
@@ -193,3 +194,17 @@ def test_a_connection_of_the_other_vendor_is_refused_before_anything_is_paid(
     with pytest.raises(TtsConfigError, match="is a camb_ai connection; RevidTtsToStorageOperator needs a revid_tts"):
         op.execute({"ti": FakeTI(), "task_state_store": StateStore()})
     assert _creates(emu) == 0
+
+
+def test_a_destination_that_cannot_be_written_fails_before_anything_is_paid(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    existing = tmp_path / "daily.flac"
+    existing.write_bytes(b"yesterday")
+    op = _op(
+        CambTtsToStorageOperator, make_conn("camb_ai"), f"file://{existing}", overwrite="fail", **FIELDS["camb_ai/tts"]
+    )
+    with pytest.raises(TtsStorageError, match="already exists and overwrite='fail'"):
+        op.execute({"ti": FakeTI(), "task_state_store": StateStore()})
+    assert emu.stats()["requests_total"] == 0
+    assert existing.read_bytes() == b"yesterday"
