@@ -9,6 +9,10 @@ another.
 :class:`~airflow_provider_tts.triggers.tts.TtsTaskTrigger`, or polling in the worker when
 ``deferrable=False``), then streams the audio straight from the HTTP response into the destination
 through :mod:`airflow_provider_tts.storage`: constant memory, atomic, verified.
+
+These are the pieces for composing steps (a sensor between them, ids from elsewhere, mapped
+batches). One text to one file is one task: the operators of
+:mod:`airflow_provider_tts.operators.text_to_storage`, built from these two.
 """
 
 from __future__ import annotations
