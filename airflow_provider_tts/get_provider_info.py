@@ -88,8 +88,20 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "RevidAPI", "python-modules": ["airflow_provider_tts.sensors.tts"]},
         ],
         "operators": [
-            {"integration-name": "Camb.ai", "python-modules": ["airflow_provider_tts.operators.tts"]},
-            {"integration-name": "RevidAPI", "python-modules": ["airflow_provider_tts.operators.tts"]},
+            {
+                "integration-name": "Camb.ai",
+                "python-modules": [
+                    "airflow_provider_tts.operators.tts",
+                    "airflow_provider_tts.operators.text_to_storage",
+                ],
+            },
+            {
+                "integration-name": "RevidAPI",
+                "python-modules": [
+                    "airflow_provider_tts.operators.tts",
+                    "airflow_provider_tts.operators.text_to_storage",
+                ],
+            },
         ],
         "connection-types": [
             {

@@ -1,18 +1,34 @@
-"""One text, end to end: submit, wait without holding a worker slot, store the audio.
+"""One text, end to end, in one task: submit, wait without holding a worker slot, store the audio.
+
+``CambTtsToStorageOperator`` is typed for Camb.ai's ``/tts``: its arguments are exactly that
+call's documented fields (``text``, ``voice_id``, ``language``, ...) plus where to store the audio
+and how to wait. It submits (recording the request first, so a retry re-attaches instead of
+paying again), defers to the triggerer while Camb works, and streams the finished audio into the
+destination. It returns the stored file: ``uri``, ``size_bytes``, ``sha256``, ``content_type``,
+``duration_seconds``, ``tts_task_id``.
+
+A mistyped field fails when the DAG is parsed, not at run time. Writing ``voice_idd=20303`` below
+makes the DAG an import error that names it::
+
+    TypeError: Invalid arguments were passed to CambTtsToStorageOperator (task_id: speak):
+    'voice_idd' (did you mean 'voice_id'?). Its camb_ai tts fields are: text, voice_id, language, ...
+
+and a literal value the vendor would refuse (``gender=5``, ``language=0``) fails at parse time
+too; a templated one (``text`` below) is checked once rendered, before anything is paid for.
 
 Connections: ``camb_ai_default`` (Camb.ai). The destination is a DAG param; by default a folder,
-so the file is named after the vendor task id.
+so the file is named by the operator inside it.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import pendulum
 from airflow.sdk import DAG, Param
 
-from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator, TtsSubmitOperator
-from airflow_provider_tts.sensors.tts import TtsTaskSensor
+from airflow_provider_tts.operators.text_to_storage import CambTtsToStorageOperator
 
 OUTPUT = os.environ.get("TTS_EXAMPLE_OUTPUT", "file:///tmp/airflow-tts-examples/")
 
@@ -27,27 +43,12 @@ with DAG(
     },
     tags=["example", "tts"],
 ) as dag:
-    submit = TtsSubmitOperator(
-        task_id="submit",
-        tts_conn_id="camb_ai_default",
-        kind="tts",
+    CambTtsToStorageOperator(
+        task_id="speak",
         text="{{ params.text }}",
         voice_id=20303,
         language=1,
-    )
-    wait = TtsTaskSensor(
-        task_id="wait",
-        tts_conn_id="camb_ai_default",
-        tts_task_id=submit.output,
-        kind="tts",
-        deferrable=True,
-        timeout=15 * 60,
-    )
-    store = TtsAudioToStorageOperator(
-        task_id="store",
-        tts_conn_id="camb_ai_default",
-        tts_task_id=submit.output,
-        kind="tts",
         destination="{{ params.destination }}",
+        deferrable=True,
+        timeout=timedelta(minutes=15),
     )
-    wait >> store

@@ -1,7 +1,12 @@
-"""The other two kinds: Camb.ai text-to-sound, and RevidAPI SRT-to-speech from an ``.srt`` file.
+"""The other two kinds, one task each: Camb.ai text-to-sound, and RevidAPI SRT-to-speech from a file.
 
-The SRT text is read by a task and handed to the submit operator, which parses it into cues
-(a malformed file fails naming the line, before anything is sent or paid for).
+Each operator is typed for its vendor and kind (``prompt``/``duration``/``audio_type`` for
+text-to-sound; ``srt``/``mode``/... for SRT-to-speech), submits, waits in the triggerer and
+stores the audio. The SRT text is read by a task and handed over as an XComArg; the operator
+parses it into cues after rendering (a malformed file fails naming the line, before anything is
+sent or paid for).
+
+Connections: ``camb_ai_default`` and ``revid_tts_default``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ from pathlib import Path
 import pendulum
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator, TtsSubmitOperator
+from airflow_provider_tts.operators.text_to_storage import (
+    CambTextToSoundToStorageOperator,
+    RevidSrtToSpeechToStorageOperator,
+)
 
 OUTPUT = os.environ.get("TTS_EXAMPLE_OUTPUT", "file:///tmp/airflow-tts-examples/")
 SRT_FILE = Path(__file__).parent / "data" / "welcome.srt"
@@ -28,19 +36,11 @@ with DAG(
     },
     tags=["example", "tts"],
 ) as dag:
-    sound = TtsSubmitOperator(
-        task_id="submit_sound",
-        tts_conn_id="camb_ai_default",
-        kind="text-to-sound",
+    CambTextToSoundToStorageOperator(
+        task_id="sound",
         prompt="{{ params.prompt }}",
         duration=5,
         audio_type="sound",
-    )
-    TtsAudioToStorageOperator(
-        task_id="store_sound",
-        tts_conn_id="camb_ai_default",
-        kind="text-to-sound",
-        tts_task_id=sound.output,
         destination="{{ params.destination }}",
         deferrable=True,
     )
@@ -49,18 +49,10 @@ with DAG(
     def read_srt() -> str:
         return SRT_FILE.read_text(encoding="utf-8")
 
-    speech = TtsSubmitOperator(
-        task_id="submit_srt",
-        tts_conn_id="revid_tts_default",
-        kind="srt-to-speech",
+    RevidSrtToSpeechToStorageOperator(
+        task_id="srt",
         srt=read_srt(),
         mode="timeline",
-    )
-    TtsAudioToStorageOperator(
-        task_id="store_srt",
-        tts_conn_id="revid_tts_default",
-        kind="srt-to-speech",
-        tts_task_id=speech.output,
         destination="{{ params.destination }}",
         deferrable=True,
     )

@@ -20,6 +20,11 @@ TARGET = ROOT / "docs" / "reference.md"
 
 #: The public names DAG authors import, in the order a reader meets them.
 PUBLIC: tuple[str, ...] = (
+    "airflow_provider_tts.operators.text_to_storage:CambTtsToStorageOperator",
+    "airflow_provider_tts.operators.text_to_storage:CambTextToSoundToStorageOperator",
+    "airflow_provider_tts.operators.text_to_storage:RevidTtsToStorageOperator",
+    "airflow_provider_tts.operators.text_to_storage:RevidSrtToSpeechToStorageOperator",
+    "airflow_provider_tts.operators.text_to_storage:BaseTextToStorageOperator",
     "airflow_provider_tts.operators.tts:TtsSubmitOperator",
     "airflow_provider_tts.sensors.tts:TtsTaskSensor",
     "airflow_provider_tts.operators.tts:TtsAudioToStorageOperator",

@@ -9,6 +9,10 @@ another.
 :class:`~airflow_provider_tts.triggers.tts.TtsTaskTrigger`, or polling in the worker when
 ``deferrable=False``), then streams the audio straight from the HTTP response into the destination
 through :mod:`airflow_provider_tts.storage`: constant memory, atomic, verified.
+
+These are the pieces for composing steps (a sensor between them, ids from elsewhere, mapped
+batches). One text to one file is one task: the operators of
+:mod:`airflow_provider_tts.operators.text_to_storage`, built from these two.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -24,9 +27,15 @@ from airflow.sdk import Asset, AssetAlias, BaseOperator
 
 from airflow_provider_tts.compat import conf
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
-from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsSubmitUncertainError
+from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint
 from airflow_provider_tts.lineage import asset_event_extra, default_outlet
+from airflow_provider_tts.operators.submitting import (
+    SubmitOnce,
+    check_uncertain_policy,
+    create_fields,
+    from_submitted,
+)
 from airflow_provider_tts.status import KINDS
 from airflow_provider_tts.storage import (
     DEFAULT_CHUNK_BYTES,
@@ -45,13 +54,6 @@ from airflow_provider_tts.storage import (
     peek,
     store_stream,
 )
-from airflow_provider_tts.submissions import (
-    SubmitIdentity,
-    SubmitLedger,
-    SubmitRecord,
-    outcome_unknown,
-    select_ledger,
-)
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
 from airflow_provider_tts.waiting import Waiter, WaitPolicy, wait_sync, wait_timeout
 
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_tts.hooks.tts import TtsHook
     from airflow_provider_tts.status import TtsTaskStatus
+    from airflow_provider_tts.submissions import SubmitLedger
 
 
 def _templated(value: Any) -> bool:
@@ -77,9 +80,6 @@ SUBMIT_FIELDS: tuple[str, ...] = (
     "engine", "voice", "speed", "pitch", "webhook_url", "caller_id",
     "subtitles", "srt", "srt_url", "video_url", "audio_name", "mode", "add_silence", "output_format",
 )  # fmt: skip
-
-#: What ``TtsSubmitOperator`` does when an earlier create call's outcome is unknown.
-UNCERTAIN_SUBMIT_POLICIES: tuple[str, ...] = ("fail", "resubmit")
 
 
 class TtsSubmitOperator(BaseOperator):
@@ -192,11 +192,7 @@ class TtsSubmitOperator(BaseOperator):
         super().__init__(**kwargs)
         if not _templated(kind) and kind not in KINDS:
             raise TtsConfigError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
-        if on_uncertain_submit not in UNCERTAIN_SUBMIT_POLICIES:
-            raise TtsConfigError(
-                f"on_uncertain_submit must be one of {', '.join(UNCERTAIN_SUBMIT_POLICIES)}, "
-                f"got {on_uncertain_submit!r}"
-            )
+        check_uncertain_policy(on_uncertain_submit)
         for name, value in (("text", text), ("prompt", prompt), ("srt", srt)):
             if isinstance(value, str) and not value.strip():
                 raise TtsConfigError(f"{name} is empty; expected the words to synthesise")
@@ -224,131 +220,23 @@ class TtsSubmitOperator(BaseOperator):
 
     def create_fields(self) -> dict[str, Any]:
         """The vendor create body's fields from the (rendered) arguments; SRT text becomes cues."""
-        from airflow_provider_tts.srt import parse_srt
+        return create_fields({name: getattr(self, name) for name in SUBMIT_FIELDS})
 
-        fields = {name: getattr(self, name) for name in SUBMIT_FIELDS if getattr(self, name) is not None}
-        if "caller_id" in fields:
-            fields["id"] = fields.pop("caller_id")
-        if "srt" in fields:
-            if "subtitles" in fields:
-                raise TtsConfigError("give either srt (SRT text) or subtitles (a cue list), not both")
-            fields["subtitles"] = parse_srt(fields.pop("srt"))
-        return fields
-
-    def _ledger(self, context: Context) -> SubmitLedger | None:
-        if not self.durable:
-            return None
-        return select_ledger(context, SubmitIdentity.from_context(context))
+    @cached_property
+    def submitter(self) -> SubmitOnce:
+        """The submit procedure this operator shares with the one-task operators."""
+        return SubmitOnce(
+            self.hook,
+            kind=self.kind,
+            policy=self.wait_policy,
+            durable=self.durable,
+            on_uncertain_submit=self.on_uncertain_submit,
+            log=self.log,
+        )
 
     def execute(self, context: Context) -> str:
-        vendor = self.hook.vendor
-        kind = vendor.check_kind(self.kind)
-        fields = self.create_fields()
-        reference_field = vendor.client_reference_field
-        identity = SubmitIdentity.from_context(context)
-        if reference_field is not None and identity is not None and fields.get(reference_field) is None:
-            fields[reference_field] = identity.client_reference()
-        # Validate everything the vendor would check before anything is recorded or sent.
-        body = vendor.submit_request(kind, fields).json
-        intent = SubmitRecord(
-            fingerprint=request_fingerprint(vendor.api, kind, body or {}),
-            requested_at=time.time(),
-            client_reference=fields.get(reference_field) if reference_field is not None else None,
-        )
-        ledger = self._ledger(context)
-        if ledger is None and self.durable:
-            self.log.warning(
-                "No durable record is possible here (no task_state_store and no task instance in the context): "
-                "a retry of this task cannot know what this try submitted"
-            )
-        earlier = ledger.load() if ledger is not None else None
-        tts_task_id = self._reattach(earlier, intent, ledger) if earlier is not None else None
-        if tts_task_id is None:
-            tts_task_id = self._submit(kind, fields, intent, ledger)
+        tts_task_id, ledger = self.submitter.submit(context, self.create_fields())
         return self._wait_for(context, tts_task_id, ledger)
-
-    def _reattach(self, earlier: SubmitRecord, intent: SubmitRecord, ledger: SubmitLedger | None) -> str | None:
-        """The task an earlier try created, if this try may use it; None to submit afresh."""
-        if earlier.fingerprint != intent.fingerprint:
-            self.log.warning(
-                "An earlier try submitted %s for a different request; the request changed since, so it is "
-                "submitted afresh",
-                repr(earlier.tts_task_id) if earlier.tts_task_id else "a create whose outcome is unknown",
-            )
-            return None
-        if earlier.tts_task_id is None:
-            message = self._uncertain_message(earlier, ledger, cause=None)
-            if self.on_uncertain_submit == "fail":
-                raise TtsSubmitUncertainError(message)
-            self.log.warning("%s Resubmitting, as on_uncertain_submit='resubmit' asks.", message)
-            return None
-        status = self.hook.get_task_status(earlier.tts_task_id, self.kind)
-        self.log.info(
-            "Task %s from an earlier try (recorded in %s) is %s (%s)",
-            earlier.tts_task_id,
-            ledger.where if ledger is not None else "no ledger",
-            status.state,
-            status.vendor_status,
-        )
-        # The same rule as every wait: "not found" shortly after the create means "not visible yet".
-        age = time.time() - (earlier.submitted_at or earlier.requested_at)
-        if self.wait_policy.verdict(status, age) == "failed":
-            self.log.warning("Task %s failed; submitting the request afresh", earlier.tts_task_id)
-            return None
-        self.log.info("Re-attaching to task %s instead of submitting again", earlier.tts_task_id)
-        return earlier.tts_task_id
-
-    def _submit(self, kind: str, fields: dict[str, Any], intent: SubmitRecord, ledger: SubmitLedger | None) -> str:
-        """Record the intent, send the create call, record the id; an unknown outcome stops here."""
-        if ledger is not None:
-            ledger.save(intent)  # before the call: a worker killed during it leaves this behind
-        try:
-            submission = self.hook.submit_task(kind, fields)
-        except Exception as exc:
-            if not outcome_unknown(exc):
-                self._forget(ledger)  # nothing was created: a retry may submit
-                raise
-            if self.on_uncertain_submit == "resubmit":
-                raise
-            raise TtsSubmitUncertainError(self._uncertain_message(intent, ledger, cause=exc)) from exc
-        if ledger is not None:
-            try:
-                ledger.save(intent.submitted(submission.tts_task_id))
-            except Exception as exc:
-                raise TtsSubmitUncertainError(
-                    f"{self.hook.api} created task {submission.tts_task_id!r}, but recording it in {ledger.where} "
-                    f"failed ({type(exc).__name__}: {exc}); not continuing, so that no retry submits it again. "
-                    f"Wait for that task with TtsTaskSensor(tts_task_id={submission.tts_task_id!r}), or set "
-                    "on_uncertain_submit='resubmit' and clear this task to pay for a new one."
-                ) from exc
-        return submission.tts_task_id
-
-    def _forget(self, ledger: SubmitLedger | None) -> None:
-        if ledger is None:
-            return
-        try:
-            ledger.discard()
-        except Exception as exc:  # the create's own error is the one to report
-            self.log.warning("Could not remove the intent from %s (%s: %s)", ledger.where, type(exc).__name__, exc)
-
-    def _uncertain_message(self, intent: SubmitRecord, ledger: SubmitLedger | None, cause: BaseException | None) -> str:
-        """What happened, what it may have cost, and what the user can do about it."""
-        when = datetime.fromtimestamp(intent.requested_at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        call = f"the {self.hook.api} {self.kind} create call sent at {when}"
-        if cause is None:
-            head = f"An earlier try of this task never recorded the answer to {call} (the worker stopped mid-call)"
-        else:
-            detail = str(cause) if isinstance(cause, TtsError) else f"{type(cause).__name__}: {cause}"
-            head = f"The answer to {call} was lost after the request was sent ({detail})"
-        reference = f" whose reference id is {intent.client_reference!r}" if intent.client_reference else ""
-        record = f" The record is in {ledger.where}." if ledger is not None else ""
-        return (
-            f"{head}. The vendor may have created, and billed, a task whose id Airflow never received, so it is not "
-            f"sent again (that could pay twice). Look in the {self.hook.api} dashboard for a task created around "
-            f"that time{reference}: if there is one, wait for it with TtsTaskSensor(tts_task_id=<its id>); if "
-            "there is none, or paying twice is acceptable, set on_uncertain_submit='resubmit' and clear this task."
-            f"{record}"
-        )
 
     def _wait_for(self, context: Context, tts_task_id: str, ledger: SubmitLedger | None) -> str:
         if not self.wait:
@@ -382,13 +270,12 @@ class TtsSubmitOperator(BaseOperator):
         return tts_task_id
 
     def _finished(self, ledger: SubmitLedger | None) -> None:
-        if ledger is not None:
-            ledger.finished()
+        self.submitter.finished(ledger)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None, tts_task_id: str = "") -> str:
         """Resume after waiting in the triggerer: a failed task raises like the sensor would."""
         result = status_from_event(event, tts_task_id).tts_task_id
-        self._finished(self._ledger(context))
+        self._finished(self.submitter.ledger(context))
         return result
 
 
@@ -474,6 +361,10 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
         names a folder: the file is ``<tts_task_id><extension from the content type>`` inside it.
     :param tts_conn_id: a ``camb_ai`` or ``revid_tts`` connection (templated).
     :param kind: ``tts``, ``text-to-sound`` (Camb.ai) or ``srt-to-speech`` (RevidAPI).
+    :param submitted: instead of ``tts_task_id``, the upstream ``TtsSubmitOperator``: its output is
+        the task id, and its connection id and kind are used, so they need not be repeated (read when
+        the DAG is parsed). Without it, ``tts_conn_id`` defaults to ``camb_ai_default`` and ``kind``
+        to ``tts``.
     :param dest_conn_id: the storage connection (e.g. an ``aws`` connection for ``s3://``).
     :param overwrite: when the destination exists: ``skip_if_identical`` (default; the same size and
         sha256 as the new audio means no second write, so a retried pipeline neither rewrites nor
@@ -513,10 +404,11 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
     def __init__(
         self,
         *,
-        tts_task_id: str | XComArg,
+        tts_task_id: str | XComArg | None = None,
         destination: str | ObjectStoragePath,
-        tts_conn_id: str = DEFAULT_CONN_IDS["camb_ai"],
-        kind: str = "tts",
+        tts_conn_id: str | None = None,
+        kind: str | None = None,
+        submitted: TtsSubmitOperator | None = None,
         dest_conn_id: str | None = None,
         overwrite: OverwritePolicy = "skip_if_identical",
         max_bytes: int = DEFAULT_MAX_BYTES,
@@ -531,6 +423,9 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
     ) -> None:
         if overwrite not in OVERWRITE_POLICIES:
             raise TtsConfigError(f"overwrite must be one of {', '.join(OVERWRITE_POLICIES)}, got {overwrite!r}")
+        tts_task_id, tts_conn_id, kind = from_submitted(
+            type(self).__name__, submitted, tts_task_id=tts_task_id, tts_conn_id=tts_conn_id, kind=kind
+        )
         if not _templated(kind) and kind not in KINDS:
             raise TtsConfigError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
         if not isinstance(max_bytes, int) or max_bytes <= 0:
@@ -603,6 +498,10 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
         if not isinstance(self.tts_task_id, str) or not self.tts_task_id.strip():
             raise TtsConfigError(f"tts_task_id rendered to {self.tts_task_id!r}; expected a vendor task id")
         self._checked_destination()  # a bad destination fails before any request
+        return self._wait_and_store(context)
+
+    def _wait_and_store(self, context: Context) -> dict[str, Any]:
+        """Wait for ``self.tts_task_id`` (deferring when ``deferrable``), then store its audio."""
         started_at = time.time()
         waiter = Waiter(
             self.policy,
@@ -629,12 +528,23 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
                         retry=self.retry,
                     ),
                     method_name="execute_complete",
+                    # The id travels with the deferral: an operator that submitted it in execute()
+                    # resumes as a fresh instance that never saw it.
+                    kwargs={"tts_task_id": self.tts_task_id},
                 )
             event = wait_sync(self.hook, waiter)
         return self._store(context, status_from_event(event, self.tts_task_id))
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Resume after the trigger fired: validate the event, then download."""
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None, tts_task_id: str | None = None
+    ) -> dict[str, Any]:
+        """Resume after the trigger fired: validate the event, then download.
+
+        ``tts_task_id`` is the id ``execute`` deferred with (None from a deferral made before it was
+        passed along): the event must be about that task.
+        """
+        if tts_task_id is not None:
+            self.tts_task_id = tts_task_id
         return self._store(context, status_from_event(event, self.tts_task_id))
 
     def _checked_destination(self, *, reuse: bool = False) -> tuple[ObjectStoragePath, bool]:
@@ -843,7 +753,6 @@ class CambTtsStreamToStorageOperator(_StoredAudioOutput, BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_tts import cache
-        from airflow_provider_tts.fingerprint import request_fingerprint
         from airflow_provider_tts.vendors.camb import STREAM_FORMATS
 
         body = self.stream_body()

@@ -21,8 +21,8 @@ import airflow.sdk.exceptions as sdk_exceptions
 from airflow.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_tts.compat import AirflowSensorTimeout, AirflowSkipException, conf
-from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError, TtsWaitTimeoutError
+from airflow_provider_tts.operators.submitting import from_submitted
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
 from airflow_provider_tts.waiting import Waiter, WaitPolicy, poll_once, seconds
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, XComArg
 
     from airflow_provider_tts.hooks.tts import TtsHook
+    from airflow_provider_tts.operators.tts import TtsSubmitOperator
 
 #: Airflow's guidance for reschedule mode: each reschedule costs a scheduler round trip and a new
 #: task process, so poll no more often than once a minute. The default interval in reschedule mode.
@@ -53,6 +54,10 @@ class TtsTaskSensor(BaseSensorOperator):
     :param tts_task_id: the vendor's task id (templated; an XComArg works).
     :param tts_conn_id: a ``camb_ai`` or ``revid_tts`` connection (templated).
     :param kind: ``tts``, ``text-to-sound`` (Camb.ai) or ``srt-to-speech`` (RevidAPI).
+    :param submitted: instead of ``tts_task_id``, the upstream ``TtsSubmitOperator``: its output is
+        the task id, and its connection id and kind are used, so they need not be repeated (read when
+        the DAG is parsed). Without it, ``tts_conn_id`` defaults to ``camb_ai_default`` and ``kind``
+        to ``tts``.
     :param deferrable: wait in the triggerer instead of a worker slot; defaults to
         ``[operators] default_deferrable``.
     :param poke_interval: seconds (or a ``timedelta``) between polls at first: Airflow's name for
@@ -84,9 +89,10 @@ class TtsTaskSensor(BaseSensorOperator):
     def __init__(
         self,
         *,
-        tts_task_id: str | XComArg,
-        tts_conn_id: str = DEFAULT_CONN_IDS["camb_ai"],
-        kind: str = "tts",
+        tts_task_id: str | XComArg | None = None,
+        tts_conn_id: str | None = None,
+        kind: str | None = None,
+        submitted: TtsSubmitOperator | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poke_interval: float | timedelta | None = None,
         poll_interval: float | timedelta | None = None,
@@ -94,6 +100,9 @@ class TtsTaskSensor(BaseSensorOperator):
         retry: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        tts_task_id, tts_conn_id, kind = from_submitted(
+            type(self).__name__, submitted, tts_task_id=tts_task_id, tts_conn_id=tts_conn_id, kind=kind
+        )
         policy_fields = WaitPolicy.pop_fields(kwargs)
         interval = _one_interval(poke_interval, poll_interval)
         super().__init__(poke_interval=interval if interval is not None else WaitPolicy.poll_interval, **kwargs)

@@ -14,7 +14,7 @@ import re
 import reprlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
@@ -210,18 +210,27 @@ _SHORT_REPR.maxlist = _SHORT_REPR.maxdict = 4
 _SHORT_REPR.maxlevel = 2
 
 
-def validate_fields(model: type[BaseModel], fields: Mapping[str, Any], what: str) -> dict[str, Any]:
+def validate_fields(
+    model: type[BaseModel], fields: Mapping[str, Any], what: str, *, pending: Collection[str] = ()
+) -> dict[str, Any]:
     """Validate create-call fields against a vendor's documented request model, before anything is sent.
 
     The error names every missing required field first (with the field's documented meaning, when
     the model has one), then each invalid value, shortened but never cut mid-quote.
+
+    ``pending`` names fields whose values are not known yet (a Jinja template or an XComArg when a
+    DAG is parsed): they are left out, and so are the errors only their absence can explain (that
+    field missing, or a rule across fields), so the literal fields are still checked at parse time.
     """
+    given = {name: value for name, value in fields.items() if name not in pending}
     try:
-        return model.model_validate(dict(fields)).model_dump(exclude_none=True)
+        return model.model_validate(given).model_dump(exclude_none=True)
     except ValidationError as exc:
         missing: list[str] = []
         problems: list[str] = []
         for err in exc.errors():
+            if pending and (not err["loc"] or err["loc"][0] in pending):
+                continue  # decided once the pending values are known
             where = ".".join(str(p) for p in err["loc"]) or "(fields)"
             if err["type"] == "missing":
                 info = model.model_fields.get(str(err["loc"][0])) if len(err["loc"]) == 1 else None
@@ -230,6 +239,8 @@ def validate_fields(model: type[BaseModel], fields: Mapping[str, Any], what: str
                 problems.append(f"{where}: {err['msg']} (got {_SHORT_REPR.repr(err.get('input'))})")
         if missing:
             problems.insert(0, f"missing required field{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+        if not problems:
+            return {}  # every error waits for a pending value
         raise TtsInvalidRequestError(f"{what}: {'; '.join(problems)}") from None
 
 
@@ -250,6 +261,8 @@ class Vendor(ABC):
     #: (RevidAPI's ``id``), so a duplicate created by an uncertain submit can be found; None when
     #: the API has no such field (Camb.ai).
     client_reference_field: ClassVar[str | None] = None
+    #: The documented create body of each kind, as a pydantic model that forbids unknown keys.
+    create_models: ClassVar[Mapping[Kind, type[BaseModel]]]
 
     def __init__(self, settings: ConnectionSettings) -> None:
         self.settings = settings
@@ -287,6 +300,16 @@ class Vendor(ABC):
             f"asked for a {kind} task at GET {self.status_request(kind, tts_task_id).url}; check that "
             f"kind={kind!r} is the kind the task was submitted as"
         )
+
+    @classmethod
+    def validate_create(cls, kind: Kind, fields: Mapping[str, Any], *, pending: Collection[str] = ()) -> dict[str, Any]:
+        """The create body of ``kind``, validated against the documented model; needs no connection.
+
+        A class method so an operator typed for one vendor and kind can check its literal fields
+        when the DAG is parsed (``pending``: see :func:`validate_fields`), long before any connection
+        is looked up, with exactly the rule the create call applies later.
+        """
+        return validate_fields(cls.create_models[kind], fields, f"{cls.api} {kind} submit", pending=pending)
 
     @abstractmethod
     def submit_request(self, kind: Kind, fields: Mapping[str, Any]) -> ApiRequest:

@@ -69,7 +69,7 @@ class _CambTextToSoundFields(BaseModel):
     folder_id: int | None = None
 
 
-_FIELDS: dict[str, type[BaseModel]] = {"tts": _CambTtsFields, "text-to-sound": _CambTextToSoundFields}
+_FIELDS: dict[Kind, type[BaseModel]] = {"tts": _CambTtsFields, "text-to-sound": _CambTextToSoundFields}
 
 # ------------------------------------------------------------------------------------ /tts-stream
 
@@ -192,6 +192,7 @@ class CambAi(Vendor):
     api = "camb_ai"
     kinds: ClassVar[tuple[Kind, ...]] = ("tts", "text-to-sound")
     default_api_base_url = "https://client.camb.ai/apis"
+    create_models = _FIELDS
 
     def status_request(self, kind: Kind, tts_task_id: str) -> ApiRequest:
         path = _PATHS[kind][0]
@@ -278,7 +279,7 @@ class CambAi(Vendor):
 
     def submit_request(self, kind: Kind, fields: Mapping[str, Any]) -> ApiRequest:
         what = f"camb_ai {kind} submit"
-        body = validate_fields(_FIELDS[kind], fields, what)
+        body = self.validate_create(kind, fields)
         return ApiRequest(
             "POST", f"{self.settings.api_base_url}/{_PATHS[kind][0]}", what=what, json=body, idempotent=False
         )

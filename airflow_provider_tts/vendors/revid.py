@@ -27,7 +27,6 @@ from airflow_provider_tts.vendors.base import (
     json_body,
     path_segment,
     unwrap_single,
-    validate_fields,
     validate_task_id,
     warn_unknown_status,
 )
@@ -95,7 +94,7 @@ class _RevidSrtFields(BaseModel):
         return self
 
 
-_FIELDS: dict[str, type[BaseModel]] = {"tts": _RevidTtsFields, "srt-to-speech": _RevidSrtFields}
+_FIELDS: dict[Kind, type[BaseModel]] = {"tts": _RevidTtsFields, "srt-to-speech": _RevidSrtFields}
 
 
 def _duration(result: Mapping[str, Any]) -> float | None:
@@ -116,6 +115,7 @@ class RevidTts(Vendor):
     api = "revid_tts"
     kinds: ClassVar[tuple[Kind, ...]] = ("tts", "srt-to-speech")
     default_api_base_url = "https://api.revidapi.com/paid"
+    create_models = _FIELDS
     client_reference_field = "id"
     default_status_base_url = "https://tts.revidapi.com/api"
 
@@ -201,7 +201,7 @@ class RevidTts(Vendor):
 
     def submit_request(self, kind: Kind, fields: Mapping[str, Any]) -> ApiRequest:
         what = f"revid_tts {kind} submit"
-        body = validate_fields(_FIELDS[kind], fields, what)
+        body = self.validate_create(kind, fields)
         return ApiRequest(
             "POST", f"{self.settings.api_base_url}/{_CREATE_PATHS[kind]}", what=what, json=body, idempotent=False
         )

@@ -77,7 +77,7 @@ def _run(airflow: LocalAirflow, dag_id: str, conf: dict[str, Any] | None = None,
 
 def test_single(airflow: LocalAirflow, output: Path) -> None:
     run_id = _run(airflow, "example_tts_single", {"text": "One small text."})
-    stored = airflow.xcom("example_tts_single", run_id, "store")
+    stored = airflow.xcom("example_tts_single", run_id, "speak")
     path = output / "single" / Path(stored["uri"]).name
     assert stored["uri"] == path.as_uri().replace("file:///", "file:///", 1)
     assert _sha256(path) == stored["sha256"]
@@ -111,15 +111,17 @@ def test_existing_dag(airflow: LocalAirflow, emulator: Emulator, output: Path) -
 
 def test_sound_and_srt(airflow: LocalAirflow, emulator: Emulator, output: Path) -> None:
     run_id = _run(airflow, "example_tts_sound_and_srt")
-    srt_task = airflow.xcom("example_tts_sound_and_srt", run_id, "submit_srt")
+    srt_task = airflow.xcom("example_tts_sound_and_srt", run_id, "srt")["tts_task_id"]
     body = emulator.task_info(srt_task)["body"]
     assert [cue["index"] for cue in body["subtitles"]] == [1, 2, 3]
     files = sorted(p.suffix for p in (output / "sound-and-srt").iterdir())
     assert files == [".wav", ".wav"]
 
 
-def test_scheduled_retries_heal_without_a_second_submit(airflow: LocalAirflow, emulator: Emulator) -> None:
-    """The first try's wait runs into a vendor outage and fails; the retry re-attaches to the same task."""
+def test_scheduled_retries_heal_without_a_second_submit(
+    airflow: LocalAirflow, emulator: Emulator, output: Path
+) -> None:
+    """The first try's wait runs into a vendor outage and fails; the retry re-attaches to the same task and stores."""
     dag_id = "example_tts_scheduled_retries"
     before = emulator.stats()["creates"].get("camb_ai", {}).get("tts", 0)
     emulator.script_next("camb_ai", "tts", delay=40)
@@ -135,12 +137,14 @@ def test_scheduled_retries_heal_without_a_second_submit(airflow: LocalAirflow, e
     assert runs[0]["run_type"] == "scheduled"
     run = airflow.wait_for_run(dag_id, runs[0]["dag_run_id"], timeout=300)
     assert run["state"] == "success", airflow.describe_run(dag_id, runs[0]["dag_run_id"])
-    (submit,) = [t for t in airflow.task_instances(dag_id, runs[0]["dag_run_id"]) if t["task_id"] == "submit_and_wait"]
-    assert submit["try_number"] == 2
+    (task,) = [t for t in airflow.task_instances(dag_id, runs[0]["dag_run_id"]) if t["task_id"] == "daily_briefing"]
+    assert task["try_number"] == 2
     assert emulator.stats()["creates"]["camb_ai"]["tts"] - before == 1
-    log = airflow.task_log(dag_id, runs[0]["dag_run_id"], "submit_and_wait", try_number=2)
+    log = airflow.task_log(dag_id, runs[0]["dag_run_id"], "daily_briefing", try_number=2)
     assert "earlier try" in log
     assert TEST_KEY not in log
+    stored = airflow.xcom(dag_id, runs[0]["dag_run_id"], "daily_briefing")
+    assert _sha256(output / "daily" / Path(stored["uri"]).name) == stored["sha256"]
 
 
 def test_secrets_audit(airflow: LocalAirflow, emulator: Emulator) -> None:
