@@ -203,7 +203,10 @@ def main() -> None:
     )
     print(body)
     if not args.no_write:
-        cmd = f".venv/bin/python benchmarks/distributed_sensors.py --sensors {args.sensors}"
+        cmd = (
+            f".venv/bin/python benchmarks/distributed_sensors.py --sensors {args.sensors} "
+            f"--pending {args.pending:g} --interval {args.interval:g}"
+        )
         write_section("distributed", "Deferred vs reschedule sensors on the distributed engine", cmd, body)
 
 
