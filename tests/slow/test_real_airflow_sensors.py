@@ -1,10 +1,12 @@
 """Deferrable waits on a real Airflow 3.3: no worker slot held, and a SIGKILLed triggerer loses nothing.
 
-One executor slot (``[core] parallelism = 1``), 20 deferrable sensors on emulator tasks that take
-30 s each. If waiting held the slot, the sensors would run one after another: at least 20 x 30 s.
-They finish in a fraction of that, which is only possible when deferred waits hold no slot. Midway,
-the triggerer is SIGKILLed and a new one started: every wait still completes, and a sensor with a
-45 s timeout still times out 45 s after it started, not 45 s after the restart.
+One executor slot (``[core] parallelism = 1``), 20 deferrable sensors on emulator tasks held
+pending until the test lets them finish. All 20 are deferred at the same time, which is only
+possible when a deferred wait holds no slot. Midway, the triggerer is SIGKILLed and a new one
+started: every wait still completes, and a sensor with a 45 s timeout still times out 45 s after it
+started, not 45 s after the restart. On the same deployment, marking a deferred wait failed makes
+Airflow 3.3's triggerer call ``on_kill()``: the trigger stops polling and says, once, that the
+vendor task keeps running and may be billed (neither vendor has a cancel endpoint).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_tts.compat import HAS_TRIGGER_ON_KILL
 from airflow_provider_tts.emulator import Emulator, EmulatorConfig
 from tests.conftest import TEST_KEY
 from tools.local_airflow import LocalAirflow
@@ -52,6 +55,10 @@ with DAG("tts_many_waits", schedule=None, start_date=pendulum.datetime(2026, 1, 
     TtsTaskSensor.partial(task_id="wait", deferrable=True, timeout=600).expand_kwargs(
         unpack.expand(item=task_ids())
     )
+
+with DAG("tts_on_kill", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False):
+    TtsTaskSensor(task_id="wait", tts_conn_id="camb_real", tts_task_id="{{ params.task }}", deferrable=True,
+                  poll_interval=1, timeout=600, retries=0, params={"task": ""})
 
 with DAG("tts_wait_timeout", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False):
     TtsTaskSensor(task_id="wait", tts_conn_id="camb_real", tts_task_id="{{ params.task }}", deferrable=True,
@@ -169,3 +176,43 @@ def test_deferred_waits_hold_no_slot_and_survive_a_triggerer_kill(airflow: Local
     log = airflow.task_log("tts_wait_timeout", timeout_run, "wait")
     assert "AirflowSensorTimeout" in log or "timed out" in log.lower() or "still" in log
     assert TEST_KEY not in log
+
+
+BILLED = "keeps running and may be billed"
+
+
+@pytest.mark.skipif(not HAS_TRIGGER_ON_KILL, reason="Airflow before 3.3 never calls a trigger's on_kill()")
+def test_marking_a_deferred_wait_failed_stops_polling_and_warns_once(airflow: LocalAirflow, emulator: Emulator) -> None:
+    airflow.wait_for_dag("tts_on_kill")
+    task_id = emulator.create_task("camb_ai", "tts", delay=float("inf"))
+    run_id = airflow.trigger("tts_on_kill", conf={"task": task_id})
+    deadline = time.monotonic() + 300
+    while [ti["state"] for ti in airflow.task_instances("tts_on_kill", run_id)] != ["deferred"]:
+        assert time.monotonic() < deadline, airflow.describe_run("tts_on_kill", run_id)
+        time.sleep(1)
+    while emulator.stats()["polls_by_task"].get(task_id, 0) < 3:  # the trigger is polling
+        assert time.monotonic() < deadline, airflow.component_log("triggerer")[-3000:]
+        time.sleep(0.5)
+    _log("marking the deferred task failed")
+    airflow.request(
+        "PATCH",
+        f"/dags/tts_on_kill/dagRuns/{run_id}/taskInstances/wait",
+        json_body={"new_state": "failed"},
+    )
+
+    def sources() -> tuple[str, str]:
+        # Trigger log lines go to the task's log; the triggerer's own output may carry them too.
+        return airflow.component_log("triggerer"), airflow.task_log("tts_on_kill", run_id, "wait")
+
+    while not any(BILLED in text for text in sources()):
+        assert time.monotonic() < deadline, "\n".join(sources())[-4000:]
+        time.sleep(2)
+    polls = emulator.stats()["polls_by_task"][task_id]
+    time.sleep(5)  # five poll intervals: no poll may follow
+    assert emulator.stats()["polls_by_task"][task_id] == polls
+    texts = sources()
+    # Once per source (the line may be in the triggerer's output and in the task log).
+    per_source = [sum(BILLED in line and task_id in line for line in text.splitlines()) for text in texts]
+    _log(f"on_kill: warning lines per source {per_source}; {polls} polls in all, none after the kill")
+    assert max(per_source) == 1, per_source
+    assert all(TEST_KEY not in text for text in texts)
