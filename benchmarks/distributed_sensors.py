@@ -47,6 +47,9 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 
 from airflow_provider_tts.sensors.tts import TtsTaskSensor
+from airflow_provider_tts.waiting import WaitPolicy
+
+INTERVAL = __INTERVAL__
 
 for mode in ("deferred", "reschedule"):
     with DAG(
@@ -68,8 +71,8 @@ for mode in ("deferred", "reschedule"):
             kind="tts",
             deferrable=mode == "deferred",
             mode="reschedule" if mode == "reschedule" else "poke",
-            poke_interval=INTERVAL,
-            slow_poll_interval=INTERVAL,
+            # By name (slow_poll_interval=...) the policy's fields do not pass partial()'s check.
+            wait_policy=WaitPolicy(poll_interval=INTERVAL, slow_poll_interval=INTERVAL),
             timeout=3600,
         ).expand(tts_task_id=ids())
 '''
@@ -172,7 +175,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
     dags = work / "dags"
     dags.mkdir()
-    (dags / "bench_sensors.py").write_text(f"INTERVAL = {args.interval!r}\n" + DAG_FILE)
+    (dags / "bench_sensors.py").write_text(DAG_FILE.replace("__INTERVAL__", repr(args.interval)))
     results = []
     with Emulator(api_key=KEY, config=EmulatorConfig(default_delay=args.pending)) as emu:
         conn = {"conn_type": "revid_tts", "host": emu.revid_base_url, "password": KEY,
