@@ -5,7 +5,12 @@ its task is done). ``max_active_tis_per_dagrun`` bounds how many submits run at 
 batch does not flood the vendor. The downloads get a much larger bound: on Airflow 3.3 a deferred
 task instance counts toward ``max_active_tis_per_dagrun``, and a wait in the triggerer costs no
 worker slot, so a bound of 8 would serialise the batch behind the vendor's processing time.
-The last task writes ``manifest.json`` next to the audio: uri, size, sha256 and duration per text.
+Each file is named after its item, ``<number>-<first words of the text>.<extension>`` (``07-the-
+mountain-wakes-up-slowly.wav``): the store task takes its ``file_name`` beside its vendor task id,
+zipped from the submits' output and the names. A re-run of the batch writes the same names, so an
+unchanged text's file is not written again (``overwrite="skip_if_identical"``) and nothing piles up.
+The last task writes ``manifest.json`` next to the audio: file, uri, size, sha256 and duration per
+text, in the order of the texts.
 
 The mapped store task declares one asset, ``tts-audio/example_tts_batch/store`` (the destination
 is only known at run time, so the asset is named after the DAG and task; a literal destination
@@ -23,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -36,6 +42,27 @@ SUBJECTS = ["The river", "A small bird", "The night train", "Our team", "The old
             "The mountain", "Every morning", "The harbour", "A warm kitchen"]  # fmt: skip
 ENDINGS = ["wakes up slowly.", "carries a story.", "sounds like rain.", "waits for spring.", "hums a tune."]
 TEXTS = [f"{i + 1}. {s} {e}" for i, (s, e) in enumerate((s, e) for e in ENDINGS for s in SUBJECTS)][:50]
+#: Words of a text that make it into its file name (a slug, not the whole sentence).
+SLUG_CHARS = 40
+
+
+def file_names(texts: list[str]) -> list[str]:
+    """``<number>-<slug of the text>`` per text, numbered from 1 and zero-padded so a listing sorts in order."""
+    width = max(2, len(str(len(texts))))
+    names = []
+    for number, text in enumerate(texts, start=1):
+        words = re.sub(r"^\d+[.)]?\s*", "", text.lower())  # the texts' own numbering would repeat the number
+        slug = re.sub(r"[^a-z0-9]+", "-", words).strip("-")[:SLUG_CHARS].rstrip("-") or "text"
+        names.append(f"{number:0{width}d}-{slug}")
+    return names
+
+
+def store_kwargs(pair: tuple[str, str]) -> dict[str, str]:
+    """One mapped store's arguments from (vendor task id, file name)."""
+    tts_task_id, file_name = pair
+    return {"tts_task_id": tts_task_id, "file_name": file_name}
+
+
 #: The asset the store task declares by default (see TtsAudioToStorageOperator, "Assets").
 BATCH_AUDIO = Asset(name="tts-audio/example_tts_batch/store")
 
@@ -58,6 +85,7 @@ with DAG(
         return list((params or {})["texts"])
 
     batch = texts()
+    names = task(task_id="file_names")(file_names)(batch)  # type: ignore[arg-type]
     submit = TtsSubmitOperator.partial(
         task_id="submit",
         tts_conn_id="revid_tts_default",
@@ -78,13 +106,16 @@ with DAG(
         max_active_tis_per_dagrun=64,
         retries=2,
         retry_delay=timedelta(seconds=10),
-    ).expand(tts_task_id=submit.output)
+    ).expand_kwargs(submit.output.zip(names).map(store_kwargs))
 
     @task
     def write_manifest(texts: list[str], stored: list[dict[str, Any]], params: dict[str, Any] | None = None) -> str:
         """One row per text, in order; written next to the audio so the folder describes itself."""
         params = params or {}
-        rows = [{"text": text, **result} for text, result in zip(texts, stored, strict=True)]
+        rows = [
+            {"file": result["uri"].rsplit("/", 1)[-1], "text": text, **result}
+            for text, result in zip(texts, stored, strict=True)
+        ]
         folder = ObjectStoragePath(params["destination"], conn_id=params.get("dest_conn_id") or None)
         manifest = folder / "manifest.json"
         manifest.write_text(json.dumps({"count": len(rows), "items": rows}, indent=2))

@@ -56,7 +56,9 @@ from typing import IO, Any
 
 import requests
 
-from tools.local_airflow import LocalAirflow, LocalAirflowError, _cache_dir, _free_port, _parse_time
+from tools.airflow_processes import _cache_dir, _free_port
+from tools.airflow_rest import _parse_time
+from tools.local_airflow import LocalAirflow, LocalAirflowError
 
 __all__ = ["CELERY_EXECUTOR", "DistributedAirflow", "component_hostname", "find_postgres_bin"]
 
@@ -234,7 +236,7 @@ class DistributedAirflow(LocalAirflow):
     def _prepare_db(self, deadline: float) -> None:
         """Start both servers with a migrated metadata DB.
 
-        ``initdb`` plus ``airflow db migrate`` cost ~40 s on 2 cores; the first deployment therefore keeps a
+        ``initdb`` plus ``airflow db migrate`` are the slowest part of a start; the first deployment keeps a
         copy of its freshly migrated, cleanly shut down data directory in the per-user cache (keyed by the
         Airflow distributions, the PostgreSQL version and the caller's ``AIRFLOW__*`` overrides; it holds no
         secret) and later ones start from a copy of it.

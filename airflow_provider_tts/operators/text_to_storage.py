@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 #: The storage operator's templated arguments that stay templated here (not ``tts_task_id`` and
 #: ``kind``: this operator submits its own task, of the kind its class names).
-_STORAGE_TEMPLATE_FIELDS: tuple[str, ...] = ("destination", "tts_conn_id", "dest_conn_id")
+_STORAGE_TEMPLATE_FIELDS: tuple[str, ...] = ("destination", "file_name", "tts_conn_id", "dest_conn_id")
 
 
 class BaseTextToStorageOperator(TtsAudioToStorageOperator):
@@ -185,7 +185,7 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
-        self._checked_destination()  # a bad destination fails before anything is paid for
+        self._check_before_paying()  # a bad destination or file name fails before anything is paid for
         self.tts_task_id, ledger = self.submitter.submit(context, self.create_fields())
         stored = self._wait_and_store(context)
         self.submitter.finished(ledger)

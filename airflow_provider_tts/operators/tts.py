@@ -30,6 +30,7 @@ from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint
 from airflow_provider_tts.lineage import asset_event_extra, default_outlet
+from airflow_provider_tts.naming import check_file_name, default_stem, with_extension, with_format_extension
 from airflow_provider_tts.operators.submitting import (
     SubmitOnce,
     check_uncertain_policy,
@@ -49,7 +50,6 @@ from airflow_provider_tts.storage import (
     check_extension,
     check_writable,
     destination_path,
-    extension_for,
     is_folder,
     peek,
     store_stream,
@@ -285,19 +285,37 @@ def plain_uri(path: ObjectStoragePath) -> str:
 
 
 class _StoredAudioOutput:
-    """What every operator that stores audio shares: its temporary's name, and the one output it reports.
+    """What every operator that stores audio shares: the file's name, its temporary's, and the one output it reports.
 
     Shared by :class:`TtsAudioToStorageOperator` and :class:`CambTtsStreamToStorageOperator`, so
-    both emit the same asset event, hook lineage and OpenLineage facets for the object they wrote.
+    both name files in a folder the same way (:mod:`airflow_provider_tts.naming`) and emit the same
+    asset event, hook lineage and OpenLineage facets for the object they wrote.
     """
 
     if TYPE_CHECKING:
         kind: str
         outlets: list[Any]
         stored_audio: dict[str, Any] | None
+        destination: Any
+        file_name: str | None
 
         @property
         def hook(self) -> TtsHook: ...
+
+    def _given_name(self, folder: bool) -> str | None:
+        """The rendered ``file_name``, validated; None when there is none. Raises before any request.
+
+        ``file_name`` names a file *inside* a folder destination: with a file destination it
+        would be ignored or contradict it, so it is an error naming both.
+        """
+        if self.file_name is None:
+            return None
+        if not folder:
+            raise TtsConfigError(
+                f"file_name={self.file_name!r} names a file inside a folder, but destination "
+                f"{str(self.destination)!r} is a file; end the destination with '/' or drop file_name"
+            )
+        return check_file_name(self.file_name)
 
     def _temp_name(self, context: Context, final_name: str) -> str:
         """The temporary's name, fixed per task instance (never the try) so a killed try's leftover is overwritten."""
@@ -357,8 +375,16 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
 
     :param tts_task_id: the vendor's task id (templated; an XComArg works).
     :param destination: a URI string or ``ObjectStoragePath`` (templated): ``file:///data/a.flac``,
-        ``s3://bucket/audio/a.wav``, any scheme an installed provider registers. Ending in ``/``, it
-        names a folder: the file is ``<tts_task_id><extension from the content type>`` inside it.
+        ``s3://bucket/audio/a.wav``, any scheme an installed provider registers. Ending in ``/`` (or
+        naming an existing folder), it is a folder and the file inside it is named by ``file_name``.
+    :param file_name: for a folder destination, the file's name (templated, e.g.
+        ``"{{ ds }}-briefing"``); the extension follows the content type unless the name ends in
+        one, and one that contradicts the audio is refused. A name with ``/``, ``..``, a leading
+        ``.`` or over 200 bytes is refused before any request. Default:
+        ``<dag_id>-<task_id>``, plus ``-<map_index>`` zero-padded to 4 digits for a mapped task,
+        the same on every re-run of the item, so ``skip_if_identical`` writes no second file (a
+        scheduled DAG that keeps every run's audio puts the run in the name, e.g. ``{{ ds }}``).
+        The returned ``uri`` says where the bytes went.
     :param tts_conn_id: a ``camb_ai`` or ``revid_tts`` connection (templated).
     :param kind: ``tts``, ``text-to-sound`` (Camb.ai) or ``srt-to-speech`` (RevidAPI).
     :param submitted: instead of ``tts_task_id``, the upstream ``TtsSubmitOperator``: its output is
@@ -398,7 +424,7 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
     dataset of the OpenLineage event (see :meth:`get_openlineage_facets_on_complete`).
     """
 
-    template_fields: Sequence[str] = ("tts_task_id", "destination", "tts_conn_id", "kind", "dest_conn_id")
+    template_fields: Sequence[str] = ("tts_task_id", "destination", "file_name", "tts_conn_id", "kind", "dest_conn_id")
     ui_color = "#e8f2d9"
 
     def __init__(
@@ -406,6 +432,7 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
         *,
         tts_task_id: str | XComArg | None = None,
         destination: str | ObjectStoragePath,
+        file_name: str | None = None,
         tts_conn_id: str | None = None,
         kind: str | None = None,
         submitted: TtsSubmitOperator | None = None,
@@ -432,6 +459,8 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
             raise TtsConfigError(f"max_bytes must be a positive integer, got {max_bytes!r}")
         if not isinstance(chunk_bytes, int) or not 4096 <= chunk_bytes <= 64 * 1024**2:
             raise TtsConfigError(f"chunk_bytes must be an integer from 4096 to 64 MiB, got {chunk_bytes!r}")
+        if file_name is not None and not _rendered_later(file_name):
+            check_file_name(file_name)  # a literal mistake fails when the DAG is parsed
         explicit_outlets = "outlets" in kwargs  # also under .expand(): partial() put them there
         policy_fields = WaitPolicy.pop_fields(kwargs)
         self.timeout = wait_timeout(timeout, kwargs, type(self).__name__)
@@ -443,6 +472,7 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
         # An XComArg is resolved and a template rendered to str before execute() runs.
         self.tts_task_id = cast("str", tts_task_id)
         self.destination = destination
+        self.file_name = file_name
         self.tts_conn_id = tts_conn_id
         self.kind = kind
         self.dest_conn_id = dest_conn_id
@@ -497,8 +527,13 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         if not isinstance(self.tts_task_id, str) or not self.tts_task_id.strip():
             raise TtsConfigError(f"tts_task_id rendered to {self.tts_task_id!r}; expected a vendor task id")
-        self._checked_destination()  # a bad destination fails before any request
+        self._check_before_paying()
         return self._wait_and_store(context)
+
+    def _check_before_paying(self) -> None:
+        """A bad destination or file name fails here, before any request (let alone a paid one)."""
+        _, folder = self._checked_destination()
+        self._given_name(folder)
 
     def _wait_and_store(self, context: Context) -> dict[str, Any]:
         """Wait for ``self.tts_task_id`` (deferring when ``deferrable``), then store its audio."""
@@ -580,7 +615,8 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
             head, chunks = peek(audio.iter_chunks(self.chunk_bytes))
             check_audio_body(audio.content_type, head, what=what)  # a login page is never stored
             if folder:
-                path = destination / f"{status.tts_task_id}{extension_for(audio.content_type, head)}"
+                name = self._given_name(folder) or default_stem(context, self.task_id)
+                path = destination / with_extension(name, audio.content_type, head)
             else:
                 path = destination
                 check_extension(path.name, audio.content_type, head)
@@ -643,9 +679,13 @@ class CambTtsStreamToStorageOperator(_StoredAudioOutput, BaseOperator):
     :param text: the words to speak, 3-3000 characters (templated).
     :param language: BCP-47 tag, e.g. ``en-us`` (templated). Not the legacy integer id.
     :param voice_id: Camb voice id, an integer (templated).
-    :param destination: a file URI, or a folder URI ending in ``/``: the file is then named
-        ``<first 16 hex of the request fingerprint><extension of the format>``, so the same
-        request always lands on the same object (templated).
+    :param destination: a file URI, or a folder URI ending in ``/`` (templated): the file inside
+        it is named by ``file_name``.
+    :param file_name: for a folder destination, the file's name (templated); the format's
+        extension is added unless the name ends in one, and a name whose extension contradicts
+        the format is refused before the request, as is a name with ``/``, ``..``, a leading
+        ``.`` or over 200 bytes. Default: ``<first 16 hex of the request fingerprint><extension>``,
+        so the same request always lands on the same object and the cache finds it.
     :param output_format: ``wav``, ``flac``, ``mp3`` (Camb's default), ``adts`` or ``pcm_*``;
         shorthand for ``output_configuration={"format": ...}``.
     :param output_configuration: the full documented object (``format``, ``duration``,
@@ -664,8 +704,8 @@ class CambTtsStreamToStorageOperator(_StoredAudioOutput, BaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        "text", "language", "voice_id", "speech_model", "user_instructions", "destination", "tts_conn_id",
-        "dest_conn_id",
+        "text", "language", "voice_id", "speech_model", "user_instructions", "destination", "file_name",
+        "tts_conn_id", "dest_conn_id",
     )  # fmt: skip
     ui_color = "#d9ecf2"
 
@@ -676,6 +716,7 @@ class CambTtsStreamToStorageOperator(_StoredAudioOutput, BaseOperator):
         language: str,
         voice_id: int | str,
         destination: str | ObjectStoragePath,
+        file_name: str | None = None,
         tts_conn_id: str = DEFAULT_CONN_IDS["camb_ai"],
         output_format: str | None = None,
         output_configuration: Mapping[str, Any] | None = None,
@@ -701,6 +742,8 @@ class CambTtsStreamToStorageOperator(_StoredAudioOutput, BaseOperator):
             raise TtsConfigError(f"chunk_bytes must be an integer from 4096 to 64 MiB, got {chunk_bytes!r}")
         if not isinstance(reuse_cached, bool):
             raise TtsConfigError(f"reuse_cached must be True or False, got {reuse_cached!r}")
+        if file_name is not None and not _rendered_later(file_name):
+            check_file_name(file_name)  # a literal mistake fails when the DAG is parsed
         config = dict(output_configuration or {})
         if output_format is not None:
             if "format" in config and config["format"] != output_format:
@@ -717,6 +760,7 @@ class CambTtsStreamToStorageOperator(_StoredAudioOutput, BaseOperator):
         self.language = language
         self.voice_id = voice_id
         self.destination = destination
+        self.file_name = file_name
         self.tts_conn_id = tts_conn_id
         self.output_configuration = config or None
         self.speech_model = speech_model
@@ -762,7 +806,11 @@ class CambTtsStreamToStorageOperator(_StoredAudioOutput, BaseOperator):
         expected_type, extension = STREAM_FORMATS[fmt]
         destination = destination_path(self.destination, self.dest_conn_id or None)
         path = destination
-        if is_folder(self.destination):
+        folder = is_folder(self.destination)
+        name = self._given_name(folder)
+        if name is not None:
+            path = destination / with_format_extension(name, extension)
+        elif folder:
             path = destination / cache.fingerprint_name(fingerprint, extension)
         check_writable(path)
         if self.overwrite == "fail" and path.exists():

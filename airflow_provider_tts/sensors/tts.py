@@ -127,12 +127,6 @@ class TtsTaskSensor(BaseSensorOperator):
 
         return TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
 
-    def _get_next_poke_interval(self, started_at: Any, run_duration: Any, poke_count: int) -> float:
-        # Follow the policy's schedule (5 s, then 10 s after a minute) in poke and reschedule modes too.
-        if self.exponential_backoff:
-            return float(super()._get_next_poke_interval(started_at, run_duration, poke_count))
-        return self.policy.interval(run_duration())
-
     def _check_inputs(self) -> None:
         if not isinstance(self.tts_task_id, str) or not self.tts_task_id.strip():
             raise TtsConfigError(f"tts_task_id rendered to {self.tts_task_id!r}; expected a vendor task id")
@@ -183,6 +177,12 @@ class TtsTaskSensor(BaseSensorOperator):
             event = self._poll_through_error_streak(waiter)
         self._save_errors(context, waiter.errors)
         if event is None:
+            if not self.exponential_backoff:
+                # The policy's schedule (faster at first, slower after slow_after) in poke and
+                # reschedule mode too: Airflow reads the public poke_interval after every poke to
+                # decide when the next one is due, so the schedule goes in through it (with
+                # exponential_backoff, Airflow's own backoff from the first interval applies).
+                self.poke_interval = self.policy.interval(waiter.elapsed())
             return PokeReturnValue(is_done=False)
         return PokeReturnValue(is_done=True, xcom_value=status_from_event(event, self.tts_task_id).to_xcom())
 

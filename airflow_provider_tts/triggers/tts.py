@@ -35,6 +35,12 @@ from airflow_provider_tts.exceptions import (
 from airflow_provider_tts.status import TtsTaskStatus
 from airflow_provider_tts.waiting import Waiter, WaitPolicy
 
+#: Where the triggerer imports :class:`TtsTaskTrigger` from, as stored in every trigger row.
+#: A literal, not ``type(self).__module__``: rows written by one release are read by the next, so
+#: moving or renaming the module must not change what ``serialize()`` writes; the old path keeps
+#: working only while it stays importable (``tests/triggers/test_trigger.py`` pins both).
+TRIGGER_CLASSPATH = "airflow_provider_tts.triggers.tts.TtsTaskTrigger"
+
 
 class TtsTaskTrigger(BaseTrigger):
     """Poll a remote task until it succeeds, fails, or the deadline passes.
@@ -75,8 +81,14 @@ class TtsTaskTrigger(BaseTrigger):
         self._killed = False
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
+        """The trigger row: the pinned classpath and plain keyword arguments (no secret).
+
+        A subclass is stored under its own import path, since the pinned one would re-create it
+        as this class.
+        """
+        own = type(self) is TtsTaskTrigger
         return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
+            TRIGGER_CLASSPATH if own else f"{type(self).__module__}.{type(self).__qualname__}",
             {
                 "tts_conn_id": self.tts_conn_id,
                 "tts_task_id": self.tts_task_id,

@@ -44,6 +44,12 @@ EXTENSIONS = {"audio/flac": ".flac", "audio/wav": ".wav"}
 MAGIC = {"audio/flac": b"fLaC", "audio/wav": b"RIFF"}
 
 
+#: A folder destination's default file name: ``<dag_id>-<task_id>`` of the running task instance
+#: (what ``ti_context()`` gives), the operator's task id alone outside Airflow (an empty context).
+TI_NAME = "tts_dag-download"
+NAME = "download"
+
+
 def _op(conn_id: str, tts_task_id: str, destination: Any, kind: str = "tts", **kw: Any) -> TtsAudioToStorageOperator:
     kw.setdefault("deferrable", False)
     kw.setdefault("poll_interval", 0.05)
@@ -105,7 +111,7 @@ def test_every_pair_downloads_into_a_folder(
 
     content_type = result["content_type"]
     assert content_type in EXTENSIONS
-    stored = folder / f"{task_id}{EXTENSIONS[content_type]}"
+    stored = folder / f"{TI_NAME}{EXTENSIONS[content_type]}"
     assert _all_files(folder) == [stored.name]  # no temporary left beside it
     data = stored.read_bytes()
     assert data[:4] == MAGIC[content_type]
@@ -124,8 +130,8 @@ def test_every_pair_downloads_into_a_folder(
 def test_camb_tts_is_flac_and_revid_is_wav(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
     camb = emu.create_task("camb_ai", "tts", delay=0)
     revid = emu.create_task("revid_tts", "tts", delay=0)
-    assert _op(make_conn("camb_ai"), camb, f"file://{tmp_path}/").execute({})["uri"].endswith(f"/{camb}.flac")
-    assert _op(make_conn("revid_tts"), revid, f"file://{tmp_path}/").execute({})["uri"].endswith(f"/{revid}.wav")
+    assert _op(make_conn("camb_ai"), camb, f"file://{tmp_path}/").execute({})["uri"].endswith(f"/{NAME}.flac")
+    assert _op(make_conn("revid_tts"), revid, f"file://{tmp_path}/").execute({})["uri"].endswith(f"/{NAME}.wav")
 
 
 def test_literal_file_destination(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
@@ -173,7 +179,7 @@ def test_pending_task_is_polled_then_downloaded(emu: Any, make_conn: ConnFactory
     task_id = emu.create_task("camb_ai", "tts", delay=0, pending_polls=2)
     result = _op(make_conn("camb_ai"), task_id, f"file://{tmp_path}/").execute({})
     assert emu.stats()["polls_by_task"][task_id] == 3
-    assert result["sha256"] == _sha256(tmp_path / f"{task_id}.flac")
+    assert result["sha256"] == _sha256(tmp_path / f"{NAME}.flac")
 
 
 def test_deferrable_defers_then_downloads_on_resume(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
@@ -204,7 +210,7 @@ def test_deferrable_defers_then_downloads_on_resume(emu: Any, make_conn: ConnFac
     event = asyncio.run(_first_event(TtsTaskTrigger(**kwargs)))  # the triggerer's half
     assert event["status"] == "success"
     result = op.execute_complete(ti_context(), event)
-    stored = tmp_path / "out" / f"{task_id}.wav"
+    stored = tmp_path / "out" / f"{TI_NAME}.wav"
     assert result["uri"] == f"file://{stored}"
     assert result["sha256"] == _sha256(stored)
     assert result["duration_seconds"] > 0
@@ -213,7 +219,7 @@ def test_deferrable_defers_then_downloads_on_resume(emu: Any, make_conn: ConnFac
 def test_deferrable_finished_task_downloads_without_deferring(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
     task_id = emu.create_task("camb_ai", "text-to-sound", delay=0)
     result = _op(make_conn("camb_ai"), task_id, f"file://{tmp_path}/", "text-to-sound", deferrable=True).execute({})
-    assert result["sha256"] == _sha256(tmp_path / f"{task_id}.wav")
+    assert result["sha256"] == _sha256(tmp_path / f"{NAME}.wav")
     assert emu.stats()["polls_by_task"][task_id] == 1
 
 
@@ -409,7 +415,7 @@ def test_unsized_body_under_the_cap_is_stored(make_conn: ConnFactory, audio_serv
     op = _op(make_conn("revid_tts"), "rv-1", f"file://{tmp_path}/")
     result = op.execute_complete({}, _succeeded(f"{audio_server.url}/unsized?n=50000"))
     assert result["size_bytes"] == 50000
-    assert result["sha256"] == _sha256(tmp_path / "rv-1.wav")
+    assert result["sha256"] == _sha256(tmp_path / f"{NAME}.wav")
     assert result["duration_seconds"] == 1.5  # the vendor's figure wins over the header's
 
 
@@ -447,8 +453,8 @@ def test_folder_file_extension_follows_the_content_type(
     op = _op(make_conn("revid_tts"), "rv-1", f"file://{tmp_path}/")
     with caplog.at_level(logging.WARNING, logger="airflow_provider_tts.storage"):
         result = op.execute_complete({}, _succeeded(f"{audio_server.url}/wav?n=1000&ct={quote(content_type)}"))
-    assert result["uri"] == f"file://{tmp_path}/rv-1{extension}"
-    assert _all_files(tmp_path) == [f"rv-1{extension}"]
+    assert result["uri"] == f"file://{tmp_path}/{NAME}{extension}"
+    assert _all_files(tmp_path) == [f"{NAME}{extension}"]
     warned = [r for r in caplog.records if "Unknown audio content type" in r.getMessage()]
     assert bool(warned) == (extension == ".bin")
 
@@ -483,7 +489,7 @@ def test_killed_download_leaves_no_destination_and_the_retry_overwrites_its_temp
     size = 64 * 1024**2
     task_id = emu.create_task("camb_ai", "text-to-sound", delay=0, audio_bytes=size)
     folder = tmp_path / "out"
-    final = folder / f"{task_id}.wav"
+    final = folder / f"{TI_NAME}.wav"
     ready = tmp_path / "ready"
     run_id = "scheduled__2026-01-01"
     op = _op(conn_id, task_id, f"file://{folder}/", "text-to-sound")
@@ -532,7 +538,7 @@ def test_skip_if_identical_does_not_rewrite(emu: Any, make_conn: ConnFactory, tm
     task_id = emu.create_task("camb_ai", "tts", delay=0)
     op = _op(conn_id, task_id, f"file://{tmp_path}/")  # skip_if_identical is the default
     first = op.execute(ti_context())
-    stored = tmp_path / f"{task_id}.flac"
+    stored = tmp_path / f"{TI_NAME}.flac"
     before = stored.stat()
     time.sleep(0.01)
     second = op.execute(ti_context())
@@ -544,7 +550,7 @@ def test_skip_if_identical_does_not_rewrite(emu: Any, make_conn: ConnFactory, tm
 
 def test_skip_if_identical_replaces_different_content(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
     task_id = emu.create_task("revid_tts", "tts", delay=0)
-    stale = tmp_path / f"{task_id}.wav"
+    stale = tmp_path / f"{NAME}.wav"
     stale.write_bytes(b"RIFF stale")
     result = _op(make_conn("revid_tts"), task_id, f"file://{tmp_path}/").execute({})
     assert result["sha256"] == _sha256(stale) != hashlib.sha256(b"RIFF stale").hexdigest()
@@ -554,7 +560,7 @@ def test_replace_rewrites(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> N
     task_id = emu.create_task("camb_ai", "tts", delay=0)
     op = _op(make_conn("camb_ai"), task_id, f"file://{tmp_path}/", overwrite="replace")
     first = op.execute({})
-    stored = tmp_path / f"{task_id}.flac"
+    stored = tmp_path / f"{NAME}.flac"
     inode = stored.stat().st_ino
     assert op.execute({}) == first
     assert stored.stat().st_ino != inode  # a new file was moved into place
@@ -573,7 +579,7 @@ def test_fail_policy_raises_before_downloading(emu: Any, make_conn: ConnFactory,
 
     # A folder destination learns the file name from the response headers: still no body read.
     _op(conn_id, task_id, f"file://{tmp_path}/").execute({})
-    stored = tmp_path / f"{task_id}.flac"
+    stored = tmp_path / f"{NAME}.flac"
     mtime = stored.stat().st_mtime_ns
     with pytest.raises(TtsStorageError, match="already exists"):
         _op(conn_id, task_id, f"file://{tmp_path}/", overwrite="fail").execute({})
@@ -776,7 +782,7 @@ def test_rename_mode_never_goes_through_object_storage_path_move(
     monkeypatch.setattr(ObjectStoragePath, "open", refuse)
     task_id = emu.create_task("camb_ai", "tts", delay=0)
     result = _op(make_conn("camb_ai"), task_id, f"file://{tmp_path}/").execute(ti_context())
-    assert result["sha256"] == _sha256(tmp_path / f"{task_id}.flac")
+    assert result["sha256"] == _sha256(tmp_path / f"{TI_NAME}.flac")
 
 
 # --------------------------------------------------------------- folders, however they are given
@@ -797,7 +803,7 @@ def test_an_existing_folder_receives_the_file_however_it_is_given(
         "ObjectStoragePath": ObjectStoragePath(f"file://{folder}/"),
     }[form]
     result = _op(make_conn("camb_ai"), task_id, destination).execute(ti_context())
-    final = folder / f"{task_id}.flac"
+    final = folder / f"{TI_NAME}.flac"
     assert result["uri"] == f"file://{final}"
     assert _all_files(folder) == [final.name]
     assert result["size_bytes"] == final.stat().st_size
@@ -808,11 +814,11 @@ def test_a_folder_where_the_file_should_go_is_refused_and_left_alone(
     emu: Any, make_conn: ConnFactory, tmp_path: Path
 ) -> None:
     task_id = emu.create_task("camb_ai", "tts", delay=0)
-    (tmp_path / f"{task_id}.flac").mkdir()
-    (tmp_path / f"{task_id}.flac" / "inside.txt").write_text("keep")
+    (tmp_path / f"{TI_NAME}.flac").mkdir()
+    (tmp_path / f"{TI_NAME}.flac" / "inside.txt").write_text("keep")
     with pytest.raises(TtsStorageError, match="is a folder"):
         _op(make_conn("camb_ai"), task_id, f"file://{tmp_path}/").execute(ti_context())
-    assert _all_files(tmp_path) == [f"{task_id}.flac/inside.txt"]
+    assert _all_files(tmp_path) == [f"{TI_NAME}.flac/inside.txt"]
 
 
 # ------------------------------------------------------------------------ a 200 that is not audio

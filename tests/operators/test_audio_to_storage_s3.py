@@ -28,6 +28,12 @@ from tests.operators.conftest import run_worker, ti_context, wait_until
 EXTENSIONS = {"audio/flac": ".flac", "audio/wav": ".wav"}
 
 
+#: A folder destination's default file name: ``<dag_id>-<task_id>`` of the running task instance
+#: (what ``ti_context()`` gives), the operator's task id alone outside Airflow (an empty context).
+TI_NAME = "tts_dag-download"
+NAME = "download"
+
+
 def _op(conn_id: str, tts_task_id: str, destination: Any, kind: str = "tts", **kw: Any) -> TtsAudioToStorageOperator:
     kw.setdefault("deferrable", False)
     kw.setdefault("poll_interval", 0.05)
@@ -69,7 +75,7 @@ def test_every_pair_downloads_into_a_bucket_folder(
     result = _op(make_conn(api), task_id, f"s3://{bucket}/audio/{kind}/", kind, dest_conn_id=aws_conn).execute(
         ti_context()
     )
-    key = f"audio/{kind}/{task_id}{EXTENSIONS[result['content_type']]}"
+    key = f"audio/{kind}/{TI_NAME}{EXTENSIONS[result['content_type']]}"
     assert _keys(s3, bucket) == [key]  # no temporary object beside it
     assert _uploads(s3, bucket) == []
     data = _body(s3, bucket, key)
@@ -190,7 +196,7 @@ def test_killed_upload_leaves_no_object_and_the_retry_cleans_up(
     conn_id = make_conn("camb_ai")
     size = 48 * 1024**2
     task_id = emu.create_task("camb_ai", "text-to-sound", delay=0, audio_bytes=size)
-    key = f"audio/{task_id}.wav"
+    key = f"audio/{TI_NAME}.wav"
     run_id = "scheduled__2026-01-01"
     op = _op(conn_id, task_id, f"s3://{bucket}/audio/", "text-to-sound", dest_conn_id=aws_conn)
     ready = tmp_path / "ready"
@@ -250,7 +256,7 @@ def test_skip_if_identical_does_not_rewrite(
     task_id = emu.create_task("camb_ai", "tts", delay=0)
     op = _op(make_conn("camb_ai"), task_id, f"s3://{versioned}/", dest_conn_id=aws_conn)
     first = op.execute(ti_context())
-    key = f"{task_id}.flac"
+    key = f"{TI_NAME}.flac"
     head = s3.head_object(Bucket=versioned, Key=key)
     time.sleep(1.1)  # LastModified has one-second resolution
     assert op.execute(ti_context()) == first
@@ -297,7 +303,7 @@ def test_outlets_for_s3(emu: Any, make_conn: ConnFactory, aws_conn: str, bucket:
     events = OutletEventAccessors()
     result = op.execute({"outlet_events": events})
     alias_events = events[AssetAlias(name="speech")].asset_alias_events
-    assert [e.dest_asset_key.uri for e in alias_events] == [result["uri"]] == [f"s3://{bucket}/audio/{task_id}.flac"]
+    assert [e.dest_asset_key.uri for e in alias_events] == [result["uri"]] == [f"s3://{bucket}/audio/{NAME}.flac"]
 
 
 # ------------------------------------------------------------- written once: requests per file
@@ -327,7 +333,7 @@ def test_a_new_file_is_one_put_with_its_sha256_in_metadata(
     with caplog.at_level(logging.INFO, logger="werkzeug"):
         result = op.execute(ti_context())
     requests = _requests(caplog, bucket)
-    key = f"audio/{task_id}.flac"
+    key = f"audio/{TI_NAME}.flac"
     # One write (the PutObject of the destination key itself: no temporary, no copy, no delete);
     # one list (bucket exists, folder-ness) and one HEAD (is something there already).
     assert _writes(requests) == [f"PUT /{bucket}/{key}"], requests
@@ -425,7 +431,7 @@ def test_an_existing_prefix_is_a_folder_however_it_is_given(
         "ObjectStoragePath": ObjectStoragePath(f"s3://{bucket}/audio/", conn_id=aws_conn),
     }[form]
     result = _op(make_conn("camb_ai"), task_id, destination, dest_conn_id=aws_conn).execute(ti_context())
-    key = f"audio/{task_id}.flac"
+    key = f"audio/{TI_NAME}.flac"
     assert result["uri"] == f"s3://{bucket}/{key}"
     assert _keys(s3, bucket) == sorted(["audio/earlier.flac", key])
     assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == result["size_bytes"]

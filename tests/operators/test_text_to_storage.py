@@ -132,7 +132,7 @@ def test_arguments_are_exactly_the_documented_fields_of_each_vendor_and_kind() -
         assert list(cls.request_field_names) == declared
         fields = {create_field_name(name) for name in declared}
         assert fields == set(cls.vendor.create_models[cls.tts_kind].model_fields), cls.__name__
-        assert set(cls.template_fields) == {"destination", "tts_conn_id", "dest_conn_id", *declared}
+        assert set(cls.template_fields) == {"destination", "file_name", "tts_conn_id", "dest_conn_id", *declared}
 
 
 def test_a_mistyped_field_fails_when_the_operator_is_declared() -> None:
@@ -208,3 +208,24 @@ def test_a_destination_that_cannot_be_written_fails_before_anything_is_paid(
         op.execute({"ti": FakeTI(), "task_state_store": StateStore()})
     assert emu.stats()["requests_total"] == 0
     assert existing.read_bytes() == b"yesterday"
+
+
+def test_file_name_is_inherited_from_the_storage_operator(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
+    """``file_name`` is the storage operator's: no re-declaration, extension from the audio."""
+    op = _op(
+        CambTtsToStorageOperator,
+        make_conn("camb_ai"),
+        f"file://{tmp_path}/",
+        file_name="briefing",
+        **FIELDS["camb_ai/tts"],
+    )
+    result = op.execute({"ti": FakeTI(task_id="speak"), "task_state_store": StateStore()})
+    name = Path(result["uri"]).name
+    assert name.startswith("briefing.")
+    assert name != "briefing."
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_a_bad_literal_file_name_fails_when_the_one_task_operator_is_declared(tmp_path: Path) -> None:
+    with pytest.raises(TtsConfigError, match=r"file_name '\.\./up' contains a path separator"):
+        _op(CambTtsToStorageOperator, "camb", f"file://{tmp_path}/", file_name="../up", **FIELDS["camb_ai/tts"])

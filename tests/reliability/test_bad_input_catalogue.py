@@ -367,7 +367,11 @@ def test_bad_input_fails_clearly_before_any_request_or_write(
 def test_accepted_ids_call_exactly_their_own_path_and_name_exactly_their_own_file(
     emu: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, task_id: str
 ) -> None:
-    """What the id pattern lets through stays one path segment and one file name."""
+    """What the id pattern lets through stays one path segment, and never names (or moves) the file.
+
+    The file in a folder is named after the task instance, not the vendor's id (which used to be
+    the name): whatever id arrives, the file is the same one.
+    """
     ctx = Ctx(emu, monkeypatch, tmp_path / "out")
     status = hook_status(ctx, "camb_ai", task_id)  # unknown to the emulator: a 404, i.e. not found
     assert status.failure == "not_found"
@@ -380,7 +384,7 @@ def test_accepted_ids_call_exactly_their_own_path_and_name_exactly_their_own_fil
     done = TtsHook(ctx.conn("camb_ai")).get_task_status(real)
     forged = done.model_copy(update={"tts_task_id": task_id})  # the same audio, under the accepted id
     op.execute_complete(ti_context(), {"status": "success", "tts_task_id": task_id, "task_status": forged.to_xcom()})
-    assert _files(tmp_path) == [f"out/{task_id}.wav"]
+    assert _files(tmp_path) == ["out/tts_dag-download.wav"]
 
 
 def test_resumed_download_never_writes_outside_the_destination_folder(

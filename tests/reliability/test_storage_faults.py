@@ -284,7 +284,7 @@ def test_full_tmpfs_is_a_clear_error_and_leaves_nothing(emu: Any, make_conn: Con
     with pytest.raises(TtsStorageError) as info:
         _op(make_conn("camb_ai"), task_id, f"{tiny_tmpfs.as_uri()}/audio/").execute(ti_context())
     message = str(info.value)
-    assert f"{tiny_tmpfs}/audio/{task_id}.wav" in message
+    assert f"{tiny_tmpfs}/audio/tts_dag-download.wav" in message  # the default name: dag and task id
     assert "No space left on device" in message, message
     assert _files(tiny_tmpfs) == []
     print(f"\nFIGURE full tmpfs (1 MiB, 4 MiB audio): {message[-80:]}; files left: {_files(tiny_tmpfs)}")

@@ -196,3 +196,19 @@ def test_error_events_keep_retry_semantics() -> None:
     with pytest.raises(TtsServerError) as info:
         _sensor("c", "t1").execute_complete({}, error_event(TtsServerError("x", http_status=502)))
     assert not isinstance(info.value, AirflowFailException)
+
+
+def test_the_policy_schedule_reaches_airflow_through_poke_interval(emu: Any, make_conn: ConnFactory) -> None:
+    # Airflow reads the public poke_interval after every poke (poke and reschedule mode): the
+    # policy's slow-down goes in through it, not through an override of a private method.
+    conn_id = make_conn("camb_ai")
+    task_id = emu.create_task("camb_ai", "tts", delay=600)  # still pending for the whole test
+    slowed = _sensor(conn_id, task_id, slow_poll_interval=0.2, slow_after=0)
+    assert slowed.poke({}).is_done is False  # type: ignore[arg-type]
+    assert slowed.poke_interval == 0.2
+    early = _sensor(conn_id, task_id, slow_poll_interval=0.2, slow_after=3600)
+    assert early.poke({}).is_done is False  # type: ignore[arg-type]
+    assert early.poke_interval == 0.05
+    backoff = _sensor(conn_id, task_id, slow_poll_interval=0.2, slow_after=0, exponential_backoff=True)
+    assert backoff.poke({}).is_done is False  # type: ignore[arg-type]
+    assert backoff.poke_interval == 0.05  # Airflow's own backoff starts from the first interval

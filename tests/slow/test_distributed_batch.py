@@ -26,6 +26,7 @@ import binascii
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -319,12 +320,14 @@ def test_batch_on_the_distributed_engine_survives_a_triggerer_and_a_worker_kille
     emulator.set_faults(rate=0.0)
     listed = s3_client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
     keys = [obj["Key"] for page in listed for obj in page.get("Contents", [])]
-    expected = {f"{PREFIX}manifest.json"} | {f"{PREFIX}{item['tts_task_id']}.wav" for item in manifest["items"]}
+    expected = {f"{PREFIX}manifest.json"} | {f"{PREFIX}{item['file']}" for item in manifest["items"]}
     assert sorted(keys) == sorted(expected)
     assert not s3_client.list_multipart_uploads(Bucket=BUCKET).get("Uploads")
     session = requests.Session()
-    for item in manifest["items"]:
-        key = f"{PREFIX}{item['tts_task_id']}.wav"
+    for number, item in enumerate(manifest["items"], start=1):
+        # Named after the item (its number and the text's first words), not the vendor's task id.
+        assert re.fullmatch(rf"{number:0{max(2, len(str(N_TEXTS)))}d}-[a-z0-9-]+\.wav", item["file"]), item["file"]
+        key = f"{PREFIX}{item['file']}"
         stored = s3_client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         served = session.get(f"{emulator.url}/storage/revid/{item['tts_task_id']}.wav", timeout=30).content
         assert hashlib.sha256(stored).hexdigest() == item["sha256"] == hashlib.sha256(served).hexdigest()

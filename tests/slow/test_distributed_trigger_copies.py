@@ -97,5 +97,5 @@ def test_two_copies_of_one_trigger_end_in_one_outcome_and_one_object(
     listing = s3.list_object_versions(Bucket=BUCKET, Prefix=prefix)
     keys = [v["Key"] for v in listing.get("Versions", [])]
     assert len(keys) == 1, keys
-    assert keys[0].startswith(f"{prefix}{tts_task_id}.")
+    assert keys[0].startswith(f"{prefix}tts_dag-download.")  # named after the task instance (ti_context)
     assert not s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads")

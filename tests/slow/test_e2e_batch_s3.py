@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -119,9 +120,11 @@ def test_batch_to_s3_through_faults(airflow: LocalAirflow, emulator: Emulator, s
     assert [item["text"] for item in manifest["items"]] == TEXTS
     emulator.set_faults(rate=0.0)
     keys = {obj["Key"] for obj in s3_client.list_objects_v2(Bucket=BUCKET, Prefix="e2e/")["Contents"]}
-    assert keys == {"e2e/manifest.json"} | {f"e2e/{item['tts_task_id']}.wav" for item in manifest["items"]}
-    for item in manifest["items"]:
-        key = f"e2e/{item['tts_task_id']}.wav"
+    assert keys == {"e2e/manifest.json"} | {f"e2e/{item['file']}" for item in manifest["items"]}
+    for number, item in enumerate(manifest["items"], start=1):
+        # Named after the item (its number and the text's first words), not the vendor's task id.
+        assert re.fullmatch(rf"{number:02d}-[a-z0-9-]+\.wav", item["file"]), item["file"]
+        key = f"e2e/{item['file']}"
         assert item["uri"] == f"s3://{BUCKET}/{key}"
         stored = s3_client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         served = requests.get(emulator.url + f"/storage/revid/{item['tts_task_id']}.wav", timeout=30).content

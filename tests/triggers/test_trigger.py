@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from typing import Any
 
@@ -14,6 +15,12 @@ from airflow_provider_tts.waiting import WaitPolicy
 from tests.conftest import PAIRS, TEST_KEY, ConnFactory
 
 FAST = {"poll_interval": 0.05, "slow_poll_interval": 0.1, "slow_after": 1.0}
+
+
+def import_string(classpath: str) -> Any:
+    """What the triggerer does with a row's classpath (``airflow``'s ``import_string``, on every 3.x)."""
+    module, _, name = classpath.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 async def _events(trigger: TtsTaskTrigger) -> list[dict[str, Any]]:
@@ -52,6 +59,43 @@ def test_serialize_is_plain_values_without_secrets() -> None:
     }
     # Re-creating from the row gives the same trigger: the deadline is absolute, never reset.
     assert TtsTaskTrigger(**kwargs).serialize() == (path, kwargs)
+
+
+#: A trigger row as release 0.1.0 stored it (``Trigger.encrypted_kwargs`` without a Fernet key is
+#: this JSON). Rows outlive upgrades: the triggerer re-creates them with the new code.
+ROW_FROM_0_1_0 = (
+    "airflow_provider_tts.triggers.tts.TtsTaskTrigger",
+    '{"tts_conn_id": "revid_tts_default", "tts_task_id": "abc", "kind": "srt-to-speech", '
+    '"deadline": 2000000000.5, "started_at": 1999999000.0, "poll_interval": 5.0, "slow_poll_interval": 10.0, '
+    '"slow_after": 60.0, "not_found_grace": 30.0, "max_consecutive_errors": 5, "retry": null}',
+)
+
+
+def test_classpath_is_a_pinned_literal_that_imports_to_the_class() -> None:
+    from airflow_provider_tts.triggers.tts import TRIGGER_CLASSPATH
+
+    assert TRIGGER_CLASSPATH == "airflow_provider_tts.triggers.tts.TtsTaskTrigger"
+    assert import_string(TRIGGER_CLASSPATH) is TtsTaskTrigger
+    assert TtsTaskTrigger(tts_conn_id="c", tts_task_id="abc").serialize()[0] == TRIGGER_CLASSPATH
+
+    class Mine(TtsTaskTrigger):
+        pass
+
+    # A subclass is stored under its own path: the pinned one would re-create the parent.
+    assert Mine(tts_conn_id="c", tts_task_id="abc").serialize()[0].endswith(".Mine")
+
+
+def test_a_row_stored_by_the_previous_release_still_deserializes() -> None:
+    from airflow.models.trigger import Trigger
+
+    classpath, stored = ROW_FROM_0_1_0
+    row = Trigger(classpath=classpath, kwargs={})
+    row.encrypted_kwargs = stored  # as read back from the metadata database
+    trigger = import_string(row.classpath)(**row.kwargs)  # what the triggerer does with a row
+    assert isinstance(trigger, TtsTaskTrigger)
+    assert (trigger.tts_task_id, trigger.kind, trigger.deadline) == ("abc", "srt-to-speech", 2_000_000_000.5)
+    assert trigger.policy == WaitPolicy()
+    assert trigger.serialize() == (classpath, row.kwargs)  # and writes the same row again
 
 
 def test_started_at_defaults_to_now_and_then_survives_recreation() -> None:
