@@ -174,7 +174,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8 and 32 MiB, one run each; BENCHMARKS.md untouched")
     parser.add_argument("--repeat", type=int, default=None, help="runs per file:// method (default 7; quick 1)")
     parser.add_argument("--sizes", help="comma-separated sizes in MiB instead of the defaults (no BENCHMARKS.md)")
-    parser.add_argument("--small", type=int, default=None, help="files in the many-small-files rows (default 1000)")
+    parser.add_argument(
+        "--small", type=int, default=None, help="files in the many-small-files rows (default 1000; 0: none)"
+    )
     parser.add_argument("--no-large", action="store_true", help="only the many-small-files rows (no BENCHMARKS.md)")
     args = parser.parse_args()
     sizes = [8 * MiB, 32 * MiB] if args.quick else [512 * MiB, 2048 * MiB]
@@ -256,8 +258,13 @@ def main() -> None:
     if small_rows:
         body += "\n" + describe_small(small_rows, small)
     print(body)
-    if not (args.quick or args.sizes or args.no_large or args.small is not None):
-        write_section("download", TITLE, ".venv/bin/python benchmarks/download.py", body)
+    if not (args.quick or args.sizes or args.no_large):
+        cmd = ".venv/bin/python benchmarks/download.py"
+        if args.repeat is not None:
+            cmd += f" --repeat {args.repeat}"
+        if args.small is not None:
+            cmd += f" --small {args.small}"
+        write_section("download", TITLE, cmd, body)
         print("Section 'download' written to BENCHMARKS.md")
 
 
