@@ -5,7 +5,9 @@ by environment: its ``file`` transport writes every event the listener emits int
 ``airflow dags test`` (the task runner, the listener, the deferral run inline, all in one process
 on a copied, already-migrated SQLite DB) runs a DAG of two ``CambTtsToStorageOperator`` tasks
 against the emulator: one into a ``file://`` folder, one into a bucket of the moto S3 server. Each
-task defers, so the event read is the one emitted by the resumed task.
+task is deferrable and its vendor task is still pending at its first check (the emulator finishes
+it 0.3 s after create), so the COMPLETE event read is normally the resumed task's; the assertions
+hold either way. Before the resume fix, ``dags test`` failed here: it drops the deferral's kwargs.
 
 The emitted COMPLETE event of each task must name the stored object as its one output (per the
 OpenLineage naming spec: ``file`` + path, ``s3://<bucket>`` + key) with its size, and carry the
