@@ -194,7 +194,16 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
     def execute_complete(
         self, context: Context, event: dict[str, Any] | None = None, tts_task_id: str | None = None
     ) -> dict[str, Any]:
-        """Resume after the wait in the triggerer: store the audio, then close the submission's record."""
+        """Resume after the wait in the triggerer: store the audio, then close the submission's record.
+
+        The id normally arrives in the deferral's kwargs. ``dag.test()`` (Airflow 3.3) resumes with
+        the trigger's event alone and drops those kwargs, so without them the id is the one this
+        task instance's submission record holds: the task it paid for, never one an event names.
+        """
+        if tts_task_id is None:
+            ledger = self.submitter.ledger(context)
+            record = ledger.load() if ledger is not None else None
+            tts_task_id = record.tts_task_id if record is not None else None
         stored = super().execute_complete(context, event, tts_task_id)
         self.submitter.finished(self.submitter.ledger(context))
         return stored

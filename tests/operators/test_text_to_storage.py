@@ -75,9 +75,11 @@ def test_each_class_submits_waits_and_stores_in_one_task(
     assert emu.stats()["creates"] == {api: {kind: 1}}
 
 
+@pytest.mark.parametrize("resume_kwargs", [True, False], ids=["deferral-kwargs", "dag-test-drops-kwargs"])
 def test_deferred_wait_resumes_as_a_fresh_instance_with_the_submitted_id(
-    emu: Any, make_conn: ConnFactory, tmp_path: Path, ledger: Ledger
+    emu: Any, make_conn: ConnFactory, tmp_path: Path, ledger: Ledger, resume_kwargs: bool
 ) -> None:
+    """Resumed with the deferral's kwargs (a triggerer) or without them (``dag.test()`` drops them)."""
     conn_id = make_conn("revid_tts")
     srt_op = _op(RevidSrtToSpeechToStorageOperator, conn_id, f"file://{tmp_path}/", srt=SRT, deferrable=True)
     with pytest.raises(TaskDeferred) as info:
@@ -96,7 +98,8 @@ def test_deferred_wait_resumes_as_a_fresh_instance_with_the_submitted_id(
 
     # The worker that resumes builds the operator anew from the DAG: it never saw the id.
     resumed = _op(RevidSrtToSpeechToStorageOperator, conn_id, f"file://{tmp_path}/", srt=SRT, deferrable=True)
-    result = resumed.execute_complete(ledger.context(), asyncio.run(first_event()), **deferred.kwargs)
+    kwargs = deferred.kwargs if resume_kwargs else {}
+    result = resumed.execute_complete(ledger.context(), asyncio.run(first_event()), **kwargs)
     assert result["tts_task_id"] == tts_task_id
     assert _sha256(tmp_path / Path(result["uri"]).name) == result["sha256"]
     assert emu.stats()["creates"]["revid_tts"]["srt-to-speech"] == 1
