@@ -228,6 +228,8 @@ def run_many(args: argparse.Namespace) -> dict[str, Any]:
             op = TtsAudioToStorageOperator(
                 task_id="download", tts_conn_id=args.tts_conn_id, tts_task_id=entry["task_id"],
                 kind="text-to-sound", destination=entry["dest"], dest_conn_id=args.dest_conn_id, deferrable=False,
+                # One task instance stores many files here: name each (the default is per task instance).
+                file_name=entry["task_id"],
             )  # fmt: skip
             ti = SimpleNamespace(
                 dag_id="bench", task_id="download", run_id=entry["task_id"], map_index=-1, try_number=1
