@@ -305,12 +305,7 @@ async def run_one(
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as control:
         async with control.post(f"{url}/_emulator/reset") as resp:
             resp.raise_for_status()
-        env = dict(
-            os.environ,
-            AIRFLOW_HOME=str(workdir / "airflow-home"),
-            PYTHONPATH=SRC[0],
-            **{f"AIRFLOW_CONN_{CONN_ID.upper()}": connection_json(emulator)},
-        )
+        env = _worker_env(emulator, workdir)
         cmd = [
             sys.executable,
             str(ROOT / "benchmarks" / "trigger_scale_worker.py"),
@@ -524,14 +519,19 @@ def steady_state(
 # ------------------------------------------------------------------------------------------- poke
 
 
-async def measure_poke(emulator: Emulator, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """One poke-mode sensor task process: its RSS while it waits, and its CPU per poll."""
-    env = dict(
+def _worker_env(emulator: Emulator, workdir: Path) -> dict[str, str]:
+    """The environment of a measured subprocess: its own Airflow home and the emulator's connection."""
+    return dict(
         os.environ,
         AIRFLOW_HOME=str(workdir / "airflow-home"),
         PYTHONPATH=SRC[0],
         **{f"AIRFLOW_CONN_{CONN_ID.upper()}": connection_json(emulator)},
     )
+
+
+async def measure_poke(emulator: Emulator, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """One poke-mode sensor task process: its RSS while it waits, and its CPU per poll."""
+    env = _worker_env(emulator, workdir)
     cmd = [
         sys.executable,
         str(ROOT / "benchmarks" / "trigger_scale_poke.py"),
