@@ -82,6 +82,7 @@ class BatchItem:
 
 def slug(text: str) -> str:
     """The first words of ``text``, lower case, as ``the-river-wakes-up``."""
+    text = re.sub(r"^\s*\d+[.)]?\s+", "", text)  # a text's own numbering would repeat the position
     words = " ".join(text.lower().split()[:SLUG_WORDS])
     return re.sub(r"[^a-z0-9]+", "-", words).strip("-")[:SLUG_CHARS].rstrip("-")
 

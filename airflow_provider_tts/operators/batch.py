@@ -139,6 +139,7 @@ class BaseTextBatchToStorageOperator(BaseOperator):
         ``<position, 5 digits>-<first words>``; the extension follows the audio).
     :param items_path: instead of ``items``, a file of items (templated): ``.jsonl`` (a JSON text
         or object per line), ``.csv`` (a header row of field names) or ``.txt`` (a text per line).
+    :param items_conn_id: the storage connection of ``items_path``, if it needs one.
     :param defaults: create fields shared by every item (e.g. ``{"voice_id": 20303, "language": 1}``);
         an item's own fields win. Names are checked against the vendor's body when the DAG is parsed.
     :param tts_conn_id: a connection of the class's vendor (default: its default connection id).
@@ -164,7 +165,8 @@ class BaseTextBatchToStorageOperator(BaseOperator):
     tts_kind: ClassVar[Kind]
     item_field: ClassVar[str]
     template_fields: Sequence[str] = (
-        "items", "items_path", "defaults", "destination", "tts_conn_id", "dest_conn_id", "manifest_name",
+        "items", "items_path", "items_conn_id", "defaults", "destination", "tts_conn_id", "dest_conn_id",
+        "manifest_name",
     )  # fmt: skip
     template_fields_renderers = {"items": "json", "defaults": "json"}
     ui_color = "#d9ead3"
@@ -175,6 +177,7 @@ class BaseTextBatchToStorageOperator(BaseOperator):
         destination: str | ObjectStoragePath,
         items: list[Any] | XComArg | str | None = None,
         items_path: str | ObjectStoragePath | None = None,
+        items_conn_id: str | None = None,
         defaults: Mapping[str, Any] | None = None,
         tts_conn_id: str | None = None,
         dest_conn_id: str | None = None,
@@ -211,6 +214,7 @@ class BaseTextBatchToStorageOperator(BaseOperator):
             self.outlets = [default_outlet(destination, self.dag_id if self.has_dag() else None, self.task_id)]
         self.items = items
         self.items_path = items_path
+        self.items_conn_id = items_conn_id
         self.defaults = dict(defaults or {}) if not _rendered_later(defaults) else defaults
         self.destination = destination
         self.tts_conn_id = tts_conn_id if tts_conn_id is not None else DEFAULT_CONN_IDS[self.vendor.api]
@@ -275,7 +279,7 @@ class BaseTextBatchToStorageOperator(BaseOperator):
     def _source(self) -> ObjectStoragePath | None:
         if self.items_path is None:
             return None
-        return destination_path(self.items_path, self.dest_conn_id or None)
+        return destination_path(self.items_path, self.items_conn_id or None)
 
     def _raw_items(self) -> Iterator[Any]:
         return iter_items(self.items, self._source())
