@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -123,6 +124,17 @@ class _Plan:
     record: BatchRecord
     identity: SubmitIdentity | None
     names: frozenset[str] = field(default_factory=frozenset)
+    #: Audio file names in the folder that have a request-cache sidecar, by their stem.
+    with_sidecar: dict[str, list[str]] = field(default_factory=dict)
+
+    def look(self) -> None:
+        """List the folder once: what exists, and which audio files carry a sidecar."""
+        self.names = listing(self.folder)
+        self.with_sidecar = {}
+        for name in self.names:
+            if name.endswith(cache.SIDECAR_SUFFIX):
+                audio = name.removesuffix(cache.SIDECAR_SUFFIX)
+                self.with_sidecar.setdefault(os.path.splitext(audio)[0], []).append(audio)
 
 
 class BaseTextBatchToStorageOperator(BaseOperator):
@@ -332,7 +344,7 @@ class BaseTextBatchToStorageOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         plan = self._plan(context)
-        plan.names = listing(plan.folder)
+        plan.look()
         self.log.info("Batch of %d items into %s", len(plan.items), plain_uri(plan.folder))
         self._session_for_threads()
         pending = self._submit_all(context, plan)
@@ -373,7 +385,7 @@ class BaseTextBatchToStorageOperator(BaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: store what finished, write the manifest."""
         plan = self._plan(context)
-        plan.names = listing(plan.folder)
+        plan.look()
         self._session_for_threads()
         return self._finish(context, plan, event)
 
@@ -383,11 +395,10 @@ class BaseTextBatchToStorageOperator(BaseOperator):
 
     def _cached(self, plan: _Plan, item: BatchItem) -> cache.CachedAudio | None:
         """The item's audio if the destination already holds it for the same request (one listing, no guess)."""
-        for name in plan.names:
-            if name.startswith(item.stem + ".") and name.endswith(cache.SIDECAR_SUFFIX):
-                hit = cache.lookup(plan.folder / name.removesuffix(cache.SIDECAR_SUFFIX), item.fingerprint)
-                if hit is not None:
-                    return hit
+        for audio in plan.with_sidecar.get(item.stem, ()):
+            hit = cache.lookup(plan.folder / audio, item.fingerprint)
+            if hit is not None:
+                return hit
         return None
 
     def _submit_all(self, context: Context, plan: _Plan) -> dict[str, float]:
@@ -416,42 +427,58 @@ class BaseTextBatchToStorageOperator(BaseOperator):
                         _, _, fields = self._fields(raw, item.index, defaults)
                         if reference is not None and fields.get(reference) is None:
                             fields[reference] = self._client_reference(plan.identity, item.key)
-                        entries[item.key] = {"fingerprint": item.fingerprint, "requested_at": time.time()}
                         to_send.append((item, fields))
                     else:
                         counts["not submitted"] += 1
-                if not to_send:
-                    if entries and self.durable:
-                        plan.record.save_part(start // PART_ITEMS, entries)
-                    continue
-                if self.durable:
-                    plan.record.save_part(start // PART_ITEMS, entries)  # the intents, before paying
-                results = list(pool.map(self._create, to_send))
-                auth_error: TtsAuthError | None = None
-                for (item, _), (task_id, error) in zip(to_send, results, strict=True):
-                    entry = entries[item.key]
-                    if task_id is not None:
-                        entry.update(tts_task_id=task_id, submitted_at=time.time())
-                        pending[task_id] = entry["submitted_at"]
-                        counts["submitted"] += 1
-                    elif isinstance(error, TtsAuthError):
-                        auth_error = error
-                        del entries[item.key]
-                    elif error is not None and not outcome_unknown(error):
-                        entry.update(
-                            outcome="rejected" if isinstance(error, TtsPermanentError) else "submit_failed",
-                            error=str(error)[:500],
-                        )
-                        counts["not submitted"] += 1
-                    else:  # the answer was lost: the intent stays, and says so on the next try
-                        entry.update(error=f"the create call's answer was lost: {error}"[:500])
-                        counts["not submitted"] += 1
-                if self.durable:
-                    plan.record.save_part(start // PART_ITEMS, entries)
-                if auth_error is not None:
-                    raise auth_error
+                number = start // PART_ITEMS
+                if not to_send and entries != {i.key: records[i.key] for i in part if i.key in records}:
+                    self._save(plan, number, entries)
+                # Rounds of max_active_requests creates: a worker killed mid-round leaves at most
+                # that many items whose answer never arrived (reported, never resent blindly).
+                for first in range(0, len(to_send), self.max_active_requests):
+                    round_ = to_send[first : first + self.max_active_requests]
+                    for item, _ in round_:
+                        entries[item.key] = {"fingerprint": item.fingerprint, "requested_at": time.time()}
+                    self._save(plan, number, entries)  # the intents, before paying
+                    results = list(pool.map(self._create, round_))
+                    auth_error = self._record_round(round_, results, entries, pending, counts)
+                    self._save(plan, number, entries)  # the ids, right after
+                    if auth_error is not None:
+                        raise auth_error
                 self.log.info("Batch: %s after %d of %d items", counts, start + len(part), len(plan.items))
         return pending
+
+    def _save(self, plan: _Plan, number: int, entries: Mapping[str, Mapping[str, Any]]) -> None:
+        if self.durable:
+            plan.record.save_part(number, entries)
+
+    @staticmethod
+    def _record_round(
+        round_: list[tuple[BatchItem, dict[str, Any]]],
+        results: list[tuple[str | None, BaseException | None]],
+        entries: dict[str, dict[str, Any]],
+        pending: dict[str, float],
+        counts: dict[str, int],
+    ) -> TtsAuthError | None:
+        """Each create's outcome into its item's entry; a refused key is returned, to stop the batch."""
+        auth_error: TtsAuthError | None = None
+        for (item, _), (task_id, error) in zip(round_, results, strict=True):
+            entry = entries[item.key]
+            if task_id is not None:
+                entry.update(tts_task_id=task_id, submitted_at=time.time())
+                pending[task_id] = entry["submitted_at"]
+                counts["submitted"] += 1
+                continue
+            counts["not submitted"] += 1
+            if isinstance(error, TtsAuthError):
+                auth_error = error
+                del entries[item.key]  # nothing was created: a retry with a good key submits it
+            elif error is not None and not outcome_unknown(error):
+                outcome = "rejected" if isinstance(error, TtsPermanentError) else "submit_failed"
+                entry.update(outcome=outcome, error=str(error)[:500])
+            else:  # the answer was lost: the intent stays, and says so on the next try
+                entry.update(error=f"the create call's answer was lost: {error}"[:500])
+        return auth_error
 
     def _decide(self, plan: _Plan, item: BatchItem, entry: Mapping[str, Any] | None) -> str:
         """``cached``, ``reattach``, ``submit`` or ``skip`` for one item, from the destination and the record.
