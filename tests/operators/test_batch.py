@@ -76,16 +76,19 @@ def test_every_class_stores_its_batch_and_a_manifest_row_per_item(
 ) -> None:
     result = batch(cls, make_conn(api), tmp_path, items=items, defaults=defaults).execute(context())
     rows = manifest(tmp_path)
-    assert result["items"] == result["stored"] == len(items) and result["failed"] == 0
+    assert result["items"] == result["stored"] == len(items)
+    assert result["failed"] == 0
     assert [row["index"] for row in rows] == list(range(1, len(items) + 1))
     for row in rows:
         stored = Path(row["file"].removeprefix("file://"))
         assert row["status"] == "stored"
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == row["sha256"]
-        assert stored.stat().st_size == row["size_bytes"] and row["tts_task_id"]
+        assert stored.stat().st_size == row["size_bytes"]
+        assert row["tts_task_id"]
     assert creates(emu) == len(items)
     assert not (tmp_path / STATE_FOLDER).exists()  # the record goes once every item is stored
-    assert "rows" not in result and len(json.dumps(result)) < 1000  # a summary, not the rows
+    assert "rows" not in result
+    assert len(json.dumps(result)) < 1000
 
 
 def test_names_follow_keys_file_names_and_the_first_words(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
@@ -123,7 +126,8 @@ def test_the_task_defers_once_and_the_trigger_row_names_the_record_not_the_ids(
     classpath, kwargs = trigger.serialize()
     assert classpath == BATCH_TRIGGER_CLASSPATH
     row = json.dumps(kwargs)
-    assert len(row) < 1000 and not any(task["task_id"] in row for task in emu.tasks())
+    assert len(row) < 1000
+    assert not any(task["task_id"] in row for task in emu.tasks())
     assert (tmp_path / STATE_FOLDER).is_dir()
 
     async def first_event() -> Any:
@@ -132,10 +136,12 @@ def test_the_task_defers_once_and_the_trigger_row_names_the_record_not_the_ids(
         return None
 
     event = asyncio.run(first_event())
-    assert event["status"] == "done" and event["succeeded"] == 30
+    assert event["status"] == "done"
+    assert event["succeeded"] == 30
     fresh = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS, deferrable=True)
     result = getattr(fresh, deferred.value.method_name)(context(), event=event)
-    assert result["stored"] == 30 and creates(emu) == 30
+    assert result["stored"] == 30
+    assert creates(emu) == 30
 
 
 def test_a_failed_item_is_a_row_and_the_retry_pays_only_for_the_retryable_one(
@@ -155,8 +161,10 @@ def test_a_failed_item_is_a_row_and_the_retry_pays_only_for_the_retryable_one(
     assert not isinstance(first.value, TtsBatchItemsFailedPermanentlyError)
     rows = manifest(tmp_path)
     assert [row["status"] for row in rows] == ["failed", "stored", "failed", "stored", "stored", "stored"]
-    assert rows[0]["retryable"] is True and "429" in rows[0]["error"]
-    assert rows[2]["retryable"] is False and "HARMFUL_CONTENT_DETECTED" in rows[2]["error"]
+    assert rows[0]["retryable"] is True
+    assert "429" in rows[0]["error"]
+    assert rows[2]["retryable"] is False
+    assert "HARMFUL_CONTENT_DETECTED" in rows[2]["error"]
     assert creates(emu) == 5
 
     with pytest.raises(TtsBatchItemsFailedPermanentlyError):
@@ -184,7 +192,8 @@ def test_a_lost_create_answer_is_never_resent_unless_asked(
     with pytest.raises(TtsBatchItemsFailedError):
         op.execute(context())
     first = manifest(tmp_path)[0]
-    assert first["status"] == "failed" and "may have created" in first["error"]
+    assert first["status"] == "failed"
+    assert "may have created" in first["error"]
     sent = emu.stats()["requests_by_endpoint"]
     if policy == "fail":
         with pytest.raises(TtsBatchItemsFailedPermanentlyError):
@@ -205,10 +214,13 @@ def test_a_retry_reattaches_to_tasks_still_pending_at_the_deadline(
     with pytest.raises(TtsBatchItemsFailedError):
         op.execute(context())
     slow = manifest(tmp_path)[1]
-    assert slow["status"] == "failed" and slow["retryable"] is True and "PENDING" in slow["error"]
+    assert slow["status"] == "failed"
+    assert slow["retryable"] is True
+    assert "PENDING" in slow["error"]
     emu.end_pending(slow["tts_task_id"])
     assert op.execute(context(try_number=2))["failed"] == 0
-    assert manifest(tmp_path)[1]["tts_task_id"] == slow["tts_task_id"] and creates(emu) == 2
+    assert manifest(tmp_path)[1]["tts_task_id"] == slow["tts_task_id"]
+    assert creates(emu) == 2
 
 
 @pytest.mark.parametrize(
@@ -274,13 +286,12 @@ def test_one_429_pauses_every_request_of_the_batch(emu: Any, make_conn: ConnFact
     log = [entry for entry in emu.requests() if entry.get("endpoint") == "create"]
     limited = next(i for i, entry in enumerate(log) if entry.get("status") == 429)
     after = [entry["time"] for entry in log[limited + 1 :]]
-    assert after and min(after) - log[limited]["time"] >= 0.95
+    assert after
+    assert min(after) - log[limited]["time"] >= 0.95
     assert op.hook.pacer.pauses == 1
 
 
-def test_the_record_holds_no_secret_and_survives_a_failed_try(
-    emu: Any, make_conn: ConnFactory, tmp_path: Path
-) -> None:
+def test_the_record_holds_no_secret_and_survives_a_failed_try(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
     conn = make_conn("camb_ai")
     op = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=["a.", "b. [emu:outcome=error]"],
                defaults=CAMB_DEFAULTS)  # fmt: skip
@@ -289,9 +300,11 @@ def test_the_record_holds_no_secret_and_survives_a_failed_try(
     parts = list((tmp_path / STATE_FOLDER).rglob("part-*.json"))
     assert len(parts) == 1
     text = parts[0].read_text()
-    assert "sk-" not in text and "TEST" not in text
+    assert "sk-" not in text
+    assert "TEST" not in text
     record = BatchRecord(op._plan(context()).record.folder)
-    assert len(record.load()) == 2 and len(record.pending()) == 1
+    assert len(record.load()) == 2
+    assert len(record.pending()) == 1
 
 
 def test_s3_destination(emu: Any, make_conn: ConnFactory, aws_conn: str, bucket: str, s3: Any) -> None:
@@ -302,7 +315,8 @@ def test_s3_destination(emu: Any, make_conn: ConnFactory, aws_conn: str, bucket:
     )  # fmt: skip
     assert op.execute(context())["stored"] == 5
     keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]}
-    assert "audio/manifest.jsonl" in keys and not any(STATE_FOLDER in key for key in keys)
+    assert "audio/manifest.jsonl" in keys
+    assert not any(STATE_FOLDER in key for key in keys)
     rows = [json.loads(line) for line in s3.get_object(Bucket=bucket, Key="audio/manifest.jsonl")["Body"].iter_lines()]
     for row in rows:
         body = s3.get_object(Bucket=bucket, Key=row["file"].removeprefix(f"s3://{bucket}/"))["Body"].read()
@@ -312,4 +326,5 @@ def test_s3_destination(emu: Any, make_conn: ConnFactory, aws_conn: str, bucket:
         task_id="speak_all", tts_conn_id=op.tts_conn_id, destination=f"s3://{bucket}/audio/",
         dest_conn_id=aws_conn, items=texts, defaults=CAMB_DEFAULTS, deferrable=False, poll_interval=0.05,
     )  # fmt: skip
-    assert again.execute(context(run_id="manual__2"))["cached"] == 5 and creates(emu) == 5
+    assert again.execute(context(run_id="manual__2"))["cached"] == 5
+    assert creates(emu) == 5

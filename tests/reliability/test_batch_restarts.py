@@ -97,7 +97,8 @@ def test_killed_mid_submit_the_retry_creates_nothing_twice(slow_emu: Any, tmp_pa
     assert max(created.values()) == 1, "a text was paid for twice"
     assert len(created) <= COUNT
     rows = _manifest(folder)
-    assert len(rows) == COUNT and outcome["result"]["items"] == COUNT
+    assert len(rows) == COUNT
+    assert outcome["result"]["items"] == COUNT
     lost = [row for row in rows if row["status"] == "failed"]
     assert all("may have created" in row["error"] and row["retryable"] is False for row in lost)
     assert len(lost) <= ACTIVE  # only the creates in flight when the worker died
@@ -115,6 +116,7 @@ def test_killed_mid_store_the_retry_reattaches_and_stores_every_item(slow_emu: A
     assert outcome["result"]["failed"] == 0, outcome
     assert sum(_texts_created(slow_emu).values()) == COUNT  # nothing paid for again
     rows = _manifest(folder)
-    assert [row["status"] for row in rows].count("failed") == 0 and len(rows) == COUNT
+    assert [row["status"] for row in rows].count("failed") == 0
+    assert len(rows) == COUNT
     assert {row["status"] for row in rows} <= {"stored", "cached"}
     assert not (folder / ".tts-batch").exists() or not list((folder / ".tts-batch").rglob("*.json"))
