@@ -91,10 +91,11 @@ def _local(uri: str) -> Path:
     return Path(uri.removeprefix("file://"))
 
 
-def stored_audio(form: str, folder: Path, n: int) -> tuple[dict[int, str], int]:
-    """``{text index: sha256 of its file}`` read from the files, and how many manifest rows disagreed."""
+def stored_audio(form: str, folder: Path, n: int) -> tuple[dict[int, str], int, list[dict[str, Any]]]:
+    """``{text index: sha256 of its file}`` read from the files, how many manifest rows disagreed, failed rows."""
     hashes: dict[int, str] = {}
     mismatches = 0
+    failed: list[dict[str, Any]] = []
     if form == "mapped":
         manifest = json.loads((folder / "manifest.json").read_text())
         rows = [(i, item) for i, item in enumerate(manifest["items"])]
@@ -103,6 +104,7 @@ def stored_audio(form: str, folder: Path, n: int) -> tuple[dict[int, str], int]:
         lines = (folder / "manifest.jsonl").read_text().splitlines()
         rows = [(int(row["key"]) - 1, row) for row in map(json.loads, lines)]
         uris = {i: row["file"] for i, row in rows if row.get("status") in ("stored", "cached")}
+        failed = [row for _, row in rows if row.get("status") not in ("stored", "cached")]
     for i, row in rows:
         if i not in uris or not 0 <= i < n:
             continue
@@ -112,7 +114,7 @@ def stored_audio(form: str, folder: Path, n: int) -> tuple[dict[int, str], int]:
         if path.exists():
             hashes[i] = _sha256(path)
             mismatches += hashes[i] != row.get("sha256")
-    return hashes, mismatches
+    return hashes, mismatches, failed
 
 
 def creates_per_text(emu: Emulator, known: set[str], all_texts: list[str]) -> Counter[int]:
@@ -173,7 +175,7 @@ def measure(
     wall = (end.timestamp() if end else time.time()) - t0
     tis = af.task_instances(dag_id, run_id)
     creates = creates_per_text(emu, known, all_texts)
-    hashes, manifest_mismatches = stored_audio(form, destination, len(all_texts))
+    hashes, manifest_mismatches, failed_rows = stored_audio(form, destination, len(all_texts))
     n = len(all_texts)
     requests = stats1["requests_total"] - stats0["requests_total"]
     by_endpoint = {
@@ -199,6 +201,7 @@ def measure(
         "peak_process_rss_mb": round(sampler.peak_process / 2**20),
         "files": len(hashes),
         "manifest_mismatches": manifest_mismatches,
+        "failed_rows": failed_rows[:10],
         "texts_with_one_create": sum(1 for i in range(n) if creates.get(i) == 1),
         "creates": sum(creates.values()),
         "_hashes": hashes,
@@ -240,6 +243,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, injected: in
         "",
         table(headers, rows),
     ]
+    for r in results:
+        for row in r["failed_rows"]:
+            error, retryable = row.get("error"), row.get("retryable")
+            lines.append(f"- {r['form']}: item {row.get('key')} failed: {error} (retryable: {retryable})")
     if {"mapped", "batch"} <= by_form.keys():
         m, b = by_form["mapped"], by_form["batch"]
 
