@@ -111,6 +111,8 @@ if TYPE_CHECKING:
 #: A batch waits longer than one task: the default deadline of the wait for all its items.
 DEFAULT_BATCH_TIMEOUT = 6 * 3600.0
 MAX_ACTIVE_REQUESTS = 64
+#: Downloads of one item within one try (each after the transport's own retries) before it is a failed row.
+STORE_ATTEMPTS = 3
 #: What the batch's asset event carries in its ``extra``: where the manifest is and the counts.
 EVENT_KEYS = ("manifest", "items", "stored", "cached", "failed")
 
@@ -583,21 +585,31 @@ class BaseTextBatchToStorageOperator(BaseOperator):
             return {**row, "status": "failed", "error": error, "retryable": retryable}
         if entry.get("outcome") == "failed" and not entry.get("retryable"):
             return {**row, "status": "failed", "error": entry.get("error"), "retryable": False}
-        try:
-            status = self.hook.get_task_status(task_id, self.tts_kind)
-            if status.state == "pending":
-                return {**row, "status": "failed", "error": f"still {status.vendor_status} when the wait ended",
-                        "retryable": True}  # fmt: skip
-            if status.state == "failed":
-                reason = f"vendor status {status.vendor_status}" + (f": {status.message}" if status.message else "")
-                return {**row, "status": "failed", "error": reason, "retryable": bool(status.retryable),
-                        "outcome": "failed"}  # fmt: skip
-            stored = self._store(context, plan, item, status, retried)
-        except Exception as exc:
-            self.log.warning("Item %d (%s), task %s: %s", item.index, item.key, task_id, exc)
-            return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500],
-                    "retryable": not isinstance(exc, TtsPermanentError)}  # fmt: skip
-        return {**row, **stored}
+        # A transient failure of one download (a 200 maintenance page the transport cannot tell from
+        # audio, a 5xx outliving its retries) is tried again here, with a fresh status (and URL): the
+        # vendor task is paid for, and max_failed_items is for items the vendor failed, not for glitches.
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                status = self.hook.get_task_status(task_id, self.tts_kind)
+                if status.state == "pending":
+                    return {**row, "status": "failed", "error": f"still {status.vendor_status} when the wait ended",
+                            "retryable": True}  # fmt: skip
+                if status.state == "failed":
+                    reason = f"vendor status {status.vendor_status}" + (f": {status.message}" if status.message else "")
+                    return {**row, "status": "failed", "error": reason, "retryable": bool(status.retryable),
+                            "outcome": "failed"}  # fmt: skip
+                stored = self._store(context, plan, item, status, retried or attempt > 1)
+                return {**row, **stored}
+            except Exception as exc:
+                permanent = isinstance(exc, TtsPermanentError)
+                if not permanent and attempt < STORE_ATTEMPTS:
+                    self.log.warning("Item %d (%s), task %s: %s; downloading it again", item.index, item.key, task_id,
+                                     exc)  # fmt: skip
+                    continue
+                self.log.warning("Item %d (%s), task %s: %s", item.index, item.key, task_id, exc)
+                return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500],
+                        "retryable": not permanent}  # fmt: skip
+        raise AssertionError("unreachable: the last attempt returns")
 
     def _store(
         self, context: Context, plan: _Plan, item: BatchItem, status: TtsTaskStatus, retried: bool

@@ -180,6 +180,24 @@ def test_a_failed_item_is_a_row_and_the_retry_pays_only_for_the_retryable_one(
     assert creates(emu) == 6
 
 
+@pytest.mark.parametrize("kind", ["html_200", "500"])
+def test_a_transient_fault_on_one_download_is_retried_in_the_task_not_lost(
+    kind: str, emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    """A storage host's maintenance page served with HTTP 200 passes the transport (a 200) and only the
+    audio check refuses it; a 500 that outlives the transport's retries ends one download too. Both are
+    transient: the item is downloaded again in the same try, so ``max_failed_items`` never turns a
+    glitch into a missing file (the mapped store gets the same from its task retries)."""
+    conn = make_conn("revid_tts", max_retries=1)
+    texts = [f"Download {n}." for n in range(1, 4)]
+    emu.inject(kind, count=2 if kind == "500" else 1, endpoint="storage")
+    op = batch(RevidTtsBatchToStorageOperator, conn, tmp_path, items=texts, max_active_requests=1)
+    result = op.execute(context())
+    assert (result["stored"], result["failed"]) == (3, 0)
+    assert [row["status"] for row in manifest(tmp_path)] == ["stored"] * 3
+    assert creates(emu) == 3
+
+
 @pytest.mark.parametrize("policy", ["fail", "resubmit"])
 def test_a_lost_create_answer_is_never_resent_unless_asked(
     policy: str, emu: Any, make_conn: ConnFactory, tmp_path: Path
