@@ -37,7 +37,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -204,8 +206,21 @@ def measure(
         "failed_rows": failed_rows[:10],
         "texts_with_one_create": sum(1 for i in range(n) if creates.get(i) == 1),
         "creates": sum(creates.values()),
+        "load_5min": round(os.getloadavg()[1], 1),
         "_hashes": hashes,
     }
+
+
+def _commit() -> str:
+    """The provider code measured: this checkout's commit, marked when the work tree differs from it."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "airflow_provider_tts"],
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" (modified)" if dirty else "")
 
 
 def _rows(result: dict[str, Any]) -> int:
@@ -239,7 +254,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, injected: in
         "CeleryExecutor, 2 workers x 8 slots, 2 triggerers, PostgreSQL, Redis, all on this machine. Wall: "
         "trigger call to the run's end. CPU: seconds of each component's process tree over the run "
         "(workers: Celery pools, supervisors and task processes). DB rows: `pg_stat_database` inserted + "
-        "updated + deleted (Celery's result rows included).",
+        "updated + deleted (Celery's result rows included). Provider code: "
+        f"{_commit()}; machine load (5-min average at each form's end): "
+        + ", ".join(f"{r['form']} {r['load_5min']}" for r in results)
+        + ".",
         "",
         table(headers, rows),
     ]
