@@ -83,22 +83,20 @@ from airflow_provider_tts.operators.submitting import (
     create_field_name,
     create_fields,
 )
-from airflow_provider_tts.operators.tts import _rendered_later, plain_uri
+from airflow_provider_tts.operators.tts import _rendered_later, plain_uri, stream_audio_into
 from airflow_provider_tts.storage import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_MAX_BYTES,
     OVERWRITE_POLICIES,
     OverwritePolicy,
     TtsStorageError,
-    abort_stale_uploads,
     check_audio_body,
     check_destination,
     destination_path,
     peek,
-    store_stream,
 )
 from airflow_provider_tts.submissions import SubmitIdentity, outcome_unknown
-from airflow_provider_tts.triggers.batch import TtsBatchTrigger, wait_for_all
+from airflow_provider_tts.triggers.batch import TtsBatchTrigger
 from airflow_provider_tts.vendors import CambAi, RevidTts, Vendor
 from airflow_provider_tts.waiting import WaitPolicy, wait_timeout
 
@@ -370,17 +368,9 @@ class BaseTextBatchToStorageOperator(BaseOperator):
         return self._finish(context, plan, event)
 
     async def _wait_here(self, trigger: TtsBatchTrigger, pending: Mapping[str, float]) -> dict[str, Any] | None:
+        """``deferrable=False``: the trigger's own loop, in this worker, on the operator's hook."""
         try:
-            return await wait_for_all(
-                self.hook,
-                self.tts_kind,
-                pending,
-                policy=trigger.policy,
-                started_at=trigger.started_at,
-                deadline=trigger.deadline,
-                concurrency=trigger.concurrency,
-                log=self.log,
-            )
+            return await trigger.wait(self.hook, pending, log=self.log)
         finally:
             await self.hook.aclose()
 
@@ -621,23 +611,18 @@ class BaseTextBatchToStorageOperator(BaseOperator):
             name = with_extension(item.stem, audio.content_type, head)
             path = plan.folder / name
             tag = plan.identity.digest()[:12] if plan.identity is not None else "manual"
-            temp_name = f".{name}.{tag}.partial"
-            if retried:
-                abort_stale_uploads(path, temp_name)
             if f"{name}{cache.SIDECAR_SUFFIX}" in plan.names:
                 cache.forget(path)  # a sidecar never describes bytes it did not see written
-            stored = store_stream(
-                chunks,
+            stored = stream_audio_into(
                 path,
-                temp_name=temp_name,
-                content_type=audio.content_type,
-                content_length=audio.content_length,
-                tts_task_id=status.tts_task_id,
+                chunks,
+                audio,
+                status,
+                temp_name=f".{name}.{tag}.partial",
+                retried=retried,
                 overwrite=self.overwrite,
                 max_bytes=self.max_bytes,
                 chunk_bytes=self.chunk_bytes,
-                duration_seconds=status.duration_seconds,
-                checked=True,
             )
         uri = plain_uri(path)
         cache.record(path, item.fingerprint, stored, api=self.vendor.api, kind=self.tts_kind, uri=uri)

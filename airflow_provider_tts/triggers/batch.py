@@ -171,17 +171,7 @@ class TtsBatchTrigger(BaseTrigger):
             pending = await asyncio.to_thread(record.pending)
             hook = TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
             hook.pacer = Pacer()
-            event = await wait_for_all(
-                hook,
-                self.kind,
-                pending,
-                policy=self.policy,
-                started_at=self.started_at,
-                deadline=self.deadline,
-                concurrency=self.concurrency,
-                log=self.log,
-                stopped=lambda: self._killed,
-            )
+            event = await self.wait(hook, pending, log=self.log)
         except Exception as exc:  # a bad kwarg or an unreadable record ends the wait, never the triggerer
             event = error_event(exc)
         finally:
@@ -189,6 +179,20 @@ class TtsBatchTrigger(BaseTrigger):
                 await hook.aclose()
         if event is not None:
             yield TriggerEvent(event)
+
+    async def wait(self, hook: Any, pending: Mapping[str, float], *, log: Any) -> dict[str, Any] | None:
+        """:func:`wait_for_all` with this trigger's settings (also what a non-deferrable batch runs)."""
+        return await wait_for_all(
+            hook,
+            self.kind,
+            pending,
+            policy=self.policy,
+            started_at=self.started_at,
+            deadline=self.deadline,
+            concurrency=self.concurrency,
+            log=log,
+            stopped=lambda: self._killed,
+        )
 
     async def on_kill(self) -> None:
         """The batch task was killed or cleared: stop polling (the vendor tasks keep running, and may be billed)."""

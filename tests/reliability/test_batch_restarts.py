@@ -33,11 +33,16 @@ COUNT = 40
 ACTIVE = 4
 
 
-@pytest.fixture
-def slow_emu() -> Iterator[Any]:
+def emulator_with_delay(delay: float) -> Any:
+    """An emulator whose tasks finish ``delay`` seconds after their create (a context manager)."""
     from airflow_provider_tts.emulator import Emulator, EmulatorConfig
 
-    with Emulator(api_key=TEST_KEY, config=EmulatorConfig(default_delay=0.2)) as emulator:
+    return Emulator(api_key=TEST_KEY, config=EmulatorConfig(default_delay=delay))
+
+
+@pytest.fixture
+def slow_emu() -> Iterator[Any]:
+    with emulator_with_delay(0.2) as emulator:
         yield emulator
 
 

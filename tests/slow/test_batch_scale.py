@@ -10,15 +10,13 @@ printed and recorded in RELIABILITY.md.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_KEY
-from tests.reliability.test_batch_restarts import _manifest, _run
+from tests.reliability.test_batch_restarts import _manifest, _run, _spec, emulator_with_delay
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -29,21 +27,13 @@ CEILING_MIB = 256
 
 @pytest.fixture
 def instant_emu() -> Iterator[Any]:
-    from airflow_provider_tts.emulator import Emulator, EmulatorConfig
-
-    with Emulator(api_key=TEST_KEY, config=EmulatorConfig(default_delay=0)) as emulator:
+    with emulator_with_delay(0) as emulator:
         yield emulator
 
 
 def test_ten_thousand_items_in_one_task_stay_under_the_memory_ceiling(instant_emu: Any, tmp_path: Path) -> None:
-    connection = {
-        "conn_type": "revid_tts", "host": instant_emu.revid_base_url, "password": TEST_KEY,
-        "extra": {"retry_backoff": 0.01, "status_base_url": instant_emu.revid_status_base_url},
-    }  # fmt: skip
     folder = tmp_path / "out"
-    spec = {"connection": json.dumps(connection), "destination": folder.as_uri() + "/", "count": ITEMS,
-            "max_active_requests": 8}  # fmt: skip
-    outcome = _run(spec)
+    outcome = _run(_spec(instant_emu, folder, count=ITEMS, max_active_requests=8, max_failed_items=0))
     print(f"\nFIGURE batch of {ITEMS} items: worker peak RSS {outcome['peak_rss_mib']:.0f} MiB")
     assert outcome["result"]["stored"] == ITEMS, outcome
     assert sum(n for kinds in instant_emu.stats()["creates"].values() for n in kinds.values()) == ITEMS
