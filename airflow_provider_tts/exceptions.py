@@ -178,6 +178,18 @@ class TtsWaitTimeoutError(TtsError):
     """The task was still pending when the wait's deadline passed."""
 
 
+class TtsBatchItemsFailedError(TtsError):
+    """More items of a batch failed than ``max_failed_items`` allows; the manifest names each.
+
+    Raised after every other item was stored and the manifest written. A retry resubmits only the
+    items that failed retryably and re-attaches to, or skips, the rest.
+    """
+
+
+class TtsBatchItemsFailedPermanentlyError(TtsBatchItemsFailedError, TtsPermanentError):
+    """As :class:`TtsBatchItemsFailedError`, but no failed item can succeed on a retry."""
+
+
 def error_event(exc: BaseException) -> dict[str, Any]:
     """A trigger event for an error, as plain values; :func:`error_from_event` rebuilds the exception.
 

@@ -80,8 +80,14 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "RevidAPI", "python-modules": ["airflow_provider_tts.hooks.tts"]},
         ],
         "triggers": [
-            {"integration-name": "Camb.ai", "python-modules": ["airflow_provider_tts.triggers.tts"]},
-            {"integration-name": "RevidAPI", "python-modules": ["airflow_provider_tts.triggers.tts"]},
+            {
+                "integration-name": "Camb.ai",
+                "python-modules": ["airflow_provider_tts.triggers.tts", "airflow_provider_tts.triggers.batch"],
+            },
+            {
+                "integration-name": "RevidAPI",
+                "python-modules": ["airflow_provider_tts.triggers.tts", "airflow_provider_tts.triggers.batch"],
+            },
         ],
         "sensors": [
             {"integration-name": "Camb.ai", "python-modules": ["airflow_provider_tts.sensors.tts"]},
@@ -93,6 +99,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_tts.operators.tts",
                     "airflow_provider_tts.operators.text_to_storage",
+                    "airflow_provider_tts.operators.batch",
                 ],
             },
             {
@@ -100,6 +107,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_tts.operators.tts",
                     "airflow_provider_tts.operators.text_to_storage",
+                    "airflow_provider_tts.operators.batch",
                 ],
             },
         ],

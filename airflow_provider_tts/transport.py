@@ -26,6 +26,8 @@ import ipaddress
 import logging
 import random
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -64,6 +66,51 @@ MAX_JSON_BODY = 1 << 20
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = f"airflow-provider-tts/{__version__}"
+
+
+class Pacer:
+    """One ``Retry-After`` for many requests: a 429 pauses every request that shares this pacer.
+
+    A batch sends many requests at once over one connection. When the vendor answers one of them
+    with 429, its ``Retry-After`` is about the account, not that request: the other requests in
+    flight would only collect 429s of their own. Transports given the same pacer wait until the
+    latest pause a 429 asked for before each attempt, so the whole batch slows down together.
+    Thread-safe (the sync transport's callers are worker threads) and usable from event loops.
+    """
+
+    #: The longest pause one answer may impose (a garbled ``Retry-After`` must not stall a batch).
+    MAX_PAUSE = 300.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._resume_at = 0.0
+        self.pauses = 0
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request of this pacer for ``seconds`` from now (the longest pause wins)."""
+        until = time.monotonic() + min(max(seconds, 0.0), self.MAX_PAUSE)
+        with self._lock:
+            if until > self._resume_at:
+                self._resume_at = until
+                self.pauses += 1
+
+    def delay(self) -> float:
+        """Seconds to wait before the next request may start."""
+        return max(self._resume_at - time.monotonic(), 0.0)
+
+    def wait(self) -> None:
+        while (left := self.delay()) > 0:
+            time.sleep(left)
+
+    async def await_turn(self) -> None:
+        while (left := self.delay()) > 0:
+            await asyncio.sleep(left)
+
+    def observe(self, exc: BaseException) -> None:
+        """Take the pause a rate-limit answer asked for (anything else is ignored)."""
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(exc, TtsRateLimitError) and retry_after is not None:
+            self.pause(float(retry_after))
 
 
 def safe_url(url: str) -> str:
@@ -293,9 +340,21 @@ class SyncTransport:
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
         self._timeout = (settings.connect_timeout, settings.read_timeout)
+        #: Shared with other transports of one batch: a 429 pauses all of them (see :class:`Pacer`).
+        self.pacer: Pacer | None = None
 
     def close(self) -> None:
         self.session.close()
+
+    def _paced(self, send: Callable[[], T]) -> T:
+        if self.pacer is None:
+            return send()
+        self.pacer.wait()
+        try:
+            return send()
+        except TtsError as exc:
+            self.pacer.observe(exc)
+            raise
 
     def _send(self, req: ApiRequest, extra_headers: dict[str, str] | None = None) -> requests.Response:
         url = req.url
@@ -342,7 +401,9 @@ class SyncTransport:
         """Send ``req`` and parse the answer, retrying both per the connection's policy."""
         for attempt in Retrying(**retry_kwargs(self.settings.retry, req)):
             with attempt:
-                return parse(self.read_response(req, self._send(req, {"Accept": "application/json"})))
+                return self._paced(
+                    lambda: parse(self.read_response(req, self._send(req, {"Accept": "application/json"})))
+                )
         raise AssertionError("unreachable")  # pragma: no cover
 
     def open_stream(self, req: ApiRequest) -> AudioStream:
@@ -469,6 +530,8 @@ class AsyncTransport:
         # The last URL whose origin was checked, and the answer: a wait polls one URL over and over.
         self._checked_url: str | None = None
         self._checked_on_api_origin = False
+        #: Shared with the other requests of one batch: a 429 pauses all of them (see :class:`Pacer`).
+        self.pacer: Pacer | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -532,6 +595,16 @@ class AsyncTransport:
             url = target
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _attempt(self, req: ApiRequest, parse: Callable[[ApiResponse], T]) -> T:
+        if self.pacer is None:
+            return parse(await self._read_once(req))
+        await self.pacer.await_turn()
+        try:
+            return parse(await self._read_once(req))
+        except TtsError as exc:
+            self.pacer.observe(exc)
+            raise
+
     async def call(self, req: ApiRequest, parse: Callable[[ApiResponse], T]) -> T:
         """Async twin of :meth:`SyncTransport.call`: same policy, same parser.
 
@@ -544,7 +617,7 @@ class AsyncTransport:
         those of :func:`retry_kwargs`.
         """
         try:
-            return parse(await self._read_once(req))
+            return await self._attempt(req, parse)
         except Exception as exc:
             first_failure: Exception | None = exc
         async for attempt in AsyncRetrying(**retry_kwargs(self.settings.retry, req)):
@@ -552,5 +625,5 @@ class AsyncTransport:
                 if first_failure is not None:
                     replay, first_failure = first_failure, None
                     raise replay
-                return parse(await self._read_once(req))
+                return await self._attempt(req, parse)
         raise AssertionError("unreachable")  # pragma: no cover

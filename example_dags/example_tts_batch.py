@@ -30,6 +30,7 @@ import logging
 import os
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pendulum
@@ -38,10 +39,9 @@ from airflow.sdk import DAG, Asset, ObjectStoragePath, Param, task
 from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator, TtsSubmitOperator
 
 OUTPUT = os.environ.get("TTS_EXAMPLE_OUTPUT", "file:///tmp/airflow-tts-examples/")
-SUBJECTS = ["The river", "A small bird", "The night train", "Our team", "The old library", "A quiet street",
-            "The mountain", "Every morning", "The harbour", "A warm kitchen"]  # fmt: skip
-ENDINGS = ["wakes up slowly.", "carries a story.", "sounds like rain.", "waits for spring.", "hums a tune."]
-TEXTS = [f"{i + 1}. {s} {e}" for i, (s, e) in enumerate((s, e) for e in ENDINGS for s in SUBJECTS)][:50]
+#: The 50 texts, one per line (``example_tts_batch_one_task`` reads the same file).
+TEXTS_FILE = Path(__file__).parent / "data" / "batch_texts.txt"
+TEXTS = TEXTS_FILE.read_text(encoding="utf-8").splitlines()
 #: Words of a text that make it into its file name (a slug, not the whole sentence).
 SLUG_CHARS = 40
 

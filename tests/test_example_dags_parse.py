@@ -25,6 +25,7 @@ def test_example_dags_parse_without_errors() -> None:
         "example_tts_scheduled_retries",
         "example_tts_stream",
         "example_tts_batch_announce",
+        "example_tts_batch_one_task",
     }
     assert time.monotonic() - started < 30
     batch = bag.dags.get("example_tts_batch")

@@ -26,7 +26,7 @@ from airflow_provider_tts.exceptions import (
     excerpt,
 )
 from airflow_provider_tts.status import TtsTaskStatus
-from airflow_provider_tts.transport import AsyncTransport, AudioStream, SyncTransport
+from airflow_provider_tts.transport import AsyncTransport, AudioStream, Pacer, SyncTransport
 from airflow_provider_tts.vendors import vendor_class
 from airflow_provider_tts.vendors.base import ApiRequest, Submission, Vendor, validate_task_id
 
@@ -83,6 +83,8 @@ class TtsHook(BaseHook):
                 f"unknown retry settings {sorted(unknown)}; expected max_retries, backoff, max_backoff"
             )
         self.shared_session = shared_session
+        #: Set by a batch before the first call: one ``Retry-After`` then paces all of its requests.
+        self.pacer: Pacer | None = None
         self._vendor: Vendor | None = None
         self._async_transport: AsyncTransport | None = None
         # Tasks a vendor finished synchronously at submit time: their audio must not be lost even
@@ -140,11 +142,14 @@ class TtsHook(BaseHook):
 
     @cached_property
     def _sync(self) -> SyncTransport:
-        return SyncTransport(self.vendor.settings)
+        transport = SyncTransport(self.vendor.settings)
+        transport.pacer = self.pacer
+        return transport
 
     async def _async(self) -> AsyncTransport:
         if self._async_transport is None:
             self._async_transport = AsyncTransport((await self.avendor()).settings, shared=self.shared_session)
+            self._async_transport.pacer = self.pacer
         return self._async_transport
 
     def get_conn(self) -> requests.Session:

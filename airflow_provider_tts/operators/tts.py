@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -65,7 +65,9 @@ if TYPE_CHECKING:
 
     from airflow_provider_tts.hooks.tts import TtsHook
     from airflow_provider_tts.status import TtsTaskStatus
+    from airflow_provider_tts.storage import StoredAudio
     from airflow_provider_tts.submissions import SubmitLedger
+    from airflow_provider_tts.transport import AudioStream
 
 
 def _templated(value: Any) -> bool:
@@ -282,6 +284,40 @@ class TtsSubmitOperator(BaseOperator):
 def plain_uri(path: ObjectStoragePath) -> str:
     """The destination's URI without the connection id (what XCom and Asset events carry)."""
     return f"{path.protocol}://{path.path}"
+
+
+def stream_audio_into(
+    path: ObjectStoragePath,
+    chunks: Iterable[bytes],
+    audio: AudioStream,
+    status: TtsTaskStatus,
+    *,
+    temp_name: str,
+    retried: bool,
+    overwrite: OverwritePolicy,
+    max_bytes: int,
+    chunk_bytes: int,
+) -> StoredAudio:
+    """Store one task's opened audio at ``path`` (a checked destination), as every downloading operator does.
+
+    On a retried try, an open multipart upload a killed earlier try left on ``temp_name`` is
+    aborted first; then the bytes go through :func:`~airflow_provider_tts.storage.store_stream`.
+    """
+    if retried:
+        abort_stale_uploads(path, temp_name)  # a killed earlier try's open upload
+    return store_stream(
+        chunks,
+        path,
+        temp_name=temp_name,
+        content_type=audio.content_type,
+        content_length=audio.content_length,
+        tts_task_id=status.tts_task_id,
+        overwrite=overwrite,
+        max_bytes=max_bytes,
+        chunk_bytes=chunk_bytes,
+        duration_seconds=status.duration_seconds,
+        checked=True,
+    )
 
 
 class _StoredAudioOutput:
@@ -627,21 +663,16 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
                 audio.content_length if audio.content_length is not None else "unknown",
                 plain_uri(path),
             )
-            temp_name = self._temp_name(context, path.name)
-            if not isinstance(try_number, int) or try_number > 1:
-                abort_stale_uploads(path, temp_name)  # a killed earlier try's open upload
-            stored = store_stream(
-                chunks,
+            stored = stream_audio_into(
                 path,
-                temp_name=temp_name,
-                content_type=audio.content_type,
-                content_length=audio.content_length,
-                tts_task_id=status.tts_task_id,
+                chunks,
+                audio,
+                status,
+                temp_name=self._temp_name(context, path.name),
+                retried=not isinstance(try_number, int) or try_number > 1,
                 overwrite=self.overwrite,
                 max_bytes=self.max_bytes,
                 chunk_bytes=self.chunk_bytes,
-                duration_seconds=status.duration_seconds,
-                checked=True,
             )
         result = {**stored.to_xcom(), "uri": plain_uri(path)}
         self._emit_asset(context, result)

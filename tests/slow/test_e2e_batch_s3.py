@@ -131,3 +131,41 @@ def test_batch_to_s3_through_faults(airflow: LocalAirflow, emulator: Emulator, s
         assert hashlib.sha256(stored).hexdigest() == item["sha256"] == hashlib.sha256(served).hexdigest()
         assert len(stored) == item["size_bytes"]
     assert emulator.storage_key_leaks() == []
+
+
+def test_batch_in_one_task_to_s3_through_faults(
+    airflow: LocalAirflow, emulator: Emulator, s3_client: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The one-task batch example into s3:// with 10% of status, result and storage requests failing."""
+    dag_id = "example_tts_batch_one_task"
+    texts = [f"Sentence number {i + 1} of the one-task batch." for i in range(50)]
+    source = tmp_path_factory.mktemp("items") / "texts.txt"
+    source.write_text("\n".join(texts) + "\n")
+    emulator.set_faults(
+        rate=0.10, kinds=("429", "500", "502", "503", "504"), endpoints=frozenset({"status", "result", "storage"}),
+        retry_after="0.2", seed=20261202,
+    )  # fmt: skip
+    emulator.inject("429", count=4, endpoint="create")
+    emulator.inject("503", count=4, endpoint="create")
+    before = emulator.stats()["creates"]["revid_tts"]["tts"]
+    airflow.wait_for_dag(dag_id)
+    conf = {"items_path": source.as_uri(), "destination": f"s3://{BUCKET}/one-task/", "dest_conn_id": "aws_e2e"}
+    run_id = airflow.trigger(dag_id, conf=conf)
+    run = airflow.wait_for_run(dag_id, run_id, timeout=600, poll_interval=2)
+    emulator.set_faults(rate=0.0)
+    assert run["state"] == "success", airflow.describe_run(dag_id, run_id)
+    assert len(airflow.task_instances(dag_id, run_id)) == 1
+    assert emulator.stats()["creates"]["revid_tts"]["tts"] - before == len(texts)
+
+    body = s3_client.get_object(Bucket=BUCKET, Key="one-task/manifest.jsonl")["Body"].read().decode()
+    rows = [json.loads(line) for line in body.splitlines()]
+    assert [row["status"] for row in rows] == ["stored"] * len(texts)
+    keys = {obj["Key"] for obj in s3_client.list_objects_v2(Bucket=BUCKET, Prefix="one-task/")["Contents"]}
+    audio = {row["file"].removeprefix(f"s3://{BUCKET}/") for row in rows}
+    assert keys == {"one-task/manifest.jsonl"} | audio | {f"{key}.tts.json" for key in audio}
+    for row in rows:
+        stored = s3_client.get_object(Bucket=BUCKET, Key=row["file"].removeprefix(f"s3://{BUCKET}/"))["Body"].read()
+        served = requests.get(emulator.url + f"/storage/revid/{row['tts_task_id']}.wav", timeout=30).content
+        assert hashlib.sha256(stored).hexdigest() == row["sha256"] == hashlib.sha256(served).hexdigest()
+    assert s3_client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    assert emulator.storage_key_leaks() == []

@@ -1,0 +1,60 @@
+"""A batch in one task: the 50 texts of ``example_tts_batch``, one submit round, one deferral, one task.
+
+``example_tts_batch`` maps a submit task and a store task over the texts: 101 task instances for
+50 texts, each with its worker start-up and scheduler round trips. Here
+:class:`~airflow_provider_tts.operators.batch.RevidTtsBatchToStorageOperator` takes the whole list
+(from a file in object storage, one text per line) and, in one task instance: validates every text
+before paying for any, submits them ``max_active_requests`` at a time (the intent recorded before
+each round, the vendor ids right after, beside the output), waits for all of them in the
+triggerer, streams every audio file into the folder and writes ``manifest.jsonl`` (one row per
+text: file, size, sha256, duration, vendor task id, status, error).
+
+Names follow the texts: ``00007-the-mountain-wakes-up-slowly.wav``. A re-run pays only for texts
+whose request changed (the request cache's sidecars beside each file); a retry after a failure
+re-attaches to every task already paid for and resubmits only the items that failed retryably.
+``max_failed_items=2`` lets the run succeed with up to two failed texts, each a manifest row with
+the vendor's reason.
+
+Connections: ``revid_tts_default`` (RevidAPI), plus ``dest_conn_id`` for the storage (e.g. an
+``aws`` connection for ``s3://``).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import DAG, Param
+
+from airflow_provider_tts.operators.batch import RevidTtsBatchToStorageOperator
+
+OUTPUT = os.environ.get("TTS_EXAMPLE_OUTPUT", "file:///tmp/airflow-tts-examples/")
+#: The same 50 texts as ``example_tts_batch``, one per line.
+TEXTS_FILE = (Path(__file__).parent / "data" / "batch_texts.txt").as_uri()
+
+with DAG(
+    dag_id="example_tts_batch_one_task",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={
+        "items_path": Param(TEXTS_FILE, type="string"),
+        "destination": Param(OUTPUT + "batch-one-task/", type="string", pattern=".*/$"),
+        "dest_conn_id": Param(None, type=["null", "string"]),
+    },
+    tags=["example", "tts", "batch"],
+) as dag:
+    RevidTtsBatchToStorageOperator(
+        task_id="speak_all",
+        items_path="{{ params.items_path }}",
+        defaults={"engine": "edge"},
+        destination="{{ params.destination }}",
+        dest_conn_id="{{ params.dest_conn_id or '' }}",
+        max_failed_items=2,
+        max_active_requests=8,
+        deferrable=True,
+        retries=2,
+        retry_delay=timedelta(seconds=10),
+    )

@@ -1,0 +1,348 @@
+"""The batch operators: N items, one deferral, per-item record and manifest (issue 15).
+
+Against the emulator over loopback (and moto for s3://): every class stores its batch; the task
+defers once, and the trigger row names the record, not the ids; a failed item is a manifest row,
+and a retry pays only for the items that failed retryably; a lost create answer is never resent;
+bad input fails before any request; one 429 pauses every request of the batch; a re-run costs
+nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from airflow_provider_tts.batch import STATE_FOLDER, BatchRecord
+from airflow_provider_tts.compat import TaskDeferred
+from airflow_provider_tts.exceptions import (
+    TtsBatchItemsFailedError,
+    TtsBatchItemsFailedPermanentlyError,
+    TtsConfigError,
+)
+from airflow_provider_tts.operators.batch import (
+    BaseTextBatchToStorageOperator,
+    CambTextToSoundBatchToStorageOperator,
+    CambTtsBatchToStorageOperator,
+    RevidSrtToSpeechBatchToStorageOperator,
+    RevidTtsBatchToStorageOperator,
+)
+from airflow_provider_tts.triggers.batch import BATCH_TRIGGER_CLASSPATH, TtsBatchTrigger
+from tests.conftest import ConnFactory
+from tests.operators.test_submit import SRT
+
+CAMB_DEFAULTS = {"voice_id": 20303, "language": 1}
+
+
+def context(try_number: int = 1, run_id: str = "manual__1") -> dict[str, Any]:
+    ti = SimpleNamespace(dag_id="nightly", task_id="speak_all", run_id=run_id, map_index=-1, try_number=try_number)
+    return {"ti": ti}
+
+
+def batch(cls: type[BaseTextBatchToStorageOperator], conn_id: str, folder: Path, **kw: Any) -> Any:
+    kw.setdefault("deferrable", False)
+    kw.setdefault("poll_interval", 0.05)
+    return cls(task_id="speak_all", tts_conn_id=conn_id, destination=folder.as_uri() + "/", **kw)
+
+
+def manifest(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+
+
+def creates(emu: Any) -> int:
+    return sum(n for kinds in emu.stats()["creates"].values() for n in kinds.values())
+
+
+def created_texts(emu: Any) -> list[str]:
+    return [str((task.get("body") or {}).get("text")) for task in emu.tasks()]
+
+
+CASES = [
+    (CambTtsBatchToStorageOperator, "camb_ai", ["One river.", "Two birds.", "Three trains."], CAMB_DEFAULTS),
+    (CambTextToSoundBatchToStorageOperator, "camb_ai", ["rain on a roof", "a bell"], {"duration": 1}),
+    (RevidTtsBatchToStorageOperator, "revid_tts", ["One river.", {"text": "Two birds.", "key": "birds"}], {}),
+    (RevidSrtToSpeechBatchToStorageOperator, "revid_tts", [SRT, {"srt": SRT, "file_name": "welcome"}], {}),
+]
+
+
+@pytest.mark.parametrize(("cls", "api", "items", "defaults"), CASES, ids=lambda c: getattr(c, "__name__", None))
+def test_every_class_stores_its_batch_and_a_manifest_row_per_item(
+    cls: Any, api: str, items: list[Any], defaults: dict[str, Any], emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    result = batch(cls, make_conn(api), tmp_path, items=items, defaults=defaults).execute(context())
+    rows = manifest(tmp_path)
+    assert result["items"] == result["stored"] == len(items)
+    assert result["failed"] == 0
+    assert [row["index"] for row in rows] == list(range(1, len(items) + 1))
+    for row in rows:
+        stored = Path(row["file"].removeprefix("file://"))
+        assert row["status"] == "stored"
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == row["sha256"]
+        assert stored.stat().st_size == row["size_bytes"]
+        assert row["tts_task_id"]
+    assert creates(emu) == len(items)
+    assert not (tmp_path / STATE_FOLDER).exists()  # the record goes once every item is stored
+    assert "rows" not in result
+    assert len(json.dumps(result)) < 1000
+
+
+def test_names_follow_keys_file_names_and_the_first_words(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
+    items = ["1. The river wakes up slowly.", {"text": "x", "key": "intro"}, {"text": "y", "file_name": "outro"}]
+    batch(RevidTtsBatchToStorageOperator, make_conn("revid_tts"), tmp_path, items=items).execute(context())
+    names = [Path(row["file"]).name for row in manifest(tmp_path)]
+    assert names == ["00001-the-river-wakes-up-slowly.wav", "intro.wav", "outro.wav"]
+
+
+def test_a_rerun_pays_for_nothing_and_an_edited_text_pays_once(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    conn = make_conn("camb_ai")
+    texts = [f"Sentence number {n}." for n in range(12)]
+    batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS).execute(context())
+    again = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS)
+    assert again.execute(context(run_id="manual__2"))["cached"] == 12
+    assert creates(emu) == 12
+    texts[3] = "An edited sentence."
+    edited = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS)
+    result = edited.execute(context(run_id="manual__3"))
+    assert (result["cached"], result["stored"], creates(emu)) == (11, 1, 13)
+
+
+def test_the_task_defers_once_and_the_trigger_row_names_the_record_not_the_ids(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    conn = make_conn("camb_ai")
+    texts = [f"Deferred sentence {n}." for n in range(30)]
+    op = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context())
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, TtsBatchTrigger)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == BATCH_TRIGGER_CLASSPATH
+    row = json.dumps(kwargs)
+    assert len(row) < 1000
+    assert not any(task["task_id"] in row for task in emu.tasks())
+    assert (tmp_path / STATE_FOLDER).is_dir()
+
+    async def first_event() -> Any:
+        async for event in TtsBatchTrigger(**kwargs).run():
+            return event.payload
+        return None
+
+    event = asyncio.run(first_event())
+    assert event["status"] == "done"
+    assert event["succeeded"] == 30
+    fresh = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS, deferrable=True)
+    result = getattr(fresh, deferred.value.method_name)(context(), event=event)
+    assert result["stored"] == 30
+    assert creates(emu) == 30
+
+
+def test_a_failed_item_is_a_row_and_the_retry_pays_only_for_the_retryable_one(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    """Item 1's create is refused with 429s until the retries run out (nothing created, retryable);
+    item 3 is harmful content (created, failed for good). Try 1 stores the other four and fails;
+    try 2 creates item 1 only, reports item 3 again without paying, and still fails (permanently)."""
+    conn = make_conn("camb_ai", max_retries=1)
+    texts = [f"Item {n}." for n in range(1, 7)]
+    texts[2] = "Item 3. [emu:outcome=error,reason=HARMFUL_CONTENT_DETECTED]"
+    emu.inject("429", count=2, endpoint="create")
+    op = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS,
+               max_active_requests=1)  # fmt: skip
+    with pytest.raises(TtsBatchItemsFailedError) as first:
+        op.execute(context())
+    assert not isinstance(first.value, TtsBatchItemsFailedPermanentlyError)
+    rows = manifest(tmp_path)
+    assert [row["status"] for row in rows] == ["failed", "stored", "failed", "stored", "stored", "stored"]
+    assert rows[0]["retryable"] is True
+    assert "429" in rows[0]["error"]
+    assert rows[2]["retryable"] is False
+    assert "HARMFUL_CONTENT_DETECTED" in rows[2]["error"]
+    assert creates(emu) == 5
+
+    with pytest.raises(TtsBatchItemsFailedPermanentlyError):
+        op.execute(context(try_number=2))
+    rows = manifest(tmp_path)
+    assert [row["status"] for row in rows] == ["stored", "cached", "failed", "cached", "cached", "cached"]
+    assert creates(emu) == 6
+    assert sorted(created_texts(emu)) == sorted(texts)  # one vendor task per item, none twice
+
+    tolerant = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS,
+                     max_failed_items=1)  # fmt: skip
+    assert tolerant.execute(context(try_number=3))["failed"] == 1
+    assert creates(emu) == 6
+
+
+@pytest.mark.parametrize("kind", ["html_200", "500"])
+def test_a_transient_fault_on_one_download_is_retried_in_the_task_not_lost(
+    kind: str, emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    """A storage host's maintenance page served with HTTP 200 passes the transport (a 200) and only the
+    audio check refuses it; a 500 that outlives the transport's retries ends one download too. Both are
+    transient: the item is downloaded again in the same try, so ``max_failed_items`` never turns a
+    glitch into a missing file (the mapped store gets the same from its task retries)."""
+    conn = make_conn("revid_tts", max_retries=1)
+    texts = [f"Download {n}." for n in range(1, 4)]
+    emu.inject(kind, count=2 if kind == "500" else 1, endpoint="storage")
+    op = batch(RevidTtsBatchToStorageOperator, conn, tmp_path, items=texts, max_active_requests=1)
+    result = op.execute(context())
+    assert (result["stored"], result["failed"]) == (3, 0)
+    assert [row["status"] for row in manifest(tmp_path)] == ["stored"] * 3
+    assert creates(emu) == 3
+
+
+@pytest.mark.parametrize("policy", ["fail", "resubmit"])
+def test_a_lost_create_answer_is_never_resent_unless_asked(
+    policy: str, emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    conn = make_conn("revid_tts")
+    texts = ["First.", "Second.", "Third."]
+    emu.inject("502", count=1, endpoint="create")  # after sending: the vendor may have created it
+    op = batch(RevidTtsBatchToStorageOperator, conn, tmp_path, items=texts, max_active_requests=1,
+               on_uncertain_submit=policy)  # fmt: skip
+    with pytest.raises(TtsBatchItemsFailedError):
+        op.execute(context())
+    first = manifest(tmp_path)[0]
+    assert first["status"] == "failed"
+    assert "may have created" in first["error"]
+    sent = emu.stats()["requests_by_endpoint"]
+    if policy == "fail":
+        with pytest.raises(TtsBatchItemsFailedPermanentlyError):
+            op.execute(context(try_number=2))
+        assert manifest(tmp_path)[0]["status"] == "failed"
+        assert emu.stats()["requests_by_endpoint"].get("create") == sent.get("create")
+    else:
+        assert op.execute(context(try_number=2))["failed"] == 0
+        assert manifest(tmp_path)[0]["status"] == "stored"
+
+
+def test_a_retry_reattaches_to_tasks_still_pending_at_the_deadline(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    conn = make_conn("camb_ai")
+    texts = ["Quick one.", "Slow one. [emu:delay=inf]"]
+    op = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS, timeout=1)
+    with pytest.raises(TtsBatchItemsFailedError):
+        op.execute(context())
+    slow = manifest(tmp_path)[1]
+    assert slow["status"] == "failed"
+    assert slow["retryable"] is True
+    assert "PENDING" in slow["error"]
+    emu.end_pending(slow["tts_task_id"])
+    assert op.execute(context(try_number=2))["failed"] == 0
+    assert manifest(tmp_path)[1]["tts_task_id"] == slow["tts_task_id"]
+    assert creates(emu) == 2
+
+
+@pytest.mark.parametrize(
+    ("items", "defaults", "expected"),
+    [
+        (["ok", 7], CAMB_DEFAULTS, "item 2 is a int"),
+        (["ok", {"text": "dup", "key": "a"}, {"text": "dup2", "key": "a"}], CAMB_DEFAULTS, "repeats key 'a'"),
+        (["same", {"text": "x", "file_name": "00001-same"}], CAMB_DEFAULTS, "would be stored as '00001-same'"),
+        (["ok", {"text": "x", "file_name": "../up"}], CAMB_DEFAULTS, "'../up' contains a path separator"),
+        (["ok", {"text": "x", "voice_id": "not-a-voice"}], CAMB_DEFAULTS, "item 2"),
+        (["no voice"], {"language": 1}, "item 1"),
+        ([], CAMB_DEFAULTS, "got no items"),
+    ],
+)
+def test_bad_items_fail_before_any_request_or_write(
+    items: list[Any], defaults: dict[str, Any], expected: str, emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    op = batch(CambTtsBatchToStorageOperator, make_conn("camb_ai"), tmp_path, items=items, defaults=defaults)
+    with pytest.raises(TtsConfigError, match=expected.replace("(", r"\(")):
+        op.execute(context())
+    assert emu.stats()["requests_total"] == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mistyped_default_fails_when_the_dag_is_parsed(tmp_path: Path) -> None:
+    with pytest.raises(TtsConfigError, match="'voice_idd'"):
+        CambTtsBatchToStorageOperator(task_id="t", items=["x"], defaults={"voice_idd": 1}, destination="file:///x/")
+    with pytest.raises(TtsConfigError, match="exactly one of items"):
+        CambTtsBatchToStorageOperator(task_id="t", destination="file:///x/")
+
+
+def test_a_connection_of_the_other_vendor_is_refused_before_paying(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    op = batch(CambTtsBatchToStorageOperator, make_conn("revid_tts"), tmp_path, items=["x"], defaults=CAMB_DEFAULTS)
+    with pytest.raises(TtsConfigError, match="needs a camb_ai connection"):
+        op.execute(context())
+    assert emu.stats()["creates"] == {}
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".txt"])
+def test_items_from_a_file(suffix: str, emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
+    source = tmp_path / f"items{suffix}"
+    if suffix == ".jsonl":
+        source.write_text('"One."\n{"text": "Two.", "key": "two"}\n\n')
+    elif suffix == ".csv":
+        source.write_text("key,text\none,One.\ntwo,Two.\n")
+    else:
+        source.write_text("One.\nTwo.\n")
+    out = tmp_path / "out"
+    op = batch(RevidTtsBatchToStorageOperator, make_conn("revid_tts"), out, items_path=source.as_uri())
+    assert op.execute(context())["stored"] == 2
+    assert sorted(created_texts(emu)) == ["One.", "Two."]
+
+
+def test_one_429_pauses_every_request_of_the_batch(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
+    """The first create gets 429 with ``Retry-After: 1``: no create of the batch starts before that second is over."""
+    emu.inject("429", count=1, endpoint="create")
+    texts = [f"Paced {n}." for n in range(8)]
+    op = batch(CambTtsBatchToStorageOperator, make_conn("camb_ai"), tmp_path, items=texts, defaults=CAMB_DEFAULTS,
+               max_active_requests=1)  # fmt: skip
+    op.execute(context())
+    log = [entry for entry in emu.requests() if entry.get("endpoint") == "create"]
+    limited = next(i for i, entry in enumerate(log) if entry.get("status") == 429)
+    after = [entry["time"] for entry in log[limited + 1 :]]
+    assert after
+    assert min(after) - log[limited]["time"] >= 0.95
+    assert op.hook.pacer.pauses == 1
+
+
+def test_the_record_holds_no_secret_and_survives_a_failed_try(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
+    conn = make_conn("camb_ai")
+    op = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=["a.", "b. [emu:outcome=error]"],
+               defaults=CAMB_DEFAULTS)  # fmt: skip
+    with pytest.raises(TtsBatchItemsFailedError):
+        op.execute(context())
+    parts = list((tmp_path / STATE_FOLDER).rglob("part-*.json"))
+    assert len(parts) == 1
+    text = parts[0].read_text()
+    assert "sk-" not in text
+    assert "TEST" not in text
+    record = BatchRecord(op._plan(context()).record.folder)
+    assert len(record.load()) == 2
+    assert len(record.pending()) == 1
+
+
+def test_s3_destination(emu: Any, make_conn: ConnFactory, aws_conn: str, bucket: str, s3: Any) -> None:
+    texts = [f"Cloud sentence {n}." for n in range(5)]
+    op = CambTtsBatchToStorageOperator(
+        task_id="speak_all", tts_conn_id=make_conn("camb_ai"), destination=f"s3://{bucket}/audio/",
+        dest_conn_id=aws_conn, items=texts, defaults=CAMB_DEFAULTS, deferrable=False, poll_interval=0.05,
+    )  # fmt: skip
+    assert op.execute(context())["stored"] == 5
+    keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert "audio/manifest.jsonl" in keys
+    assert not any(STATE_FOLDER in key for key in keys)
+    rows = [json.loads(line) for line in s3.get_object(Bucket=bucket, Key="audio/manifest.jsonl")["Body"].iter_lines()]
+    for row in rows:
+        body = s3.get_object(Bucket=bucket, Key=row["file"].removeprefix(f"s3://{bucket}/"))["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == row["sha256"]
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    again = CambTtsBatchToStorageOperator(
+        task_id="speak_all", tts_conn_id=op.tts_conn_id, destination=f"s3://{bucket}/audio/",
+        dest_conn_id=aws_conn, items=texts, defaults=CAMB_DEFAULTS, deferrable=False, poll_interval=0.05,
+    )  # fmt: skip
+    assert again.execute(context(run_id="manual__2"))["cached"] == 5
+    assert creates(emu) == 5
