@@ -277,6 +277,19 @@ def test_replace_rewrites(emu: Any, make_conn: ConnFactory, aws_conn: str, s3: A
     assert _keys(s3, versioned) == ["speech.wav"]
 
 
+def test_replace_into_a_known_folder_is_one_put_and_nothing_else(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What is already there does not matter to ``replace``: no HEAD, the PutObject is the only request.
+    task_id = emu.create_task("camb_ai", "tts", delay=0)
+    op = _op(make_conn("camb_ai"), task_id, f"s3://{bucket}/audio/", overwrite="replace", dest_conn_id=aws_conn)
+    first = op.execute(ti_context())
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="werkzeug"):
+        assert op.execute(ti_context()) == first
+    assert [r.split("?")[0] for r in _requests(caplog, bucket)] == [f"PUT /{bucket}/audio/{TI_NAME}.flac"]
+
+
 def test_fail_policy_raises_before_downloading(
     emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str
 ) -> None:
