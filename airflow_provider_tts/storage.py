@@ -28,6 +28,7 @@ would record a temporary nobody reads as an input asset. The destination alone i
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import logging
@@ -37,8 +38,9 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsProtocolError
 
@@ -92,6 +94,10 @@ DEFAULT_CHUNK_BYTES = 256 * 1024
 #: size (S3's minimum part is 5 MiB). Also the block size of other object stores' files. Bounds the
 #: memory a write holds whatever the file size.
 UPLOAD_BLOCK_BYTES = 8 * 1024**2
+#: S3: parts of one multipart upload sent at once. One part at a time leaves the link idle while a
+#: part is signed, checksummed and acknowledged; a few keep it busy. With :data:`UPLOAD_BLOCK_BYTES`
+#: this bounds a large upload's buffers to ``(PARTS_IN_FLIGHT + 1) * UPLOAD_BLOCK_BYTES``.
+PARTS_IN_FLIGHT = 3
 #: Seconds between progress log lines of one download (at most one line per interval).
 PROGRESS_LOG_INTERVAL = 5.0
 #: Bytes the helper thread may lag behind the download (at least two chunks).
@@ -196,7 +202,9 @@ def check_destination(path: ObjectStoragePath, *, folder_hint: bool) -> bool:
     ``ObjectStoragePath("file:///data/audio/")`` loses its slash, and storing a file *as*
     ``/data/audio`` would move it into the folder under another name. On S3 one request
     (``ListObjectsV2`` under ``key/``, at most one key) tells both that the bucket exists and
-    whether the name is a prefix. A local folder (or a file's parent folder) is created.
+    whether the name is a prefix; a destination written as a folder needs only the bucket, whose
+    existence is asked once per process and connection (``HeadBucket``), so every further file into
+    it costs no request here. A local folder (or a file's parent folder) is created.
     """
     mode = write_mode(path)
     if mode == "rename":
@@ -208,12 +216,20 @@ def check_destination(path: ObjectStoragePath, *, folder_hint: bool) -> bool:
         return False
     bucket, _, key = path.path.partition("/")
     where = f"{_protocol(path)}://{bucket}"
-    call_s3 = getattr(path.fs, "call_s3", None)
     try:
-        if _protocol(path) in S3_SCHEMES and callable(call_s3):
-            prefix = key.rstrip("/") + "/" if key.strip("/") else ""
-            listing = call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
-            return folder_hint or not prefix or bool(listing.get("KeyCount") or listing.get("Contents"))
+        s3 = _s3_call(path)
+        if s3 is not None:
+            known = (getattr(path, "conn_id", None), bucket)
+            if folder_hint or not key.strip("/"):  # a folder by how it was written: only the bucket matters
+                if known not in _KNOWN_BUCKETS:
+                    s3("head_bucket", Bucket=bucket)
+                    _KNOWN_BUCKETS.add(known)
+                return True
+            # A name without the slash may still be a folder (a prefix): one listing tells that and,
+            # by answering at all, that the bucket exists.
+            listing = s3("list_objects_v2", Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1)
+            _KNOWN_BUCKETS.add(known)
+            return bool(listing.get("KeyCount") or listing.get("Contents"))
         if not getattr(path, "bucket", bucket):  # a filesystem without buckets (sftp, memory): a folder tree
             path.fs.makedirs(path.path if folder_hint else path.parent.path, exist_ok=True)
             return folder_hint or path.is_dir()
@@ -230,6 +246,80 @@ def check_destination(path: ObjectStoragePath, *, folder_hint: bool) -> bool:
 def check_writable(path: ObjectStoragePath) -> None:
     """Fail clearly, before any byte is written, when the destination's container does not exist."""
     check_destination(path, folder_hint=False)
+
+
+# --------------------------------------------------------------------------------------- S3 calls
+
+#: An S3 API call: ``call("put_object", Bucket=..., ...)`` returns the parsed response; S3's errors
+#: arrive as :class:`OSError` subclasses (``FileNotFoundError`` for a missing key or bucket,
+#: ``PermissionError`` for a refusal), whichever client made the call.
+_S3Call = Callable[..., dict[str, Any]]
+
+#: One boto3 S3 client per Airflow connection id (``None``: the default credential chain), built
+#: once per process: a client takes longer to build than a small file takes to upload, and boto3
+#: clients are thread-safe (the batch operator stores from several threads). Like Airflow's own
+#: filesystem cache (one per scheme and connection id), it lives as long as the process.
+_CLIENTS: dict[str | None, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+#: ``(connection id, bucket)`` pairs this process has seen exist. Knowing a bucket exists saves the
+#: check's request for every further file into a folder of it; a bucket deleted since then makes the
+#: write itself fail (nothing becomes visible) and is forgotten here (see :func:`_forget_bucket`).
+_KNOWN_BUCKETS: set[tuple[str | None, str]] = set()
+
+
+def _s3_call(path: ObjectStoragePath) -> _S3Call | None:
+    """The S3 API of ``path``'s connection, or None when ``path`` is not on an s3fs filesystem.
+
+    The calls go through a plain boto3 client built by the Amazon provider's ``S3Hook`` from the
+    same connection Airflow's s3fs filesystem is built from (same credentials, endpoint and botocore
+    config): s3fs would run every call through its event-loop thread, a synchronous bridge that costs
+    more CPU per multipart part than the upload itself and serialises parts. Where the filesystem
+    has settings the hook's client would not reproduce (a custom request signer, anonymous access,
+    another endpoint), s3fs's own ``call_s3`` is used instead.
+    """
+    fs = path.fs
+    call_s3 = getattr(fs, "call_s3", None)
+    if _protocol(path) not in S3_SCHEMES or not callable(call_s3):
+        return None
+    conn_id = getattr(path, "conn_id", None)
+    with _CLIENTS_LOCK:
+        if conn_id not in _CLIENTS:
+            _CLIENTS[conn_id] = _hook_client(fs, conn_id)
+        client = _CLIENTS[conn_id]
+    if client is None:
+        return cast("_S3Call", call_s3)
+    return functools.partial(_boto_call, client)
+
+
+def _hook_client(fs: Any, conn_id: str | None) -> Any:
+    """The ``S3Hook`` client of ``conn_id`` when it talks to S3 exactly as ``fs`` does; else None."""
+    try:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    except ImportError:  # an s3fs filesystem registered without the Amazon provider
+        return None
+    hook = S3Hook(aws_conn_id=conn_id)
+    endpoint = hook.conn_config.get_service_endpoint_url(service_name="s3")
+    if hook.service_config.get("signer") or getattr(fs, "anon", False) or getattr(fs, "endpoint_url", None) != endpoint:
+        return None
+    return hook.get_conn()
+
+
+def _boto_call(client: Any, operation: str, **kwargs: Any) -> dict[str, Any]:
+    """Call ``client.<operation>``; S3's refusals become the OSError subclasses s3fs would raise."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return cast("dict[str, Any]", getattr(client, operation)(**kwargs))
+    except ClientError as exc:
+        from s3fs.errors import translate_boto_error
+
+        raise translate_boto_error(exc) from exc
+    except BotoCoreError as exc:  # no answer at all (connection refused, timeout, bad credentials)
+        raise OSError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _forget_bucket(path: ObjectStoragePath) -> None:
+    _KNOWN_BUCKETS.discard((getattr(path, "conn_id", None), path.path.partition("/")[0]))
 
 
 # ------------------------------------------------------------------------------ what the body is
@@ -363,11 +453,11 @@ def _existing(path: ObjectStoragePath, mode: WriteMode) -> _Existing | None:
         if not os.path.isfile(path.path):
             raise TtsStorageError(f"destination {path} is a folder (or not a regular file); refusing to write onto it")
         return _Existing(stat.st_size)
-    call_s3 = getattr(path.fs, "call_s3", None)
-    if _protocol(path) in S3_SCHEMES and callable(call_s3):
+    s3 = _s3_call(path)
+    if s3 is not None:
         bucket, _, key = path.path.partition("/")
         try:
-            head = call_s3("head_object", Bucket=bucket, Key=key)
+            head = s3("head_object", Bucket=bucket, Key=key)
         except FileNotFoundError:
             return None
         meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
@@ -405,6 +495,9 @@ class _Writer:
     ``abandon`` only after that thread was joined. ``abandon`` leaves nothing behind and never raises.
     """
 
+    #: ``write`` returns without waiting for the network (it may still wait for a bounded backlog).
+    writes_at_once = False
+
     def write(self, chunk: bytes) -> None:
         raise NotImplementedError
 
@@ -426,6 +519,7 @@ class _TempWriter(_Writer):
 
     def __init__(self, path: ObjectStoragePath, temp_name: str, mode: WriteMode) -> None:
         self.path, self.temp, self.mode = path, path.parent / temp_name, mode
+        self.writes_at_once = mode == "rename"
         if mode == "rename":
             # A plain unbuffered OS file: every write() is one system call (see LOCAL_WRITE_BYTES).
             self.out: Any = open(self.temp.path, "wb", buffering=0)  # noqa: SIM115 (closed in finish/abandon)
@@ -433,7 +527,10 @@ class _TempWriter(_Writer):
             self.out = self.temp.fs.open(self.temp.path, "wb", block_size=UPLOAD_BLOCK_BYTES)
 
     def write(self, chunk: bytes) -> None:
-        self.out.write(chunk)
+        if self.writes_at_once:
+            _write_all(self.out, chunk, LOCAL_WRITE_BYTES)
+        else:
+            self.out.write(chunk)
 
     def finish(self) -> None:
         self.out.close()
@@ -478,48 +575,100 @@ class _FsspecDirectWriter(_Writer):
         _abandon_file(self.out)
 
 
+#: What a part's upload returns: its entry for ``CompleteMultipartUpload``, its MD5 (when the ETag
+#: is wanted) and its buffer, free again.
+_PartDone = tuple[dict[str, Any], bytes | None, bytearray]
+
+
 class _S3DirectWriter(_Writer):
     """``direct`` on S3: the destination key itself, one ``PutObject`` or one multipart upload.
 
     Below :data:`UPLOAD_BLOCK_BYTES` the bytes are held until the end and sent as one ``PutObject``
     carrying their sha256 as object metadata (so ``skip_if_identical`` later costs one HEAD). Above
-    it a multipart upload is created at the first full part; its parts are uploaded as they fill and
-    the upload is completed only by :meth:`commit`, aborted by :meth:`abandon`. A multipart
-    object's sha256 is not known when the upload is created (when metadata must be given), so its
-    identity for ``skip_if_identical`` is its ETag (an MD5 over the parts), recomputed while
-    streaming only when an object of the same size is already there.
+    it a multipart upload is created at the first full part; parts are uploaded as they fill, up to
+    :data:`PARTS_IN_FLIGHT` at once on a small thread pool of this writer (a part's upload is mostly
+    waiting for the network and the store, and its checksums release the GIL), and the upload is
+    completed only by :meth:`commit`, aborted by :meth:`abandon` once no part is in flight any more
+    (a part still arriving after the abort could otherwise outlive it). A multipart object's sha256
+    is not known when the upload is created (when metadata must be given), so its identity for
+    ``skip_if_identical`` is its ETag (an MD5 over the parts), computed while uploading only when an
+    object of the same size is already there.
+
+    Memory: at most ``PARTS_IN_FLIGHT`` parts in flight plus the one filling, whatever the file
+    size. A part's buffer is reused for a later part once uploaded, so a large file does not make
+    the process allocate (and fault in) fresh memory for every part; chunks are copied into it once.
     """
 
-    def __init__(self, path: ObjectStoragePath, content_type: str, want_etag: bool) -> None:
+    writes_at_once = True  # a copy into the part being filled; the pool does the network
+
+    def __init__(self, path: ObjectStoragePath, s3: _S3Call, content_type: str, want_etag: bool) -> None:
         self.path = path
-        self.call_s3 = path.fs.call_s3
+        self.s3 = s3
         self.bucket, _, self.key = path.path.partition("/")
         self.content_type = content_type or "application/octet-stream"
+        # The part being filled: ``filled`` bytes of ``buffer`` are this part's. A first buffer grows
+        # as bytes arrive (a small file never holds more than its size); a reused one is full-sized.
         self.buffer = bytearray()
+        self.filled = 0
+        self.spare: list[bytearray] = []
         self.upload_id: str | None = None
+        self.pool: ThreadPoolExecutor | None = None
+        self.in_flight: collections.deque[Future[_PartDone]] = collections.deque()
         self.parts: list[dict[str, Any]] = []
         self.md5s: list[bytes] | None = [] if want_etag else None
 
     def write(self, chunk: bytes) -> None:
-        self.buffer += chunk
-        while len(self.buffer) > UPLOAD_BLOCK_BYTES:  # keep the last part for commit: it may be the only one
-            body = bytes(self.buffer[:UPLOAD_BLOCK_BYTES])
-            del self.buffer[:UPLOAD_BLOCK_BYTES]
-            self._upload_part(body)
+        view = memoryview(chunk)
+        while view:
+            if self.filled == UPLOAD_BLOCK_BYTES:  # full and more bytes follow: not the last part
+                self._send_part()
+            n = min(len(view), UPLOAD_BLOCK_BYTES - self.filled)
+            if self.filled + n <= len(self.buffer):
+                self.buffer[self.filled : self.filled + n] = view[:n]
+            else:
+                self.buffer += view[:n]
+            self.filled += n
+            view = view[n:]
 
-    def _upload_part(self, body: bytes) -> None:
+    def _send_part(self) -> None:
+        """Hand the filled buffer to the pool (waiting while ``PARTS_IN_FLIGHT`` are in flight)."""
+        body = self.buffer
+        del body[self.filled :]  # the last part may be short; a shrink, not a copy
         if self.upload_id is None:
-            created = self.call_s3(
+            created = self.s3(
                 "create_multipart_upload", Bucket=self.bucket, Key=self.key, ContentType=self.content_type
             )
             self.upload_id = str(created["UploadId"])
-        number = len(self.parts) + 1
-        done = self.call_s3(
-            "upload_part", Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body
+            self.pool = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="tts-s3-part")
+        assert self.pool is not None
+        while self.in_flight and (len(self.in_flight) >= PARTS_IN_FLIGHT or self.in_flight[0].done()):
+            self._collect()  # oldest first, so parts are listed in order; raises a part's error
+        number = len(self.parts) + len(self.in_flight) + 1
+        self.in_flight.append(self.pool.submit(self._upload_part, self.upload_id, number, body))
+        self.buffer = self.spare.pop() if self.spare else bytearray()
+        self.filled = 0
+
+    def _upload_part(self, upload_id: str, number: int, body: bytearray) -> _PartDone:
+        """Runs on the pool: one ``UploadPart``; its MD5 too when the ETag is wanted."""
+        md5 = hashlib.md5(body, usedforsecurity=False).digest() if self.md5s is not None else None
+        done = self.s3(
+            "upload_part", Bucket=self.bucket, Key=self.key, UploadId=upload_id, PartNumber=number, Body=body
         )
-        self.parts.append({"PartNumber": number, "ETag": done["ETag"]})
-        if self.md5s is not None:
-            self.md5s.append(hashlib.md5(body, usedforsecurity=False).digest())
+        return {"PartNumber": number, "ETag": done["ETag"]}, md5, body
+
+    def _collect(self) -> None:
+        future = self.in_flight.popleft()
+        part, md5, body = future.result()
+        self.parts.append(part)
+        if self.md5s is not None and md5 is not None:
+            self.md5s.append(md5)
+        if len(self.spare) < PARTS_IN_FLIGHT:  # its buffer, now free, is the next part's
+            self.spare.append(body)
+
+    def finish(self) -> None:
+        """Wait for every part in flight: their errors surface here, and the ETag needs their MD5s."""
+        while self.in_flight:
+            self._collect()
 
     def same_as(self, existing: _Existing, sha256: str) -> bool:
         if existing.sha256 is not None:
@@ -530,26 +679,28 @@ class _S3DirectWriter(_Writer):
         """The ETag S3 gives the object this upload makes (unencrypted or SSE-S3); None if unknown."""
         if self.md5s is None:
             return None
-        last = hashlib.md5(bytes(self.buffer), usedforsecurity=False).digest()
+        last = hashlib.md5(memoryview(self.buffer)[: self.filled], usedforsecurity=False).digest()
         if self.upload_id is None:
             return last.hex()
-        md5s = [*self.md5s, last] if self.buffer else self.md5s
+        md5s = [*self.md5s, last] if self.filled else self.md5s
         return f"{hashlib.md5(b''.join(md5s), usedforsecurity=False).hexdigest()}-{len(md5s)}"
 
     def commit(self, sha256: str, size: int) -> None:
         if self.upload_id is None:
-            self.call_s3(
+            del self.buffer[self.filled :]
+            self.s3(
                 "put_object",
                 Bucket=self.bucket,
                 Key=self.key,
-                Body=bytes(self.buffer),
+                Body=self.buffer,
                 ContentType=self.content_type,
                 Metadata={SHA256_METADATA: sha256},
             )
         else:
-            if self.buffer:
-                self._upload_part(bytes(self.buffer))
-            self.call_s3(
+            if self.filled:
+                self._send_part()
+            self.finish()
+            self.s3(
                 "complete_multipart_upload",
                 Bucket=self.bucket,
                 Key=self.key,
@@ -557,18 +708,26 @@ class _S3DirectWriter(_Writer):
                 MultipartUpload={"Parts": self.parts},
             )
             self.upload_id = None
-        self.buffer = bytearray()
+            self._close_pool()
+        self.buffer, self.spare = bytearray(), []
         self.path.fs.invalidate_cache(self.path.path)
 
     def abandon(self) -> None:
-        self.buffer = bytearray()
+        self._close_pool()  # parts not started are dropped; those being sent end first
+        self.buffer, self.spare = bytearray(), []
         if self.upload_id is None:
             return
         try:
-            self.call_s3("abort_multipart_upload", Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+            self.s3("abort_multipart_upload", Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
         except Exception:  # the original error matters more; the next try aborts it (abort_stale_uploads)
             log.warning("Could not abort the multipart upload to %s", self.path, exc_info=True)
         self.upload_id = None
+
+    def _close_pool(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        self.in_flight.clear()
 
 
 def _abandon_file(out: Any) -> None:
@@ -594,10 +753,11 @@ def _open_writer(
 ) -> _Writer:
     if mode != "direct":
         return _TempWriter(path, temp_name, mode)
-    if _protocol(path) in S3_SCHEMES and callable(getattr(path.fs, "call_s3", None)):
+    s3 = _s3_call(path)
+    if s3 is not None:
         # The ETag is worth computing only if an object of the same size could be these very bytes.
         want_etag = existing is not None and existing.sha256 is None and size in (existing.size, -1)
-        return _S3DirectWriter(path, content_type, want_etag)
+        return _S3DirectWriter(path, s3, content_type, want_etag)
     return _FsspecDirectWriter(path, content_type)
 
 
@@ -610,19 +770,19 @@ def abort_stale_uploads(path: ObjectStoragePath, temp_name: str) -> None:
     calls this only on a retry (try number > 1), for the destination key it owns, so uploads there
     that started before this try are its own leftovers. Best effort: a failure is logged, never fatal.
     """
-    call_s3 = getattr(path.fs, "call_s3", None)
-    if _protocol(path) not in S3_SCHEMES or not callable(call_s3):
+    s3 = _s3_call(path)
+    if s3 is None:
         return
     started = time.time()
     for target in (path, path.parent / temp_name):
         bucket, _, key = target.path.partition("/")
         try:
-            listing = call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+            listing = s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
             for upload in listing.get("Uploads", []):
                 initiated = upload.get("Initiated")
                 if upload.get("Key") != key or (initiated is not None and initiated.timestamp() > started):
                     continue
-                call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+                s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"])
                 log.info("Aborted a multipart upload left on %s by an earlier try", target)
         except Exception:
             log.warning("Could not check %s for multipart uploads left by an earlier try", target, exc_info=True)
@@ -693,7 +853,8 @@ def store_stream(
     """Stream ``chunks`` into ``path`` atomically; verify length and cap; apply the overwrite policy.
 
     What each policy does when the destination exists (one metadata request finds out: a HEAD on
-    object stores, ``stat`` on a local disk):
+    object stores, ``stat`` on a local disk; ``replace`` on S3 asks nothing, the write is its only
+    request):
 
     * ``replace``: the new bytes replace it, whatever they are.
     * ``skip_if_identical``: the new bytes are streamed and hashed first; if their size and sha256
@@ -717,7 +878,11 @@ def store_stream(
     try:
         if not checked and check_destination(path, folder_hint=False):
             raise TtsStorageError(f"destination {path} is a folder; refusing to write onto it")
-        existing = _existing(path, mode)
+        # ``replace`` on S3 needs nothing from the object already there: S3 has no directory to
+        # refuse (a prefix at the name was refused by check_destination) and the new bytes replace
+        # whatever is there, atomically. So no HEAD: the write is the file's only request.
+        replacing_on_s3 = overwrite == "replace" and mode == "direct" and _s3_call(path) is not None
+        existing = None if replacing_on_s3 else _existing(path, mode)
     except OSError as exc:
         raise TtsStorageError(f"checking {path} failed: {type(exc).__name__}: {exc}") from exc
     if existing is not None and overwrite == "fail":
@@ -735,12 +900,13 @@ def store_stream(
         writer = _open_writer(path, mode, temp_name, content_type, existing, expected)
         depth = max(2, BEHIND_BYTES // max(chunk_bytes, 1))
         # Two stages per chunk run side by side (hashlib, socket reads and writes release the GIL):
-        # on a local disk this thread writes (in small writes, like curl) while a helper thread
-        # hashes; elsewhere a helper thread uploads (a part upload blocks) while this one hashes.
+        # where a write returns at once (a local file, in small writes like curl; an S3 part being
+        # filled, uploaded by the writer's own pool) this thread reads and writes while a helper
+        # thread hashes; elsewhere a helper thread writes (an upload blocks) while this one hashes.
         foreground: Callable[[bytes], Any]
-        if isinstance(writer, _TempWriter) and mode == "rename":
+        if writer.writes_at_once:
             behind = _Behind(digest.update, depth, "tts-audio-hash")
-            foreground = functools.partial(_write_all, writer.out, step=LOCAL_WRITE_BYTES)
+            foreground = writer.write
         else:
             behind = _Behind(writer.write, depth, "tts-audio-upload")
             foreground = digest.update
@@ -787,6 +953,8 @@ def store_stream(
     except BaseException as exc:
         if writer is not None:
             writer.abandon()
+        if isinstance(exc, FileNotFoundError):
+            _forget_bucket(path)  # perhaps deleted since it was checked: the next file asks again
         if isinstance(exc, OSError):
             raise TtsStorageError(f"writing {path} failed: {type(exc).__name__}: {exc}") from exc
         raise

@@ -402,6 +402,7 @@ SMALL_HEADERS = [
 ]
 SMALL_METHODS = {
     "operator": "operator",
+    "operator_replace": 'operator, `overwrite="replace"`',
     "in_memory_s3": "in memory (HttpToS3Operator)",
     "upload_fileobj_s3": "boto3 `upload_fileobj` from the stream",
 }
@@ -438,7 +439,7 @@ def bench_small(
                 {
                     "task_id": t,
                     "url": u,
-                    "dest": f"s3://{BUCKET}/{prefix}" + ("" if method == "operator" else f"{t}.wav"),
+                    "dest": f"s3://{BUCKET}/{prefix}" + ("" if method.startswith("operator") else f"{t}.wav"),
                 }
                 for t, u, _ in tasks
             ]
@@ -508,7 +509,8 @@ def describe_small(rows: list[list[object]], n: int) -> str:
         f"Many small files: {n:,} WAV files of 200 KB to 2 MB (sizes drawn with a fixed seed), each stored to "
         f"s3:// on the loopback moto server by 1 or 8 worker processes at once, each storing its share one after "
         f"another. *operator* is `TtsAudioToStorageOperator.execute` per file (folder destination, default "
-        f"`skip_if_identical`, first try): its status poll, download and write; the anchors download the same URL. "
+        f"`skip_if_identical`, first try): its status poll, download and write (a HEAD, then one PutObject); "
+        f'*operator, `overwrite="replace"`* the same without the HEAD; the anchors download the same URL. '
         f"files/s runs from the common start to the last worker's end; S3 requests are counted by the moto "
         f"server (`benchmarks/download_moto.py`) per operation and divided by the number of files.\n"
     )
@@ -541,7 +543,8 @@ def describe(rows: list[list[object]], checks: list[str], repeat: int, disk: str
         f"(256 KiB chunks, sha256 and size on the way through, a writer thread at most 1 MiB behind, 16 KiB "
         f"writes on file://) into a temporary beside the destination, then "
         f"the move into place (a rename on file://); on s3:// the destination key is written directly (an "
-        f"8 MiB-part multipart upload, completed at the end; no temporary, no copy). *boto3 upload_fileobj* "
+        f"8 MiB-part multipart upload, up to 3 parts in flight through the connection's boto3 client, completed "
+        f'at the end; no temporary, no copy; `overwrite="replace"`, so no HEAD). *boto3 upload_fileobj* '
         f"streams the HTTP response into boto3's managed upload (8 MiB parts, 10 threads). "
         f"*RSS increase* is `ru_maxrss` at the end minus "
         f"the resident size just before the download, after imports and after the connections and storage "

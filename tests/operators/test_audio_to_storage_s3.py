@@ -277,6 +277,19 @@ def test_replace_rewrites(emu: Any, make_conn: ConnFactory, aws_conn: str, s3: A
     assert _keys(s3, versioned) == ["speech.wav"]
 
 
+def test_replace_into_a_known_folder_is_one_put_and_nothing_else(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What is already there does not matter to ``replace``: no HEAD, the PutObject is the only request.
+    task_id = emu.create_task("camb_ai", "tts", delay=0)
+    op = _op(make_conn("camb_ai"), task_id, f"s3://{bucket}/audio/", overwrite="replace", dest_conn_id=aws_conn)
+    first = op.execute(ti_context())
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="werkzeug"):
+        assert op.execute(ti_context()) == first
+    assert [r.split("?")[0] for r in _requests(caplog, bucket)] == [f"PUT /{bucket}/audio/{TI_NAME}.flac"]
+
+
 def test_fail_policy_raises_before_downloading(
     emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str
 ) -> None:
@@ -335,13 +348,79 @@ def test_a_new_file_is_one_put_with_its_sha256_in_metadata(
     requests = _requests(caplog, bucket)
     key = f"audio/{TI_NAME}.flac"
     # One write (the PutObject of the destination key itself: no temporary, no copy, no delete);
-    # one list (bucket exists, folder-ness) and one HEAD (is something there already).
+    # one HeadBucket (the bucket exists: asked once per process) and one HEAD (is something there).
     assert _writes(requests) == [f"PUT /{bucket}/{key}"], requests
-    assert len(requests) == 3, requests
+    assert [r.split("?")[0] for r in requests] == [f"HEAD /{bucket}", f"HEAD /{bucket}/{key}", f"PUT /{bucket}/{key}"]
     head = s3.head_object(Bucket=bucket, Key=key)
     assert head["Metadata"] == {"sha256": result["sha256"]}
     assert head["ContentType"] == "audio/flac"
     assert _keys(s3, bucket) == [key]
+
+
+def test_every_further_file_into_a_folder_is_one_head_and_one_put(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The bucket is known to exist after the first file: no listing, no HeadBucket for the others.
+    conn = make_conn("camb_ai")
+    for name in ("one", "two"):
+        task_id = emu.create_task("camb_ai", "tts", delay=0)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="werkzeug"):
+            _op(conn, task_id, f"s3://{bucket}/audio/", file_name=name, dest_conn_id=aws_conn).execute(ti_context())
+    requests = [r.split("?")[0] for r in _requests(caplog, bucket)]
+    assert requests == [f"HEAD /{bucket}/audio/two.flac", f"PUT /{bucket}/audio/two.flac"]
+    assert _keys(s3, bucket) == ["audio/one.flac", "audio/two.flac"]
+
+
+def test_a_bucket_deleted_after_it_was_checked_fails_clearly_and_is_asked_again(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"tts-gone-{time.time_ns()}"
+    s3.create_bucket(Bucket=name)
+    conn = make_conn("camb_ai")
+    _op(conn, emu.create_task("camb_ai", "tts", delay=0), f"s3://{name}/", dest_conn_id=aws_conn).execute(ti_context())
+    s3.delete_object(Bucket=name, Key=f"{TI_NAME}.flac")
+    s3.delete_bucket(Bucket=name)
+    task_id = emu.create_task("camb_ai", "tts", delay=0)
+    with pytest.raises(TtsStorageError, match=rf"writing s3://.*{name}/{TI_NAME}\.flac failed: FileNotFoundError"):
+        _op(conn, task_id, f"s3://{name}/", dest_conn_id=aws_conn).execute(ti_context())
+    # Forgotten: the next file asks again, and is refused before any request to the API.
+    before = emu.stats()["requests_total"]
+    with pytest.raises(TtsStorageError, match=rf"bucket s3://{name} does not exist"):
+        _op(conn, task_id, f"s3://{name}/", dest_conn_id=aws_conn).execute(ti_context())
+    assert emu.stats()["requests_total"] == before
+
+
+def test_multipart_parts_are_uploaded_several_at_once(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str
+) -> None:
+    # Parts 1 and 2 must be in flight together to pass the barrier: one part at a time breaks it.
+    import threading
+
+    from airflow_provider_tts import storage
+
+    assert storage._s3_call(ObjectStoragePath(f"s3://{bucket}/", conn_id=aws_conn)) is not None
+    client = storage._CLIENTS[aws_conn]
+    barrier = threading.Barrier(2, timeout=30)
+    met: list[int] = []
+
+    def hold(params: dict[str, Any], **_: Any) -> None:
+        number = int(params["PartNumber"])
+        if number in (1, 2):
+            barrier.wait()
+            met.append(number)
+
+    client.meta.events.register("provide-client-params.s3.UploadPart", hold, unique_id="tts-test-hold")
+    try:
+        task_id = emu.create_task("camb_ai", "text-to-sound", delay=0, audio_bytes=20 * 1024**2)
+        op = _op(make_conn("camb_ai"), task_id, f"s3://{bucket}/rain.wav", "text-to-sound", dest_conn_id=aws_conn)
+        result = op.execute(ti_context())
+    finally:
+        client.meta.events.unregister("provide-client-params.s3.UploadPart", unique_id="tts-test-hold")
+    assert sorted(met) == [1, 2]
+    assert hashlib.sha256(_body(s3, bucket, "rain.wav")).hexdigest() == result["sha256"]
+    assert s3.head_object(Bucket=bucket, Key="rain.wav")["ETag"].endswith('-3"')  # 8 + 8 + 4 MiB
+    assert _uploads(s3, bucket) == []
 
 
 @pytest.mark.parametrize("size", [300_000, 20 * 1024**2], ids=["single-put", "multipart"])
