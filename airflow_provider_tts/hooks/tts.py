@@ -41,7 +41,7 @@ _NOT_AUDIO = frozenset({"application/json", "text/json", "application/problem+js
 
 def _mask(secret: str) -> None:
     """Register the key with Airflow's secret masker, so no log line can carry it."""
-    from airflow.sdk.log import mask_secret
+    from airflow_provider_tts.compat import mask_secret
 
     mask_secret(secret)
 
