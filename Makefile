@@ -18,6 +18,12 @@ MATRIX := 3.0 3.1 3.2
 # fastapi >= 0.118 / cadwyn >= 6 its Execution API answers 422 to the task runner's first call, so no
 # task starts. Airflow's constraints file for 3.0 pins releases from before; these pins do the same.
 AF_PINS_3.0 := "universal-pathlib>=0.2.6,<0.3" "fastapi[standard]>=0.116,<0.118" "cadwyn>=5.2.1,<6"
+# Airflow 3.2.2 leaves fastapi and svcs unbounded (3.3 caps fastapi below 0.137 and no longer needs the
+# svcs behaviour below). Under fastapi >= 0.137 (which cadwyn 9 requires) its Execution API fails to
+# build (pydantic: "Model 'TITerminalStatePayload' needs a discriminator field"), so no api-server or
+# dag-processor starts. Under svcs 26 its in-process Execution API (dag.test(), `airflow dags test`) loses
+# its service registry ("'State' object has no attribute 'svcs_registry'"), so every task fails.
+AF_PINS_3.2 := "fastapi[standard-no-fastapi-cloud-cli]>=0.129,<0.137" "svcs>=25.1,<26"
 # On older minors: the unit and emulator tests, plus the real-Airflow tests marked `matrix`.
 MATRIX_PYTEST_ARGS ?= -m "not slow or matrix"
 
@@ -27,15 +33,18 @@ $(STAMP): pyproject.toml
 	  || $(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-# One cached virtualenv per older minor (.venv-af3.0/ ...), reused while pyproject.toml is unchanged.
+# One cached virtualenv per older minor (.venv-af3.0/ ...), reused while pyproject.toml and the pins
+# here are unchanged.
 # uv comes from .venv; `uv pip install` resolves the package's own dependencies against that Airflow.
-.venv-af%/.installed: pyproject.toml | $(STAMP)
+.venv-af%/.installed: pyproject.toml Makefile | $(STAMP)
 	@test -n "$(AF_$*)" || { echo "no Airflow patch version known for minor $*"; exit 1; }
 	test -x .venv-af$*/bin/python || $(PYTHON) -m venv .venv-af$*
 	$(BIN)/uv pip install -q --python .venv-af$*/bin/python "apache-airflow==$(AF_$*)" $(AF_PINS_$*) -e ".[dev]"
 	touch $@
 
-test-af%: .venv-af%/.installed  ## unit, emulator and `matrix` real-Airflow tests on one older minor
+# A static pattern rule: make never applies an implicit (%) rule to a .PHONY target, so a plain
+# `test-af%:` rule made `make test-af3.0` answer "Nothing to be done" and pass without running a test.
+$(addprefix test-af,$(MATRIX)): test-af%: .venv-af%/.installed  ## unit, emulator and `matrix` tests on one older minor
 	.venv-af$*/bin/python -m airflow_provider_tts.compat
 	.venv-af$*/bin/pytest -q -p no:cacheprovider $(MATRIX_PYTEST_ARGS)
 

@@ -40,7 +40,9 @@ __all__ = [
     "bucket_of",
     "conf",
     "features",
+    "get_hook_lineage_collector",
     "has_fs",
+    "mask_secret",
 ]
 
 
@@ -75,6 +77,8 @@ if TYPE_CHECKING:
         TaskDeferred,
     )
     from airflow.sdk.io.fs import has_fs
+    from airflow.sdk.lineage import get_hook_lineage_collector
+    from airflow.sdk.log import mask_secret
 else:
     _EXCEPTION_MODULES = ("airflow.sdk.exceptions", "airflow.exceptions")
     AirflowException = _first("AirflowException", *_EXCEPTION_MODULES)
@@ -85,6 +89,28 @@ else:
     TaskDeferred = _first("TaskDeferred", *_EXCEPTION_MODULES)
     conf = _first("conf", "airflow.sdk.configuration", "airflow.configuration")
     has_fs = _first("has_fs", "airflow.sdk.io.fs", "airflow.io")
+    # The hook lineage collector moved into the Task SDK in 3.2; 3.0 and 3.1 keep it in airflow.lineage.
+    get_hook_lineage_collector = _first("get_hook_lineage_collector", "airflow.sdk.lineage", "airflow.lineage.hook")
+    # The secret masker the task runner's log pipeline reads: airflow.sdk.log exports it on 3.0.6+, the
+    # earlier 3.0 patches only have it in the Task SDK's secrets_masker module (the same function).
+    _mask_secret = _first("mask_secret", "airflow.sdk.log", "airflow.sdk.execution_time.secrets_masker")
+    _process_masker = _first(
+        "_secrets_masker", "airflow.sdk._shared.secrets_masker", "airflow.sdk.execution_time.secrets_masker"
+    )
+
+    def mask_secret(secret: Any, name: str | None = None) -> None:
+        """Airflow's ``mask_secret``, safe inside a running event loop on every minor.
+
+        3.1+ registers the secret with this process's masker first and tells the supervisor after,
+        ignoring a failure to tell it. 3.0 tells the supervisor first, synchronously, which raises
+        ``RuntimeError`` (AsyncToSync inside an event loop) in the triggerer, before the local masker
+        learns the secret: every deferred wait failed there. The local registration is kept then.
+        """
+        try:
+            _mask_secret(secret, name)
+        except RuntimeError:
+            _process_masker().add_mask(secret, name)
+
     _BaseHook = _first("BaseHook", "airflow.sdk", "airflow.hooks.base")
 
 #: ``BaseHook.aget_connection`` exists (3.1+): connections are looked up without blocking the loop.

@@ -550,6 +550,21 @@ class LocalAirflow(AirflowRestClient):
             roots = {p.popen.pid for p in procs}
             psutil.wait_procs([d for d in survivors if d.pid not in roots], timeout=5)
 
+    def _authenticate(self) -> None:
+        """Send an admin token with every REST call where all-admins mode still wants one.
+
+        With ``simple_auth_manager_all_admins`` Airflow 3.2+ (and 3.0.1-3.0.6) treat a request without
+        a token as an admin's; 3.0.0 and 3.1 answer 401 and instead hand out an admin token, without
+        credentials, at ``/auth/token``. The token is asked for only after such a 401.
+        """
+        probe = self._session.get(f"{self.api_url}/api/v2/dags", params={"limit": 1}, timeout=15)
+        if probe.status_code != 401:
+            return
+        resp = self._session.get(f"{self.api_url}/auth/token", timeout=15)
+        if resp.status_code not in (200, 201):
+            raise LocalAirflowError(f"REST API wants a token and /auth/token answered {resp.status_code}")
+        self._session.headers["Authorization"] = f"Bearer {resp.json()['access_token']}"
+
     def _wait_healthy(self, components: Iterable[str], deadline: float) -> None:
         pending = set(components)
         while pending:
@@ -559,6 +574,7 @@ class LocalAirflow(AirflowRestClient):
                 for component in list(pending):
                     if component == "api-server":
                         self._warm_up_execution_api()
+                        self._authenticate()
                         pending.discard(component)
                         self._log(f"local-airflow: api-server up on {self.api_url}")
                         continue

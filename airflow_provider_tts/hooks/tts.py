@@ -41,7 +41,7 @@ _NOT_AUDIO = frozenset({"application/json", "text/json", "application/problem+js
 
 def _mask(secret: str) -> None:
     """Register the key with Airflow's secret masker, so no log line can carry it."""
-    from airflow.sdk.log import mask_secret
+    from airflow_provider_tts.compat import mask_secret
 
     mask_secret(secret)
 
@@ -123,7 +123,16 @@ class TtsHook(BaseHook):
         blocks; a connection that really does not exist still fails, with Airflow's own message.
         """
         if self._vendor is None:
-            self._vendor = self._vendor_for(await self._aget_connection())
+            conn = await self._aget_connection()
+            try:
+                self._vendor = self._vendor_for(conn)
+            except RuntimeError:
+                # Airflow 3.0's ``conn.extra_dejson`` masks the extras by a synchronous call to the
+                # supervisor, which raises on the triggerer's event loop (AsyncToSync); asgiref's
+                # worker thread may make that call. Later minors never raise here.
+                from asgiref.sync import sync_to_async
+
+                self._vendor = await sync_to_async(self._vendor_for)(conn)
         return self._vendor
 
     async def _aget_connection(self) -> Any:

@@ -371,7 +371,8 @@ class _StoredAudioOutput:
         direct upload): that layer must not report its temporary.
         """
         from airflow.sdk.definitions.asset import AssetRef
-        from airflow.sdk.lineage import get_hook_lineage_collector
+
+        from airflow_provider_tts.compat import get_hook_lineage_collector
 
         self.stored_audio = dict(stored)
         extra = asset_event_extra(stored, self.kind)

@@ -10,6 +10,7 @@ and do not use up retries.
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -39,13 +40,29 @@ RESCHEDULE_FLOOR = 60.0
 #: Where a rescheduled sensor keeps its count of consecutive failed polls (Airflow 3.3+).
 ERRORS_KEY = "airflow_provider_tts.consecutive_poll_errors"
 
+
+def _exception_classes(*names: str) -> tuple[type[BaseException], ...]:
+    """Each named Airflow exception class: the Task SDK's, else ``airflow.exceptions``'.
+
+    Airflow 3.0 and 3.1 keep some of them (``AirflowSensorTimeout``, ``AirflowFailException``,
+    ``TaskDeferralTimeout``) only in ``airflow.exceptions``, which is where their task runner raises
+    them from; later minors deprecate that module's names, so it is only asked for what the SDK lacks.
+    """
+    found = []
+    for name in names:
+        cls = getattr(sdk_exceptions, name, None)
+        if cls is None:
+            cls = getattr(importlib.import_module("airflow.exceptions"), name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            found.append(cls)
+    return tuple(found)
+
+
 #: What ``soft_fail`` skips on in poke mode (Airflow's BaseSensorOperator.execute): a failure
-#: retrying cannot fix and a timeout. Looked up by name: not every Airflow 3 has each in the SDK.
-_SOFT_FAIL_ON: tuple[type[BaseException], ...] = tuple(
-    cls
-    for name in ("AirflowSensorTimeout", "AirflowTaskTimeout", "AirflowFailException")
-    if isinstance(cls := getattr(sdk_exceptions, name, None), type)
-)
+#: retrying cannot fix and a timeout.
+_SOFT_FAIL_ON = _exception_classes("AirflowSensorTimeout", "AirflowTaskTimeout", "AirflowFailException")
+#: Airflow's deferral timeout (the trigger row's timeout), which the sensor reports as its own timeout.
+_DEFERRAL_TIMEOUT = _exception_classes("TaskDeferralTimeout")
 
 
 class TtsTaskSensor(BaseSensorOperator):
@@ -241,14 +258,11 @@ class TtsTaskSensor(BaseSensorOperator):
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         # BaseSensorOperator's version skips on *any* error under soft_fail; apply poke mode's rule.
-        deferral_timeout = getattr(sdk_exceptions, "TaskDeferralTimeout", None)
         with self._skip_as_in_poke_mode():
             try:
                 return BaseOperator.resume_execution(self, next_method, next_kwargs, context)
-            except Exception as exc:
-                if deferral_timeout is not None and isinstance(exc, deferral_timeout):
-                    raise AirflowSensorTimeout(str(exc)) from exc
-                raise
+            except _DEFERRAL_TIMEOUT as exc:
+                raise AirflowSensorTimeout(str(exc)) from exc
 
     @contextmanager
     def _skip_as_in_poke_mode(self) -> Iterator[None]:

@@ -15,13 +15,18 @@ from typing import Any
 
 import pytest
 from airflow.exceptions import AirflowProviderDeprecationWarning
-from airflow.sdk.exceptions import AirflowRescheduleException, AirflowSkipException, TaskDeferred
 
+from airflow_provider_tts.compat import AirflowSkipException, TaskDeferred
 from airflow_provider_tts.exceptions import TtsConfigError, TtsPermanentTaskFailedError, TtsServerError
 from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator, TtsSubmitOperator
 from airflow_provider_tts.sensors.tts import ERRORS_KEY, RESCHEDULE_FLOOR, TtsTaskSensor
 from airflow_provider_tts.waiting import WaitPolicy
 from tests.conftest import ConnFactory
+
+try:  # the class each minor's BaseSensorOperator raises: the Task SDK's from 3.2, airflow.exceptions' before
+    from airflow.sdk.exceptions import AirflowRescheduleException
+except ImportError:
+    from airflow.exceptions import AirflowRescheduleException
 
 
 class FakeTi:

@@ -46,8 +46,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 BUCKET = "tts-distributed"
 PREFIX = "batch/"
-#: 200 in CI; ``TTS_DISTRIBUTED_TEXTS`` runs a smaller batch by hand (e.g. on a loaded machine).
-N_TEXTS = int(os.environ.get("TTS_DISTRIBUTED_TEXTS", "200"))
+#: 48 in CI: every claim holds from 16 deferred waits (the triggerer kill waits for 16 spread over both
+#: triggerers) and 8 running stores (two workers of 4 slots), and the run's cost grows with the texts
+#: (each is two Celery task runs), so CI stops at three times the kill's threshold. The scale claim
+#: lives in the benchmarks; ``TTS_DISTRIBUTED_TEXTS=200`` runs the earlier size by hand.
+N_TEXTS = int(os.environ.get("TTS_DISTRIBUTED_TEXTS", "48"))
 TEXTS = [f"Text {i + 1} of the distributed batch." for i in range(N_TEXTS)]
 DAG_ID = "example_tts_batch"
 #: Vendor tasks stay pending until the test releases them (after the triggerer kill): the downloads of a
@@ -68,7 +71,9 @@ DEPLOYMENT_ENV = {
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
     # A message the dead worker had received but not started leaves its task queued: re-queued after this.
-    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "240",
+    # The run waits this long after the worker kill, so it is most of the test's time after it; a task
+    # legitimately queued longer (busy workers) is re-queued, which Airflow does twice before failing it.
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120",
     "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "15",
 }
 
