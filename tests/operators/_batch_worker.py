@@ -53,7 +53,7 @@ def main(spec: dict[str, Any]) -> None:
     if "pause_after_creates" in spec:
         _pause_after(batch_module.BaseTextBatchToStorageOperator, "_create", spec["pause_after_creates"], ready, pause)
     if "pause_after_stores" in spec:
-        _pause_after(batch_module, "store_stream", spec["pause_after_stores"], ready, pause)
+        _pause_after(batch_module, "stream_audio_into", spec["pause_after_stores"], ready, pause)
     items = spec.get("items") or [f"Text {n} [emu:audio_bytes=200]" for n in range(spec["count"])]
     op = RevidTtsBatchToStorageOperator(
         task_id="speak_all",

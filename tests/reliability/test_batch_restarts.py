@@ -13,6 +13,7 @@ process runs the task's next try on the same record and folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ import pytest
 from tests.conftest import TEST_KEY
 
 REPO = Path(__file__).resolve().parents[2]
-COUNT = 40
+COUNT = 24
 ACTIVE = 4
 
 
@@ -79,7 +80,8 @@ def _kill_when_ready(spec: dict[str, Any], ready: Path) -> None:
             assert time.monotonic() < deadline, "the worker never reached the kill point"
             time.sleep(0.05)
     finally:
-        os.killpg(worker.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it may have ended on its own (the assert says so)
+            os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
 
 
@@ -93,9 +95,9 @@ def _manifest(folder: Path) -> list[dict[str, Any]]:
 
 def test_killed_mid_submit_the_retry_creates_nothing_twice(slow_emu: Any, tmp_path: Path) -> None:
     folder, ready = tmp_path / "out", tmp_path / "ready"
-    _kill_when_ready(_spec(slow_emu, folder, pause_after_creates=12, ready_file=str(ready)), ready)
+    _kill_when_ready(_spec(slow_emu, folder, pause_after_creates=8, ready_file=str(ready)), ready)
     before = sum(_texts_created(slow_emu).values())
-    assert 12 < before < COUNT
+    assert 8 < before < COUNT
 
     outcome = _run(_spec(slow_emu, folder, try_number=2))
     created = _texts_created(slow_emu)
@@ -114,7 +116,7 @@ def test_killed_mid_submit_the_retry_creates_nothing_twice(slow_emu: Any, tmp_pa
 
 def test_killed_mid_store_the_retry_reattaches_and_stores_every_item(slow_emu: Any, tmp_path: Path) -> None:
     folder, ready = tmp_path / "out", tmp_path / "ready"
-    _kill_when_ready(_spec(slow_emu, folder, pause_after_stores=10, ready_file=str(ready)), ready)
+    _kill_when_ready(_spec(slow_emu, folder, pause_after_stores=6, ready_file=str(ready)), ready)
     assert sum(_texts_created(slow_emu).values()) == COUNT
 
     outcome = _run(_spec(slow_emu, folder, try_number=2))
