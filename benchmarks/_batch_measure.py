@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import psutil
 
@@ -20,6 +20,17 @@ from airflow_provider_tts.emulator import Emulator
 CREATE_FAULT_KINDS: tuple[str, ...] = ("429", "429_no_retry_after", "429_http_date", "503")
 
 
+def processes(pids: Sequence[int]) -> Iterator[psutil.Process]:
+    """These processes and all their live descendants (a vanished one is skipped)."""
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            yield root
+            yield from root.children(recursive=True)
+        except psutil.Error:
+            continue
+
+
 def tree_cpu(pids: Sequence[int]) -> float:
     """CPU seconds of these processes and all their live descendants, reaped children included.
 
@@ -27,18 +38,12 @@ def tree_cpu(pids: Sequence[int]) -> float:
     which every component here does for its task processes.
     """
     total = 0.0
-    for pid in pids:
+    for proc in processes(pids):
         try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
+            t = proc.cpu_times()
         except psutil.Error:
             continue
-        for proc in procs:
-            try:
-                t = proc.cpu_times()
-            except psutil.Error:
-                continue
-            total += t.user + t.system + t.children_user + t.children_system
+        total += t.user + t.system + t.children_user + t.children_system
     return total
 
 
@@ -59,19 +64,13 @@ class RssSampler(threading.Thread):
 
     def sample(self) -> None:
         total = 0
-        for pid in self.pids:
+        for proc in processes(self.pids):
             try:
-                root = psutil.Process(pid)
-                procs = [root, *root.children(recursive=True)]
+                rss = proc.memory_info().rss
             except psutil.Error:
                 continue
-            for proc in procs:
-                try:
-                    rss = proc.memory_info().rss
-                except psutil.Error:
-                    continue
-                total += rss
-                self.peak_process = max(self.peak_process, rss)
+            total += rss
+            self.peak_process = max(self.peak_process, rss)
         self.peak_total = max(self.peak_total, total)
 
     def run(self) -> None:

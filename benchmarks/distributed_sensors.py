@@ -32,6 +32,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airflow_provider_tts.emulator import Emulator, EmulatorConfig
+from benchmarks._batch_measure import tree_cpu
 from benchmarks._report import table, write_section
 from tools.distributed_airflow import DistributedAirflow
 
@@ -78,24 +79,6 @@ for mode in ("deferred", "reschedule"):
 '''
 
 
-def _tree_cpu(pids: list[int]) -> float:
-    """CPU seconds of these processes and all their descendants, reaped ones included."""
-    total = 0.0
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            continue
-        for proc in procs:
-            try:
-                t = proc.cpu_times()
-                total += t.user + t.system + t.children_user + t.children_system
-            except psutil.Error:
-                continue
-    return total
-
-
 def _tree_rss(pid: int) -> int:
     try:
         root = psutil.Process(pid)
@@ -140,13 +123,13 @@ def measure(af: DistributedAirflow, emu: Emulator, mode: str, sensors: int, pend
     af.pg_query("SELECT pg_stat_statements_reset()")
     time.sleep(1)  # pg_stat_database lags by up to its flush interval
     db0 = _db_counters(af)
-    cpu0 = {name: _tree_cpu(pids) for name, pids in groups.items()}
+    cpu0 = {name: tree_cpu(pids) for name, pids in groups.items()}
     sampler.start()
     t0 = time.monotonic()
     run_id = af.trigger(dag_id, conf={"ids": ids})
     run = af.wait_for_run(dag_id, run_id, timeout=7200, poll_interval=2, log_tasks=True)
     wall = time.monotonic() - t0
-    cpu1 = {name: _tree_cpu(pids) for name, pids in groups.items()}
+    cpu1 = {name: tree_cpu(pids) for name, pids in groups.items()}
     sampler.stop.set()
     sampler.join()
     time.sleep(1)
