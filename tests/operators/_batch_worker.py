@@ -43,6 +43,22 @@ def _pause_after(target: Any, name: str, after: int, ready: Path, pause: float) 
     setattr(target, name, wrapper)
 
 
+def peak_rss_mib() -> float:
+    """This process's own peak RSS: ``VmHWM`` of its memory map.
+
+    Not ``ru_maxrss``: Linux carries that over ``fork`` and ``exec``, so a worker started by a test
+    process that has grown during a long session would report the test process's size.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main(spec: dict[str, Any]) -> None:
     from airflow_provider_tts.operators import batch as batch_module
     from airflow_provider_tts.operators.batch import RevidTtsBatchToStorageOperator
@@ -72,7 +88,7 @@ def main(spec: dict[str, Any]) -> None:
         outcome: dict[str, Any] = {"result": op.execute({"ti": ti})}  # type: ignore[arg-type]
     except Exception as exc:
         outcome = {"error": f"{type(exc).__name__}: {exc}"}
-    outcome["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    outcome["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(outcome), flush=True)
 
 

@@ -127,3 +127,14 @@ def test_killed_mid_store_the_retry_reattaches_and_stores_every_item(slow_emu: A
     assert len(rows) == COUNT
     assert {row["status"] for row in rows} <= {"stored", "cached"}
     assert not (folder / ".tts-batch").exists() or not list((folder / ".tts-batch").rglob("*.json"))
+
+
+def test_a_worker_reports_its_own_peak_memory_not_its_parents() -> None:
+    """Linux carries ``ru_maxrss`` over fork and exec: a worker started late in a long test session
+    reported the session's 786 MiB as its own. The worker reads its memory map's ``VmHWM`` instead."""
+    ballast = bytearray(300 * 1024 * 1024)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page: the parent's RSS is > 300 MiB
+    code = "from tests.operators._batch_worker import peak_rss_mib; print(peak_rss_mib())"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert float(done.stdout) < 200
+    del ballast

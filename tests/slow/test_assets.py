@@ -56,6 +56,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("dags", "audio", "openlineage"):
         (root / name).mkdir()
     shutil.copy(EXAMPLE, root / "dags" / EXAMPLE.name)
+    shutil.copytree(EXAMPLE.parent / "data", root / "dags" / "data")  # the example reads its texts from there
     return root
 
 
