@@ -5,45 +5,43 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# uv itself is pinned: a new uv may resolve or install differently.
+UV_VERSION := 0.13.9
 
-.PHONY: run test lint typecheck pytest bench emulator clean soak matrix test-af3.0 test-af3.1 test-af3.2
-
-# The older Airflow minors CI also tests (the newest patch of each); 3.3 is .venv itself.
-AF_3.0 := 3.0.6
-AF_3.1 := 3.1.8
-AF_3.2 := 3.2.2
+# Every environment installs exactly one constraints file (constraints/airflow-<minor>.txt, cut by
+# `make lock`, README "Reproducible environments"): what CI installs changes only when the files are
+# re-cut on purpose, never because a dependency released something. .venv is the newest minor; the
+# older ones get .venv-af<minor>/ each.
+NEWEST := 3.3
 MATRIX := 3.0 3.1 3.2
-# Airflow 3.0 declares three dependencies without an upper bound, and today's releases break it (3.1
-# capped them): under universal-pathlib 0.3 its ObjectStoragePath refuses every path; under
-# fastapi >= 0.118 / cadwyn >= 6 its Execution API answers 422 to the task runner's first call, so no
-# task starts. Airflow's constraints file for 3.0 pins releases from before; these pins do the same.
-AF_PINS_3.0 := "universal-pathlib>=0.2.6,<0.3" "fastapi[standard]>=0.116,<0.118" "cadwyn>=5.2.1,<6"
-# Airflow 3.2.2 leaves fastapi and svcs unbounded (3.3 caps fastapi below 0.137 and no longer needs the
-# svcs behaviour below). Under fastapi >= 0.137 (which cadwyn 9 requires) its Execution API fails to
-# build (pydantic: "Model 'TITerminalStatePayload' needs a discriminator field"), so no api-server or
-# dag-processor starts. Under svcs 26 its in-process Execution API (dag.test(), `airflow dags test`) loses
-# its service registry ("'State' object has no attribute 'svcs_registry'"), so every task fails.
-AF_PINS_3.2 := "fastapi[standard-no-fastapi-cloud-cli]>=0.129,<0.137" "svcs>=25.1,<26"
-# On older minors: the unit and emulator tests, plus the real-Airflow tests marked `matrix`.
+MINORS := $(MATRIX) $(NEWEST)
+
+.PHONY: run test lint typecheck pytest bench emulator clean soak matrix lock lock-check \
+	$(addprefix test-af,$(MATRIX))
+
+# install(venv, minor): a new virtualenv holding exactly the constraints file and this package (no
+# second resolution); `uv pip check` fails if pyproject.toml asks for what the file lacks. Rebuilt from
+# scratch whenever the file or pyproject.toml changes, so nothing of an earlier file stays behind.
+define install
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q "uv==$(UV_VERSION)"
+	$(1)/bin/uv pip install -q --python $(1)/bin/python -r constraints/airflow-$(2).txt
+	$(1)/bin/uv pip install -q --python $(1)/bin/python --no-deps -e .
+	$(1)/bin/uv pip check -q --python $(1)/bin/python
+	touch $(1)/.installed
+endef
+
+$(STAMP): pyproject.toml constraints/airflow-$(NEWEST).txt
+	$(call install,$(VENV),$(NEWEST))
+
+# One cached virtualenv per older minor, rebuilt when its constraints file or pyproject.toml changes.
+.venv-af%/.installed: pyproject.toml constraints/airflow-%.txt
+	$(call install,.venv-af$*,$*)
+
+# On older minors: every unit and emulator test, and the real-Airflow tests marked `matrix`.
 MATRIX_PYTEST_ARGS ?= -m "not slow or matrix"
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	($(BIN)/python -m pip install -q uv && $(BIN)/uv pip install -q --python $(BIN)/python -e ".[dev]") \
-	  || $(BIN)/python -m pip install -q -e ".[dev]"
-	touch $(STAMP)
-
-# One cached virtualenv per older minor (.venv-af3.0/ ...), reused while pyproject.toml and the pins
-# here are unchanged.
-# uv comes from .venv; `uv pip install` resolves the package's own dependencies against that Airflow.
-.venv-af%/.installed: pyproject.toml Makefile | $(STAMP)
-	@test -n "$(AF_$*)" || { echo "no Airflow patch version known for minor $*"; exit 1; }
-	test -x .venv-af$*/bin/python || $(PYTHON) -m venv .venv-af$*
-	$(BIN)/uv pip install -q --python .venv-af$*/bin/python "apache-airflow==$(AF_$*)" $(AF_PINS_$*) -e ".[dev]"
-	touch $@
-
-# A static pattern rule: make never applies an implicit (%) rule to a .PHONY target, so a plain
-# `test-af%:` rule made `make test-af3.0` answer "Nothing to be done" and pass without running a test.
 $(addprefix test-af,$(MATRIX)): test-af%: .venv-af%/.installed  ## unit, emulator and `matrix` tests on one older minor
 	.venv-af$*/bin/python -m airflow_provider_tts.compat
 	.venv-af$*/bin/pytest -q -p no:cacheprovider $(MATRIX_PYTEST_ARGS)
@@ -70,6 +68,12 @@ bench: $(STAMP)  ## every benchmark; each writes its section of BENCHMARKS.md
 
 emulator: $(STAMP)  ## serve both vendor APIs on a local port
 	$(BIN)/python -m airflow_provider_tts.emulator
+
+lock: $(STAMP)  ## re-cut constraints/airflow-*.txt (needs the package index); commit the result
+	$(BIN)/python tools/lock.py
+
+lock-check: $(STAMP)  ## offline: every constraints file still satisfies pyproject.toml
+	$(BIN)/python tools/lock.py --check
 
 clean:
 	rm -rf $(VENV) $(addprefix .venv-af,$(MATRIX)) output .mypy_cache .ruff_cache .pytest_cache
