@@ -8,6 +8,16 @@ and ``ResumableJobMixin`` of 3.3, ``BaseTrigger.on_kill`` of 3.3, ``BaseHook.age
 version numbers: each name is looked up where the newest Airflow keeps it, then where older ones
 did, and each feature flag is found by looking for the feature itself.
 
+Where Airflow's own shim package (``apache-airflow-providers-common-compat``, its ``sdk`` module)
+already maps a name to its home on each minor, the name comes from there: the exceptions,
+``BaseHook``, ``conf`` and the hook lineage collector. What it does not cover stays here: the
+feature flags, ``has_fs``, a ``mask_secret`` that is safe inside the triggerer's event loop on 3.0,
+``aget_connection`` for 3.0's ``BaseHook``, and the ``dag.test()`` helpers.
+
+Two lookups are deferred to their first call: on 3.0, ``airflow.io`` (``has_fs``) and
+``airflow.lineage.hook`` import some 500 modules, ``aiohttp`` among them, which a DAG file that
+only declares operators must not pay for at parse time.
+
 The version string is exported for messages and reports only; no decision is made on it.
 
 Why the exceptions must come from the right place: the task runner of each minor catches its own
@@ -19,6 +29,7 @@ on 3.0 only ``airflow.exceptions`` has them.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from airflow import __version__ as AIRFLOW_VERSION
@@ -39,10 +50,13 @@ __all__ = [
     "TaskDeferred",
     "bucket_of",
     "conf",
+    "conn_id_of",
     "features",
     "get_hook_lineage_collector",
     "has_fs",
+    "in_dag_test",
     "mask_secret",
+    "omit_secrets_from_dag_test_log",
 ]
 
 
@@ -80,17 +94,25 @@ if TYPE_CHECKING:
     from airflow.sdk.lineage import get_hook_lineage_collector
     from airflow.sdk.log import mask_secret
 else:
-    _EXCEPTION_MODULES = ("airflow.sdk.exceptions", "airflow.exceptions")
-    AirflowException = _first("AirflowException", *_EXCEPTION_MODULES)
-    AirflowFailException = _first("AirflowFailException", *_EXCEPTION_MODULES)
-    AirflowNotFoundException = _first("AirflowNotFoundException", *_EXCEPTION_MODULES)
-    AirflowSensorTimeout = _first("AirflowSensorTimeout", *_EXCEPTION_MODULES)
-    AirflowSkipException = _first("AirflowSkipException", *_EXCEPTION_MODULES)
-    TaskDeferred = _first("TaskDeferred", *_EXCEPTION_MODULES)
-    conf = _first("conf", "airflow.sdk.configuration", "airflow.configuration")
-    has_fs = _first("has_fs", "airflow.sdk.io.fs", "airflow.io")
-    # The hook lineage collector moved into the Task SDK in 3.2; 3.0 and 3.1 keep it in airflow.lineage.
-    get_hook_lineage_collector = _first("get_hook_lineage_collector", "airflow.sdk.lineage", "airflow.lineage.hook")
+    from airflow.providers.common.compat import sdk as _shims
+
+    AirflowException = _shims.AirflowException
+    AirflowFailException = _shims.AirflowFailException
+    AirflowNotFoundException = _shims.AirflowNotFoundException
+    AirflowSensorTimeout = _shims.AirflowSensorTimeout
+    AirflowSkipException = _shims.AirflowSkipException
+    TaskDeferred = _shims.TaskDeferred
+    conf = _shims.conf
+
+    def has_fs(scheme: str) -> bool:
+        """Whether Airflow has a filesystem for ``scheme`` (``airflow.sdk.io.fs``; ``airflow.io`` on 3.0)."""
+        found: bool = _first("has_fs", "airflow.sdk.io.fs", "airflow.io")(scheme)
+        return found
+
+    def get_hook_lineage_collector() -> Any:
+        """Airflow's hook lineage collector (the Task SDK's from 3.2, ``airflow.lineage.hook`` before)."""
+        return _shims.get_hook_lineage_collector()
+
     # The secret masker the task runner's log pipeline reads: airflow.sdk.log exports it on 3.0.6+, the
     # earlier 3.0 patches only have it in the Task SDK's secrets_masker module (the same function).
     _mask_secret = _first("mask_secret", "airflow.sdk.log", "airflow.sdk.execution_time.secrets_masker")
@@ -111,7 +133,7 @@ else:
         except RuntimeError:
             _process_masker().add_mask(secret, name)
 
-    _BaseHook = _first("BaseHook", "airflow.sdk", "airflow.hooks.base")
+    _BaseHook = _shims.BaseHook
 
 #: ``BaseHook.aget_connection`` exists (3.1+): connections are looked up without blocking the loop.
 HAS_ASYNC_GET_CONNECTION: bool = hasattr(_first("BaseHook", "airflow.sdk", "airflow.hooks.base"), "aget_connection")
@@ -154,6 +176,72 @@ if not TYPE_CHECKING:
                 from asgiref.sync import sync_to_async
 
                 return await sync_to_async(cls.get_connection)(conn_id)
+
+
+def in_dag_test() -> bool:
+    """Whether this task runs inside ``dag.test()`` / ``airflow dags test`` (the in-process supervisor).
+
+    Every minor runs such a task with an in-process stand-in for the supervisor; a deployment's task
+    process talks to a real one over a socket. Read at run time, never at import.
+    """
+    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    return type(comms).__name__ == "InProcessSupervisorComms"
+
+
+def omit_secrets_from_dag_test_log() -> None:
+    """Keep the body of ``MaskSecret`` messages out of a ``dag.test()`` run's log, before a lookup.
+
+    In ``airflow dags test`` the task talks to an in-process stand-in for the supervisor, and on
+    every minor that stand-in logs each message it is sent at debug level, body included; on 3.0
+    the CLI's log is not even filtered by level. Fetching a connection makes Airflow send
+    ``MaskSecret(value=<password>)``, so the API key reached the console. The real supervisor omits
+    that body; this gives the stand-in's logger the same rule (only ``MaskSecret`` bodies are
+    replaced, every other line is logged as before). It changes nothing outside a ``dag.test()``
+    run, and is idempotent. Called by the hook before it asks Airflow for a connection.
+    """
+    if not in_dag_test():
+        return
+    comms = sys.modules["airflow.sdk.execution_time.task_runner"].SUPERVISOR_COMMS
+    log = getattr(comms, "log", None)
+    if log is not None and not isinstance(log, _MaskSecretBodyOmitted):
+        comms.log = _MaskSecretBodyOmitted(log)
+
+
+class _MaskSecretBodyOmitted:
+    """A structlog logger proxy that logs a ``MaskSecret`` message as its type, never its value."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self._wrapped = wrapped
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._wrapped, name)
+        if not callable(attr) or name.startswith("_"):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            args = tuple(_omit_secret_body(value) for value in args)
+            kwargs = {key: _omit_secret_body(value) for key, value in kwargs.items()}
+            result = attr(*args, **kwargs)
+            return _MaskSecretBodyOmitted(result) if name == "bind" else result
+
+        return call
+
+
+def _omit_secret_body(value: Any) -> Any:
+    return "MaskSecret(body omitted)" if type(value).__name__ == "MaskSecret" else value
+
+
+def conn_id_of(path: Any) -> str | None:
+    """The connection id an ``ObjectStoragePath`` was made with.
+
+    universal-pathlib 0.3 (Airflow 3.2+) exposes it as ``path.conn_id``; under 0.2 (3.0, 3.1) it
+    is only in ``storage_options``. Reading only the attribute gave None for every connection there.
+    """
+    conn_id = getattr(path, "conn_id", None)
+    if conn_id is None:
+        conn_id = (getattr(path, "storage_options", None) or {}).get("conn_id")
+    return conn_id
 
 
 def bucket_of(path: Any) -> str:

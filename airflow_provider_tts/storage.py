@@ -42,6 +42,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from airflow_provider_tts.compat import conn_id_of
 from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsProtocolError
 
 if TYPE_CHECKING:
@@ -141,8 +142,9 @@ def destination_path(destination: Any, dest_conn_id: str | None) -> ObjectStorag
     """Validate a destination (URI string or ObjectStoragePath) before anything is downloaded or written."""
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_tts.compat import has_fs
+    from airflow_provider_tts.compat import has_fs, omit_secrets_from_dag_test_log
 
+    omit_secrets_from_dag_test_log()  # the storage connection's secret is masked when it is looked up
     if isinstance(destination, ObjectStoragePath):
         path = destination if dest_conn_id is None else ObjectStoragePath(str(destination), conn_id=dest_conn_id)
         raw = str(destination)
@@ -219,7 +221,7 @@ def check_destination(path: ObjectStoragePath, *, folder_hint: bool) -> bool:
     try:
         s3 = _s3_call(path)
         if s3 is not None:
-            known = (getattr(path, "conn_id", None), bucket)
+            known = (conn_id_of(path), bucket)
             if folder_hint or not key.strip("/"):  # a folder by how it was written: only the bucket matters
                 if known not in _KNOWN_BUCKETS:
                     s3("head_bucket", Bucket=bucket)
@@ -281,7 +283,7 @@ def _s3_call(path: ObjectStoragePath) -> _S3Call | None:
     call_s3 = getattr(fs, "call_s3", None)
     if _protocol(path) not in S3_SCHEMES or not callable(call_s3):
         return None
-    conn_id = getattr(path, "conn_id", None)
+    conn_id = conn_id_of(path)
     with _CLIENTS_LOCK:
         if conn_id not in _CLIENTS:
             _CLIENTS[conn_id] = _hook_client(fs, conn_id)
@@ -319,7 +321,7 @@ def _boto_call(client: Any, operation: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def _forget_bucket(path: ObjectStoragePath) -> None:
-    _KNOWN_BUCKETS.discard((getattr(path, "conn_id", None), path.path.partition("/")[0]))
+    _KNOWN_BUCKETS.discard((conn_id_of(path), path.path.partition("/")[0]))
 
 
 # ------------------------------------------------------------------------------ what the body is

@@ -75,7 +75,7 @@ from airflow_provider_tts.exceptions import (
     error_from_event,
 )
 from airflow_provider_tts.fingerprint import request_fingerprint
-from airflow_provider_tts.lineage import default_outlet
+from airflow_provider_tts.lineage import OutletsForTestRuns, default_outlet
 from airflow_provider_tts.naming import with_extension
 from airflow_provider_tts.operators.submitting import (
     UncertainSubmitPolicy,
@@ -137,7 +137,7 @@ class _Plan:
                 self.with_sidecar.setdefault(os.path.splitext(audio)[0], []).append(audio)
 
 
-class BaseTextBatchToStorageOperator(BaseOperator):
+class BaseTextBatchToStorageOperator(OutletsForTestRuns, BaseOperator):
     """Submit a batch of one vendor and kind, wait once for all of it, store every file and a manifest.
 
     The base of the batch operators (see the module docstring); a subclass sets ``vendor``,
@@ -633,7 +633,8 @@ class BaseTextBatchToStorageOperator(BaseOperator):
         """One asset event on each outlet, naming the manifest; the folder as hook-lineage output."""
         from airflow.sdk import Asset
         from airflow.sdk.definitions.asset import AssetRef
-        from airflow.sdk.lineage import get_hook_lineage_collector
+
+        from airflow_provider_tts.compat import get_hook_lineage_collector
 
         events = context.get("outlet_events")
         if events is not None:
