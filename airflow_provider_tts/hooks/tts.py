@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from airflow_provider_tts.compat import BaseHook
+from airflow_provider_tts.compat import BaseHook, omit_secrets_from_dag_test_log
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS, parse_connection
 from airflow_provider_tts.exceptions import (
     TtsAudioUrlExpiredError,
@@ -109,6 +109,7 @@ class TtsHook(BaseHook):
     def vendor(self) -> Vendor:
         """The vendor unit for this connection, resolved (synchronously) on first use."""
         if self._vendor is None:
+            omit_secrets_from_dag_test_log()
             self._vendor = self._vendor_for(self.get_connection(self.tts_conn_id))
         return self._vendor
 
@@ -123,6 +124,7 @@ class TtsHook(BaseHook):
         blocks; a connection that really does not exist still fails, with Airflow's own message.
         """
         if self._vendor is None:
+            omit_secrets_from_dag_test_log()
             conn = await self._aget_connection()
             try:
                 self._vendor = self._vendor_for(conn)

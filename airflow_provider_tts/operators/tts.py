@@ -29,7 +29,7 @@ from airflow_provider_tts.compat import conf
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint
-from airflow_provider_tts.lineage import asset_event_extra, default_outlet
+from airflow_provider_tts.lineage import OutletsForTestRuns, asset_event_extra, default_outlet
 from airflow_provider_tts.naming import check_file_name, default_stem, with_extension, with_format_extension
 from airflow_provider_tts.operators.submitting import (
     SubmitOnce,
@@ -320,7 +320,7 @@ def stream_audio_into(
     )
 
 
-class _StoredAudioOutput:
+class _StoredAudioOutput(OutletsForTestRuns):
     """What every operator that stores audio shares: the file's name, its temporary's, and the one output it reports.
 
     Shared by :class:`TtsAudioToStorageOperator` and :class:`CambTtsStreamToStorageOperator`, so
@@ -330,7 +330,6 @@ class _StoredAudioOutput:
 
     if TYPE_CHECKING:
         kind: str
-        outlets: list[Any]
         stored_audio: dict[str, Any] | None
         destination: Any
         file_name: str | None
