@@ -63,6 +63,8 @@ def test_providers_hooks_shows_one_class_per_connection_type_without_inconsisten
     out = _airflow(cli_env, "providers", "hooks", "--output", "json")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Inconsistency" not in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
-    hooks = {row["connection_type"]: row for row in json.loads(out.stdout[out.stdout.index("[") :])}
+    # Airflow 3.0 logs to stdout before the JSON: decode the document that starts with the first "[{".
+    rows, _ = json.JSONDecoder().raw_decode(out.stdout[out.stdout.index("[{") :])
+    hooks = {row["connection_type"]: row for row in rows}
     assert hooks["camb_ai"]["class"] == "airflow_provider_tts.hooks.tts.CambAiHook"
     assert hooks["revid_tts"]["class"] == "airflow_provider_tts.hooks.tts.RevidTtsHook"

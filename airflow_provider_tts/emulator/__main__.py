@@ -193,6 +193,12 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
 
 async def serve(emulator: Emulator, print_json: bool) -> None:
     await emulator.astart()
+    # The handlers go in before the address is printed: whoever reads it may stop the emulator at
+    # once, and a SIGTERM that arrived earlier killed it without the graceful stop (exit -15).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
         if print_json:
             print(
@@ -217,10 +223,6 @@ async def serve(emulator: Emulator, print_json: bool) -> None:
                 flush=True,
             )
             print("\n".join(connection_lines(emulator)), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         await emulator.astop()

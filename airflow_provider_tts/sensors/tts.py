@@ -14,7 +14,7 @@ import importlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
@@ -153,6 +153,8 @@ class TtsTaskSensor(BaseSensorOperator):
         self._started_at = time.time()
         if self.reschedule:
             first = context["ti"].get_first_reschedule_date(context)
+            if isinstance(first, str):  # Airflow 3.0 returns the ISO string the API sent
+                first = datetime.fromisoformat(first)
             if first is not None:
                 self._started_at = first.timestamp()
             elif self.policy.poll_interval < RESCHEDULE_FLOOR:

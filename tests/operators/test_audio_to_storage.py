@@ -735,11 +735,12 @@ def test_the_write_mode_is_decided_per_scheme(uri: str, mode: str) -> None:
 @pytest.fixture
 def memory_scheme(monkeypatch: pytest.MonkeyPatch) -> Any:
     """``memory://`` registered as an Airflow filesystem: a store with no atomic rename (the copy mode)."""
-    from airflow.sdk.io.fs import _register_filesystems
     from fsspec.implementations.memory import MemoryFileSystem
 
+    from tests._airflow import registered_filesystems
+
     fs = MemoryFileSystem()
-    monkeypatch.setitem(_register_filesystems(), "memory", lambda conn_id, options=None: fs)  # type: ignore[index]
+    monkeypatch.setitem(registered_filesystems(), "memory", lambda conn_id, options=None: fs)
     yield fs
     fs.rm("/", recursive=True)
 

@@ -25,8 +25,9 @@ def _submit(**kw: Any) -> TtsSubmitOperator:
 
 
 def test_sensor_and_store_take_connection_kind_and_id_from_the_submit() -> None:
-    from airflow.serialization.serialized_objects import DagSerialization
+    from tests._airflow import dag_serialization
 
+    DagSerialization = dag_serialization()
     with DAG("composed", schedule=None, start_date=START) as dag:
         submit = _submit()
         wait = TtsTaskSensor(task_id="wait", submitted=submit, poll_interval=7)

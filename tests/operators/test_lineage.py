@@ -7,7 +7,6 @@ at parse time, downstream DAGs, warnings, the OpenLineage event) is in ``tests/s
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,12 @@ from airflow.sdk.execution_time.context import OutletEventAccessors
 from airflow_provider_tts import compat
 from airflow_provider_tts.lineage import dataset_name, default_asset_name
 from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator
+from tests._airflow import lineage_module
 from tests.conftest import ConnFactory
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 #: Where this Airflow keeps its hook lineage collector (airflow.sdk.lineage from 3.2, airflow.lineage.hook before).
-_LINEAGE = importlib.import_module(compat.get_hook_lineage_collector.__module__)
+_LINEAGE = lineage_module()
 HookLineageCollector = _LINEAGE.HookLineageCollector
 
 
@@ -76,10 +76,9 @@ def test_one_stable_asset_is_declared_plain_and_mapped(destination: str, expecte
 
 def test_mapped_outlets_reach_the_serialized_dag_and_every_unmapped_instance() -> None:
     """What the scheduler registers and what each mapped instance emits on are the same asset."""
-    try:
-        from airflow.serialization.serialized_objects import DagSerialization
-    except ImportError:  # Airflow 3.0 and 3.1 name it SerializedDAG
-        from airflow.serialization.serialized_objects import SerializedDAG as DagSerialization
+    from tests._airflow import dag_serialization
+
+    DagSerialization = dag_serialization()
 
     with DAG("d", schedule=None, start_date=START) as dag:
         mapped = TtsAudioToStorageOperator.partial(task_id="store", destination="{{ params.destination }}").expand(

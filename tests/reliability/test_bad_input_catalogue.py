@@ -18,7 +18,7 @@ import asyncio
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -130,6 +130,8 @@ class Row:
     call: Callable[[Ctx], Any]
     error: type[BaseException]
     fragment: str
+    #: What Airflow itself raises first on some minors, before the provider sees the input.
+    airflow_refusal: tuple[type[BaseException], ...] = ()
 
 
 ROWS: list[Row] = []
@@ -208,6 +210,8 @@ for api in ("camb_ai", "revid_tts"):
         row(f"connection/{api}/{name}", TtsConfigError, fragment)(
             lambda c, api=api, fields=fields: hook_status(c, api, GOOD_ID, **fields)
         )
+        if name == "extra-not-object":  # Airflow 3.0 does not read such a connection from the environment
+            ROWS[-1] = replace(ROWS[-1], airflow_refusal=(AirflowNotFoundException,))
 row("connection/camb_ai/status-base-url-is-revid-only", TtsConfigError, "unknown extra 'status_base_url'")(
     lambda c: hook_status(c, "camb_ai", GOOD_ID, extra={"status_base_url": c.emu.revid_status_base_url})
 )
@@ -352,9 +356,10 @@ def test_bad_input_fails_clearly_before_any_request_or_write(
 ) -> None:
     out = tmp_path / "out"
     ctx = Ctx(emu, monkeypatch, out)
-    with pytest.raises(case.error) as info:
+    with pytest.raises((case.error, *case.airflow_refusal)) as info:
         case.call(ctx)
-    assert case.fragment in str(info.value), str(info.value)
+    if isinstance(info.value, case.error):
+        assert case.fragment in str(info.value), str(info.value)
     assert TEST_KEY not in str(info.value)
     assert emu.stats()["requests_total"] == 0, emu.requests()
     assert _files(tmp_path) == []

@@ -334,22 +334,25 @@ def test_the_destination_is_never_seen_partial(
         final = folder / f"{task_id}.wav"
         destination, kw = final.as_uri(), {}
 
+        # Each look reads the destination first and the temporary second: the temporary still
+        # there *after* a complete destination was seen would be a real overlap; the other order
+        # would also see a rename that happened between the two reads.
         def look() -> tuple[int | None, bool]:
-            in_progress = any(folder.glob(".*.partial"))
             try:
-                return final.stat().st_size, in_progress
+                dest: int | None = final.stat().st_size
             except FileNotFoundError:
-                return None, in_progress
+                dest = None
+            return dest, any(folder.glob(".*.partial"))
     else:
         s3, bucket = request.getfixturevalue("s3"), request.getfixturevalue("bucket")
         destination, kw = f"s3://{bucket}/out/{task_id}.wav", {"dest_conn_id": request.getfixturevalue("aws_conn")}
 
         def look() -> tuple[int | None, bool]:
-            in_progress = bool(s3.list_multipart_uploads(Bucket=bucket).get("Uploads"))
             try:
-                return int(s3.head_object(Bucket=bucket, Key=f"out/{task_id}.wav")["ContentLength"]), in_progress
+                dest: int | None = int(s3.head_object(Bucket=bucket, Key=f"out/{task_id}.wav")["ContentLength"])
             except s3.exceptions.ClientError:
-                return None, in_progress
+                dest = None
+            return dest, bool(s3.list_multipart_uploads(Bucket=bucket).get("Uploads"))
 
     watcher = _Watcher(look)
     watcher.start()
