@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,18 @@ TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 
 _PAGE = 100
 _POLL = 0.5
+
+#: Answers of the api-server that a later identical request may not get (a locked SQLite database
+#: on a loaded machine gives a 500; a restarting component a 502/503).
+TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
+#: Seconds a request is retried after a transient failure (see :meth:`AirflowRestClient.request`).
+RETRY_FOR = 60.0
+
+
+def _transient(exc: LocalAirflowError) -> bool:
+    """Whether ``request`` failed on trouble a repeat may not meet (no answer, or a transient status)."""
+    text = str(exc)
+    return " failed: " in text.split("\n", 1)[0] or any(f"-> HTTP {code}" in text for code in TRANSIENT_STATUS)
 
 
 class LocalAirflowError(RuntimeError):
@@ -66,23 +79,45 @@ class AirflowRestClient:
         json_body: Any = None,
         ok: Iterable[int] = (200,),
         timeout: float = 30.0,
+        retry_for: float | None = None,
     ) -> Any:
-        """Call ``/api/v2<path>``; return the decoded JSON, raise :class:`LocalAirflowError` otherwise."""
+        """Call ``/api/v2<path>``; return the decoded JSON, raise :class:`LocalAirflowError` otherwise.
+
+        A transient failure (no connection, a timeout, HTTP 500/502/503/504) is tried again for up to
+        ``retry_for`` seconds (default :data:`RETRY_FOR` for every method but POST, 0 for POST): on a
+        loaded machine the api-server's SQLite database is locked now and then and a request fails
+        with a 500 that the next attempt does not see. A POST is only repeated where the caller made
+        it safe to repeat (see :meth:`trigger`), so the default for it is to fail at once.
+        """
         url = f"{self.api_url}/api/v2{path}"
-        try:
-            resp = self._session.request(
-                method,
-                url,
-                params=dict(params or {}),
-                json=json_body,
-                timeout=timeout,
-                headers={"Accept": "application/json"},
-            )
-        except requests.RequestException as exc:
-            raise LocalAirflowError(f"{method} {path} failed: {exc}") from exc
-        if resp.status_code not in set(ok):
-            raise LocalAirflowError(f"{method} {path} -> HTTP {resp.status_code}: {resp.text[:2000]}")
-        return resp.json() if resp.content else None
+        accepted = set(ok)
+        budget = (0.0 if method.upper() == "POST" else RETRY_FOR) if retry_for is None else retry_for
+        give_up = time.monotonic() + budget
+        pause = 0.25
+        while True:
+            problem: str
+            try:
+                resp = self._session.request(
+                    method,
+                    url,
+                    params=dict(params or {}),
+                    json=json_body,
+                    timeout=timeout,
+                    headers={"Accept": "application/json"},
+                )
+            except requests.RequestException as exc:
+                problem = f"{method} {path} failed: {exc}"
+            else:
+                if resp.status_code in accepted:
+                    return resp.json() if resp.content else None
+                problem = f"{method} {path} -> HTTP {resp.status_code}: {resp.text[:2000]}"
+                if resp.status_code not in TRANSIENT_STATUS:
+                    raise LocalAirflowError(problem)
+            if time.monotonic() + pause > give_up:
+                raise LocalAirflowError(problem)
+            self._log(f"local-airflow: {problem.splitlines()[0][:200]}; trying again in {pause:.2f}s")
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120.0, *, unpause: bool = True) -> JSON:
         """Wait until ``dag_id`` is parsed and visible over REST, unpause it, and return its JSON.
@@ -116,14 +151,27 @@ class AirflowRestClient:
             time.sleep(_POLL)
 
     def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None, run_id: str | None = None) -> str:
-        """Create a manual dag run (``logical_date`` null) and return its ``dag_run_id``."""
-        body: JSON = {"logical_date": None, "conf": dict(conf or {})}
-        if run_id is not None:
-            body["dag_run_id"] = run_id
-        run = self.request("POST", f"/dags/{_q(dag_id)}/dagRuns", json_body=body)
-        new_id = str(run["dag_run_id"])
-        self._log(f"local-airflow: triggered {dag_id} run {new_id}")
-        return new_id
+        """Create a manual dag run (``logical_date`` null) and return its ``dag_run_id``.
+
+        The run id is chosen here when not given, which makes the POST safe to repeat after a
+        transient failure: a 409 on a repeat means the earlier attempt created the run.
+        """
+        run_id = run_id or f"manual__{datetime.now(UTC).isoformat()}_{uuid.uuid4().hex[:8]}"
+        body: JSON = {"logical_date": None, "conf": dict(conf or {}), "dag_run_id": run_id}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self.request(
+                    "POST", f"/dags/{_q(dag_id)}/dagRuns", json_body=body, ok=(200, 409) if attempt > 1 else (200,)
+                )
+                break
+            except LocalAirflowError as exc:
+                if attempt >= 5 or not _transient(exc):
+                    raise
+                time.sleep(attempt)
+        self._log(f"local-airflow: triggered {dag_id} run {run_id}")
+        return run_id
 
     def wait_for_run(
         self,
