@@ -73,17 +73,15 @@ def make_conn(emu: Any, monkeypatch: pytest.MonkeyPatch) -> ConnFactory:
     return make
 
 
-#: What CI runs on the older Airflow minors (``-m matrix``; ``make test-af3.0`` without arguments runs
-#: every unit and emulator test plus these): what this Airflow offers (``tests/compat/``), one
-#: end-to-end run of the single-text example and of the scheduled-retries example (a retry heals a
-#: vendor outage with one payment) on a real deployment, and a worker SIGKILLed after the create or
-#: mid-create with the Variable ledger, the below-3.3 mechanism (the retry does not pay twice). Node
-#: id prefixes, so the test files themselves need no marker; kept small because CI's 30 minutes are
-#: full (README "Compatibility").
+#: The real-Airflow tests CI runs on every older Airflow minor too, beside every unit and emulator test
+#: (``make test-af3.x`` runs ``-m "not slow or matrix"``): what this Airflow offers (``tests/compat/``),
+#: every operator family through one retry on a real deployment and under ``airflow dags test``
+#: (``tests/slow/test_operator_families.py``), and a worker SIGKILLed after the create or mid-create with
+#: the Variable ledger, the below-3.3 mechanism (the retry does not pay twice). Node id prefixes, so the
+#: test files themselves need no marker.
 MATRIX_TESTS = (
     "tests/compat/",
-    "tests/slow/test_example_dags.py::test_single",
-    "tests/slow/test_example_dags.py::test_scheduled_retries_heal_without_a_second_submit",
+    "tests/slow/test_operator_families.py",
     "tests/reliability/test_restarts.py::test_worker_killed_while_waiting_after_submit_does_not_pay_twice[variable]",
     "tests/reliability/test_restarts.py::test_worker_killed_mid_submit_does_not_pay_twice[variable]",
 )
