@@ -132,11 +132,11 @@ def read_pins(path: Path) -> dict[str, str]:
     for line in path.read_text().splitlines():
         match = _PIN.match(line.strip())
         if match:
-            pins[_normalise(match.group(1))] = match.group(3)
+            pins[normalise(match.group(1))] = match.group(3)
     return pins
 
 
-def _normalise(name: str) -> str:
+def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
@@ -158,7 +158,7 @@ def check(entry: Minor) -> list[str]:
         requirement = Requirement(text)
         if requirement.marker is not None and not requirement.marker.evaluate(env):
             continue
-        pinned = pins.get(_normalise(requirement.name))
+        pinned = pins.get(normalise(requirement.name))
         if pinned is None:
             problems.append(f"{entry.path.name}: pyproject.toml needs {text!r}, the file pins no {requirement.name}")
         elif not requirement.specifier.contains(pinned, prereleases=True):
