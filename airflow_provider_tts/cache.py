@@ -1,41 +1,65 @@
-"""Never pay twice for the same audio: a request's fingerprint, recorded beside the audio it made.
+"""The request cache: never pay twice for audio the destination already holds.
 
-A batch pipeline re-run every night over mostly the same texts should only pay for the texts that
-changed. The fingerprint (:func:`airflow_provider_tts.fingerprint.request_fingerprint` of vendor,
-kind and the *validated* body, which includes the output format) names what was asked for. After
-audio is stored, a small JSON sidecar ``<file>.tts.json`` is written next to it, recording the
-fingerprint and the stored object's size and sha256. Before the next request, :func:`lookup`
-answers "does this destination already hold audio made from this fingerprint?": the sidecar
-matches *and* the object exists with the recorded size. Then the operator skips the vendor.
+One policy for every operator that knows the request it pays for (the one-task operators, the
+batch operators, ``/tts-stream``), kept in the destination folder itself, so it works on every
+store and every Airflow minor and is shared by every task that writes there.
 
-Why a sidecar: it works on every filesystem ObjectStoragePath supports (local, S3, GCS, ...),
-needs no store-specific metadata API, and is readable by people. Object metadata (S3 user
-metadata written with the object) would save a request per lookup and cannot drift from its
-object; it may come later, once the storage writer can set metadata on every store.
+**What identifies a request.** Its fingerprint (vendor, kind and the validated body, see
+:mod:`airflow_provider_tts.fingerprint`) *and* where it was paid (:class:`Endpoint`: the vendor's
+API base URL and the account, the latter as a salted digest of the API key, never the key). Audio
+made by the emulator is not served to a run against the vendor, nor one account's to another.
 
-Invariants that keep a hit honest:
+**Where the cache lives.** ``<folder>/.tts-cache/<key>.json``, one small entry per request, named
+by :func:`cache_key`. The entry moves through the states of one paid request:
 
-* a sidecar never outlives the audio it describes: :func:`forget` removes it *before* new audio is
-  written to the same path, and :func:`record` writes it only *after* the audio is in place. A crash
-  in between leaves audio without a sidecar: a miss (a second payment), never a wrong hit;
-* anything unexpected while reading (no sidecar, garbled JSON, another version, a different
-  fingerprint, a missing object, a different size) is a miss, never an error: the cache may only
-  save money, it may not fail a run;
-* folder destinations name the file after the fingerprint (:func:`fingerprint_name`), so "same
-  text, same voice, same format" lands on the same object and different requests never share one.
+==============  =============================================================================
+``claimed``     a task is about to send the create call (written *before* paying); created only
+                if absent, so of two runs at once exactly one claims (atomic on local disks and
+                S3; see :mod:`airflow_provider_tts.objects`)
+``submitted``   the vendor's task id: any task that needs this request waits for that vendor task
+                instead of paying again (a retry, a concurrent run)
+``stored``      the file that holds the audio, its size, sha256 and the store's ETag; the task id
+                is dropped (it is a capability at some vendors)
+``rejected``    the vendor refused the request for good (e.g. ``HARMFUL_CONTENT_DETECTED``): an
+                unchanged request is not sent again unless the operator is told to
+==============  =============================================================================
+
+**A hit is confirmed, not assumed.** A ``stored`` entry counts only when the file is still there
+with the recorded content (:func:`~airflow_provider_tts.objects.content_matches`: the local file
+hashed, S3's ETag from one HEAD). The entry is keyed by the request, not the file name, so a file
+name that changes between runs finds the audio and copies it (no vendor call).
+
+**Folders written by 0.1.** Audio stored then has a ``<file>.tts.json`` sidecar (fingerprint, size,
+sha256) and no endpoint. When a request is not in ``.tts-cache/``, the sidecars in the folder are
+read once, and a match whose content checks out is adopted for the endpoint of the run that finds
+it (its entry is written then): such a folder is not paid for again.
+
+Anything unreadable in an entry that would decide a payment (a claim or a task id) is an error,
+never a silent miss: a miss there would pay twice.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tts.fingerprint import fingerprint_hex
+from airflow_provider_tts.objects import (
+    content_matches,
+    create_small,
+    delete_small,
+    info_checksum,
+    read_small,
+    write_small,
+)
+from airflow_provider_tts.storage import TtsStorageError
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -44,148 +68,322 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SIDECAR_SUFFIX = ".tts.json"
-SIDECAR_VERSION = 1
-#: A sidecar is a few hundred bytes; anything much larger is not one of ours.
-MAX_SIDECAR_BYTES = 64 * 1024
-#: Hex characters of the fingerprint used in a derived file name: 64 bits, enough that two
-#: different requests in one folder never collide in practice, short enough to read.
+CACHE_FOLDER = ".tts-cache"
+ENTRY_VERSION = 2
+#: An entry is a few hundred bytes; anything much larger is not one of ours.
+MAX_ENTRY_BYTES = 64 * 1024
+#: The 0.1 sidecar beside each stored file (read to adopt a folder written by 0.1; no longer written).
+LEGACY_SIDECAR_SUFFIX = ".tts.json"
+LEGACY_SIDECAR_VERSION = 1
+#: Hex characters of a fingerprint in a file name made from it: 64 bits, enough that two different
+#: requests in one folder never collide in practice, short enough to read.
 NAME_HEX_CHARS = 16
+#: Salt of the account digest: a digest that is useless for anything but telling accounts apart.
+_ACCOUNT_SALT = b"airflow-provider-tts request cache account v1\x00"
+STATES = ("claimed", "submitted", "stored", "rejected")
 
 
 @dataclass(frozen=True)
-class CachedAudio:
-    """Audio found at the destination that was made from the same request."""
+class Endpoint:
+    """Where a request is paid: the vendor, its API base URL and the account (a digest, never the key)."""
 
-    uri: str
-    size_bytes: int
-    sha256: str
-    content_type: str
-    fingerprint: str
-    credits: int | None
-    recorded: dict[str, Any]
+    api: str
+    base_url: str
+    account: str
+
+    @classmethod
+    def of(cls, api: str, base_url: str, api_key: str) -> Endpoint:
+        digest = hashlib.sha256(_ACCOUNT_SALT + api_key.encode("utf-8")).hexdigest()[:16]
+        return cls(api, base_url.rstrip("/"), f"acct:{digest}")
+
+    def ident(self) -> str:
+        return f"{self.api} {self.base_url} {self.account}"
+
+
+def cache_key(fingerprint: str, endpoint: Endpoint) -> str:
+    """The name of a request's entry: sha256 of the fingerprint and the endpoint."""
+    return hashlib.sha256(f"{fingerprint}\n{endpoint.ident()}".encode()).hexdigest()
 
 
 def fingerprint_name(fingerprint: str, extension: str) -> str:
-    """The file name for a folder destination: ``<first 16 hex of the fingerprint><extension>``."""
+    """A file name made from the request alone: ``<first 16 hex of the fingerprint><extension>``."""
     digest = fingerprint_hex(fingerprint)
     if len(digest) < NAME_HEX_CHARS or any(c not in "0123456789abcdef" for c in digest):
         raise ValueError(f"expected a sha256 hex fingerprint, got {fingerprint[:80]!r}")
     return f"{digest[:NAME_HEX_CHARS]}{extension}"
 
 
-def sidecar_of(path: ObjectStoragePath) -> ObjectStoragePath:
-    """Where the sidecar of ``path`` lives: beside it, named ``<file name>.tts.json``."""
-    return path.parent / f"{path.name}{SIDECAR_SUFFIX}"
+@dataclass(frozen=True)
+class CachedAudio:
+    """Audio found in the folder that was made from the same request, its content confirmed."""
+
+    path: ObjectStoragePath
+    uri: str
+    size_bytes: int
+    sha256: str
+    content_type: str
+    duration_seconds: float | None
+    credits: int | None
+    etag: str | None
+
+    def as_result(self, tts_task_id: str | None = None) -> dict[str, Any]:
+        """The stored-file dict every storing operator returns, for this audio."""
+        return {
+            "uri": self.uri,
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "content_type": self.content_type,
+            "duration_seconds": self.duration_seconds,
+            "tts_task_id": tts_task_id,
+        }
 
 
-def _is_local(path: ObjectStoragePath) -> bool:
-    return path.protocol in ("file", "local", "")
+class RequestCache:
+    """The cache entries of one destination folder, for requests paid on one endpoint.
 
-
-def lookup(path: ObjectStoragePath, fingerprint: str) -> CachedAudio | None:
-    """The audio at ``path`` if its sidecar records ``fingerprint`` and the object has the recorded size."""
-    sidecar = sidecar_of(path)
-    try:
-        raw = sidecar.fs.cat_file(sidecar.path)
-    except FileNotFoundError:
-        return None
-    except Exception as exc:  # a cache read must never fail the run; it only costs a payment
-        log.warning("Could not read %s (%s); treating it as a cache miss", sidecar, exc)
-        return None
-    if len(raw) > MAX_SIDECAR_BYTES:
-        log.warning("%s is %d bytes, not a sidecar of this provider; cache miss", sidecar, len(raw))
-        return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        log.warning("%s is not valid JSON; cache miss", sidecar)
-        return None
-    if not isinstance(data, dict) or data.get("version") != SIDECAR_VERSION:
-        return None
-    if data.get("fingerprint") != fingerprint:
-        return None
-    size = data.get("size_bytes")
-    if not isinstance(size, int) or isinstance(size, bool):
-        return None
-    try:
-        actual = int(path.stat()["size"])
-    except FileNotFoundError:
-        return None
-    except Exception as exc:
-        log.warning("Could not stat %s (%s); cache miss", path, exc)
-        return None
-    if actual != size:
-        log.info("%s has %d bytes, its sidecar records %d; cache miss", path, actual, size)
-        return None
-    credits = data.get("credits")
-    return CachedAudio(
-        uri=str(data.get("uri") or path),
-        size_bytes=size,
-        sha256=str(data.get("sha256", "")),
-        content_type=str(data.get("content_type", "")),
-        fingerprint=fingerprint,
-        credits=credits if isinstance(credits, int) and not isinstance(credits, bool) else None,
-        recorded=data,
-    )
-
-
-def find_in_folder(
-    folder: ObjectStoragePath, fingerprint: str, extensions: tuple[str, ...] = (".flac", ".wav", ".mp3")
-) -> CachedAudio | None:
-    """:func:`lookup` of ``<folder>/<fingerprint name><ext>`` for each extension, first hit wins.
-
-    For the legacy task path, whose file extension follows the ``Content-Type`` of the download
-    and so is not known before the (paid) submit that this check exists to avoid.
+    :param folder: the destination folder (its ``.tts-cache/`` holds the entries).
+    :param endpoint: where this task pays (from the hook's connection).
+    :param owner: who claims: the task instance's identity digest (stable across its tries).
+    :param legacy: look for 0.1 sidecars when a request has no entry (one LIST, then their reads).
     """
-    for extension in extensions:
-        hit = lookup(folder / fingerprint_name(fingerprint, extension), fingerprint)
-        if hit is not None:
-            return hit
-    return None
+
+    def __init__(self, folder: ObjectStoragePath, endpoint: Endpoint, owner: str, *, legacy: bool = True) -> None:
+        self.folder = folder
+        self.endpoint = endpoint
+        self.owner = owner
+        self.legacy = legacy
+        self._legacy_index: dict[str, str] | None = None
+
+    # ------------------------------------------------------------------------------ reading
+
+    def entry_path(self, fingerprint: str) -> ObjectStoragePath:
+        return self.folder / CACHE_FOLDER / f"{cache_key(fingerprint, self.endpoint)}.json"
+
+    def read(self, fingerprint: str) -> dict[str, Any] | None:
+        """The request's entry, None when there is none; an error when one is there but unreadable."""
+        path = self.entry_path(fingerprint)
+        try:
+            raw = read_small(path, MAX_ENTRY_BYTES)
+        except (OSError, ValueError) as exc:
+            raise TtsStorageError(f"could not read the request cache entry {path}: {exc}") from exc
+        if raw is None:
+            return None
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            entry = None
+        if (
+            not isinstance(entry, dict)
+            or entry.get("version") != ENTRY_VERSION
+            or entry.get("state") not in STATES
+            or entry.get("fingerprint") != fingerprint
+        ):
+            raise TtsStorageError(
+                f"the request cache entry {path} is not one this provider can read; it decides whether the "
+                "vendor is paid, so it is not ignored. Delete it to pay for the request afresh."
+            )
+        return entry
+
+    def hit(self, fingerprint: str, entry: Mapping[str, Any] | None) -> CachedAudio | None:
+        """The stored audio of ``entry`` if its file still holds the recorded bytes (else None)."""
+        if entry is None or entry.get("state") != "stored":
+            return None
+        file_name = entry.get("file")
+        size, sha256 = entry.get("size_bytes"), entry.get("sha256")
+        if not isinstance(file_name, str) or not isinstance(size, int) or not isinstance(sha256, str):
+            return None
+        path = self.folder / file_name
+        etag = entry.get("etag") if isinstance(entry.get("etag"), str) else None
+        try:
+            if not content_matches(path, size=size, sha256=sha256, etag=etag):
+                log.info("%s no longer holds the audio its cache entry recorded; not a hit", _plain(path))
+                return None
+        except OSError as exc:
+            log.warning("Could not check %s (%s); not a hit", _plain(path), exc)
+            return None
+        credits = entry.get("credits")
+        return CachedAudio(
+            path=path,
+            uri=_plain(path),
+            size_bytes=size,
+            sha256=sha256,
+            content_type=str(entry.get("content_type") or ""),
+            duration_seconds=_float(entry.get("duration_seconds")),
+            credits=credits if isinstance(credits, int) and not isinstance(credits, bool) else None,
+            etag=etag,
+        )
+
+    def find(self, fingerprint: str) -> tuple[CachedAudio | None, dict[str, Any] | None]:
+        """``(confirmed stored audio or None, the entry or None)`` for one request.
+
+        A request with no entry is looked up among the folder's 0.1 sidecars; a match is adopted
+        (its entry written) so the next run finds it directly.
+        """
+        entry = self.read(fingerprint)
+        if entry is None and self.legacy:
+            adopted = self._adopt_legacy(fingerprint)
+            if adopted is not None:
+                return adopted, self.read(fingerprint)
+        return self.hit(fingerprint, entry), entry
+
+    def find_all(self, fingerprints: Iterable[str], threads: int = 8) -> dict[str, tuple[CachedAudio | None, Any]]:
+        """:meth:`find` for many requests at once (each is a GET, a HEAD or a local hash)."""
+        unique = list(dict.fromkeys(fingerprints))
+        if self.legacy and unique:
+            self._legacy()  # one LIST before the threads, not one per thread
+        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="tts-cache") as pool:
+            return dict(zip(unique, pool.map(self.find, unique), strict=True))
+
+    # ------------------------------------------------------------------------------ writing
+
+    def claim(self, fingerprint: str, *, force: bool = False) -> dict[str, Any] | None:
+        """Claim the request before paying for it: None when this task now holds the claim.
+
+        Otherwise the entry that was there (another run's claim or task id, stored audio, a
+        refusal): the caller must not pay on the strength of this call. ``force`` takes the claim
+        whatever is there (the caller decided to pay again: a refusal to retry, a lost answer to
+        resend, audio that is gone, ``reuse_cached=False``).
+        """
+        entry = self._entry(fingerprint, "claimed", requested_at=time.time())
+        path = self.entry_path(fingerprint)
+        if force:
+            self._write(fingerprint, entry)
+            return None
+        try:
+            if create_small(path, _dump(entry)):
+                return None
+        except OSError as exc:
+            raise TtsStorageError(f"could not claim the request cache entry {path}: {exc}") from exc
+        existing = self.read(fingerprint)
+        if existing is None:  # released between the two calls: claim again, once
+            if create_small(path, _dump(entry)):
+                return None
+            existing = self.read(fingerprint)
+        if existing is None:
+            raise TtsStorageError(f"the request cache entry {path} keeps appearing and disappearing; not paying")
+        return existing
+
+    def submitted(self, fingerprint: str, tts_task_id: str) -> None:
+        entry = self._entry(fingerprint, "submitted", tts_task_id=tts_task_id, submitted_at=time.time())
+        self._write(fingerprint, entry)
+
+    def stored(
+        self, fingerprint: str, path: ObjectStoragePath, stored: StoredAudio, *, credits: int | None = None
+    ) -> None:
+        """Record the audio now at ``path`` (in this folder) for the request; forget its task id."""
+        etag = stored.etag
+        if etag is None and not _is_local_path(path):
+            try:
+                etag = info_checksum(path.fs.info(path.path))  # one request on stores whose write gave none
+            except OSError:
+                etag = None
+        entry = self._entry(
+            fingerprint,
+            "stored",
+            file=path.name,
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            etag=etag.strip('"') if etag else None,
+            content_type=stored.content_type,
+            duration_seconds=stored.duration_seconds,
+            credits=credits,
+        )
+        self._write(fingerprint, entry)
+
+    def rejected(self, fingerprint: str, reason: str) -> None:
+        self._write(fingerprint, self._entry(fingerprint, "rejected", reason=reason[:500], rejected_at=time.time()))
+
+    def release(self, fingerprint: str) -> None:
+        """Drop this task's claim: the create call provably created nothing, anyone may pay now."""
+        delete_small(self.entry_path(fingerprint))
+
+    def _entry(self, fingerprint: str, state: str, **fields: Any) -> dict[str, Any]:
+        return {
+            "version": ENTRY_VERSION,
+            "fingerprint": fingerprint,
+            "endpoint": self.endpoint.ident(),
+            "state": state,
+            "owner": self.owner,
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **fields,
+        }
+
+    def _write(self, fingerprint: str, entry: Mapping[str, Any]) -> None:
+        path = self.entry_path(fingerprint)
+        try:
+            write_small(path, _dump(entry))
+        except OSError as exc:
+            raise TtsStorageError(f"could not write the request cache entry {path}: {exc}") from exc
+
+    # ------------------------------------------------------------------------------ 0.1 folders
+
+    def _legacy(self) -> dict[str, str]:
+        """``{fingerprint: audio file name}`` from the folder's 0.1 sidecars (one LIST, then a read each)."""
+        if self._legacy_index is not None:
+            return self._legacy_index
+        index: dict[str, str] = {}
+        try:
+            names = [os.path.basename(str(n).rstrip("/")) for n in self.folder.fs.ls(self.folder.path, detail=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        sidecars = [n for n in names if n.endswith(LEGACY_SIDECAR_SUFFIX)]
+
+        def read(name: str) -> tuple[str, Any]:
+            try:
+                return name, json.loads(read_small(self.folder / name, MAX_ENTRY_BYTES) or b"null")
+            except (OSError, ValueError):
+                return name, None
+
+        with ThreadPoolExecutor(8, thread_name_prefix="tts-cache-legacy") as pool:
+            for name, data in pool.map(read, sidecars):
+                if isinstance(data, dict) and data.get("version") == LEGACY_SIDECAR_VERSION:
+                    fingerprint = data.get("fingerprint")
+                    if isinstance(fingerprint, str):
+                        index[fingerprint] = name.removesuffix(LEGACY_SIDECAR_SUFFIX)
+        self._legacy_index = index
+        return index
+
+    def _adopt_legacy(self, fingerprint: str) -> CachedAudio | None:
+        file_name = self._legacy().get(fingerprint)
+        if file_name is None:
+            return None
+        try:
+            data = json.loads(read_small(self.folder / f"{file_name}{LEGACY_SIDECAR_SUFFIX}", MAX_ENTRY_BYTES) or b"")
+        except (OSError, ValueError):
+            return None
+        entry = {"state": "stored", "file": file_name, **{k: data.get(k) for k in ("size_bytes", "sha256")}}
+        entry.update(content_type=data.get("content_type"), duration_seconds=data.get("duration_seconds"))
+        found = self.hit(fingerprint, entry)
+        if found is None:
+            return None
+        from airflow_provider_tts.storage import StoredAudio
+
+        etag = None
+        if not _is_local_path(found.path):
+            try:
+                etag = info_checksum(found.path.fs.info(found.path.path))
+            except OSError:
+                etag = None
+        stored = StoredAudio(found.uri, found.size_bytes, found.sha256, found.content_type, found.duration_seconds,
+                             "", False, etag)  # fmt: skip
+        self.stored(fingerprint, found.path, stored, credits=found.credits)
+        log.info("Adopted %s (stored by an earlier release) for request %s", found.uri, fingerprint)
+        return found
 
 
-def forget(path: ObjectStoragePath) -> None:
-    """Remove the sidecar of ``path`` (before new audio is written there); absent is fine."""
-    sidecar = sidecar_of(path)
-    with contextlib.suppress(FileNotFoundError):
-        sidecar.fs.rm_file(sidecar.path)
+def _dump(entry: Mapping[str, Any]) -> bytes:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
 
 
-def record(
-    path: ObjectStoragePath,
-    fingerprint: str,
-    stored: StoredAudio,
-    *,
-    api: str,
-    kind: str,
-    uri: str,
-    credits: int | None = None,
-) -> None:
-    """Write the sidecar of ``path`` after its audio was stored (atomically on local disks).
+def _plain(path: ObjectStoragePath) -> str:
+    return f"{path.protocol}://{path.path}"
 
-    On object stores one PUT is atomic; on a local filesystem the sidecar is written to a
-    temporary beside it and renamed, so a reader never sees half of one.
-    """
-    payload = {
-        "version": SIDECAR_VERSION,
-        "fingerprint": fingerprint,
-        "api": api,
-        "kind": kind,
-        "uri": uri,
-        "size_bytes": stored.size_bytes,
-        "sha256": stored.sha256,
-        "content_type": stored.content_type,
-        "duration_seconds": stored.duration_seconds,
-        "credits": credits,
-        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    data = json.dumps(payload, sort_keys=True, indent=1).encode()
-    sidecar = sidecar_of(path)
-    fs = sidecar.fs
-    if _is_local(path):
-        temp = f"{sidecar.path}.{os.getpid()}.partial"
-        fs.pipe_file(temp, data)
-        fs.mv(temp, sidecar.path)
-    else:
-        fs.pipe_file(sidecar.path, data)
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _is_local_path(path: ObjectStoragePath) -> bool:
+    from airflow_provider_tts.objects import is_local
+
+    return is_local(path)

@@ -94,6 +94,15 @@ def has_audio_extension(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
 
 
+def same_file(name: str) -> str:
+    """What two names in a folder are compared by: case folded, an audio extension left out.
+
+    ``intro``, ``Intro.wav`` and ``intro.flac`` are one file: the extension follows the audio.
+    """
+    base = os.path.splitext(name)[0] if has_audio_extension(name) else name
+    return base.lower()
+
+
 def with_extension(name: str, content_type: str, head: bytes) -> str:
     """``name`` with the extension of the audio that arrived; a contradicting extension is refused."""
     if has_audio_extension(name):

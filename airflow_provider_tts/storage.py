@@ -126,6 +126,9 @@ class StoredAudio:
     duration_seconds: float | None
     tts_task_id: str
     written: bool
+    #: The object store's own content identity where it gives one for free (S3's ETag from the
+    #: completing request, or the HEAD a skipped rewrite made): what the request cache checks later.
+    etag: str | None = None
 
     def to_xcom(self) -> dict[str, Any]:
         return {
@@ -687,10 +690,13 @@ class _S3DirectWriter(_Writer):
         md5s = [*self.md5s, last] if self.filled else self.md5s
         return f"{hashlib.md5(b''.join(md5s), usedforsecurity=False).hexdigest()}-{len(md5s)}"
 
+    #: S3's ETag of the object :meth:`commit` made (from the completing request itself).
+    etag: str | None = None
+
     def commit(self, sha256: str, size: int) -> None:
         if self.upload_id is None:
             del self.buffer[self.filled :]
-            self.s3(
+            done = self.s3(
                 "put_object",
                 Bucket=self.bucket,
                 Key=self.key,
@@ -702,7 +708,7 @@ class _S3DirectWriter(_Writer):
             if self.filled:
                 self._send_part()
             self.finish()
-            self.s3(
+            done = self.s3(
                 "complete_multipart_upload",
                 Bucket=self.bucket,
                 Key=self.key,
@@ -711,6 +717,8 @@ class _S3DirectWriter(_Writer):
             )
             self.upload_id = None
             self._close_pool()
+        etag = (done or {}).get("ETag")
+        self.etag = str(etag) if etag else None
         self.buffer, self.spare = bytearray(), []
         self.path.fs.invalidate_cache(self.path.path)
 
@@ -935,6 +943,7 @@ def store_stream(
         writer.finish()
         sha256 = digest.hexdigest()
         written = True
+        etag: str | None = None
         if existing is not None and existing.size == size and overwrite == "skip_if_identical":
             same = writer.same_as(existing, sha256) if mode == "direct" else _sha256_of(path, chunk_bytes) == sha256
             if same:
@@ -947,11 +956,13 @@ def store_stream(
                     path, existing.size, existing.sha256 or "not recorded", size, sha256,
                 )  # fmt: skip
             writer.commit(sha256, size)
+            etag = getattr(writer, "etag", None)
             writer = None
             _verify(path, mode, size)
         else:
             writer.abandon()
             writer = None
+            etag = existing.etag if existing is not None else None
     except BaseException as exc:
         if writer is not None:
             writer.abandon()
@@ -962,7 +973,7 @@ def store_stream(
         raise
     duration = duration_seconds if duration_seconds is not None else audio_duration(bytes(header))
     log.info("Stored %d bytes (sha256 %s, %s) at %s", size, sha256, content_type, path)
-    return StoredAudio(str(path), size, sha256, content_type, duration, tts_task_id, written)
+    return StoredAudio(str(path), size, sha256, content_type, duration, tts_task_id, written, etag)
 
 
 def _verify(path: ObjectStoragePath, mode: WriteMode, size: int) -> None:

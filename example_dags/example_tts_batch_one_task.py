@@ -4,14 +4,16 @@
 50 texts, each with its worker start-up and scheduler round trips. Here
 :class:`~airflow_provider_tts.operators.batch.RevidTtsBatchToStorageOperator` takes the whole list
 (from a file in object storage, one text per line) and, in one task instance: validates every text
-before paying for any, submits them ``max_active_requests`` at a time (the intent recorded before
-each round, the vendor ids right after, beside the output), waits for all of them in the
-triggerer, streams every audio file into the folder and writes ``manifest.jsonl`` (one row per
-text: file, size, sha256, duration, vendor task id, status, error).
+before paying for any, submits them ``max_active_requests`` at a time (each request claimed in the
+folder's request cache before its create call, its vendor id recorded right after), waits for all
+of them in the triggerer, streams every audio file into the folder and writes ``manifest.jsonl``
+(one row per text: file, size, sha256, duration, vendor task id, status, error).
 
-Names follow the texts: ``00007-the-mountain-wakes-up-slowly.wav``. A re-run pays only for texts
-whose request changed (the request cache's sidecars beside each file); a retry after a failure
-re-attaches to every task already paid for and resubmits only the items that failed retryably.
+``file_names="words"``: these texts are public, so their files are named after their first words
+and their request, ``the-mountain-wakes-up-slowly-3fa9c2d1.wav`` (the default names a file by its
+request alone, keeping private texts out of object keys). A re-run pays only for texts whose
+request changed, wherever they moved in the file; a retry after a failure waits for every task
+already paid for and pays again only for what the vendor failed retryably.
 ``max_failed_items=2`` lets the run succeed with up to two failed texts, each a manifest row with
 the vendor's reason.
 
@@ -50,6 +52,7 @@ with DAG(
         task_id="speak_all",
         items_path="{{ params.items_path }}",
         defaults={"engine": "edge"},
+        file_names="words",
         destination="{{ params.destination }}",
         dest_conn_id="{{ params.dest_conn_id or '' }}",
         max_failed_items=2,

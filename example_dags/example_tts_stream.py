@@ -2,9 +2,9 @@
 
 ``/tts-stream`` is Camb's recommended TTS call: the response body is the audio, so each mapped
 task is one request streamed straight into the destination folder (no task id, no waiting).
-Every file is named after its request's fingerprint and has a ``<file>.tts.json`` sidecar, so
-when the DAG runs again over the same texts each unchanged text is found in the folder and the
-vendor is not called for it: run it twice and the second run pays for nothing. The manifest says,
+Every file is named after its request's fingerprint and recorded in the folder's request cache
+(``.tts-cache/``), so when the DAG runs again over the same texts each unchanged text is found in
+the folder and the vendor is not called for it: run it twice and the second run pays for nothing. The manifest says,
 per text, whether it was served from the cache and what the vendor charged.
 
 Connections: ``camb_ai_default`` (Camb.ai), plus ``dest_conn_id`` for the storage (e.g. an ``aws``

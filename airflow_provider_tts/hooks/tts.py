@@ -33,6 +33,8 @@ from airflow_provider_tts.vendors.base import ApiRequest, Submission, Vendor, va
 if TYPE_CHECKING:
     import requests
 
+    from airflow_provider_tts.cache import Endpoint
+
 __all__ = ["AudioStream", "CambAiHook", "RevidTtsHook", "Submission", "TtsHook", "TtsTaskStatus"]
 
 #: Media types that are never audio: a streaming TTS response carrying one is an error body.
@@ -288,6 +290,13 @@ class TtsHook(BaseHook):
             url = vendor.file_url_from(resp, req.what)
             stream = self._sync.open_stream(ApiRequest("GET", url, what=req.what, authenticated=False))
         return stream
+
+    def endpoint(self) -> Endpoint:
+        """Where this hook's requests are paid: the request cache's endpoint (vendor, API base, account digest)."""
+        from airflow_provider_tts.cache import Endpoint
+
+        settings = self.vendor.settings
+        return Endpoint.of(self.vendor.api, settings.api_base_url, settings.api_key.get_secret_value())
 
     # ----------------------------------------------------------------------------- tts-stream
 

@@ -44,6 +44,9 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
+from airflow_provider_tts.exceptions import TtsConfigError
+from airflow_provider_tts.fingerprint import request_fingerprint
+from airflow_provider_tts.naming import default_stem, has_audio_extension
 from airflow_provider_tts.operators.submitting import (
     SubmitOnce,
     UncertainSubmitPolicy,
@@ -51,14 +54,16 @@ from airflow_provider_tts.operators.submitting import (
     create_field_name,
     create_fields,
 )
-from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator, _rendered_later
+from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator, _rendered_later, plain_uri
 from airflow_provider_tts.vendors import CambAi, RevidTts, Vendor
 from airflow_provider_tts.waiting import WaitPolicy
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context, XComArg
+    from airflow.sdk import Context, ObjectStoragePath, XComArg
 
+    from airflow_provider_tts.cache import RequestCache
     from airflow_provider_tts.status import Kind
+    from airflow_provider_tts.storage import StoredAudio
 
 #: The storage operator's templated arguments that stay templated here (not ``tts_task_id`` and
 #: ``kind``: this operator submits its own task, of the kind its class names).
@@ -138,9 +143,12 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
         tts_conn_id: str | None = None,
         durable: bool = True,
         on_uncertain_submit: UncertainSubmitPolicy = "fail",
+        reuse_cached: bool = True,
         **kwargs: Any,
     ) -> None:
         owner = type(self).__name__
+        if not isinstance(reuse_cached, bool):
+            raise TtsConfigError(f"reuse_cached must be True or False, got {reuse_cached!r}")
         for name in ("tts_task_id", "kind", "submitted"):
             if name in kwargs:  # the storage operator's, but this operator decides them itself
                 raise TypeError(
@@ -157,6 +165,7 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
             raise TypeError(f"{owner} passes {sorted(request_fields)}, not its fields {list(self.request_field_names)}")
         self.durable = durable
         self.on_uncertain_submit = check_uncertain_policy(on_uncertain_submit)
+        self.reuse_cached = reuse_cached
         for name in self.request_field_names:
             setattr(self, name, request_fields.get(name))
         # Literal values fail now, when the DAG is parsed; templated ones after rendering.
@@ -185,7 +194,11 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
-        self._check_before_paying()  # a bad destination or file name fails before anything is paid for
+        self._check_before_paying(context)  # a bad destination or file name fails before anything is paid for
+        if self.reuse_cached:
+            cached = self._from_cache(context)
+            if cached is not None:
+                return cached
         self.tts_task_id, ledger = self.submitter.submit(context, self.create_fields())
         stored = self._wait_and_store(context)
         self.submitter.finished(ledger)
@@ -207,6 +220,58 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
         stored = super().execute_complete(context, event, tts_task_id)
         self.submitter.finished(self.submitter.ledger(context))
         return stored
+
+    # ------------------------------------------------------------------ the request cache
+
+    def _request_fingerprint(self) -> str:
+        """The request as the cache knows it: the fields given, not the reference the submit adds per run."""
+        body = self.vendor.validate_create(self.tts_kind, self.create_fields())
+        return request_fingerprint(self.vendor.api, self.tts_kind, body)
+
+    def _request_cache(self, context: Context, folder: ObjectStoragePath) -> RequestCache:
+        from airflow_provider_tts.cache import RequestCache
+        from airflow_provider_tts.submissions import SubmitIdentity
+
+        identity = SubmitIdentity.from_context(context)
+        return RequestCache(folder, self.hook.endpoint(), identity.digest() if identity is not None else "manual")
+
+    def _from_cache(self, context: Context) -> dict[str, Any] | None:
+        """The stored-file result when the destination already holds audio of this very request.
+
+        Found by the request, wherever it is in the folder: at this task's own file it is used as
+        it is; elsewhere (another task's file, an earlier name) it is copied to this task's file,
+        with no vendor call.
+        """
+        from airflow_provider_tts.objects import copy_object
+        from airflow_provider_tts.storage import StoredAudio, extension_for
+
+        destination, folder = self._checked_destination()
+        fingerprint = self._request_fingerprint()
+        requests = self._request_cache(context, destination if folder else destination.parent)
+        hit, _ = requests.find(fingerprint)
+        if hit is None:
+            return None
+        target = destination
+        if folder:
+            stem = self._given_name(True) or default_stem(context, self.task_id)
+            target = destination / (stem if has_audio_extension(stem) else f"{stem}{extension_for(hit.content_type)}")
+        if target.path != hit.path.path:
+            etag = copy_object(hit.path, target)
+            copied = StoredAudio(plain_uri(target), hit.size_bytes, hit.sha256, hit.content_type,
+                                 hit.duration_seconds, "", True, etag)  # fmt: skip
+            requests.stored(fingerprint, target, copied, credits=hit.credits)
+            self.log.info("Copied the audio of request %s from %s to %s; nothing was paid for", fingerprint,
+                          hit.uri, plain_uri(target))  # fmt: skip
+        else:
+            self.log.info("%s already holds the audio of request %s; nothing was paid for", hit.uri, fingerprint)
+        result = {**hit.as_result(), "uri": plain_uri(target)}
+        self.stored_audio = result
+        self._emit_asset(context, result)
+        return result
+
+    def _stored_at(self, context: Context, path: ObjectStoragePath, stored: StoredAudio) -> None:
+        """Record the audio of this request in the folder's request cache, for the next run."""
+        self._request_cache(context, path.parent).stored(self._request_fingerprint(), path, stored)
 
 
 @functools.cache

@@ -30,7 +30,15 @@ from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint
 from airflow_provider_tts.lineage import OutletsForTestRuns, asset_event_extra, default_outlet
-from airflow_provider_tts.naming import check_file_name, default_stem, with_extension, with_format_extension
+from airflow_provider_tts.naming import (
+    check_file_name,
+    default_stem,
+    has_audio_extension,
+    same_file,
+    with_extension,
+    with_format_extension,
+)
+from airflow_provider_tts.objects import listing
 from airflow_provider_tts.operators.submitting import (
     SubmitOnce,
     check_uncertain_policy,
@@ -63,6 +71,7 @@ if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context, ObjectStoragePath, XComArg
 
+    from airflow_provider_tts.cache import CachedAudio, RequestCache
     from airflow_provider_tts.hooks.tts import TtsHook
     from airflow_provider_tts.status import TtsTaskStatus
     from airflow_provider_tts.storage import StoredAudio
@@ -563,13 +572,25 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         if not isinstance(self.tts_task_id, str) or not self.tts_task_id.strip():
             raise TtsConfigError(f"tts_task_id rendered to {self.tts_task_id!r}; expected a vendor task id")
-        self._check_before_paying()
+        self._check_before_paying(context)
         return self._wait_and_store(context)
 
-    def _check_before_paying(self) -> None:
-        """A bad destination or file name fails here, before any request (let alone a paid one)."""
-        _, folder = self._checked_destination()
-        self._given_name(folder)
+    def _check_before_paying(self, context: Context) -> None:
+        """A bad destination or file name, or a file in the way with ``overwrite="fail"``, fails here.
+
+        Before any request, let alone a paid one. In a folder the extension follows the audio, so a
+        file of the same name with any audio extension is in the way.
+        """
+        destination, folder = self._checked_destination()
+        name = self._given_name(folder)
+        if folder and self.overwrite == "fail":
+            stem = name or default_stem(context, self.task_id)
+            for existing in listing(destination):
+                if has_audio_extension(existing) and same_file(existing) == same_file(stem):
+                    raise TtsConfigError(
+                        f"{plain_uri(destination)} already holds {existing!r}, where this task stores its audio, "
+                        "and overwrite='fail'; nothing was requested"
+                    )
 
     def _wait_and_store(self, context: Context) -> dict[str, Any]:
         """Wait for ``self.tts_task_id`` (deferring when ``deferrable``), then store its audio."""
@@ -638,7 +659,7 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
         except OSError as exc:
             raise TtsStorageError(f"cannot prepare {plain_uri(destination)}: {type(exc).__name__}: {exc}") from exc
         if not folder and self.overwrite == "fail" and destination.exists():
-            raise TtsStorageError(f"destination {plain_uri(destination)} already exists and overwrite='fail'")
+            raise TtsConfigError(f"destination {plain_uri(destination)} already exists and overwrite='fail'")
         self.__dict__["_destination_checked"] = (repr(self.destination), (destination, folder))
         return destination, folder
 
@@ -674,9 +695,13 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
                 max_bytes=self.max_bytes,
                 chunk_bytes=self.chunk_bytes,
             )
+        self._stored_at(context, path, stored)
         result = {**stored.to_xcom(), "uri": plain_uri(path)}
         self._emit_asset(context, result)
         return result
+
+    def _stored_at(self, context: Context, path: ObjectStoragePath, stored: StoredAudio) -> None:
+        """Called once the audio is at ``path``; the operators that know their request record it."""
 
 
 class CambTtsStreamToStorageOperator(_StoredAudioOutput, BaseOperator):
@@ -827,7 +852,8 @@ class CambTtsStreamToStorageOperator(_StoredAudioOutput, BaseOperator):
         return validate_stream_fields(fields)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_tts import cache
+        from airflow_provider_tts.cache import RequestCache, fingerprint_name
+        from airflow_provider_tts.submissions import SubmitIdentity
         from airflow_provider_tts.vendors.camb import STREAM_FORMATS
 
         body = self.stream_body()
@@ -842,30 +868,17 @@ class CambTtsStreamToStorageOperator(_StoredAudioOutput, BaseOperator):
         if name is not None:
             path = destination / with_format_extension(name, extension)
         elif folder:
-            path = destination / cache.fingerprint_name(fingerprint, extension)
+            path = destination / fingerprint_name(fingerprint, extension)
         check_writable(path)
-        if self.overwrite == "fail" and path.exists():
-            raise TtsStorageError(f"destination {plain_uri(path)} already exists and overwrite='fail'")
         uri = plain_uri(path)
-        if self.reuse_cached and self.overwrite != "replace":
-            hit = cache.lookup(path, fingerprint)
+        identity = SubmitIdentity.from_context(context)
+        requests = RequestCache(path.parent, self.hook.endpoint(), identity.digest() if identity else "manual")
+        if self.reuse_cached:
+            hit, _ = requests.find(fingerprint)
             if hit is not None:
-                self.log.info("%s already holds the audio of request %s; not calling the vendor", uri, fingerprint)
-                cached = {
-                    "uri": uri,
-                    "size_bytes": hit.size_bytes,
-                    "sha256": hit.sha256,
-                    "content_type": hit.content_type,
-                    "duration_seconds": hit.recorded.get("duration_seconds"),
-                    "tts_task_id": None,
-                    "fingerprint": fingerprint,
-                    "cached": True,
-                    "credits": 0,
-                }
-                self._emit_asset(context, cached)
-                return cached
-        # The sidecar goes before the audio changes, so it can never describe audio it did not see.
-        cache.forget(path)
+                return self._cached(context, requests, fingerprint, hit, path, named=name is not None or not folder)
+        if self.overwrite == "fail" and path.exists():
+            raise TtsConfigError(f"destination {uri} already exists and overwrite='fail'; nothing was paid for")
         with self.hook.open_tts_stream(**body) as audio:
             credits = _credits(audio.headers.get("x-credits-required"))
             if audio.content_type != expected_type:
@@ -885,7 +898,7 @@ class CambTtsStreamToStorageOperator(_StoredAudioOutput, BaseOperator):
                 max_bytes=self.max_bytes,
                 chunk_bytes=self.chunk_bytes,
             )
-        cache.record(path, fingerprint, stored, api=vendor.api, kind="tts-stream", uri=uri, credits=credits)
+        requests.stored(fingerprint, path, stored, credits=credits)
         result = {
             **stored.to_xcom(),
             "uri": uri,
@@ -896,6 +909,31 @@ class CambTtsStreamToStorageOperator(_StoredAudioOutput, BaseOperator):
         }
         self._emit_asset(context, result)
         return result
+
+    def _cached(
+        self, context: Context, requests: RequestCache, fingerprint: str, hit: CachedAudio, path: Any, *, named: bool
+    ) -> dict[str, Any]:
+        """The result for audio the folder already holds; copied (no vendor call) to a name asked for."""
+        from airflow_provider_tts.objects import copy_object
+        from airflow_provider_tts.storage import StoredAudio
+
+        uri = hit.uri
+        if named and hit.path.path != path.path:
+            if self.overwrite == "fail" and path.exists():
+                raise TtsConfigError(f"destination {plain_uri(path)} already exists and overwrite='fail'")
+            etag = copy_object(hit.path, path)
+            uri = plain_uri(path)
+            copied = StoredAudio(
+                uri, hit.size_bytes, hit.sha256, hit.content_type, hit.duration_seconds, "", True, etag
+            )
+            requests.stored(fingerprint, path, copied, credits=hit.credits)
+            self.log.info("Copied the audio of request %s from %s to %s; not calling the vendor", fingerprint,
+                          hit.uri, uri)  # fmt: skip
+        else:
+            self.log.info("%s already holds the audio of request %s; not calling the vendor", uri, fingerprint)
+        cached = {**hit.as_result(), "uri": uri, "fingerprint": fingerprint, "cached": True, "credits": 0}
+        self._emit_asset(context, cached)
+        return cached
 
 
 def _rendered_later(value: Any) -> bool:

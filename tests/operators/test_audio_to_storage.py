@@ -572,17 +572,20 @@ def test_fail_policy_raises_before_downloading(emu: Any, make_conn: ConnFactory,
     task_id = emu.create_task("camb_ai", "tts", delay=0)
     target = tmp_path / "speech.flac"
     target.write_bytes(b"already here")
-    with pytest.raises(TtsStorageError, match="already exists"):
+    # Refused before anything is requested, and not retryable: the next try would find the same file.
+    with pytest.raises(TtsConfigError, match="already exists"):
         _op(conn_id, task_id, f"file://{target}", overwrite="fail").execute({})
     assert _audio_requests(emu) == 0
     assert target.read_bytes() == b"already here"
 
-    # A folder destination learns the file name from the response headers: still no body read.
+    # In a folder the extension follows the audio: a file of that name with any audio extension is in the way.
     _op(conn_id, task_id, f"file://{tmp_path}/").execute({})
     stored = tmp_path / f"{NAME}.flac"
     mtime = stored.stat().st_mtime_ns
-    with pytest.raises(TtsStorageError, match="already exists"):
+    requests = _audio_requests(emu)
+    with pytest.raises(TtsConfigError, match="already holds"):
         _op(conn_id, task_id, f"file://{tmp_path}/", overwrite="fail").execute({})
+    assert _audio_requests(emu) == requests
     assert stored.stat().st_mtime_ns == mtime
     assert _partials(tmp_path) == []
 

@@ -19,7 +19,7 @@ import pytest
 from airflow.sdk import Asset, AssetAlias, ObjectStoragePath
 from airflow.sdk.execution_time.context import OutletEventAccessors
 
-from airflow_provider_tts.exceptions import TtsConnectionError, TtsProtocolError
+from airflow_provider_tts.exceptions import TtsConfigError, TtsConnectionError, TtsProtocolError
 from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator
 from airflow_provider_tts.storage import TtsStorageError
 from tests.conftest import PAIRS, ConnFactory
@@ -295,7 +295,7 @@ def test_fail_policy_raises_before_downloading(
 ) -> None:
     s3.put_object(Bucket=bucket, Key="speech.flac", Body=b"already here")
     task_id = emu.create_task("camb_ai", "tts", delay=0)
-    with pytest.raises(TtsStorageError, match="already exists"):
+    with pytest.raises(TtsConfigError, match="already exists"):  # not retryable: a retry finds the same object
         _op(
             make_conn("camb_ai"), task_id, f"s3://{bucket}/speech.flac", overwrite="fail", dest_conn_id=aws_conn
         ).execute({})

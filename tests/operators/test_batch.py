@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_tts.batch import STATE_FOLDER, BatchRecord
+from airflow_provider_tts.batch import STATE_FOLDER
+from airflow_provider_tts.cache import CACHE_FOLDER
 from airflow_provider_tts.compat import TaskDeferred
 from airflow_provider_tts.exceptions import (
     TtsBatchItemsFailedError,
@@ -62,6 +63,7 @@ def created_texts(emu: Any) -> list[str]:
     return [str((task.get("body") or {}).get("text")) for task in emu.tasks()]
 
 
+# The SRT case repeats one request under a second file name: two files, one payment.
 CASES = [
     (CambTtsBatchToStorageOperator, "camb_ai", ["One river.", "Two birds.", "Three trains."], CAMB_DEFAULTS),
     (CambTextToSoundBatchToStorageOperator, "camb_ai", ["rain on a roof", "a bell"], {"duration": 1}),
@@ -84,18 +86,33 @@ def test_every_class_stores_its_batch_and_a_manifest_row_per_item(
         assert row["status"] == "stored"
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == row["sha256"]
         assert stored.stat().st_size == row["size_bytes"]
-        assert row["tts_task_id"]
-    assert creates(emu) == len(items)
-    assert not (tmp_path / STATE_FOLDER).exists()  # the record goes once every item is stored
+        assert row["tts_task_id"] is None  # not in the manifest unless asked (manifest_task_ids=True)
+    assert creates(emu) == len({row["fingerprint"] for row in rows})  # one payment per distinct request
+    assert not (tmp_path / STATE_FOLDER).exists()  # the wait list goes when the task ends
     assert "rows" not in result
     assert len(json.dumps(result)) < 1000
 
 
-def test_names_follow_keys_file_names_and_the_first_words(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
+def test_names_follow_keys_file_names_and_the_request_never_the_position(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
     items = ["1. The river wakes up slowly.", {"text": "x", "key": "intro"}, {"text": "y", "file_name": "outro"}]
     batch(RevidTtsBatchToStorageOperator, make_conn("revid_tts"), tmp_path, items=items).execute(context())
-    names = [Path(row["file"]).name for row in manifest(tmp_path)]
-    assert names == ["00001-the-river-wakes-up-slowly.wav", "intro.wav", "outro.wav"]
+    rows = manifest(tmp_path)
+    names = [Path(row["file"]).name for row in rows]
+    digest = rows[0]["fingerprint"].removeprefix("sha256:")
+    assert names == [f"{digest[:16]}.wav", "intro.wav", "outro.wav"]  # no word of the text by default
+    assert [row["key"] for row in rows] == [digest[:16], "intro", "outro"]
+
+
+def test_words_style_names_carry_the_first_words_and_the_request(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    texts = ["1. The river wakes up slowly."]
+    op = batch(RevidTtsBatchToStorageOperator, make_conn("revid_tts"), tmp_path, items=texts, file_names="words")
+    op.execute(context())
+    [row] = manifest(tmp_path)
+    assert Path(row["file"]).name == f"the-river-wakes-up-slowly-{row['fingerprint'].removeprefix('sha256:')[:8]}.wav"
 
 
 def test_a_rerun_pays_for_nothing_and_an_edited_text_pays_once(
@@ -228,7 +245,8 @@ def test_a_retry_reattaches_to_tasks_still_pending_at_the_deadline(
 ) -> None:
     conn = make_conn("camb_ai")
     texts = ["Quick one.", "Slow one. [emu:delay=inf]"]
-    op = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS, timeout=1)
+    op = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS, timeout=1,
+               manifest_task_ids=True)  # fmt: skip
     with pytest.raises(TtsBatchItemsFailedError):
         op.execute(context())
     slow = manifest(tmp_path)[1]
@@ -246,7 +264,11 @@ def test_a_retry_reattaches_to_tasks_still_pending_at_the_deadline(
     [
         (["ok", 7], CAMB_DEFAULTS, "item 2 is a int"),
         (["ok", {"text": "dup", "key": "a"}, {"text": "dup2", "key": "a"}], CAMB_DEFAULTS, "repeats key 'a'"),
-        (["same", {"text": "x", "file_name": "00001-same"}], CAMB_DEFAULTS, "would be stored as '00001-same'"),
+        (
+            [{"text": "a", "key": "intro"}, {"text": "b", "file_name": "intro.flac"}],
+            CAMB_DEFAULTS,
+            "would be stored as 'intro.flac' like item 1",
+        ),
         (["ok", {"text": "x", "file_name": "../up"}], CAMB_DEFAULTS, "'../up' contains a path separator"),
         (["ok", {"text": "x", "voice_id": "not-a-voice"}], CAMB_DEFAULTS, "item 2"),
         (["no voice"], {"language": 1}, "item 1"),
@@ -309,20 +331,23 @@ def test_one_429_pauses_every_request_of_the_batch(emu: Any, make_conn: ConnFact
     assert op.hook.pacer.pauses == 1
 
 
-def test_the_record_holds_no_secret_and_survives_a_failed_try(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
+def test_the_cache_entries_hold_no_secret_and_no_task_id_once_stored(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
     conn = make_conn("camb_ai")
-    op = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=["a.", "b. [emu:outcome=error]"],
-               defaults=CAMB_DEFAULTS)  # fmt: skip
+    texts = ["a.", "b. [emu:outcome=error,reason=HARMFUL_CONTENT_DETECTED]", "c. [emu:outcome=error]"]
+    op = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS)
     with pytest.raises(TtsBatchItemsFailedError):
         op.execute(context())
-    parts = list((tmp_path / STATE_FOLDER).rglob("part-*.json"))
-    assert len(parts) == 1
-    text = parts[0].read_text()
-    assert "sk-" not in text
-    assert "TEST" not in text
-    record = BatchRecord(op._plan(context()).record.folder)
-    assert len(record.load()) == 2
-    assert len(record.pending()) == 1
+    entries = [json.loads(path.read_text()) for path in (tmp_path / CACHE_FOLDER).glob("*.json")]
+    # Stored, refused for good (not sent again), and a retryable vendor failure released (paid anew by a retry).
+    assert sorted(entry["state"] for entry in entries) == ["rejected", "stored"]
+    for entry in entries:
+        text = json.dumps(entry)
+        assert "sk-" not in text
+        assert "TEST" not in text
+        assert "tts_task_id" not in entry  # a task id grants the audio at some vendors: dropped once stored
+    assert not (tmp_path / STATE_FOLDER).exists()  # no wait list is left behind by a failed try either
 
 
 def test_s3_destination(emu: Any, make_conn: ConnFactory, aws_conn: str, bucket: str, s3: Any) -> None:

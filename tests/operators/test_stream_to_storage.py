@@ -22,6 +22,7 @@ from airflow_provider_tts.exceptions import (
 )
 from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint
 from airflow_provider_tts.operators.tts import CambTtsStreamToStorageOperator
+from airflow_provider_tts.storage import TtsStorageError
 from airflow_provider_tts.vendors.camb import validate_stream_fields
 from tests.conftest import TEST_KEY, ConnFactory
 from tests.operators.conftest import ti_context
@@ -40,6 +41,10 @@ def _op(conn_id: str, destination: Any, **kw: Any) -> CambTtsStreamToStorageOper
 
 def _streams(emu: Any) -> int:
     return int(emu.stats()["requests_by_endpoint"].get("stream", 0))
+
+
+def _entries(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(path.read_text()) for path in sorted((folder / cache.CACHE_FOLDER).glob("*.json"))]
 
 
 def _files(root: Path) -> list[str]:
@@ -69,10 +74,10 @@ def test_folder_destination_named_by_fingerprint_then_served_from_cache(
     assert stored.read_bytes()[:4] == b"RIFF"
     assert first["size_bytes"] == stored.stat().st_size
     assert first["duration_seconds"] > 0
-    sidecar = json.loads((tmp_path / "out" / f"{name}.tts.json").read_text())
-    assert sidecar["fingerprint"] == fp
-    assert sidecar["size_bytes"] == first["size_bytes"]
-    assert TEST_KEY not in json.dumps(sidecar)
+    [entry] = _entries(tmp_path / "out")
+    assert entry["fingerprint"] == fp
+    assert (entry["state"], entry["file"], entry["size_bytes"]) == ("stored", name, first["size_bytes"])
+    assert TEST_KEY not in json.dumps(entry)
     assert _streams(emu) == 1
 
     again = _op(conn, f"file://{tmp_path}/out/", task_id="speak_again").execute(ti_context(run_id="manual__2"))
@@ -82,7 +87,7 @@ def test_folder_destination_named_by_fingerprint_then_served_from_cache(
     assert {k: again[k] for k in ("uri", "size_bytes", "sha256", "content_type")} == {
         k: first[k] for k in ("uri", "size_bytes", "sha256", "content_type")
     }
-    assert _files(tmp_path / "out") == [name, f"{name}.tts.json"]
+    assert [f for f in _files(tmp_path / "out") if not f.startswith(cache.CACHE_FOLDER)] == [name]
 
 
 def test_a_different_request_is_a_different_object_and_a_new_call(
@@ -97,12 +102,14 @@ def test_a_different_request_is_a_different_object_and_a_new_call(
     assert _streams(emu) == 3
 
 
-def test_cache_opt_out_and_replace_call_the_vendor(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
+def test_only_reuse_cached_decides_paying_overwrite_decides_writing(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
     conn = make_conn("camb_ai")
     _op(conn, f"file://{tmp_path}/").execute(ti_context())
     assert _op(conn, f"file://{tmp_path}/", reuse_cached=False).execute(ti_context())["cached"] is False
-    assert _op(conn, f"file://{tmp_path}/", overwrite="replace").execute(ti_context())["cached"] is False
-    assert _streams(emu) == 3
+    assert _op(conn, f"file://{tmp_path}/", overwrite="replace").execute(ti_context())["cached"] is True
+    assert _streams(emu) == 2
 
 
 def test_cache_misses_when_the_object_no_longer_matches_its_sidecar(
@@ -115,9 +122,11 @@ def test_cache_misses_when_the_object_no_longer_matches_its_sidecar(
     result = _op(conn, f"file://{target}").execute(ti_context())
     assert result["cached"] is False
     assert _streams(emu) == 2
-    (target.parent / "a.wav.tts.json").write_text("{not json")
-    assert _op(conn, f"file://{target}").execute(ti_context())["cached"] is False
-    assert _streams(emu) == 3
+    [entry] = (target.parent / cache.CACHE_FOLDER).glob("*.json")
+    entry.write_text("{not json")  # an entry decides a payment: unreadable is an error, not a silent miss
+    with pytest.raises(TtsStorageError, match="Delete it"):
+        _op(conn, f"file://{target}").execute(ti_context())
+    assert _streams(emu) == 2
 
 
 @pytest.mark.parametrize(
@@ -235,13 +244,15 @@ def test_s3_destination_and_cache(emu: Any, make_conn: ConnFactory, aws_conn: st
     body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     assert body[:4] == b"fLaC"
     assert len(body) == first["size_bytes"]
-    sidecar = json.loads(s3.get_object(Bucket=bucket, Key=f"{key}.tts.json")["Body"].read())
-    assert sidecar["fingerprint"] == first["fingerprint"]
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
+    [entry_key] = [k for k in keys if k.startswith(f"speech/{cache.CACHE_FOLDER}/")]
+    entry = json.loads(s3.get_object(Bucket=bucket, Key=entry_key)["Body"].read())
+    assert entry["fingerprint"] == first["fingerprint"]
+    assert entry["etag"] == s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')  # from the PUT, no extra HEAD
     again = _op(conn, f"s3://{bucket}/speech/", dest_conn_id=aws_conn, output_format="flac").execute(ti_context())
     assert again["cached"] is True
     assert _streams(emu) == 1
-    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
-    assert keys == [key, f"{key}.tts.json"]
+    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]) == keys
 
 
 def test_s3_cut_mid_stream_leaves_nothing(
@@ -259,22 +270,22 @@ def test_fingerprint_name_refuses_non_hex() -> None:
         cache.fingerprint_name("../../etc/passwd-0123456789", ".wav")
 
 
-def test_find_in_folder_serves_the_legacy_path(tmp_path: Path) -> None:
-    """The legacy path names its file after the fingerprint too, but learns the extension only on download."""
-    from airflow.sdk import ObjectStoragePath
+def test_a_folder_written_by_0_1_is_adopted_not_paid_again(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
+    """0.1 named the file after the fingerprint and wrote a ``<file>.tts.json`` sidecar: it is found and adopted."""
+    import hashlib
 
-    from airflow_provider_tts.storage import StoredAudio
-
-    fp = request_fingerprint("camb_ai", "tts", {"text": "Hello", "voice_id": 1, "language": 1})
-    folder = ObjectStoragePath(f"file://{tmp_path}/")
-    assert cache.find_in_folder(folder, fp) is None
-    audio = folder / cache.fingerprint_name(fp, ".wav")
-    audio.write_bytes(b"RIFF" + b"\0" * 60)
-    stored = StoredAudio(str(audio), 64, "ab" * 32, "audio/wav", None, "task-1", True)
-    cache.record(audio, fp, stored, api="camb_ai", kind="tts", uri=f"file://{tmp_path}/{audio.name}")
-    hit = cache.find_in_folder(folder, fp)
-    assert hit is not None
-    assert hit.size_bytes == 64
-    assert cache.find_in_folder(folder, "0" * 64) is None
-    cache.forget(audio)
-    assert cache.find_in_folder(folder, fp) is None
+    conn = make_conn("camb_ai")
+    first = _op(conn, f"file://{tmp_path}/").execute(ti_context())
+    name = Path(first["uri"]).name
+    for entry in (tmp_path / cache.CACHE_FOLDER).glob("*.json"):  # back to what 0.1 left
+        entry.unlink()
+    sidecar = {"version": 1, "fingerprint": first["fingerprint"], "size_bytes": first["size_bytes"],
+               "sha256": first["sha256"], "content_type": "audio/wav"}  # fmt: skip
+    (tmp_path / f"{name}.tts.json").write_text(json.dumps(sidecar))
+    again = _op(conn, f"file://{tmp_path}/").execute(ti_context(run_id="manual__2"))
+    assert (again["cached"], _streams(emu)) == (True, 1)
+    assert [e["state"] for e in _entries(tmp_path)] == ["stored"]  # adopted: the next run reads it directly
+    (tmp_path / name).write_bytes(b"RIFF" + b"\0" * (first["size_bytes"] - 4))  # same size, other bytes
+    assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() != first["sha256"]
+    assert _op(conn, f"file://{tmp_path}/").execute(ti_context(run_id="manual__3"))["cached"] is False
+    assert _streams(emu) == 2

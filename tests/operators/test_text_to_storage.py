@@ -26,7 +26,6 @@ from airflow_provider_tts.operators.text_to_storage import (
     RevidSrtToSpeechToStorageOperator,
     RevidTtsToStorageOperator,
 )
-from airflow_provider_tts.storage import TtsStorageError
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger
 from tests.conftest import FIELDS, ConnFactory
 from tests.operators.test_submit import SRT, FakeTI, Ledger, StateStore
@@ -207,7 +206,7 @@ def test_a_destination_that_cannot_be_written_fails_before_anything_is_paid(
     op = _op(
         CambTtsToStorageOperator, make_conn("camb_ai"), f"file://{existing}", overwrite="fail", **FIELDS["camb_ai/tts"]
     )
-    with pytest.raises(TtsStorageError, match="already exists and overwrite='fail'"):
+    with pytest.raises(TtsConfigError, match="already exists and overwrite='fail'"):
         op.execute({"ti": FakeTI(), "task_state_store": StateStore()})
     assert emu.stats()["requests_total"] == 0
     assert existing.read_bytes() == b"yesterday"
@@ -226,7 +225,7 @@ def test_file_name_is_inherited_from_the_storage_operator(emu: Any, make_conn: C
     name = Path(result["uri"]).name
     assert name.startswith("briefing.")
     assert name != "briefing."
-    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == [name]
 
 
 def test_a_bad_literal_file_name_fails_when_the_one_task_operator_is_declared(tmp_path: Path) -> None:

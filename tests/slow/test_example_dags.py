@@ -117,7 +117,8 @@ def test_batch_one_task(airflow: LocalAirflow, emulator: Emulator, output: Path)
     summary = airflow.xcom(dag_id, run_id, "speak_all")
     assert (summary["items"], summary["stored"] + summary["cached"], summary["failed"]) == (50, 50, 0)
     rows = [json.loads(line) for line in (output / "batch-one-task" / "manifest.jsonl").read_text().splitlines()]
-    assert Path(rows[0]["file"]).name == "00001-the-river-wakes-up-slowly.wav"
+    first = Path(rows[0]["file"]).name
+    assert first == f"the-river-wakes-up-slowly-{rows[0]['fingerprint'].removeprefix('sha256:')[:8]}.wav"
     for row in rows:
         path = output / "batch-one-task" / Path(row["file"]).name
         assert _sha256(path) == row["sha256"]
@@ -144,7 +145,7 @@ def test_sound_and_srt(airflow: LocalAirflow, emulator: Emulator, output: Path) 
     srt_task = airflow.xcom("example_tts_sound_and_srt", run_id, "srt")["tts_task_id"]
     body = emulator.task_info(srt_task)["body"]
     assert [cue["index"] for cue in body["subtitles"]] == [1, 2, 3]
-    files = sorted(p.suffix for p in (output / "sound-and-srt").iterdir())
+    files = sorted(p.suffix for p in (output / "sound-and-srt").iterdir() if not p.name.startswith("."))
     assert files == [".wav", ".wav"]
 
 

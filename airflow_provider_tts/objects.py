@@ -1,0 +1,210 @@
+"""Small objects kept beside the audio (cache entries, batch records, manifests), on any store.
+
+Each is written whole or not at all, may be created only if absent (the claim that keeps two runs
+from paying for one text), and is read back with a size limit. And one question about audio
+objects: are these still the bytes that were written (:func:`content_matches`)?
+
+What each costs, per scheme:
+
+=================  ======================  ==========================  ==============================
+operation          local disk              S3 (``s3://``)              other fsspec stores
+=================  ======================  ==========================  ==============================
+write whole        temporary + rename      one ``PutObject``           one write (``pipe_file``)
+create if absent   temporary + hard link   ``PutObject If-None-Match``  exists check + write (not atomic)
+content check      read and hash the file  one ``HEAD`` (ETag)         one ``info`` (its checksum),
+                                                                       else read and hash
+=================  ======================  ==========================  ==============================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_tts.storage import RENAME_SCHEMES, _protocol, _s3_call
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+#: Checksum fields an fsspec ``info()`` may carry, in order of preference (S3, GCS, Azure...).
+_INFO_CHECKSUMS = ("ETag", "etag", "md5Hash", "crc32c", "content_md5")
+
+
+def listing(folder: ObjectStoragePath) -> frozenset[str]:
+    """The names directly inside ``folder`` (one LIST); empty when it does not exist yet."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        return frozenset(os.path.basename(str(name).rstrip("/")) for name in folder.fs.ls(folder.path, detail=False))
+    return frozenset()
+
+
+def is_local(path: ObjectStoragePath) -> bool:
+    return _protocol(path) in RENAME_SCHEMES
+
+
+def _publish_local(path: ObjectStoragePath, data: bytes, publish: Any) -> None:
+    """Write ``data`` to a temporary beside ``path``, then ``publish(temporary, path)``; no temporary stays."""
+    os.makedirs(os.path.dirname(path.path) or "/", exist_ok=True)
+    temp = f"{path.path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
+    try:
+        with open(temp, "wb") as out:
+            out.write(data)
+        publish(temp, path.path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+def write_small(path: ObjectStoragePath, data: bytes) -> None:
+    """Replace ``path`` with ``data``; a reader sees the old object or the new one, never half."""
+    if is_local(path):
+        _publish_local(path, data, os.replace)
+        return
+    path.fs.pipe_file(path.path, data)
+
+
+def create_small(path: ObjectStoragePath, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` only if nothing is there; False when something already was.
+
+    Atomic on a local disk (a hard link of a complete temporary fails if the name exists) and on S3
+    (``If-None-Match: *``): of two callers at once exactly one gets True. Elsewhere an existence
+    check precedes the write, so two callers within that moment may both get True.
+    """
+    if is_local(path):
+        try:
+            _publish_local(path, data, os.link)  # a link fails when the name exists: the atomic test
+            return True
+        except FileExistsError:
+            return False
+    s3 = _s3_call(path)
+    if s3 is not None:
+        bucket, _, key = path.path.partition("/")
+        try:
+            s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except OSError as exc:
+            if _precondition_failed(exc):
+                return False
+            raise
+    if path.fs.exists(path.path):
+        return False
+    path.fs.pipe_file(path.path, data)
+    return True
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """An S3 answer saying the object exists (412), or that a concurrent create is in flight (409)."""
+    cause = exc.__cause__
+    code = str(getattr(cause, "response", {}).get("Error", {}).get("Code", "")) if cause is not None else ""
+    return code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409") or "PreconditionFailed" in str(
+        exc
+    )
+
+
+def read_small(path: ObjectStoragePath, limit: int) -> bytes | None:
+    """The bytes of a small object, None when it does not exist; an error when it is over ``limit``."""
+    try:
+        if is_local(path):
+            with open(path.path, "rb") as src:
+                data = src.read(limit + 1)
+        else:
+            data = path.fs.cat_file(path.path)
+    except FileNotFoundError:
+        return None
+    if len(data) > limit:
+        raise ValueError(f"{path} is over {limit} bytes; not an object this provider wrote")
+    return bytes(data)
+
+
+def delete_small(path: ObjectStoragePath) -> None:
+    """Remove ``path``; absent is fine."""
+    with contextlib.suppress(FileNotFoundError):
+        if is_local(path):
+            os.unlink(path.path)
+        else:
+            path.fs.rm_file(path.path)
+
+
+def content_matches(path: ObjectStoragePath, *, size: int, sha256: str, etag: str | None) -> bool:
+    """Whether ``path`` still holds the ``size`` bytes of ``sha256`` that were written there.
+
+    Local: the file is read and hashed. S3: one HEAD; its ETag (S3's own digest of the bytes) must
+    equal the one recorded when the object was written. Other stores: their ``info`` checksum, when
+    one was recorded; else the object is read and hashed. Anything that cannot be confirmed is a
+    mismatch: the caller then pays for fresh audio rather than trust bytes it cannot vouch for.
+    """
+    try:
+        if is_local(path):
+            if os.stat(path.path).st_size != size:
+                return False
+            return _sha256_local(path.path) == sha256
+        s3 = _s3_call(path)
+        if s3 is not None:
+            bucket, _, key = path.path.partition("/")
+            head = s3("head_object", Bucket=bucket, Key=key)
+            if int(head["ContentLength"]) != size:
+                return False
+            if etag is not None:
+                return str(head.get("ETag", "")).strip('"') == etag.strip('"')
+            return _sha256_remote(path) == sha256  # nothing recorded to compare (an older entry)
+        info = path.fs.info(path.path)
+        if int(info.get("size", -1)) != size:
+            return False
+        token = info_checksum(info)
+        if etag is not None and token is not None:
+            return token == etag.strip('"')
+        return _sha256_remote(path) == sha256
+    except FileNotFoundError:
+        return False
+
+
+def info_checksum(info: Any) -> str | None:
+    """The store's checksum of an object from its fsspec ``info()``, quotes removed; None if it gives none."""
+    for name in _INFO_CHECKSUMS:
+        value = info.get(name) if isinstance(info, dict) else None
+        if value:
+            return str(value).strip('"')
+    return None
+
+
+def _sha256_local(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as src:
+        while chunk := src.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sha256_remote(path: ObjectStoragePath) -> str:
+    digest = hashlib.sha256()
+    with path.fs.open(path.path, "rb") as src:
+        while chunk := src.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def copy_object(source: ObjectStoragePath, target: ObjectStoragePath) -> str | None:
+    """Copy an object within one store (server-side on S3); the target's ETag where the store gives one.
+
+    The target appears whole or not at all: a local copy goes through a temporary and a rename.
+    """
+    if is_local(source) and is_local(target):
+        temp = f"{target.path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
+        try:
+            shutil.copyfile(source.path, temp)
+            os.replace(temp, target.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        return None
+    s3 = _s3_call(target)
+    if s3 is not None and _protocol(source) == _protocol(target):
+        bucket, _, key = target.path.partition("/")
+        done = s3("copy_object", Bucket=bucket, Key=key, CopySource=source.path, MetadataDirective="COPY")
+        etag = (done.get("CopyObjectResult") or {}).get("ETag")
+        return str(etag).strip('"') if etag else None
+    target.fs.copy(source.path, target.path)
+    return info_checksum(target.fs.info(target.path))
