@@ -29,6 +29,7 @@ on 3.0 only ``airflow.exceptions`` has them.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,9 @@ __all__ = [
     "mask_secret",
     "omit_secrets_from_dag_test_log",
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 def _optional(name: str, *modules: str) -> Any:
@@ -116,9 +120,6 @@ else:
     # The secret masker the task runner's log pipeline reads: airflow.sdk.log exports it on 3.0.6+, the
     # earlier 3.0 patches only have it in the Task SDK's secrets_masker module (the same function).
     _mask_secret = _first("mask_secret", "airflow.sdk.log", "airflow.sdk.execution_time.secrets_masker")
-    _process_masker = _first(
-        "_secrets_masker", "airflow.sdk._shared.secrets_masker", "airflow.sdk.execution_time.secrets_masker"
-    )
 
     def mask_secret(secret: Any, name: str | None = None) -> None:
         """Airflow's ``mask_secret``, safe inside a running event loop on every minor.
@@ -131,7 +132,22 @@ else:
         try:
             _mask_secret(secret, name)
         except RuntimeError:
-            _process_masker().add_mask(secret, name)
+            masker = _process_masker()
+            if masker is None:
+                log.warning("Could not register a secret with this process's log masker (no masker found)")
+                return
+            masker.add_mask(secret, name)
+
+    def _process_masker() -> Any:
+        """This process's secret masker, looked up when needed (a private name, so it may move).
+
+        None when this Airflow keeps it nowhere known: masking then relies on Airflow's public
+        ``mask_secret`` alone, and the package still imports.
+        """
+        getter = _optional(
+            "_secrets_masker", "airflow.sdk._shared.secrets_masker", "airflow.sdk.execution_time.secrets_masker"
+        )
+        return getter() if callable(getter) else None
 
     _BaseHook = _shims.BaseHook
 

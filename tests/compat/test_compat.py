@@ -134,3 +134,24 @@ def test_inside_dag_test_a_mask_secret_body_never_reaches_the_log(monkeypatch: p
     assert "sk-never-in-a-log" not in repr(comms.lines)
     assert comms.lines[0] == ("Sending request", {"msg": "MaskSecret(body omitted)"})
     assert isinstance(comms.lines[1][1]["msg"], GetConnection)  # everything else is logged as before
+
+
+def test_without_airflow_s_private_masker_the_package_still_imports_and_masks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The private masker is looked up only when needed; a future Airflow that moves it breaks nothing."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import importlib, sys\n"
+        "real = importlib.import_module\n"
+        "def refuse(name, *a, **k):\n"
+        "    if name in ('airflow.sdk._shared.secrets_masker', 'airflow.sdk.execution_time.secrets_masker'):\n"
+        "        raise ImportError(name)\n"
+        "    return real(name, *a, **k)\n"
+        "importlib.import_module = refuse\n"
+        "from airflow_provider_tts import compat\n"
+        "print(compat._process_masker())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "None"
