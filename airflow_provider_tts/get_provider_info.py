@@ -63,6 +63,37 @@ def get_provider_info() -> dict[str, Any]:
             "worker slot, and stream the finished audio into object storage."
         ),
         "versions": ["0.1.0"],
+        "config": {
+            "tts": {
+                "description": (
+                    "Where the text-to-speech operators may read items and write audio. Each option is a "
+                    "comma-separated list of URI prefixes; empty allows every URI."
+                ),
+                "options": {
+                    "allowed_destinations": {
+                        "description": (
+                            "URI prefixes a storing operator may write audio, manifests and its request cache "
+                            "under. A destination elsewhere (e.g. one taken from a run's conf) is refused "
+                            "before anything is requested."
+                        ),
+                        "version_added": "0.2.0",
+                        "type": "string",
+                        "example": "s3://audio-bucket/tts/, file:///data/audio/",
+                        "default": "",
+                    },
+                    "allowed_items_paths": {
+                        "description": (
+                            "URI prefixes a batch operator may read its items file from. A file elsewhere is "
+                            "refused before it is read."
+                        ),
+                        "version_added": "0.2.0",
+                        "type": "string",
+                        "example": "s3://audio-bucket/inbox/",
+                        "default": "",
+                    },
+                },
+            }
+        },
         "integrations": [
             {
                 "integration-name": "Camb.ai",

@@ -104,7 +104,7 @@ def stored_audio(form: str, folder: Path, n: int) -> tuple[dict[int, str], int, 
         uris = {i: item["uri"] for i, item in rows}
     else:
         lines = (folder / "manifest.jsonl").read_text().splitlines()
-        rows = [(int(row["key"]) - 1, row) for row in map(json.loads, lines)]
+        rows = [(int(row["index"]) - 1, row) for row in map(json.loads, lines)]
         uris = {i: row["file"] for i, row in rows if row.get("status") in ("stored", "cached")}
         failed = [row for _, row in rows if row.get("status") not in ("stored", "cached")]
     for i, row in rows:
@@ -136,14 +136,12 @@ def measure(
 ) -> dict[str, Any]:
     dag_id = FORMS[form]
     af.wait_for_dag(dag_id)
-    destination = work / "out" / form
+    destination = work / "out" / ("batch" if form == "mapped" else "batch-one-task")
+    conf: dict[str, Any] = {}
     if form == "mapped":
-        conf: dict[str, Any] = {"texts": all_texts}
+        conf = {"texts": all_texts}
     else:
-        items = work / "texts.txt"
-        items.write_text("\n".join(all_texts) + "\n")
-        conf = {"items_path": items.as_uri()}
-    conf["destination"] = destination.as_uri() + "/"
+        (work / "texts.txt").write_text("\n".join(all_texts) + "\n")  # the deployment's TTS_EXAMPLE_ITEMS
     groups = {
         "scheduler": [af.pid("scheduler")],
         "workers": [af.pid(w) for w in af.workers],
@@ -310,7 +308,9 @@ def main() -> None:
     with Emulator(api_key=KEY, config=config) as emu:
         conn = {"conn_type": "revid_tts", "host": emu.revid_base_url, "password": KEY,
                 "extra": {"status_base_url": emu.revid_status_base_url}}  # fmt: skip
-        env = {"AIRFLOW_CONN_REVID_TTS_DEFAULT": json.dumps(conn)}
+        # Where the examples read and write is the deployment's choice, never a run's conf.
+        env = {"AIRFLOW_CONN_REVID_TTS_DEFAULT": json.dumps(conn), "TTS_EXAMPLE_OUTPUT": (work / "out").as_uri() + "/",
+               "TTS_EXAMPLE_ITEMS": (work / "texts.txt").as_uri()}  # fmt: skip
         af = DistributedAirflow(
             work / "deployment", dags, worker_concurrency=8, parallelism=32, env=env, log=log, stop_grace=5
         )

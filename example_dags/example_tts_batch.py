@@ -12,15 +12,15 @@ unchanged text's file is not written again (``overwrite="skip_if_identical"``) a
 The last task writes ``manifest.json`` next to the audio: file, uri, size, sha256 and duration per
 text, in the order of the texts.
 
-The mapped store task declares one asset, ``tts-audio/example_tts_batch/store`` (the destination
-is only known at run time, so the asset is named after the DAG and task; a literal destination
-would be its own asset), and each stored file is an event on it with the file in its ``extra``.
+The mapped store task declares one asset, ``tts-audio/example_tts_batch/store`` (given as its
+``outlets``; by default a literal destination folder would be the asset), and each stored file is
+an event on it with the file in its ``extra``.
 ``example_tts_batch_announce`` is scheduled on that asset: it runs after the stores and lists the
 files whose events it was given, without any sensor or polling of the folder (Airflow gives a run
 the events up to the moment it was queued; later ones go to the next run the asset triggers).
 
-Connections: ``revid_tts_default`` (RevidAPI), plus ``dest_conn_id`` for the storage (e.g. an
-``aws`` connection for ``s3://``).
+Connections: ``revid_tts_default`` (RevidAPI), plus ``TTS_EXAMPLE_DEST_CONN_ID`` for the storage (e.g.
+an ``aws`` connection for ``s3://``). A run chooses the texts, never where they are read or written.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ from airflow.sdk import DAG, Asset, ObjectStoragePath, Param, task
 from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator, TtsSubmitOperator
 
 OUTPUT = os.environ.get("TTS_EXAMPLE_OUTPUT", "file:///tmp/airflow-tts-examples/")
+#: The storage connection for OUTPUT (e.g. an ``aws`` connection for ``s3://``); where audio goes is the
+#: deployment's choice, never a run's conf (see ``[tts] allowed_destinations`` in docs/install.md).
+DEST_CONN_ID = os.environ.get("TTS_EXAMPLE_DEST_CONN_ID") or None
 #: The 50 texts, one per line (``example_tts_batch_one_task`` reads the same file).
 TEXTS_FILE = Path(__file__).parent / "data" / "batch_texts.txt"
 TEXTS = TEXTS_FILE.read_text(encoding="utf-8").splitlines()
@@ -73,8 +76,6 @@ with DAG(
     catchup=False,
     params={
         "texts": Param(TEXTS, type="array", minItems=1),
-        "destination": Param(OUTPUT + "batch/", type="string", pattern=".*/$"),
-        "dest_conn_id": Param(None, type=["null", "string"]),
     },
     max_active_tasks=16,
     tags=["example", "tts", "batch"],
@@ -100,8 +101,9 @@ with DAG(
         task_id="store",
         tts_conn_id="revid_tts_default",
         kind="tts",
-        destination="{{ params.destination }}",
-        dest_conn_id="{{ params.dest_conn_id or '' }}",
+        destination=OUTPUT + "batch/",
+        dest_conn_id=DEST_CONN_ID,
+        outlets=[BATCH_AUDIO],
         deferrable=True,
         max_active_tis_per_dagrun=64,
         retries=2,
@@ -109,14 +111,13 @@ with DAG(
     ).expand_kwargs(submit.output.zip(names).map(store_kwargs))
 
     @task
-    def write_manifest(texts: list[str], stored: list[dict[str, Any]], params: dict[str, Any] | None = None) -> str:
+    def write_manifest(texts: list[str], stored: list[dict[str, Any]]) -> str:
         """One row per text, in order; written next to the audio so the folder describes itself."""
-        params = params or {}
         rows = [
             {"file": result["uri"].rsplit("/", 1)[-1], "text": text, **result}
             for text, result in zip(texts, stored, strict=True)
         ]
-        folder = ObjectStoragePath(params["destination"], conn_id=params.get("dest_conn_id") or None)
+        folder = ObjectStoragePath(OUTPUT + "batch/", conn_id=DEST_CONN_ID)
         manifest = folder / "manifest.json"
         manifest.write_text(json.dumps({"count": len(rows), "items": rows}, indent=2))
         return str(manifest)

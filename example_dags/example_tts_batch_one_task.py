@@ -17,8 +17,10 @@ already paid for and pays again only for what the vendor failed retryably.
 ``max_failed_items=2`` lets the run succeed with up to two failed texts, each a manifest row with
 the vendor's reason.
 
-Connections: ``revid_tts_default`` (RevidAPI), plus ``dest_conn_id`` for the storage (e.g. an
-``aws`` connection for ``s3://``).
+Connections: ``revid_tts_default`` (RevidAPI), plus ``TTS_EXAMPLE_DEST_CONN_ID`` for the storage (e.g.
+an ``aws`` connection for ``s3://``). Where the items are read and the audio written is the
+deployment's choice (environment, and ``[tts] allowed_items_paths`` / ``allowed_destinations``),
+never a run's conf: whoever may trigger the DAG cannot point a worker at another file or folder.
 """
 
 from __future__ import annotations
@@ -28,33 +30,33 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG
 
 from airflow_provider_tts.operators.batch import RevidTtsBatchToStorageOperator
 
 OUTPUT = os.environ.get("TTS_EXAMPLE_OUTPUT", "file:///tmp/airflow-tts-examples/")
+#: The storage connection for OUTPUT (e.g. an ``aws`` connection for ``s3://``); where audio goes is the
+#: deployment's choice, never a run's conf (see ``[tts] allowed_destinations`` in docs/install.md).
+DEST_CONN_ID = os.environ.get("TTS_EXAMPLE_DEST_CONN_ID") or None
 #: The same 50 texts as ``example_tts_batch``, one per line.
 TEXTS_FILE = (Path(__file__).parent / "data" / "batch_texts.txt").as_uri()
+#: The items file: the deployment's choice (``TTS_EXAMPLE_ITEMS``), never a run's conf.
+ITEMS = os.environ.get("TTS_EXAMPLE_ITEMS", TEXTS_FILE)
 
 with DAG(
     dag_id="example_tts_batch_one_task",
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
-    params={
-        "items_path": Param(TEXTS_FILE, type="string"),
-        "destination": Param(OUTPUT + "batch-one-task/", type="string", pattern=".*/$"),
-        "dest_conn_id": Param(None, type=["null", "string"]),
-    },
     tags=["example", "tts", "batch"],
 ) as dag:
     RevidTtsBatchToStorageOperator(
         task_id="speak_all",
-        items_path="{{ params.items_path }}",
+        items_path=ITEMS,
         defaults={"engine": "edge"},
         file_names="words",
-        destination="{{ params.destination }}",
-        dest_conn_id="{{ params.dest_conn_id or '' }}",
+        destination=OUTPUT + "batch-one-task/",
+        dest_conn_id=DEST_CONN_ID,
         max_failed_items=2,
         max_active_requests=8,
         deferrable=True,

@@ -16,6 +16,9 @@ from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator
 from airflow_provider_tts.sensors.tts import TtsTaskSensor
 
 OUTPUT = os.environ.get("TTS_EXAMPLE_OUTPUT", "file:///tmp/airflow-tts-examples/")
+#: The storage connection for OUTPUT (e.g. an ``aws`` connection for ``s3://``); where audio goes is the
+#: deployment's choice, never a run's conf (see ``[tts] allowed_destinations`` in docs/install.md).
+DEST_CONN_ID = os.environ.get("TTS_EXAMPLE_DEST_CONN_ID") or None
 
 with DAG(
     dag_id="example_tts_existing_dag",
@@ -26,7 +29,6 @@ with DAG(
         "tts_task_id": Param("", type="string", description="the vendor's task id"),
         "tts_conn_id": Param("camb_ai_default", type="string"),
         "kind": Param("tts", enum=["tts", "text-to-sound", "srt-to-speech"]),
-        "destination": Param(OUTPUT + "existing/", type="string"),
     },
     tags=["example", "tts"],
 ) as dag:
@@ -49,6 +51,7 @@ with DAG(
         tts_conn_id="{{ params.tts_conn_id }}",
         tts_task_id="{{ ti.xcom_pull('wait_for_audio')['tts_task_id'] }}",
         kind="{{ params.kind }}",
-        destination="{{ params.destination }}",
+        destination=OUTPUT + "existing/",
+        dest_conn_id=DEST_CONN_ID,
     )
     existing_work() >> wait >> store

@@ -16,8 +16,8 @@ makes the DAG an import error that names it::
 and a literal value the vendor would refuse (``gender=5``, ``language=0``) fails at parse time
 too; a templated one (``text`` below) is checked once rendered, before anything is paid for.
 
-Connections: ``camb_ai_default`` (Camb.ai). The destination is a DAG param; by default a folder,
-so the file is named by the operator inside it.
+Connections: ``camb_ai_default`` (Camb.ai). The destination is a folder under ``TTS_EXAMPLE_OUTPUT``,
+so the file is named by the operator inside it; a run chooses the text, never where it is written.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ from airflow.sdk import DAG, Param
 from airflow_provider_tts.operators.text_to_storage import CambTtsToStorageOperator
 
 OUTPUT = os.environ.get("TTS_EXAMPLE_OUTPUT", "file:///tmp/airflow-tts-examples/")
+#: The storage connection for OUTPUT (e.g. an ``aws`` connection for ``s3://``); where audio goes is the
+#: deployment's choice, never a run's conf (see ``[tts] allowed_destinations`` in docs/install.md).
+DEST_CONN_ID = os.environ.get("TTS_EXAMPLE_DEST_CONN_ID") or None
 
 with DAG(
     dag_id="example_tts_single",
@@ -39,7 +42,6 @@ with DAG(
     catchup=False,
     params={
         "text": Param("Hello from Apache Airflow.", type="string", minLength=1),
-        "destination": Param(OUTPUT + "single/", type="string"),
     },
     tags=["example", "tts"],
 ) as dag:
@@ -48,7 +50,8 @@ with DAG(
         text="{{ params.text }}",
         voice_id=20303,
         language=1,
-        destination="{{ params.destination }}",
+        destination=OUTPUT + "single/",
+        dest_conn_id=DEST_CONN_ID,
         deferrable=True,
         timeout=timedelta(minutes=15),
     )

@@ -23,6 +23,9 @@ from airflow_provider_tts.operators.text_to_storage import (
 )
 
 OUTPUT = os.environ.get("TTS_EXAMPLE_OUTPUT", "file:///tmp/airflow-tts-examples/")
+#: The storage connection for OUTPUT (e.g. an ``aws`` connection for ``s3://``); where audio goes is the
+#: deployment's choice, never a run's conf (see ``[tts] allowed_destinations`` in docs/install.md).
+DEST_CONN_ID = os.environ.get("TTS_EXAMPLE_DEST_CONN_ID") or None
 SRT_FILE = Path(__file__).parent / "data" / "welcome.srt"
 
 with DAG(
@@ -32,7 +35,6 @@ with DAG(
     catchup=False,
     params={
         "prompt": Param("Gentle rain on a tin roof, distant thunder", type="string", minLength=1),
-        "destination": Param(OUTPUT + "sound-and-srt/", type="string"),
     },
     tags=["example", "tts"],
 ) as dag:
@@ -41,7 +43,8 @@ with DAG(
         prompt="{{ params.prompt }}",
         duration=5,
         audio_type="sound",
-        destination="{{ params.destination }}",
+        destination=OUTPUT + "sound-and-srt/",
+        dest_conn_id=DEST_CONN_ID,
         deferrable=True,
     )
 
@@ -53,6 +56,7 @@ with DAG(
         task_id="srt",
         srt=read_srt(),
         mode="timeline",
-        destination="{{ params.destination }}",
+        destination=OUTPUT + "sound-and-srt/",
+        dest_conn_id=DEST_CONN_ID,
         deferrable=True,
     )

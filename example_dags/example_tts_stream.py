@@ -7,8 +7,8 @@ Every file is named after its request's fingerprint and recorded in the folder's
 the folder and the vendor is not called for it: run it twice and the second run pays for nothing. The manifest says,
 per text, whether it was served from the cache and what the vendor charged.
 
-Connections: ``camb_ai_default`` (Camb.ai), plus ``dest_conn_id`` for the storage (e.g. an ``aws``
-connection for ``s3://``).
+Connections: ``camb_ai_default`` (Camb.ai), plus ``TTS_EXAMPLE_DEST_CONN_ID`` for the storage (e.g. an
+``aws`` connection for ``s3://``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from airflow.sdk import DAG, ObjectStoragePath, Param, task
 from airflow_provider_tts.operators.tts import CambTtsStreamToStorageOperator
 
 OUTPUT = os.environ.get("TTS_EXAMPLE_OUTPUT", "file:///tmp/airflow-tts-examples/")
+#: The storage connection for OUTPUT (e.g. an ``aws`` connection for ``s3://``); where audio goes is the
+#: deployment's choice, never a run's conf (see ``[tts] allowed_destinations`` in docs/install.md).
+DEST_CONN_ID = os.environ.get("TTS_EXAMPLE_DEST_CONN_ID") or None
 TEXTS = [
     "Good evening, here is tonight's weather.",
     "Rain moves in from the west after midnight.",
@@ -39,8 +42,6 @@ with DAG(
     catchup=False,
     params={
         "texts": Param(TEXTS, type="array", minItems=1),
-        "destination": Param(OUTPUT + "stream/", type="string", pattern=".*/$"),
-        "dest_conn_id": Param(None, type=["null", "string"]),
         "language": Param("en-us", type="string"),
         "voice_id": Param(20303, type="integer"),
     },
@@ -59,8 +60,8 @@ with DAG(
         language="{{ params.language }}",
         voice_id="{{ params.voice_id }}",
         output_format="flac",
-        destination="{{ params.destination }}",
-        dest_conn_id="{{ params.dest_conn_id or '' }}",
+        destination=OUTPUT + "stream/",
+        dest_conn_id=DEST_CONN_ID,
         max_active_tis_per_dagrun=8,
         # A stream cut off mid-body was already charged; a retry pays again, so retry sparingly.
         retries=1,
@@ -68,9 +69,8 @@ with DAG(
     ).expand(text=batch)
 
     @task
-    def write_manifest(texts: list[str], stored: list[dict[str, Any]], params: dict[str, Any] | None = None) -> str:
+    def write_manifest(texts: list[str], stored: list[dict[str, Any]]) -> str:
         """One row per text, in order, with ``cached`` and ``credits``; written next to the audio."""
-        params = params or {}
         rows = [{"text": text, **result} for text, result in zip(texts, stored, strict=True)]
         paid = [row for row in rows if not row["cached"]]
         summary = {
@@ -80,7 +80,7 @@ with DAG(
             "credits_charged": sum(row["credits"] or 0 for row in paid),
             "items": rows,
         }
-        folder = ObjectStoragePath(params["destination"], conn_id=params.get("dest_conn_id") or None)
+        folder = ObjectStoragePath(OUTPUT + "stream/", conn_id=DEST_CONN_ID)
         manifest = folder / "manifest.json"
         manifest.write_text(json.dumps(summary, indent=2))
         return str(manifest)

@@ -64,7 +64,7 @@ def main() -> int:
             airflow.start(timeout=300)
             say(f"Airflow is up at {airflow.api_url}")
             airflow.wait_for_dag(DAG_ID)
-            run_id = airflow.trigger(DAG_ID, conf={"destination": batch_dir.as_uri() + "/"})
+            run_id = airflow.trigger(DAG_ID)  # writes to TTS_EXAMPLE_OUTPUT/batch/ = ./output/batch/
             say(f"triggered {DAG_ID} ({run_id}): 50 texts -> submit -> wait in the triggerer -> store")
             last: dict[str, Any] = {}
 

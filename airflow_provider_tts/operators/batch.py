@@ -69,6 +69,7 @@ from airflow_provider_tts.batch import (
 )
 from airflow_provider_tts.cache import CachedAudio, RequestCache
 from airflow_provider_tts.compat import conf
+from airflow_provider_tts.confinement import DESTINATIONS, ITEMS_PATHS, confine
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import (
     TtsAuthError,
@@ -356,7 +357,9 @@ class BaseTextBatchToStorageOperator(OutletsForTestRuns, BaseOperator):
     def _source(self) -> ObjectStoragePath | None:
         if self.items_path is None:
             return None
-        return destination_path(self.items_path, self.items_conn_id or None)
+        source = destination_path(self.items_path, self.items_conn_id or None)
+        confine(plain_uri(source), ITEMS_PATHS, what="items_path")
+        return source
 
     def _raw_items(self) -> Iterator[Any]:
         return iter_items(self.items, self._source())
@@ -385,6 +388,7 @@ class BaseTextBatchToStorageOperator(OutletsForTestRuns, BaseOperator):
         defaults = self._check_defaults(self.defaults)
         _check_manifest_name(self.manifest_name)
         folder = destination_path(self.destination, self.dest_conn_id or None)
+        confine(plain_uri(folder), DESTINATIONS, what="destination")
         try:
             if not check_destination(folder, folder_hint=True):
                 raise TtsConfigError(f"destination {plain_uri(folder)} must be a folder")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 
 from airflow_provider_tts.compat import conf
+from airflow_provider_tts.confinement import DESTINATIONS, confine
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint
@@ -654,6 +655,7 @@ class TtsAudioToStorageOperator(_StoredAudioOutput, BaseOperator):
         if reuse and cached is not None and cached[0] == repr(self.destination):
             return cast("tuple[ObjectStoragePath, bool]", cached[1])
         destination = destination_path(self.destination, self.dest_conn_id or None)
+        confine(plain_uri(destination), DESTINATIONS, what="destination")
         try:
             folder = check_destination(destination, folder_hint=is_folder(self.destination))
         except OSError as exc:
@@ -862,6 +864,7 @@ class CambTtsStreamToStorageOperator(_StoredAudioOutput, BaseOperator):
         fmt = body["output_configuration"]["format"]
         expected_type, extension = STREAM_FORMATS[fmt]
         destination = destination_path(self.destination, self.dest_conn_id or None)
+        confine(plain_uri(destination), DESTINATIONS, what="destination")
         path = destination
         folder = is_folder(self.destination)
         name = self._given_name(folder)

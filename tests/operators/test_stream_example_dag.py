@@ -66,19 +66,20 @@ def test_second_run_pays_only_for_changed_texts(emu: Any, airflow_env: dict[str,
         "AIRFLOW_CONN_CAMB_AI_DEFAULT": json.dumps(
             {"conn_type": "camb_ai", "host": emu.camb_base_url, "password": TEST_KEY}
         ),
+        "TTS_EXAMPLE_OUTPUT": f"file://{tmp_path}/",  # the deployment decides where; the example uses stream/
     }
     texts = ["First line of tonight.", "Second line of tonight.", "Third line of tonight."]
-    conf = {"texts": texts, "destination": f"file://{tmp_path}/"}
+    conf = {"texts": texts}
     _run(env, conf)
     assert emu.stats()["requests_by_endpoint"]["stream"] == 3
-    first = json.loads((tmp_path / "manifest.json").read_text())
+    first = json.loads((tmp_path / "stream" / "manifest.json").read_text())
     assert (first["vendor_calls"], first["served_from_cache"]) == (3, 0)
     assert first["credits_charged"] == sum(len(t) for t in texts)
 
     # The nightly re-run: two texts unchanged, one edited. Only the edited one is paid for.
     _run(env, {**conf, "texts": [*texts[:2], "A changed third line."]})
     assert emu.stats()["requests_by_endpoint"]["stream"] == 4
-    second = json.loads((tmp_path / "manifest.json").read_text())
+    second = json.loads((tmp_path / "stream" / "manifest.json").read_text())
     assert [r["cached"] for r in second["items"]] == [True, True, False]
     assert (second["vendor_calls"], second["served_from_cache"]) == (1, 2)
     assert [r["uri"] for r in second["items"]][:2] == [r["uri"] for r in first["items"]][:2]

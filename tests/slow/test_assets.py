@@ -99,7 +99,7 @@ def test_mapped_store_emits_on_its_declared_asset_and_a_downstream_dag_runs(
     declared = [a for a in _assets(airflow) if a["name"] == ASSET_NAME]
     assert len(declared) == 1, _assets(airflow)  # registered when the DAG was parsed, before any run
 
-    run_id = airflow.trigger(BATCH, conf={"texts": TEXTS, "destination": (workdir / "audio").as_uri() + "/"})
+    run_id = airflow.trigger(BATCH, conf={"texts": TEXTS})  # the audio goes to TTS_EXAMPLE_OUTPUT/batch/
     run = airflow.wait_for_run(BATCH, run_id, timeout=300)
     assert run["state"] == "success", airflow.describe_run(BATCH, run_id)
     stored = {airflow.xcom(BATCH, run_id, "store", map_index=i)["uri"] for i in range(len(TEXTS))}
@@ -150,7 +150,7 @@ def test_openlineage_events_name_the_stored_file_as_the_only_output(airflow: Loc
         ]
         time.sleep(1)
     assert len(completes) == len(TEXTS)
-    files = sorted(p for p in (workdir / "audio").iterdir() if p.suffix != ".json")
+    files = sorted(p for p in (workdir / "audio" / "batch").iterdir() if p.suffix != ".json")
     assert sorted(e["outputs"][0]["name"] for e in completes) == [str(p) for p in files]
     for event in completes:
         assert event["inputs"] == []

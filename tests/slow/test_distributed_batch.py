@@ -123,6 +123,8 @@ def airflow(
         },
     }  # fmt: skip
     env = {name: json.dumps(value) for name, value in conns.items()} | AWS_ENV | DEPLOYMENT_ENV
+    # The example writes under TTS_EXAMPLE_OUTPUT (its runs choose texts, never places): PREFIX is its batch/.
+    env |= {"TTS_EXAMPLE_OUTPUT": f"s3://{BUCKET}/", "TTS_EXAMPLE_DEST_CONN_ID": "aws_dist"}
     deployment = DistributedAirflow(
         tmp_path_factory.mktemp("distributed"),
         EXAMPLES,
@@ -281,7 +283,7 @@ def test_batch_on_the_distributed_engine_survives_a_triggerer_and_a_worker_kille
     emulator.inject("503", count=3, endpoint="create")
     emulator.inject("429", count=2, endpoint="create")
     started = time.monotonic()
-    conf = {"texts": TEXTS, "destination": f"s3://{BUCKET}/{PREFIX}", "dest_conn_id": "aws_dist"}
+    conf = {"texts": TEXTS}
     run_id = af.trigger(DAG_ID, conf=conf)
 
     triggerer_kill = _kill_a_triggerer_while_waits_are_deferred(af, run_id)

@@ -17,6 +17,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,7 +60,15 @@ def emulator() -> Iterator[Emulator]:
 
 
 @pytest.fixture(scope="module")
-def airflow(tmp_path_factory: pytest.TempPathFactory, emulator: Emulator, moto_endpoint: str) -> Iterator[LocalAirflow]:
+def items_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one-task example's items file: the deployment's ``TTS_EXAMPLE_ITEMS``, written by its test."""
+    return tmp_path_factory.mktemp("items") / "texts.txt"
+
+
+@pytest.fixture(scope="module")
+def airflow(
+    tmp_path_factory: pytest.TempPathFactory, emulator: Emulator, moto_endpoint: str, items_file: Path
+) -> Iterator[LocalAirflow]:
     extra = {"retry_backoff": 0.2, "retry_max_backoff": 2}
     conns = {
         "AIRFLOW_CONN_REVID_TTS_DEFAULT": {
@@ -75,6 +84,9 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, emulator: Emulator, moto_e
         },
     }  # fmt: skip
     env = {name: json.dumps(value) for name, value in conns.items()} | AWS_ENV
+    # Where the examples read and write is the deployment's choice, never a run's conf.
+    env |= {"TTS_EXAMPLE_OUTPUT": f"s3://{BUCKET}/", "TTS_EXAMPLE_DEST_CONN_ID": "aws_e2e",
+            "TTS_EXAMPLE_ITEMS": items_file.as_uri()}  # fmt: skip
     deployment = LocalAirflow(tmp_path_factory.mktemp("e2e") / "home", EXAMPLES, parallelism=8, env=env, log=_log)
     try:
         deployment.start(timeout=240)
@@ -89,9 +101,7 @@ def test_batch_to_s3_through_faults(airflow: LocalAirflow, emulator: Emulator, s
     emulator.inject("429", count=4, endpoint="create")
     emulator.inject("503", count=4, endpoint="create")
     started = time.monotonic()
-    run_id = airflow.trigger(
-        dag_id, conf={"texts": TEXTS, "destination": f"s3://{BUCKET}/e2e/", "dest_conn_id": "aws_e2e"}
-    )
+    run_id = airflow.trigger(dag_id, conf={"texts": TEXTS})
     run = airflow.wait_for_run(dag_id, run_id, timeout=600, poll_interval=2)
     faults = emulator.stats()["faults_by_kind"]
     _log(f"batch of {len(TEXTS)} through {sum(faults.values())} injected faults in {time.monotonic() - started:.0f} s")
@@ -115,16 +125,16 @@ def test_batch_to_s3_through_faults(airflow: LocalAirflow, emulator: Emulator, s
     assert created == sorted(TEXTS)
 
     # Through the bucket: the manifest is complete and every object is the audio the emulator serves.
-    manifest = json.loads(s3_client.get_object(Bucket=BUCKET, Key="e2e/manifest.json")["Body"].read())
+    manifest = json.loads(s3_client.get_object(Bucket=BUCKET, Key="batch/manifest.json")["Body"].read())
     assert manifest["count"] == len(TEXTS)
     assert [item["text"] for item in manifest["items"]] == TEXTS
     emulator.set_faults(rate=0.0)
-    keys = {obj["Key"] for obj in s3_client.list_objects_v2(Bucket=BUCKET, Prefix="e2e/")["Contents"]}
-    assert keys == {"e2e/manifest.json"} | {f"e2e/{item['file']}" for item in manifest["items"]}
+    keys = {obj["Key"] for obj in s3_client.list_objects_v2(Bucket=BUCKET, Prefix="batch/")["Contents"]}
+    assert keys == {"batch/manifest.json"} | {f"batch/{item['file']}" for item in manifest["items"]}
     for number, item in enumerate(manifest["items"], start=1):
         # Named after the item (its number and the text's first words), not the vendor's task id.
         assert re.fullmatch(rf"{number:02d}-[a-z0-9-]+\.wav", item["file"]), item["file"]
-        key = f"e2e/{item['file']}"
+        key = f"batch/{item['file']}"
         assert item["uri"] == f"s3://{BUCKET}/{key}"
         stored = s3_client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         served = requests.get(emulator.url + f"/storage/revid/{item['tts_task_id']}.wav", timeout=30).content
@@ -134,13 +144,12 @@ def test_batch_to_s3_through_faults(airflow: LocalAirflow, emulator: Emulator, s
 
 
 def test_batch_in_one_task_to_s3_through_faults(
-    airflow: LocalAirflow, emulator: Emulator, s3_client: Any, tmp_path_factory: pytest.TempPathFactory
+    airflow: LocalAirflow, emulator: Emulator, s3_client: Any, items_file: Path
 ) -> None:
     """The one-task batch example into s3:// with 10% of status, result and storage requests failing."""
     dag_id = "example_tts_batch_one_task"
     texts = [f"Sentence number {i + 1} of the one-task batch." for i in range(50)]
-    source = tmp_path_factory.mktemp("items") / "texts.txt"
-    source.write_text("\n".join(texts) + "\n")
+    items_file.write_text("\n".join(texts) + "\n")  # the deployment's TTS_EXAMPLE_ITEMS
     emulator.set_faults(
         rate=0.10, kinds=("429", "500", "502", "503", "504"), endpoints=frozenset({"status", "result", "storage"}),
         retry_after="0.2", seed=20261202,
@@ -149,22 +158,21 @@ def test_batch_in_one_task_to_s3_through_faults(
     emulator.inject("503", count=4, endpoint="create")
     before = emulator.stats()["creates"]["revid_tts"]["tts"]
     airflow.wait_for_dag(dag_id)
-    conf = {"items_path": source.as_uri(), "destination": f"s3://{BUCKET}/one-task/", "dest_conn_id": "aws_e2e"}
-    run_id = airflow.trigger(dag_id, conf=conf)
+    run_id = airflow.trigger(dag_id)
     run = airflow.wait_for_run(dag_id, run_id, timeout=600, poll_interval=2)
     emulator.set_faults(rate=0.0)
     assert run["state"] == "success", airflow.describe_run(dag_id, run_id)
     assert len(airflow.task_instances(dag_id, run_id)) == 1
     assert emulator.stats()["creates"]["revid_tts"]["tts"] - before == len(texts)
 
-    body = s3_client.get_object(Bucket=BUCKET, Key="one-task/manifest.jsonl")["Body"].read().decode()
+    body = s3_client.get_object(Bucket=BUCKET, Key="batch-one-task/manifest.jsonl")["Body"].read().decode()
     rows = [json.loads(line) for line in body.splitlines()]
     assert [row["status"] for row in rows] == ["stored"] * len(texts)
-    keys = {obj["Key"] for obj in s3_client.list_objects_v2(Bucket=BUCKET, Prefix="one-task/")["Contents"]}
+    keys = {obj["Key"] for obj in s3_client.list_objects_v2(Bucket=BUCKET, Prefix="batch-one-task/")["Contents"]}
     audio = {row["file"].removeprefix(f"s3://{BUCKET}/") for row in rows}
-    entries = {key for key in keys if key.startswith("one-task/.tts-cache/")}
+    entries = {key for key in keys if key.startswith("batch-one-task/.tts-cache/")}
     assert len(entries) == len(texts)  # one request cache entry per text, nothing else beside the audio
-    assert keys == {"one-task/manifest.jsonl"} | audio | entries
+    assert keys == {"batch-one-task/manifest.jsonl"} | audio | entries
     # The manifest names no vendor task (a capability at RevidAPI): compare with everything the emulator served.
     created = [task["task_id"] for task in emulator.tasks() if (task.get("body") or {}).get("text") in texts]
     served = {
