@@ -79,8 +79,14 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
-def normalise_base_url(value: str, *, what: str) -> str:
-    """Validate an http(s) base URL and strip its trailing slash."""
+def normalise_base_url(value: str, *, what: str, allow_http: bool = False) -> str:
+    """Validate an http(s) base URL that will receive the API key, and strip its trailing slash.
+
+    The key travels in a request header, so over plain http anyone on the path reads it. Plain
+    http is therefore accepted only to this machine (:func:`is_loopback_host`: the emulator, a
+    local proxy), where the traffic never leaves the host, or when ``allow_http`` says the operator
+    vouches for the network (the ``allow_http_api`` extra: a trusted internal proxy).
+    """
     parts = urlsplit(value.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise TtsConfigError(f"{what} must be an http:// or https:// URL with a host, got {value!r}")
@@ -88,7 +94,14 @@ def normalise_base_url(value: str, *, what: str) -> str:
         raise TtsConfigError(f"{what} must not carry credentials in the URL; put the API key in the password")
     if parts.query or parts.fragment:
         raise TtsConfigError(f"{what} must not have a query or fragment, got {value!r}")
-    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+    url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+    if parts.scheme == "http" and not allow_http and not is_loopback_host(parts.hostname):
+        raise TtsConfigError(
+            f"{what} {url!r} is plain http to {parts.hostname}, which is not this machine: the API key "
+            "would travel unencrypted. Use https://, or, for a trusted internal proxy, set the "
+            "connection extra allow_http_api to true"
+        )
+    return url
 
 
 _NUMBER_EXTRAS: dict[str, tuple[float, float, bool]] = {
@@ -101,8 +114,9 @@ _NUMBER_EXTRAS: dict[str, tuple[float, float, bool]] = {
 }
 
 
-#: Storage-host switches (see :func:`parse_connection`); booleans.
-_BOOL_EXTRAS = frozenset({"allow_private_audio_hosts", "allow_http_audio_hosts"})
+#: Switches (see :func:`parse_connection`); booleans. ``allow_http_api`` lets the API base use
+#: plain http to a host other than this machine; the other two are storage-host switches.
+_BOOL_EXTRAS = frozenset({"allow_private_audio_hosts", "allow_http_audio_hosts", "allow_http_api"})
 
 
 def _boolean(name: str, raw: Any) -> bool:
@@ -111,6 +125,22 @@ def _boolean(name: str, raw: Any) -> bool:
     if isinstance(raw, str) and raw.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
         return raw.strip().lower() in ("true", "1", "yes")
     raise TtsConfigError(f"connection extra {name!r} must be true or false, got {raw!r}")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is this machine for certain: ``localhost``, ``127.0.0.0/8`` or ``::1``.
+
+    Stricter than :func:`is_loopback_base` on purpose: it decides whether the API key may travel
+    over plain http, so a name is trusted only when no resolver can send it elsewhere. Only
+    ``localhost`` itself qualifies (``*.localhost`` maps to loopback only on some resolvers).
+    """
+    host = host.lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def is_loopback_base(url: str) -> bool:
@@ -167,10 +197,15 @@ def parse_connection(
 
     Storage hosts (audio URLs, redirect targets off the API's own origins) are restricted, because
     their addresses come from the vendor's answers, not from the connection: link-local addresses
-    (``169.254.0.0/16``, ``fe80::/10``: cloud metadata services) are always refused; private,
-    loopback and other non-global addresses only with ``allow_private_audio_hosts`` or when the
-    API base itself is on loopback (the emulator, a local proxy); plain ``http`` only to such an
-    allowed private host or with ``allow_http_audio_hosts``.
+    (``169.254.0.0/16``, ``fe80::/10``) and cloud metadata services, in every encoding, are always
+    refused (``transport.StoragePolicy``); private, loopback and other non-global addresses only
+    with ``allow_private_audio_hosts`` or when the API base itself is on loopback (the emulator, a
+    local proxy); plain ``http`` only to such an allowed private host or with
+    ``allow_http_audio_hosts``.
+
+    The API bases (``host``, Revid's ``status_base_url``) receive the key, so they must be https,
+    or plain http to this machine (``localhost``, ``127.0.0.0/8``, ``::1``); ``allow_http_api``
+    lifts that for a trusted internal proxy (see :func:`normalise_base_url`).
     """
     conn_type = conn.conn_type or ""
     key = (conn.password or "").strip()
@@ -195,7 +230,8 @@ def parse_connection(
         path = (conn.schema or "").strip("/") or urlsplit(default_api_base_url).path.strip("/")
         netloc = f"{host}:{int(conn.port)}" if conn.port else host
         api_base = f"https://{netloc}/{path}"
-    api_base = normalise_base_url(api_base, what=f"connection {conn.conn_id!r} host")
+    allow_http_api = _boolean("allow_http_api", extras.get("allow_http_api", False))
+    api_base = normalise_base_url(api_base, what=f"connection {conn.conn_id!r} host", allow_http=allow_http_api)
 
     if default_status_base_url is None:
         status_base = api_base
@@ -203,6 +239,7 @@ def parse_connection(
         status_base = normalise_base_url(
             str(extras.get("status_base_url", default_status_base_url)),
             what=f"connection {conn.conn_id!r} extra 'status_base_url'",
+            allow_http=allow_http_api,
         )
 
     numbers = {name: _number(name, extras[name]) for name in _NUMBER_EXTRAS if name in extras}

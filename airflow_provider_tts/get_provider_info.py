@@ -39,7 +39,16 @@ _RETRY_AND_TIMEOUT_FIELDS: dict[str, Any] = {
         "label": "Allow private audio hosts",
         "description": (
             "Let audio URLs and redirects lead to private or loopback addresses (automatic when the "
-            "API base is on loopback). Link-local addresses (169.254.0.0/16, fe80::/10) are never allowed."
+            "API base is on loopback). Link-local and cloud-metadata addresses (169.254.0.0/16, fe80::/10, "
+            "fd00:ec2::/32, 100.100.100.200, in any IPv6 encoding) and metadata host names are never allowed."
+        ),
+        "schema": {"type": ["boolean", "null"]},
+    },
+    "allow_http_api": {
+        "label": "Allow a plain-http API base",
+        "description": (
+            "Send the API key over http:// to a host that is not this machine (a trusted internal proxy). "
+            "Default: the API base must be https, or http only to localhost/127.0.0.0/8/::1 (the emulator)."
         ),
         "schema": {"type": ["boolean", "null"]},
     },

@@ -368,7 +368,9 @@ def check_audio_body(content_type: str, head: bytes, *, what: str) -> None:
     accepted = kind.startswith("audio/") or kind in ACCEPTED_TYPES or kind == ""
     if accepted and not (kind in _GENERIC_TYPES and _looks_like_text(head)):
         return
-    excerpt = head[:160].decode("utf-8", "replace").replace("\r", " ").replace("\n", " ").strip()
+    from airflow_provider_tts.transport import scrub  # a page may echo the signed URL it was asked for
+
+    excerpt = scrub(head[:160].decode("utf-8", "replace").replace("\r", " ").replace("\n", " ").strip())
     raise TtsProtocolError(
         f"{what}: expected audio (audio/*, video/mp4 or application/octet-stream), got "
         f"{content_type or 'no Content-Type'!s} starting with {excerpt!r}; nothing was stored"

@@ -138,3 +138,82 @@ def test_why_the_connection_types_keep_their_underscore() -> None:
     back = CoreConnection(conn_id="x", uri=uri)
     assert back.conn_type == "camb_ai"
     assert _settings("camb_ai", host=back.host, password=back.password).api_base_url == "http://127.0.0.1:8739/apis"
+
+
+# ------------------------------------------------------------- the key travels only encrypted
+
+
+PLAIN_HTTP_BASES: list[tuple[str, dict[str, Any], str]] = [
+    ("camb_ai", {"host": "http://client.camb.ai/apis"}, "http://client.camb.ai/apis"),
+    ("camb_ai", {"host": "http://10.0.0.5:8080/apis/"}, "http://10.0.0.5:8080/apis"),
+    ("camb_ai", {"host": "http://proxy.internal/apis"}, "http://proxy.internal/apis"),
+    ("camb_ai", {"host": "http://127.0.0.1.nip.io/apis"}, "http://127.0.0.1.nip.io/apis"),
+    ("camb_ai", {"host": "http://localhost.example.com/apis"}, "http://localhost.example.com/apis"),
+    ("camb_ai", {"host": "http://api.localhost/apis"}, "http://api.localhost/apis"),
+    ("camb_ai", {"host": "http://[fe80::1]/apis"}, "http://[fe80::1]/apis"),
+    ("camb_ai", {"host": "http://0.0.0.0:8739/apis"}, "http://0.0.0.0:8739/apis"),
+    ("revid_tts", {"host": "http://api.revidapi.com/paid"}, "http://api.revidapi.com/paid"),
+    # The status host gets the key too: one plain-http base is enough to refuse the connection.
+    (
+        "revid_tts",
+        {"host": "http://127.0.0.1:8739/paid", "extra": '{"status_base_url": "http://tts.revidapi.com/api"}'},
+        "http://tts.revidapi.com/api",
+    ),
+    ("revid_tts", {"extra": '{"status_base_url": "http://tts.revidapi.com/api"}'}, "http://tts.revidapi.com/api"),
+]
+
+
+@pytest.mark.parametrize(
+    ("conn_type", "kw", "url"),
+    PLAIN_HTTP_BASES,
+    ids=[f"{c}-{k.get('host', 'default')}" for c, k, _ in PLAIN_HTTP_BASES],
+)
+def test_a_plain_http_api_base_off_this_machine_is_refused(conn_type: str, kw: dict[str, Any], url: str) -> None:
+    with pytest.raises(TtsConfigError) as info:
+        _settings(conn_type, **kw)
+    message = str(info.value)
+    assert repr(url) in message  # names the URL...
+    assert "unencrypted" in message  # ...why...
+    assert "allow_http_api" in message  # ...and the way out
+    assert KEY not in message
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "http://127.0.0.1:8739/apis",
+        "http://127.9.8.7/apis",
+        "http://[::1]:8739/apis",
+        "http://localhost:8739/apis",
+        "http://LOCALHOST/apis",
+        "https://client.camb.ai/apis",
+        "https://10.0.0.5:8443/apis",
+        "client.camb.ai",  # a bare host gets https://
+    ],
+)
+def test_https_and_loopback_api_bases_are_accepted(host: str) -> None:
+    assert _settings("camb_ai", host=host).api_base_url.startswith(("https://", "http://"))
+
+
+def test_allow_http_api_opts_in_for_a_trusted_internal_proxy() -> None:
+    camb = _settings("camb_ai", host="http://proxy.internal:8080/apis", extra='{"allow_http_api": true}')
+    assert camb.api_base_url == "http://proxy.internal:8080/apis"
+    revid = _settings(
+        "revid_tts",
+        host="http://proxy.internal/paid",
+        extra='{"allow_http_api": "yes", "status_base_url": "http://proxy.internal/api"}',
+    )
+    assert (revid.api_base_url, revid.status_base_url) == ("http://proxy.internal/paid", "http://proxy.internal/api")
+    # The legacy extra__<type>__ spelling is accepted too, like every allowlisted extra.
+    legacy = _settings("camb_ai", host="http://proxy.internal/apis", extra='{"extra__camb_ai__allow_http_api": true}')
+    assert legacy.api_base_url == "http://proxy.internal/apis"
+    # false is the default, spelled out.
+    with pytest.raises(TtsConfigError, match="unencrypted"):
+        _settings("camb_ai", host="http://proxy.internal/apis", extra='{"allow_http_api": "false"}')
+    # It is about the API bases only: storage hosts keep their own switches.
+    assert (camb.allow_private_hosts, camb.allow_http_hosts) == (False, False)
+
+
+def test_allow_http_api_must_be_a_boolean() -> None:
+    with pytest.raises(TtsConfigError, match=r"'allow_http_api' must be true or false, got 'sometimes'"):
+        _settings("camb_ai", host="http://proxy.internal/apis", extra='{"allow_http_api": "sometimes"}')

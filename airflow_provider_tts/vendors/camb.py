@@ -206,12 +206,15 @@ class CambAi(Vendor):
         what = f"status of camb_ai {kind} task {tts_task_id!r}"
         if resp.status == 404:
             # Undocumented by Camb; a 404 for a task id means there is no such task to wait for.
+            from airflow_provider_tts.transport import scrub  # the answer is quoted, never a URL's query
+
             return self.status(
                 kind,
                 tts_task_id,
                 "failed",
                 "NOT_FOUND",
-                message=f"{excerpt(resp.body, 200) or 'task not found'} ({self.not_found_hint(kind, tts_task_id)})",
+                message=f"{scrub(excerpt(resp.body, 200)) or 'task not found'} "
+                f"({self.not_found_hint(kind, tts_task_id)})",
                 retryable=False,
                 failure="not_found",
             )

@@ -224,8 +224,10 @@ class RevidTts(Vendor):
     def audio_request(self, status: TtsTaskStatus) -> ApiRequest:
         url = status.audio_url or ""
         if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
-            raise TtsProtocolError(
-                f"revid_tts task {status.tts_task_id!r}: refusing audio_url {url!r:.120}; expected http(s)"
+            from airflow_provider_tts.transport import safe_url
+
+            raise TtsProtocolError(  # the URL is a signed capability: its query never goes into a message
+                f"revid_tts task {status.tts_task_id!r}: refusing audio_url {safe_url(url)!r:.120}; expected http(s)"
             )
         # A storage host, not the API: the key must never go there.
         return ApiRequest("GET", url, what=f"audio of revid_tts task {status.tts_task_id!r}", authenticated=False)
