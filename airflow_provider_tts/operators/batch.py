@@ -125,6 +125,8 @@ EVENT_KEYS = ("manifest", "items", "stored", "cached", "failed")
 #: before it is reported as in doubt: that run's create call normally answers within seconds.
 CLAIM_WAIT_SECONDS = 120.0
 CLAIM_POLL_SECONDS = 1.0
+#: Times a create refused with nothing created (429/503 after the transport's retries) is sent in one try.
+CREATE_ROUNDS = 3
 #: Requests whose fields are held at once while paying (the texts are read again, a chunk at a time).
 PAY_CHUNK = 256
 #: Writes of a paid task id into the request cache before it is kept aside (see ``_IdStash``).
@@ -167,6 +169,8 @@ class _Outcome:
     cause: BaseException | None = None
     #: Paid, but the task id could not be written to the request cache.
     unsaved: bool = False
+    #: The create was refused with nothing created and the claim let go: it may be sent again.
+    released: bool = False
 
 
 class BaseTextBatchToStorageOperator(OutletsForTestRuns, BaseOperator):
@@ -574,7 +578,16 @@ class BaseTextBatchToStorageOperator(OutletsForTestRuns, BaseOperator):
 
         with ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="tts-batch-submit") as pool:
             for chunk in self._fields_again(plan, set(fingerprints)):
-                outcomes.update(pool.map(pay, chunk.items()))
+                done = dict(pool.map(pay, chunk.items()))
+                # A create refused with nothing created (a 429 or 503 that outlived the transport's
+                # retries) is sent again in this try: it costs nothing, and the batch's pacer has
+                # already slowed every request down for it. Anything else stays as it ended.
+                for _ in range(CREATE_ROUNDS - 1):
+                    again = {fp: chunk[fp] for fp, outcome in done.items() if outcome.released}
+                    if not again or stop.is_set():
+                        break
+                    done.update(pool.map(pay, again.items()))
+                outcomes.update(done)
         counts = {kind: sum(1 for o in outcomes.values() if o.kind == kind) for kind in ("cached", "wait", "failed")}
         self.log.info("Batch: claimed requests ended as %s", counts)
         if unsaved:
@@ -658,7 +671,7 @@ class BaseTextBatchToStorageOperator(OutletsForTestRuns, BaseOperator):
                 plan.cache.rejected(fingerprint, str(exc))
                 return _Outcome("failed", error=f"rejected by the vendor: {exc}"[:500], retryable=False)
             plan.cache.release(fingerprint)
-            return _Outcome("failed", error=f"not submitted: {exc}"[:500])
+            return _Outcome("failed", error=f"not submitted: {exc}"[:500], released=True)
         for attempt in range(RECORD_ATTEMPTS):
             try:
                 plan.cache.submitted(fingerprint, task_id)

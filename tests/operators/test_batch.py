@@ -164,37 +164,49 @@ def test_the_task_defers_once_and_the_trigger_row_names_the_record_not_the_ids(
 def test_a_failed_item_is_a_row_and_the_retry_pays_only_for_the_retryable_one(
     emu: Any, make_conn: ConnFactory, tmp_path: Path
 ) -> None:
-    """Item 1's create is refused with 429s until the retries run out (nothing created, retryable);
-    item 3 is harmful content (created, failed for good). Try 1 stores the other four and fails;
-    try 2 creates item 1 only, reports item 3 again without paying, and still fails (permanently)."""
+    """Item 1's create is refused with 429s beyond the transport's retries (nothing created: sent again
+    in the same try, and stored); item 2's vendor task fails retryably (the first create that reaches
+    the vendor; paid, and a retry may pay again); item 3 is harmful content (failed for good). Try 1
+    stores the other four and fails; try 2 pays for item 2 only, reports item 3 again without paying,
+    and fails permanently."""
     conn = make_conn("camb_ai", max_retries=1)
     texts = [f"Item {n}." for n in range(1, 7)]
     texts[2] = "Item 3. [emu:outcome=error,reason=HARMFUL_CONTENT_DETECTED]"
-    emu.inject("429", count=2, endpoint="create")
+    emu.inject("429", count=2, endpoint="create")  # item 1's create and its one retry (items go one at a time)
+    emu.script_next("camb_ai", "tts", outcome="error", reason="INTERNAL_ERROR")  # the first create processed
     op = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS,
                max_active_requests=1)  # fmt: skip
     with pytest.raises(TtsBatchItemsFailedError) as first:
         op.execute(context())
     assert not isinstance(first.value, TtsBatchItemsFailedPermanentlyError)
     rows = manifest(tmp_path)
-    assert [row["status"] for row in rows] == ["failed", "stored", "failed", "stored", "stored", "stored"]
-    assert rows[0]["retryable"] is True
-    assert "429" in rows[0]["error"]
+    assert [row["status"] for row in rows] == ["stored", "failed", "failed", "stored", "stored", "stored"]
+    assert rows[1]["retryable"] is True
+    assert "INTERNAL_ERROR" in rows[1]["error"]
     assert rows[2]["retryable"] is False
     assert "HARMFUL_CONTENT_DETECTED" in rows[2]["error"]
-    assert creates(emu) == 5
+    assert creates(emu) == 6  # the 429s created nothing; every item was created once
 
     with pytest.raises(TtsBatchItemsFailedPermanentlyError):
         op.execute(context(try_number=2))
     rows = manifest(tmp_path)
-    assert [row["status"] for row in rows] == ["stored", "cached", "failed", "cached", "cached", "cached"]
-    assert creates(emu) == 6
-    assert sorted(created_texts(emu)) == sorted(texts)  # one vendor task per item, none twice
+    assert [row["status"] for row in rows] == ["cached", "stored", "failed", "cached", "cached", "cached"]
+    assert creates(emu) == 7  # item 2 again, nothing else
 
     tolerant = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS,
                      max_failed_items=1)  # fmt: skip
     assert tolerant.execute(context(try_number=3))["failed"] == 1
-    assert creates(emu) == 6
+    assert creates(emu) == 7
+
+
+def test_a_create_refused_with_nothing_created_is_sent_again_in_the_same_try(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    conn = make_conn("camb_ai", max_retries=0)
+    emu.inject("429", count=2, endpoint="create")  # every first create of the round, then one of the second
+    result = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=["One.", "Two."], defaults=CAMB_DEFAULTS,
+                   max_active_requests=1).execute(context())  # fmt: skip
+    assert (result["stored"], result["failed"], creates(emu)) == (2, 0, 2)
 
 
 @pytest.mark.parametrize("kind", ["html_200", "500"])
