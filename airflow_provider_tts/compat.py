@@ -194,6 +194,17 @@ if not TYPE_CHECKING:
                 return await sync_to_async(cls.get_connection)(conn_id)
 
 
+def has_supervisor() -> bool:
+    """Whether a task supervisor (real or ``dag.test()``'s in-process one) serves this process.
+
+    Variables are read and written through it; outside a task runner (``operator.execute()`` called
+    directly) Airflow 3.0 fails with an ImportError and 3.1+ answers "not found", so callers that
+    can do without a Variable ask first. Read at run time, never at import.
+    """
+    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
+    return getattr(task_runner, "SUPERVISOR_COMMS", None) is not None
+
+
 def in_dag_test() -> bool:
     """Whether this task runs inside ``dag.test()`` / ``airflow dags test`` (the in-process supervisor).
 

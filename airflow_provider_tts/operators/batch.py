@@ -68,7 +68,7 @@ from airflow_provider_tts.batch import (
     write_manifest,
 )
 from airflow_provider_tts.cache import CachedAudio, RequestCache
-from airflow_provider_tts.compat import conf
+from airflow_provider_tts.compat import conf, has_supervisor
 from airflow_provider_tts.confinement import DESTINATIONS, ITEMS_PATHS, confine
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import (
@@ -860,7 +860,9 @@ class _IdStash:
 
     def __init__(self, context: Context, identity: SubmitIdentity | None) -> None:
         self.store = context.get("task_state_store")
-        self.variables = variable_api() if self.store is None and identity is not None else None
+        # Outside a task runner there is no supervisor to reach Variables through: no stash then.
+        usable = self.store is None and identity is not None and has_supervisor()
+        self.variables = variable_api() if usable else None
         self.key = self.KEY if self.store is not None else f"{self.KEY}.{identity.digest()[:40] if identity else ''}"
 
     @property

@@ -103,6 +103,7 @@ def test_the_connection_id_and_bucket_of_an_object_storage_path() -> None:
 
 def test_outside_dag_test_nothing_is_wrapped() -> None:
     assert not compat.in_dag_test()
+    assert not compat.has_supervisor()  # Variables unreachable: 3.0 raises ImportError, 3.1+ "not found"
     compat.omit_secrets_from_dag_test_log()  # a no-op here
 
 
@@ -127,6 +128,7 @@ def test_inside_dag_test_a_mask_secret_body_never_reaches_the_log(monkeypatch: p
     comms = InProcessSupervisorComms()
     monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)
     assert compat.in_dag_test()
+    assert compat.has_supervisor()
     compat.omit_secrets_from_dag_test_log()
     compat.omit_secrets_from_dag_test_log()  # idempotent: one wrapper
     comms.log.debug("Sending request", msg=MaskSecret(value="sk-never-in-a-log", name=None))
