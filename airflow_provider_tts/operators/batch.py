@@ -500,7 +500,13 @@ class BaseTextBatchToStorageOperator(OutletsForTestRuns, BaseOperator):
         plan = self._plan(context)
         self._session_for_threads()
         waits, digest, failed = plan.record.load()
-        if digest is not None and digest != plan.digest:
+        if digest is None:
+            # No wait list: this is no resume of a live deferral. Airflow 3.0 calls the resume method
+            # again on a retry of a task whose earlier try failed after resuming; that retry starts
+            # over, and the request cache re-attaches what was paid for.
+            self.log.info("Batch: no wait list to resume from (event %.100r); starting the try over", event)
+            return self.execute(context)
+        if digest != plan.digest:
             raise TtsConfigError(_changed_message(plan, "they are not the items it submitted before it deferred"))
         return self._finish(context, plan, event, waits, failed)
 
