@@ -220,9 +220,9 @@ def test_connection_never_opened_is_resent(make_conn: ConnFactory, tmp_path: Pat
         ),
     )
     attempts: list[int] = []
-    from airflow_provider_tts import transport
+    from airflow_provider_tts.transport import retry  # the module whose retry loop looks it up
 
-    real = transport.is_retryable
+    real = retry.is_retryable
 
     def counting(exc: BaseException, idempotent: bool) -> bool:
         attempts.append(1)
@@ -230,7 +230,7 @@ def test_connection_never_opened_is_resent(make_conn: ConnFactory, tmp_path: Pat
         assert verdict is True  # never opened: safe to resend although the call is not idempotent
         return verdict
 
-    monkeypatch.setattr(transport, "is_retryable", counting)
+    monkeypatch.setattr(retry, "is_retryable", counting)
     with pytest.raises(TtsConnectionError):
         _op("camb_closed", f"file://{tmp_path}/").execute(ti_context())
     assert len(attempts) >= 2
