@@ -302,7 +302,7 @@ class CambTtsToStorageOperator(BaseTextToStorageOperator):
 
     :param text: the words to speak.
     :param voice_id: an integer voice id from Camb's voice list, e.g. ``20303``.
-    :param language: Camb's integer language id (``1`` is English, US).
+    :param language: a BCP-47 tag such as ``en-us`` (sent as Camb's integer id) or the id itself (``1``).
     :param gender: ``0``, ``1``, ``2`` or ``9``.
     :param age: the speaker's age, 0-150.
     :param project_name: Camb project name.

@@ -100,7 +100,7 @@ class TtsSubmitOperator(BaseOperator):
     Required fields, by connection type and ``kind`` (everything else is optional):
 
     * Camb.ai ``tts``: ``text``; ``voice_id``, an integer voice id from Camb's voice list (e.g.
-      ``20303``); ``language``, Camb's integer language id (``1`` is English, US).
+      ``20303``); ``language``, a BCP-47 tag (``en-us``) or Camb's integer language id (``1``).
     * Camb.ai ``text-to-sound``: ``prompt``.
     * RevidAPI ``tts``: ``text``.
     * RevidAPI ``srt-to-speech``: exactly one of ``srt`` (SRT text, parsed here into cues;
@@ -735,7 +735,7 @@ class CambTtsStreamToStorageOperator(_StoredAudioOutput, BaseOperator):
     ``overwrite="replace"``.
 
     :param text: the words to speak, 3-3000 characters (templated).
-    :param language: BCP-47 tag, e.g. ``en-us`` (templated). Not the legacy integer id.
+    :param language: BCP-47 tag, e.g. ``en-us`` (templated); a legacy ``/tts`` integer id is mapped to its tag.
     :param voice_id: Camb voice id, an integer (templated).
     :param destination: a file URI, or a folder URI ending in ``/`` (templated): the file inside
         it is named by ``file_name``.

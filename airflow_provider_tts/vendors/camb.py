@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from airflow_provider_tts.exceptions import TtsProtocolError, excerpt
 from airflow_provider_tts.status import FailureKind, Kind, TtsTaskStatus
+from airflow_provider_tts.vendors import camb_languages
 from airflow_provider_tts.vendors.base import (
     ApiRequest,
     ApiResponse,
@@ -49,12 +50,18 @@ class _CambTtsFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: NonEmptyText = Field(description="the words to speak")
     voice_id: int = Field(description="an integer voice id from Camb's voice list, e.g. 20303")
-    language: int = Field(ge=1, description="Camb's integer language id; 1 is English (US)")
+    language: int = Field(ge=1, description="a BCP-47 tag such as 'en-us', or Camb's integer language id, e.g. 1")
     gender: Literal[0, 1, 2, 9] | None = None
     age: int | None = Field(default=None, ge=0, le=150)
     project_name: str | None = None
     project_description: str | None = None
     folder_id: int | None = None
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _language_tag_to_id(cls, value: Any) -> Any:
+        # /tts takes only the integer id on the wire; a tag is mapped from Camb's language list.
+        return camb_languages.legacy_language_id(value)
 
 
 class _CambTextToSoundFields(BaseModel):
@@ -97,8 +104,8 @@ STREAM_SPEECH_MODELS: tuple[str, ...] = (
     "mars-8.1-flash-beta",
 )
 #: A BCP-47 tag as Camb writes them (``en-us``, ``pt-br``, ``zh-cn``): a 2-3 letter language and
-#: optional subtags. Camb's list is long and grows; the shape, not the list, is what is checked.
-_BCP47 = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"
+#: optional subtags; the tag must also be in Camb's list (:mod:`.camb_languages`).
+_BCP47 = camb_languages.BCP47_PATTERN
 #: Format used when a request names none (the SDK documents mp3 as the vendor's default).
 StreamFormat = Literal[
     "wav", "flac", "mp3", "adts", "pcm_s16le", "pcm_s16be", "pcm_s32le", "pcm_s32be", "pcm_f32le", "pcm_f32be"
@@ -139,15 +146,16 @@ class _StreamInferenceOptions(BaseModel):
 class CambTtsStreamFields(BaseModel):
     """Documented body of ``POST /tts-stream`` (Camb's recommended, synchronous TTS).
 
-    Strict where the vendor documents a rule (text of 3-3000 characters, a BCP-47 language string,
-    an integer voice id, the listed output formats); unknown keys are refused so a misspelt option
-    fails here, before it is paid for, rather than being ignored by the vendor. ``voice_id`` is
-    required: the SDK refuses a call without it for Camb's own provider.
+    Strict where the vendor documents a rule (text of 3-3000 characters, a BCP-47 language string
+    from Camb's list, an integer voice id, the listed output formats); unknown keys are refused so a
+    misspelt option fails here, before it is paid for, rather than being ignored by the vendor. A
+    legacy integer language id is mapped to its tag. ``voice_id`` is required: the SDK refuses a
+    call without it for Camb's own provider.
     """
 
     model_config = ConfigDict(extra="forbid", strict=False)
     text: str = Field(min_length=3, max_length=3000)
-    language: str = Field(pattern=_BCP47, description="BCP-47 tag such as en-us (not the legacy integer id)")
+    language: str = Field(pattern=_BCP47, description="BCP-47 tag such as en-us (a legacy integer id is mapped)")
     voice_id: int = Field(ge=0)
     speech_model: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.\-]{0,63}$")] | None = None
     user_instructions: str | None = Field(default=None, max_length=3000)
@@ -166,12 +174,7 @@ class CambTtsStreamFields(BaseModel):
     @field_validator("language", mode="before")
     @classmethod
     def _language_is_a_tag(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            raise ValueError(
-                "language for /tts-stream is a BCP-47 string such as 'en-us'; "
-                "the integer ids belong to the legacy /tts call"
-            )
-        return value.lower() if isinstance(value, str) else value
+        return camb_languages.stream_language_tag(value)
 
 
 def validate_stream_fields(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -354,7 +354,7 @@ def test_write_failure_mid_download_is_a_storage_error_and_leaves_nothing(
     import errno
 
     written = 0
-    real_write_all = storage._write_all
+    real_write_all = storage.writers._write_all
 
     def write_all(out: Any, chunk: bytes, step: int) -> None:
         nonlocal written
@@ -363,7 +363,7 @@ def test_write_failure_mid_download_is_a_storage_error_and_leaves_nothing(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write_all(out, chunk, step)
 
-    monkeypatch.setattr(storage, "_write_all", write_all)
+    monkeypatch.setattr(storage.writers, "_write_all", write_all)
     task_id = emu.create_task("camb_ai", "text-to-sound", delay=0, audio_bytes=8 * 1024**2)
     with pytest.raises(TtsStorageError, match="No space left on device"):
         _op(make_conn("camb_ai"), task_id, f"file://{tmp_path}/out/", "text-to-sound").execute(ti_context())
@@ -687,7 +687,7 @@ def test_runtime_destination_is_an_alias_filled_by_execute(
 def test_progress_is_logged_with_bytes_percent_and_rate(
     emu: Any, make_conn: ConnFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(storage, "PROGRESS_LOG_INTERVAL", 0.0)  # every chunk, instead of every 5 s
+    monkeypatch.setattr(storage.store, "PROGRESS_LOG_INTERVAL", 0.0)  # every chunk, instead of every 5 s
     size = 4 * 1024**2
     task_id = emu.create_task("camb_ai", "text-to-sound", delay=0, audio_bytes=size)
     with caplog.at_level(logging.INFO, logger="airflow_provider_tts.storage"):
@@ -704,7 +704,7 @@ def test_progress_is_logged_with_bytes_percent_and_rate(
 def test_progress_is_rate_limited(
     emu: Any, make_conn: ConnFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(storage, "PROGRESS_LOG_INTERVAL", 3600.0)
+    monkeypatch.setattr(storage.store, "PROGRESS_LOG_INTERVAL", 3600.0)
     task_id = emu.create_task("camb_ai", "text-to-sound", delay=0, audio_bytes=4 * 1024**2)
     with caplog.at_level(logging.INFO, logger="airflow_provider_tts.storage"):
         _op(make_conn("camb_ai"), task_id, f"file://{tmp_path}/", "text-to-sound").execute({})

@@ -393,7 +393,7 @@ def test_missing_required_fields_are_named_and_no_value_is_cut_mid_quote(emu: An
         _op(make_conn("camb_ai"), "tts", text="Hello " * 40).execute({})
     message = str(info.value)
     assert "missing required fields: voice_id (an integer voice id" in message
-    assert "language (Camb's integer language id; 1 is English (US))" in message
+    assert "language (a BCP-47 tag such as 'en-us', or Camb's integer language id, e.g. 1)" in message
     assert "Hello" not in message  # the valid text is not quoted at all
     with pytest.raises(TtsInvalidRequestError) as info:
         _op(make_conn("camb_ai"), "tts", text="hi", voice_id="v" * 300, language=1).execute({})

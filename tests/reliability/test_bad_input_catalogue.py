@@ -264,7 +264,7 @@ SUBTITLE = {"index": 1, "start": "00:00:00,000", "end": "00:00:01,000", "text": 
 for name, api, kind, fields, fragment in [
     ("camb-tts/no-language", "camb_ai", "tts", {"text": "hi", "voice_id": 1}, "language"),
     ("camb-tts/language-zero", "camb_ai", "tts", {**CAMB_TTS, "language": 0}, "language"),
-    ("camb-tts/language-bcp47", "camb_ai", "tts", {**CAMB_TTS, "language": "en-us"}, "language"),
+    ("camb-tts/language-unknown-tag", "camb_ai", "tts", {**CAMB_TTS, "language": "en-xx"}, "nearest: 'en-us'"),
     ("camb-tts/voice-id-text", "camb_ai", "tts", {**CAMB_TTS, "voice_id": "Brian"}, "voice_id"),
     ("camb-tts/gender-5", "camb_ai", "tts", {**CAMB_TTS, "gender": 5}, "gender"),
     ("camb-tts/age-negative", "camb_ai", "tts", {**CAMB_TTS, "age": -1}, "age"),

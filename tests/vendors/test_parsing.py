@@ -299,7 +299,7 @@ def test_submitted_task_id_is_validated() -> None:
     [
         ("camb", "tts", {"voice_id": 1, "language": 1}, "text"),
         ("camb", "tts", {"text": "   ", "voice_id": 1, "language": 1}, "text"),
-        ("camb", "tts", {"text": "hi", "voice_id": 1, "language": "en-us"}, "language"),
+        ("camb", "tts", {"text": "hi", "voice_id": 1, "language": "en-xx"}, "language"),
         ("camb", "tts", {"text": "hi", "voice_id": 1, "language": 1, "gender": 5}, "gender"),
         ("camb", "tts", {"text": "hi", "voice_id": 1, "language": 1, "colour": "red"}, "colour"),
         ("camb", "text-to-sound", {"prompt": "rain", "duration": 11}, "duration"),

@@ -1,0 +1,42 @@
+"""The one per-scheme decision: how a file reaches a destination of each URI scheme atomically.
+
+:func:`write_mode` maps a path's scheme to ``direct``, ``rename`` or ``copy`` (described in the
+:mod:`airflow_provider_tts.storage` docstring); the scheme sets here are the only place that says
+which scheme gets which mode.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+WriteMode = Literal["direct", "rename", "copy"]
+
+#: Object stores whose uploads become visible only when they complete (single or multipart): the
+#: destination itself is written, there is no temporary to copy.
+DIRECT_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"})
+#: Filesystems where a rename within a folder is atomic.
+RENAME_SCHEMES = frozenset({"file", "local", ""})
+#: Schemes served by s3fs, whose S3 calls the direct writer makes itself (to choose PUT vs multipart).
+S3_SCHEMES = frozenset({"s3", "s3a"})
+
+
+def _protocol(path: ObjectStoragePath) -> str:
+    protocol = path.protocol
+    return protocol if isinstance(protocol, str) else protocol[0]
+
+
+def write_mode(path: ObjectStoragePath) -> WriteMode:
+    """How a file reaches ``path`` atomically at the lowest cost: the one per-scheme decision.
+
+    See the :mod:`airflow_provider_tts.storage` docstring for what each mode does and why it is
+    atomic on its schemes.
+    """
+    scheme = _protocol(path)
+    if scheme in RENAME_SCHEMES:
+        return "rename"
+    if scheme in DIRECT_SCHEMES:
+        return "direct"
+    return "copy"

@@ -1,0 +1,347 @@
+"""Stream audio into its destination: atomic, in constant memory, verified, per the overwrite policy.
+
+:func:`store_stream` counts and hashes the bytes on the way through, checks them against the
+announced length and the size cap, and only then makes them visible at the destination (or, under
+``skip_if_identical``, leaves an identical object as it is). On any failure nothing new becomes
+visible at the destination and what this try started is discarded (its temporary removed, its
+upload aborted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_tts.exceptions import TtsConfigError, TtsProtocolError
+from airflow_provider_tts.storage.content import audio_duration, check_audio_body
+from airflow_provider_tts.storage.destinations import check_destination
+from airflow_provider_tts.storage.s3 import SHA256_METADATA, _forget_bucket, _s3_call, _S3DirectWriter
+from airflow_provider_tts.storage.schemes import WriteMode, write_mode
+from airflow_provider_tts.storage.types import OVERWRITE_POLICIES, OverwritePolicy, StoredAudio, TtsStorageError
+from airflow_provider_tts.storage.writers import (
+    UPLOAD_BLOCK_BYTES,
+    _Existing,
+    _FsspecDirectWriter,
+    _TempWriter,
+    _Writer,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 2 * 1024**3
+#: Size of the chunks read from the HTTP response. Each chunk is a new bytes object; chunks this
+#: size are reused from the heap, where much larger ones are handed back to the OS and faulted in
+#: again (see BENCHMARKS.md).
+DEFAULT_CHUNK_BYTES = 256 * 1024
+#: Seconds between progress log lines of one download (at most one line per interval).
+PROGRESS_LOG_INTERVAL = 5.0
+#: Bytes the helper thread may lag behind the download (at least two chunks).
+BEHIND_BYTES = 1024**2
+
+
+def _existing(path: ObjectStoragePath, mode: WriteMode) -> _Existing | None:
+    """The destination's current size (and identity where cheap): one HEAD on object stores.
+
+    Raises :class:`TtsStorageError` when the destination is a directory: nothing may be moved onto it.
+    """
+    if mode == "rename":
+        try:
+            stat = os.stat(path.path)
+        except FileNotFoundError:
+            return None
+        if not os.path.isfile(path.path):
+            raise TtsStorageError(f"destination {path} is a folder (or not a regular file); refusing to write onto it")
+        return _Existing(stat.st_size)
+    s3 = _s3_call(path)
+    if s3 is not None:
+        bucket, _, key = path.path.partition("/")
+        try:
+            head = s3("head_object", Bucket=bucket, Key=key)
+        except FileNotFoundError:
+            return None
+        meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+        return _Existing(int(head["ContentLength"]), meta.get(SHA256_METADATA), head.get("ETag"))
+    try:
+        info = path.fs.info(path.path)
+    except FileNotFoundError:
+        return None
+    if info.get("type") == "directory":
+        raise TtsStorageError(f"destination {path} is a folder; refusing to write onto it")
+    return _Existing(int(info["size"]))
+
+
+def _sha256_of(path: ObjectStoragePath, chunk_bytes: int) -> str:
+    """Hash what is at ``path``: a local read for ``rename``; a download only for ``copy`` schemes."""
+    digest = hashlib.sha256()
+    if write_mode(path) == "rename":
+        with open(path.path, "rb") as src:
+            while block := src.read(chunk_bytes):
+                digest.update(block)
+        return digest.hexdigest()
+    with path.fs.open(path.path, "rb", block_size=UPLOAD_BLOCK_BYTES) as src:
+        while block := src.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _open_writer(
+    path: ObjectStoragePath, mode: WriteMode, temp_name: str, content_type: str, existing: _Existing | None, size: int
+) -> _Writer:
+    if mode != "direct":
+        return _TempWriter(path, temp_name, mode)
+    s3 = _s3_call(path)
+    if s3 is not None:
+        # The ETag is worth computing only if an object of the same size could be these very bytes.
+        want_etag = existing is not None and existing.sha256 is None and size in (existing.size, -1)
+        return _S3DirectWriter(path, s3, content_type, want_etag)
+    return _FsspecDirectWriter(path, content_type)
+
+
+@dataclass
+class _Progress:
+    """Logs bytes, percent and rate at most every ``every`` seconds, so long downloads show life."""
+
+    total: int | None
+    every: float = PROGRESS_LOG_INTERVAL
+    started: float = 0.0
+    last: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.started = self.last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9) / 1024**2
+        if self.total:
+            log.info(
+                "Downloaded %d of %d bytes (%.0f%%) at %.1f MiB/s", done, self.total, 100 * done / self.total, rate
+            )
+        else:
+            log.info("Downloaded %d bytes at %.1f MiB/s", done, rate)
+
+
+def peek(chunks: Iterable[bytes], want: int = 4096) -> tuple[bytes, Iterator[bytes]]:
+    """The first ``want`` bytes of a chunk stream (fewer if it is shorter), and the whole stream again."""
+    it = iter(chunks)
+    taken: list[bytes] = []
+    got = 0
+    for chunk in it:
+        taken.append(chunk)
+        got += len(chunk)
+        if got >= want:
+            break
+
+    def again() -> Iterator[bytes]:
+        yield from taken
+        yield from it
+
+    return b"".join(taken)[:want], again()
+
+
+def store_stream(
+    chunks: Iterable[bytes],
+    path: ObjectStoragePath,
+    *,
+    temp_name: str,
+    content_type: str,
+    content_length: int | None,
+    tts_task_id: str,
+    overwrite: OverwritePolicy = "skip_if_identical",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    duration_seconds: float | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+    checked: bool = False,
+) -> StoredAudio:
+    """Stream ``chunks`` into ``path`` atomically; verify length and cap; apply the overwrite policy.
+
+    What each policy does when the destination exists (one metadata request finds out: a HEAD on
+    object stores, ``stat`` on a local disk; ``replace`` on S3 asks nothing, the write is its only
+    request):
+
+    * ``replace``: the new bytes replace it, whatever they are.
+    * ``skip_if_identical``: the new bytes are streamed and hashed first; if their size and sha256
+      equal the existing object's (from its metadata on object stores, its bytes on a local disk)
+      nothing is written and the existing object stays as it is; **if they differ, the new bytes
+      replace it** (a warning names both digests): the policy avoids rewriting, it never keeps
+      stale audio.
+    * ``fail``: a :class:`TtsStorageError` before anything is written.
+
+    :param temp_name: file name of the temporary beside ``path`` (rename and copy modes); fixed per
+        task instance so that a leftover from a killed try is overwritten, never accumulated.
+    :param checked: the caller already ran :func:`check_destination` on ``path`` (saves a request).
+    """
+    if overwrite not in OVERWRITE_POLICIES:
+        raise TtsConfigError(f"overwrite must be one of {', '.join(OVERWRITE_POLICIES)}, got {overwrite!r}")
+    if content_length is not None and content_length > max_bytes:
+        raise TtsProtocolError(
+            f"audio for task {tts_task_id!r} is {content_length} bytes, over the {max_bytes}-byte cap"
+        )
+    mode = write_mode(path)
+    try:
+        if not checked and check_destination(path, folder_hint=False):
+            raise TtsStorageError(f"destination {path} is a folder; refusing to write onto it")
+        # ``replace`` on S3 needs nothing from the object already there: S3 has no directory to
+        # refuse (a prefix at the name was refused by check_destination) and the new bytes replace
+        # whatever is there, atomically. So no HEAD: the write is the file's only request.
+        replacing_on_s3 = overwrite == "replace" and mode == "direct" and _s3_call(path) is not None
+        existing = None if replacing_on_s3 else _existing(path, mode)
+    except OSError as exc:
+        raise TtsStorageError(f"checking {path} failed: {type(exc).__name__}: {exc}") from exc
+    if existing is not None and overwrite == "fail":
+        raise TtsStorageError(f"destination {path} already exists and overwrite='fail'")
+    head, chunks = peek(chunks)
+    check_audio_body(content_type, head, what=f"audio for task {tts_task_id!r}")  # before anything is written
+
+    digest = hashlib.sha256()
+    header = bytearray()
+    size = 0
+    progress = _Progress(content_length, PROGRESS_LOG_INTERVAL)
+    expected = content_length if content_length is not None else -1
+    writer: _Writer | None = None
+    try:
+        writer = _open_writer(path, mode, temp_name, content_type, existing, expected)
+        depth = max(2, BEHIND_BYTES // max(chunk_bytes, 1))
+        # Two stages per chunk run side by side (hashlib, socket reads and writes release the GIL):
+        # where a write returns at once (a local file, in small writes like curl; an S3 part being
+        # filled, uploaded by the writer's own pool) this thread reads and writes while a helper
+        # thread hashes; elsewhere a helper thread writes (an upload blocks) while this one hashes.
+        foreground: Callable[[bytes], Any]
+        if writer.writes_at_once:
+            behind = _Behind(digest.update, depth, "tts-audio-hash")
+            foreground = writer.write
+        else:
+            behind = _Behind(writer.write, depth, "tts-audio-upload")
+            foreground = digest.update
+        try:
+            for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise TtsProtocolError(f"audio for task {tts_task_id!r} exceeded the {max_bytes}-byte cap")
+                if len(header) < 65536:
+                    header += chunk[: 65536 - len(header)]
+                behind.put(chunk)
+                foreground(chunk)
+                progress.update(size)
+                if on_chunk is not None:
+                    on_chunk(size)
+            behind.finish()  # every chunk hashed (or uploaded): only now may the digest be read
+        except BaseException:
+            behind.abort()
+            raise
+        if content_length is not None and size != content_length:
+            raise TtsProtocolError(
+                f"audio for task {tts_task_id!r}: server announced {content_length} bytes, sent {size}"
+            )
+        writer.finish()
+        sha256 = digest.hexdigest()
+        written = True
+        etag: str | None = None
+        if existing is not None and existing.size == size and overwrite == "skip_if_identical":
+            same = writer.same_as(existing, sha256) if mode == "direct" else _sha256_of(path, chunk_bytes) == sha256
+            if same:
+                log.info("%s already holds these %d bytes (sha256 %s); not rewriting it", path, size, sha256)
+                written = False
+        if written:
+            if existing is not None and overwrite == "skip_if_identical":
+                log.warning(
+                    "%s held other bytes (%d bytes, sha256 %s); replacing them with %d bytes (sha256 %s)",
+                    path, existing.size, existing.sha256 or "not recorded", size, sha256,
+                )  # fmt: skip
+            writer.commit(sha256, size)
+            etag = getattr(writer, "etag", None)
+            writer = None
+            _verify(path, mode, size)
+        else:
+            writer.abandon()
+            writer = None
+            etag = existing.etag if existing is not None else None
+    except BaseException as exc:
+        if writer is not None:
+            writer.abandon()
+        if isinstance(exc, FileNotFoundError):
+            _forget_bucket(path)  # perhaps deleted since it was checked: the next file asks again
+        if isinstance(exc, OSError):
+            raise TtsStorageError(f"writing {path} failed: {type(exc).__name__}: {exc}") from exc
+        raise
+    duration = duration_seconds if duration_seconds is not None else audio_duration(bytes(header))
+    log.info("Stored %d bytes (sha256 %s, %s) at %s", size, sha256, content_type, path)
+    return StoredAudio(str(path), size, sha256, content_type, duration, tts_task_id, written, etag)
+
+
+def _verify(path: ObjectStoragePath, mode: WriteMode, size: int) -> None:
+    """Check that the destination holds a file of ``size`` bytes before success is reported.
+
+    On a local disk and on ``copy`` schemes a ``stat``. On ``direct`` object stores the store's own
+    answer to the completing request (``PutObject``, ``CompleteMultipartUpload``) is the check: it
+    is given only once the object exists with exactly the bytes sent, and a further HEAD would add a
+    request to every file for no new information.
+    """
+    if mode == "direct":
+        return
+    try:
+        found = os.stat(path.path).st_size if mode == "rename" else int(path.fs.info(path.path)["size"])
+    except FileNotFoundError:
+        found = None
+    if found != size:
+        raise TtsStorageError(f"after writing {size} bytes, {path} holds {found if found is not None else 'nothing'}")
+
+
+class _Behind:
+    """Applies ``consume`` to every chunk in a helper thread, at most ``depth`` chunks behind.
+
+    The queue is bounded, so memory stays at a few chunks whatever the file size. Only the helper
+    thread calls ``consume`` (and touches what it uses) until :meth:`finish` or :meth:`abort` has
+    joined it; its first error is re-raised in the caller's thread by :meth:`put` or :meth:`finish`.
+    """
+
+    def __init__(self, consume: Callable[[bytes], Any], depth: int, name: str) -> None:
+        self._consume = consume
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        consume = self._consume
+        while (chunk := self._queue.get()) is not None:
+            if self._error is not None or self._stopped:
+                continue  # keep draining, so the producer never blocks on a full queue
+            try:
+                consume(chunk)
+            except BaseException as exc:
+                self._error = exc
+
+    def put(self, chunk: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def finish(self) -> None:
+        """Wait until every chunk is consumed; re-raise the helper's error, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        """Stop as soon as possible (queued chunks are dropped) and wait for the thread."""
+        if not self._thread.is_alive():
+            return
+        self._stopped = True
+        self._queue.put(None)
+        self._thread.join()

@@ -1,0 +1,44 @@
+"""What storing audio returns and how it fails: the result, the error, the overwrite policies.
+
+Plain types with no I/O; every other storage module may import them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from airflow_provider_tts.exceptions import TtsError
+
+OverwritePolicy = Literal["replace", "skip_if_identical", "fail"]
+OVERWRITE_POLICIES: tuple[OverwritePolicy, ...] = ("replace", "skip_if_identical", "fail")
+
+
+class TtsStorageError(TtsError):
+    """Writing to the destination failed (refused write, full disk, missing bucket, size mismatch)."""
+
+
+@dataclass(frozen=True)
+class StoredAudio:
+    """What was stored, as the operator returns it (see :meth:`to_xcom`)."""
+
+    uri: str
+    size_bytes: int
+    sha256: str
+    content_type: str
+    duration_seconds: float | None
+    tts_task_id: str
+    written: bool
+    #: The object store's own content identity where it gives one for free (S3's ETag from the
+    #: completing request, or the HEAD a skipped rewrite made): what the request cache checks later.
+    etag: str | None = None
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "content_type": self.content_type,
+            "duration_seconds": self.duration_seconds,
+            "tts_task_id": self.tts_task_id,
+        }

@@ -1,0 +1,102 @@
+"""HTTP for the hook: one retry policy, a sync transport (requests) and an async one (aiohttp).
+
+Both transports send the vendor's :class:`~airflow_provider_tts.vendors.base.ApiRequest` and hand
+the response to the vendor's parser inside the same retry loop, so a malformed body on a poll is
+retried like a 502 would be. What they share is written once:
+
+* every request has a connect and a read timeout;
+* transient failures (429, 5xx, timeouts, dropped connections, malformed bodies) are retried with
+  exponential backoff and jitter, honouring ``Retry-After``; permanent ones (400, 401, 403, 422)
+  are not; a create call is retried only when the vendor provably did not process it (``retry``);
+* the API key is attached only to requests the vendor marks as authenticated *and* whose origin is
+  one of the vendor's API origins, hop by hop, so a redirect or a storage URL never receives it
+  (``rules``);
+* sessions are reused: one ``requests.Session`` per sync transport (``sync``), one
+  ``aiohttp.ClientSession`` per event loop shared by the async transports (``aio``), with keep-alive;
+* a URL off the vendor's API origins (an audio URL, a redirect target) goes through a separate
+  client whose connections resolve the host name once, judge every address
+  (:class:`StoragePolicy` in ``hosts``: link-local and cloud-metadata addresses never, in any IPv6
+  encoding; private ones only when allowed) and connect to a checked address, so a DNS answer that
+  changes between the check and the connection (rebinding) cannot redirect the request;
+* a storage host refusing an audio URL (401/403/404/410) is :class:`TtsAudioUrlExpiredError`,
+  never an API-key error: the key is never sent there;
+* no exception message or log line carries a URL's query string or userinfo (a pre-signed URL's
+  signature and credential live there): messages name URLs through :func:`safe_url`, describe a
+  failure from its cause chain's class names and error codes (:func:`failure_detail`), never
+  from a library's own text, and do not chain the library exception, whose text (``...with url:
+  /a.mp3?X-Amz-Signature=...``) a task log would print with the traceback (``messages``).
+
+Every name is importable from this package. Importing it does not import requests or aiohttp:
+``sync`` (requests) is imported on first use of :class:`SyncTransport` or :class:`AudioStream`,
+aiohttp when the async transport first makes a session.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_tts.transport.aio import SESSION_POOL, SHARED_POOL_LIMIT, AsyncTransport
+from airflow_provider_tts.transport.aio import _new_client_session as _new_client_session
+from airflow_provider_tts.transport.aio import _SessionPool as _SessionPool
+from airflow_provider_tts.transport.hosts import (
+    METADATA_NAMES,
+    METADATA_NETWORKS,
+    HostRefused,
+    IpAddress,
+    StoragePolicy,
+    address_refusal,
+    check_storage_url,
+    embedded_ipv4,
+    is_metadata_name,
+    precheck_storage_url,
+    resolve_host,
+)
+from airflow_provider_tts.transport.messages import failure_detail, parse_without_secrets, safe_url, scrub
+from airflow_provider_tts.transport.retry import Pacer, is_retryable, retry_kwargs
+from airflow_provider_tts.transport.rules import MAX_JSON_BODY, MAX_REDIRECTS, USER_AGENT
+
+if TYPE_CHECKING:
+    from airflow_provider_tts.transport.sync import AudioStream, SyncTransport
+
+#: Names whose module imports requests, by that module: imported on first access.
+_LAZY = {"AudioStream": "sync", "SyncTransport": "sync"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "MAX_JSON_BODY",
+    "MAX_REDIRECTS",
+    "METADATA_NAMES",
+    "METADATA_NETWORKS",
+    "SESSION_POOL",
+    "SHARED_POOL_LIMIT",
+    "USER_AGENT",
+    "AsyncTransport",
+    "AudioStream",
+    "HostRefused",
+    "IpAddress",
+    "Pacer",
+    "StoragePolicy",
+    "SyncTransport",
+    "address_refusal",
+    "check_storage_url",
+    "embedded_ipv4",
+    "failure_detail",
+    "is_metadata_name",
+    "is_retryable",
+    "parse_without_secrets",
+    "precheck_storage_url",
+    "resolve_host",
+    "retry_kwargs",
+    "safe_url",
+    "scrub",
+]
