@@ -60,6 +60,7 @@ def peak_rss_mib() -> float:
 
 
 def main(spec: dict[str, Any]) -> None:
+    from airflow_provider_tts.batch import store as store_module
     from airflow_provider_tts.operators import batch as batch_module
     from airflow_provider_tts.operators.batch import RevidTtsBatchToStorageOperator
 
@@ -69,7 +70,7 @@ def main(spec: dict[str, Any]) -> None:
     if "pause_after_creates" in spec:
         _pause_after(batch_module.BaseTextBatchToStorageOperator, "_create", spec["pause_after_creates"], ready, pause)
     if "pause_after_stores" in spec:
-        _pause_after(batch_module, "stream_audio_into", spec["pause_after_stores"], ready, pause)
+        _pause_after(store_module, "stream_audio_into", spec["pause_after_stores"], ready, pause)
     items = spec.get("items") or [f"Text {n} [emu:audio_bytes=200]" for n in range(spec["count"])]
     op = RevidTtsBatchToStorageOperator(
         task_id="speak_all",

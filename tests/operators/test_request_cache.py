@@ -257,7 +257,7 @@ def test_task_ids_the_cache_would_not_take_are_kept_and_stored_by_the_next_try(
 
     monkeypatch.setattr(RequestCache, "submitted", refuse)
     op = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=["One.", "Two.", "Three."], defaults=CAMB_DEFAULTS)
-    monkeypatch.setattr("airflow_provider_tts.operators.batch.RECORD_BACKOFF", 0.01)
+    monkeypatch.setattr("airflow_provider_tts.batch.submit.RECORD_BACKOFF", 0.01)
     with pytest.raises(TtsStorageError, match="kept in the task state store"):
         op.execute({"ti": ti, "task_state_store": store})
     assert creates(emu) == 3

@@ -1,0 +1,103 @@
+"""A batch's manifest and result: one row per item position, the XCom summary, the rows' messages.
+
+The manifest (JSON Lines, :data:`MANIFEST_FIELDS` per row) is written whole or not at all, beside
+the audio; a request repeated without a key gets a row at each of its positions, naming the first.
+The summary (the task's XCom) holds counts and where to look, never the per-item rows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_tts.exceptions import TtsConfigError
+from airflow_provider_tts.naming import check_file_name
+from airflow_provider_tts.objects import write_small
+from airflow_provider_tts.storage import TtsStorageError
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_tts.batch.items import BatchItem
+    from airflow_provider_tts.batch.plan import _Plan
+
+#: The manifest's columns, one row per item position, in this order.
+MANIFEST_FIELDS = (
+    "index", "key", "status", "file", "size_bytes", "sha256", "duration_seconds", "tts_task_id", "error",
+    "retryable", "fingerprint", "duplicate_of",
+)  # fmt: skip
+
+
+def write_manifest(path: ObjectStoragePath, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write the manifest (JSON Lines, one row per item position) whole or not at all."""
+    buffer = io.BytesIO()
+    for row in rows:
+        line = {name: row.get(name) for name in MANIFEST_FIELDS}
+        buffer.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode())
+        buffer.write(b"\n")
+    try:
+        write_small(path, buffer.getvalue())
+    except OSError as exc:
+        raise TtsStorageError(f"could not write the manifest {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_manifest_name(name: Any) -> str:
+    """The manifest's name: one plain file name in the destination (no path, no ``..``, not hidden)."""
+    try:
+        return check_file_name(name)
+    except TtsConfigError as exc:
+        raise TtsConfigError(str(exc).replace("file_name", "manifest_name", 1)) from None
+
+
+def _rejected_message(entry: Mapping[str, Any]) -> str:
+    when = entry.get("updated_at") or "an earlier run"
+    return (
+        f"rejected by the vendor ({when}): {entry.get('reason')}; not sent again for the unchanged request "
+        "(retry_failed_items=True sends it)"
+    )[:500]
+
+
+def _uncertain_message(entry: Mapping[str, Any], owner: str) -> str:
+    who = "an earlier try of this task" if entry.get("owner") in (owner, None) else "another run"
+    cause = f" ({entry['error']})" if entry.get("error") else ""
+    return (
+        f"{who} sent the create call for this request and its answer never arrived{cause}: the vendor may have "
+        "created (and billed) it, so it is not sent again; set on_uncertain_submit='resubmit' to pay for it anew"
+    )[:500]
+
+
+def _changed_message(plan: _Plan, what: str) -> str:
+    return (
+        f"the items changed while this task instance ran ({what}); their requests and files are keyed by content, "
+        "so nothing is mixed up: clear the task to run the new items"
+    )
+
+
+def _with_duplicates(rows: list[dict[str, Any]], items: Sequence[BatchItem]) -> list[dict[str, Any]]:
+    """A row for every position: a repeated request's extra positions copy its row, naming the first."""
+    out = list(rows)
+    for row, item in zip(rows, items, strict=True):
+        for index in item.duplicates:
+            out.append({**row, "index": index, "duplicate_of": item.index})
+    return sorted(out, key=lambda r: r["index"])
+
+
+def _summary(rows: list[dict[str, Any]], destination: str, manifest: str) -> dict[str, Any]:
+    """The small XCom result: counts and where to look, never the per-item rows."""
+    own = [row for row in rows if row.get("duplicate_of") is None]
+
+    def count(status: str) -> int:
+        return sum(1 for row in own if row["status"] == status)
+
+    failed_keys = [row["key"] for row in own if row["status"] == "failed"]
+    return {
+        "items": len(own),
+        "stored": count("stored"),
+        "cached": count("cached"),
+        "failed": len(failed_keys),
+        "failed_keys": failed_keys[:20],
+        "destination": destination,
+        "manifest": manifest,
+    }

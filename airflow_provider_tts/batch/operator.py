@@ -1,0 +1,264 @@
+"""The batch operator's base class: its settings, and the flow from planning to the manifest.
+
+:class:`BaseTextBatchToStorageOperator` validates its settings when the DAG is parsed, then in one
+task instance plans every item (:mod:`~airflow_provider_tts.batch.plan`), pays once for each
+request that needs it (:mod:`~airflow_provider_tts.batch.submit`), waits for all of them in one
+deferral on :class:`~airflow_provider_tts.batch.trigger.TtsBatchTrigger` (or the same loop in the
+worker) and stores every audio file and the manifest (:mod:`~airflow_provider_tts.batch.store`).
+The classes DAG authors use, one per vendor and kind, are in
+:mod:`airflow_provider_tts.operators.batch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_tts.batch.items import FILE_NAME_STYLES, FileNameStyle
+from airflow_provider_tts.batch.manifest import _changed_message, _check_manifest_name
+from airflow_provider_tts.batch.store import _StorePhase
+from airflow_provider_tts.batch.submit import _SubmitPhase
+from airflow_provider_tts.batch.trigger import TtsBatchTrigger
+from airflow_provider_tts.compat import conf
+from airflow_provider_tts.connection import DEFAULT_CONN_IDS
+from airflow_provider_tts.exceptions import TtsConfigError
+from airflow_provider_tts.lineage import OutletsForTestRuns, default_outlet
+from airflow_provider_tts.operators.submitting import UncertainSubmitPolicy, check_uncertain_policy
+from airflow_provider_tts.operators.tts import _rendered_later, plain_uri
+from airflow_provider_tts.storage import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_BYTES, OVERWRITE_POLICIES, OverwritePolicy
+from airflow_provider_tts.waiting import WaitPolicy, wait_timeout
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, ObjectStoragePath, XComArg
+
+    from airflow_provider_tts.hooks.tts import TtsHook
+    from airflow_provider_tts.status import Kind
+    from airflow_provider_tts.vendors import Vendor
+
+#: A batch waits longer than one task: the default deadline of the wait for all its items.
+DEFAULT_BATCH_TIMEOUT = 6 * 3600.0
+MAX_ACTIVE_REQUESTS = 64
+
+
+class BaseTextBatchToStorageOperator(_SubmitPhase, _StorePhase, OutletsForTestRuns, BaseOperator):
+    """Submit a batch of one vendor and kind, wait once for all of it, store every file and a manifest.
+
+    The base of the batch operators (see the module docstring); a subclass sets ``vendor``,
+    ``tts_kind`` and ``item_field`` (the create field a plain-text item fills).
+
+    :param destination: the folder for the audio and the manifest (templated), e.g.
+        ``s3://bucket/audio/{{ ds }}/``.
+    :param items: a list of items (templated; an XComArg works): texts, or dicts of per-item
+        create fields with optional ``key`` (the item's identity; default: its request) and
+        ``file_name`` (default: see ``file_names``; the extension follows the audio).
+    :param items_path: instead of ``items``, a file of items (templated): ``.jsonl`` (a JSON text
+        or object per line), ``.csv`` (a header row of field names; each cell is converted to its
+        field's type) or ``.txt`` (a text per line).
+    :param items_conn_id: the storage connection of ``items_path``, if it needs one.
+    :param defaults: create fields shared by every item (e.g. ``{"voice_id": 20303, "language": 1}``);
+        an item's own fields win. Names are checked against the vendor's body when the DAG is parsed.
+    :param file_names: how an item with neither ``file_name`` nor ``key`` is named: ``"hash"``
+        (default: 16 hex digits of its request's fingerprint, no word of the text in object keys)
+        or ``"words"`` (its first words and 8 of those digits).
+    :param tts_conn_id: a connection of the class's vendor (default: its default connection id).
+    :param dest_conn_id: the storage connection (e.g. an ``aws`` connection for ``s3://``).
+    :param overwrite: per file, as for ``TtsAudioToStorageOperator`` (``skip_if_identical``,
+        ``replace`` or ``fail``); with ``fail`` a file in the way is refused before anything is paid for.
+    :param reuse_cached: take audio the folder already holds for the same request instead of paying
+        (default True; see :mod:`airflow_provider_tts.cache`). False pays for every item again.
+    :param retry_failed_items: send again a request the vendor refused for good in an earlier run
+        (default False: it is reported failed, with the vendor's reason, and not paid for again).
+    :param max_failed_items: how many items may fail with the task still succeeding (default 0;
+        None: never fail because of items). The manifest is written either way.
+    :param max_active_requests: create calls, polls and downloads in flight at once (default 8).
+    :param manifest_name: the manifest's file name in the destination (default ``manifest.jsonl``).
+    :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``).
+    :param timeout: how long to wait for all items (seconds or ``timedelta``; default 6 hours);
+        items still pending then are failed, retryable (a retry waits for them again).
+    :param poll_interval: seconds between polling rounds at first; ``wait_policy`` the rest.
+    :param retry: per-request retry overrides (``max_retries``, ``backoff``, ``max_backoff``).
+    :param durable: must be True: the request cache is what keeps a retry from paying twice.
+    :param on_uncertain_submit: ``"fail"`` (default): a request whose create call's answer was lost
+        is reported failed and never resent; ``"resubmit"``: a retry sends it again.
+    :param manifest_task_ids: write each item's vendor task id into the manifest (default False).
+        At RevidAPI a task id alone may fetch the task's status and audio URL (its status call may
+        not ask for the key), so a manifest readable by whoever can list the bucket would hand out
+        the audio; Camb.ai asks for the key on every call. The request cache forgets a task id
+        once its audio is stored.
+    :param max_bytes: per file size cap; ``chunk_bytes``: streaming chunk size.
+    """
+
+    vendor: ClassVar[type[Vendor]]
+    tts_kind: ClassVar[Kind]
+    item_field: ClassVar[str]
+    template_fields: Sequence[str] = (
+        "items", "items_path", "items_conn_id", "defaults", "destination", "tts_conn_id", "dest_conn_id",
+        "manifest_name",
+    )  # fmt: skip
+    template_fields_renderers = {"items": "json", "defaults": "json"}
+    ui_color = "#d9ead3"
+
+    def __init__(
+        self,
+        *,
+        destination: str | ObjectStoragePath,
+        items: list[Any] | XComArg | str | None = None,
+        items_path: str | ObjectStoragePath | None = None,
+        items_conn_id: str | None = None,
+        defaults: Mapping[str, Any] | None = None,
+        file_names: FileNameStyle = "hash",
+        tts_conn_id: str | None = None,
+        dest_conn_id: str | None = None,
+        overwrite: OverwritePolicy = "skip_if_identical",
+        reuse_cached: bool = True,
+        retry_failed_items: bool = False,
+        max_failed_items: int | None = 0,
+        max_active_requests: int = 8,
+        manifest_name: str = "manifest.jsonl",
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        timeout: float | timedelta | None = None,
+        poll_interval: float | timedelta | None = None,
+        wait_policy: WaitPolicy | None = None,
+        retry: Mapping[str, Any] | None = None,
+        durable: bool = True,
+        on_uncertain_submit: UncertainSubmitPolicy = "fail",
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        manifest_task_ids: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        owner = type(self).__name__
+        if (items is None) == (items_path is None):
+            raise TtsConfigError(f"{owner} needs exactly one of items (a list) and items_path (a file of items)")
+        if overwrite not in OVERWRITE_POLICIES:
+            raise TtsConfigError(f"overwrite must be one of {', '.join(OVERWRITE_POLICIES)}, got {overwrite!r}")
+        if file_names not in FILE_NAME_STYLES:
+            raise TtsConfigError(f"file_names must be one of {', '.join(FILE_NAME_STYLES)}, got {file_names!r}")
+        flags = (("reuse_cached", reuse_cached), ("retry_failed_items", retry_failed_items),
+                 ("manifest_task_ids", manifest_task_ids))  # fmt: skip
+        for name, flag in flags:
+            if not isinstance(flag, bool):
+                raise TtsConfigError(f"{name} must be True or False, got {flag!r}")
+        if durable is not True:
+            raise TtsConfigError(
+                f"{owner}: durable={durable!r} is not offered: the request cache beside the audio is what keeps a "
+                "retry or a re-run from paying twice, and without it no item could be waited for or stored"
+            )
+        if max_failed_items is not None and (not isinstance(max_failed_items, int) or max_failed_items < 0):
+            raise TtsConfigError(f"max_failed_items must be None or an integer >= 0, got {max_failed_items!r}")
+        if not isinstance(max_active_requests, int) or not 1 <= max_active_requests <= MAX_ACTIVE_REQUESTS:
+            raise TtsConfigError(f"max_active_requests must be 1 to {MAX_ACTIVE_REQUESTS}, got {max_active_requests!r}")
+        if not _rendered_later(manifest_name):
+            _check_manifest_name(manifest_name)
+        explicit_outlets = "outlets" in kwargs
+        policy_fields = WaitPolicy.pop_fields(kwargs)
+        self.timeout = wait_timeout(timeout, kwargs, owner) if timeout is not None else DEFAULT_BATCH_TIMEOUT
+        self.policy = WaitPolicy.build(wait_policy, poll_interval=poll_interval, **policy_fields)
+        super().__init__(**kwargs)
+        if not explicit_outlets:
+            self.outlets = [default_outlet(destination, self.dag_id if self.has_dag() else None, self.task_id)]
+        self.items = items
+        self.items_path = items_path
+        self.items_conn_id = items_conn_id
+        self.defaults = dict(defaults or {}) if not _rendered_later(defaults) else defaults
+        self.file_names: FileNameStyle = file_names
+        self.destination = destination
+        self.tts_conn_id = tts_conn_id if tts_conn_id is not None else DEFAULT_CONN_IDS[self.vendor.api]
+        self.dest_conn_id = dest_conn_id
+        self.overwrite: OverwritePolicy = overwrite
+        self.reuse_cached = reuse_cached
+        self.retry_failed_items = retry_failed_items
+        self.max_failed_items = max_failed_items
+        self.max_active_requests = max_active_requests
+        self.manifest_name = manifest_name
+        self.deferrable = deferrable
+        self.retry = dict(retry) if retry else None
+        self.durable = durable
+        self.on_uncertain_submit = check_uncertain_policy(on_uncertain_submit)
+        self.max_bytes = max_bytes
+        self.chunk_bytes = chunk_bytes
+        self.manifest_task_ids = manifest_task_ids
+        if not _rendered_later(self.defaults):
+            self._check_defaults(self.defaults)
+
+    @cached_property
+    def hook(self) -> TtsHook:
+        from airflow_provider_tts.hooks.tts import TtsHook
+        from airflow_provider_tts.transport import Pacer
+
+        hook = TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
+        hook.pacer = Pacer()  # one Retry-After slows the whole batch
+        return hook
+
+    def _session_for_threads(self) -> None:
+        """Check the connection speaks this class's API; size its pool for ``max_active_requests`` threads."""
+        from requests.adapters import HTTPAdapter
+
+        api = self.hook.vendor.api
+        if api != self.vendor.api:
+            raise TtsConfigError(
+                f"connection {self.tts_conn_id!r} is a {api} connection; {type(self).__name__} needs a "
+                f"{self.vendor.api} connection"
+            )
+
+        session = self.hook.get_conn()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.max_active_requests)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        plan = self._plan(context)
+        self.log.info("Batch of %d items into %s", len(plan.items), plain_uri(plan.folder))
+        self._session_for_threads()
+        outcomes = self._submit_all(context, plan)
+        waits = {
+            fp: (o.tts_task_id, o.submitted_at) for fp, o in outcomes.items() if o.kind == "wait" and o.tts_task_id
+        }
+        failed = {fp: {"error": o.error, "retryable": o.retryable} for fp, o in outcomes.items() if o.kind == "failed"}
+        if not waits:
+            return self._finish(context, plan, {"status": "done", "pending": 0}, {}, failed)
+        plan.record.save(waits, plan.digest, failed)
+        started_at = time.time()
+        trigger = TtsBatchTrigger(
+            tts_conn_id=self.tts_conn_id,
+            kind=self.tts_kind,
+            record_uri=plan.record.where,
+            record_conn_id=self.dest_conn_id or None,
+            deadline=started_at + self.timeout,
+            started_at=started_at,
+            concurrency=self.max_active_requests,
+            retry=self.retry,
+            wait_policy=self.policy,
+        )
+        if self.deferrable:
+            self.defer(trigger=trigger, method_name="execute_complete")
+        event = asyncio.run(self._wait_here(trigger, {task_id: at for task_id, at in waits.values()}))
+        return self._finish(context, plan, event, waits, failed)
+
+    async def _wait_here(self, trigger: TtsBatchTrigger, pending: Mapping[str, float]) -> dict[str, Any] | None:
+        """``deferrable=False``: the trigger's own loop, in this worker, on the operator's hook."""
+        try:
+            return await trigger.wait(self.hook, pending, log=self.log)
+        finally:
+            await self.hook.aclose()
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger: check the items did not change meanwhile, store, write the manifest."""
+        plan = self._plan(context)
+        self._session_for_threads()
+        waits, digest, failed = plan.record.load()
+        if digest is None:
+            # No wait list: this is no resume of a live deferral. Airflow 3.0 calls the resume method
+            # again on a retry of a task whose earlier try failed after resuming; that retry starts
+            # over, and the request cache re-attaches what was paid for.
+            self.log.info("Batch: no wait list to resume from (event %.100r); starting the try over", event)
+            return self.execute(context)
+        if digest != plan.digest:
+            raise TtsConfigError(_changed_message(plan, "they are not the items it submitted before it deferred"))
+        return self._finish(context, plan, event, waits, failed)

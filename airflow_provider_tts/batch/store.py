@@ -1,0 +1,191 @@
+"""The store phase of a batch: every finished audio streamed into the folder, then the manifest.
+
+Once the wait ended, each item is stored ``max_active_requests`` at a time, each through the same
+atomic, constant-memory writer as the single store, with a fresh status (and audio URL) per
+download; a failed item is a manifest row with its reason, never a failed batch by itself. Then
+the manifest is written, the wait list removed, one asset event emitted, and the task fails only
+when more than ``max_failed_items`` items failed, with an error that says whether a retry can help.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_tts.batch.manifest import _summary, _with_duplicates, write_manifest
+from airflow_provider_tts.batch.plan import _Plan, _PlanPhase
+from airflow_provider_tts.exceptions import (
+    TtsBatchItemsFailedError,
+    TtsBatchItemsFailedPermanentlyError,
+    TtsError,
+    TtsPermanentError,
+    error_from_event,
+)
+from airflow_provider_tts.naming import has_audio_extension, same_file, with_extension
+from airflow_provider_tts.objects import copy_object
+from airflow_provider_tts.operators.tts import plain_uri, stream_audio_into
+from airflow_provider_tts.storage import StoredAudio, check_audio_body, peek
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_tts.batch.items import BatchItem
+    from airflow_provider_tts.cache import CachedAudio
+    from airflow_provider_tts.status import TtsTaskStatus
+
+#: Downloads of one item within one try (each after the transport's own retries) before it is a failed row.
+STORE_ATTEMPTS = 3
+#: What the batch's asset event carries in its ``extra``: where the manifest is and the counts.
+EVENT_KEYS = ("manifest", "items", "stored", "cached", "failed")
+
+
+class _StorePhase(_PlanPhase):
+    """The batch operator's store phase (a mixin of the operator, never used alone)."""
+
+    def _finish(
+        self,
+        context: Context,
+        plan: _Plan,
+        event: dict[str, Any] | None,
+        waits: Mapping[str, tuple[str, float]],
+        failed: Mapping[str, Mapping[str, Any]],
+    ) -> dict[str, Any]:
+        """Store every finished item, write the manifest, drop the wait list, apply the threshold."""
+        if not isinstance(event, dict) or event.get("status") not in ("done", "timeout", "error"):
+            raise TtsError(f"the batch resumed with no usable event: {event!r:.200}")
+        if event["status"] == "error":
+            raise error_from_event(event)
+        found = plan.cache.find_all(plan.requests, threads=self.max_active_requests)
+        ti = context.get("ti")
+        try_number = getattr(ti, "try_number", None)
+        retried = not isinstance(try_number, int) or try_number > 1
+
+        def one(item: BatchItem) -> dict[str, Any]:
+            return self._row(context, plan, item, found[item.fingerprint][0], waits, failed, retried)
+
+        with ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="tts-batch-store") as pool:
+            rows = list(pool.map(one, plan.items))
+        rows = _with_duplicates(rows, plan.items)
+        if not self.manifest_task_ids:
+            rows = [{k: v for k, v in row.items() if k != "tts_task_id"} for row in rows]
+        manifest = plan.folder / self.manifest_name
+        write_manifest(manifest, rows)
+        summary = _summary(rows, plain_uri(plan.folder), plain_uri(manifest))
+        self._emit(context, summary)
+        self.log.info("Batch finished: %s", summary)
+        plan.record.remove()
+        failed_rows = [row for row in rows if row["status"] == "failed" and row.get("duplicate_of") is None]
+        if failed_rows and self.max_failed_items is not None and len(failed_rows) > self.max_failed_items:
+            shown = "; ".join(f"{row['key']}: {row['error']}" for row in failed_rows[:5])
+            message = (
+                f"{len(failed_rows)} of {len(plan.items)} items failed (max_failed_items={self.max_failed_items}); "
+                f"the manifest {summary['manifest']} has every row. First: {shown}"
+            )
+            if any(row["retryable"] for row in failed_rows):
+                raise TtsBatchItemsFailedError(message + ". A retry pays only for the retryable failures.")
+            raise TtsBatchItemsFailedPermanentlyError(message + ". None of them can succeed on a retry.")
+        return summary
+
+    def _row(
+        self,
+        context: Context,
+        plan: _Plan,
+        item: BatchItem,
+        hit: CachedAudio | None,
+        waits: Mapping[str, tuple[str, float]],
+        failed: Mapping[str, Mapping[str, Any]],
+        retried: bool,
+    ) -> dict[str, Any]:
+        """One manifest row: the item stored now, found stored, or failed with its reason."""
+        row: dict[str, Any] = {"index": item.index, "key": item.key, "fingerprint": item.fingerprint}
+        job = waits.get(item.fingerprint)
+        if hit is not None and (self.reuse_cached or job is None):
+            return {**row, **self._use_hit(plan, item, hit)}
+        if job is None:
+            why = failed.get(item.fingerprint) or {"error": "not submitted in this try", "retryable": True}
+            return {**row, "status": "failed", "error": why.get("error"), "retryable": bool(why.get("retryable"))}
+        task_id = job[0]
+        row["tts_task_id"] = task_id
+        # A transient failure of one download (a 200 maintenance page the transport cannot tell from
+        # audio, a 5xx outliving its retries) is tried again here, with a fresh status (and URL): the
+        # vendor task is paid for, and max_failed_items is for items the vendor failed, not for glitches.
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                status = self.hook.get_task_status(task_id, self.tts_kind)
+                if status.state == "pending":
+                    return {**row, "status": "failed", "error": f"still {status.vendor_status} when the wait ended",
+                            "retryable": True}  # fmt: skip
+                if status.state == "failed":
+                    reason = f"vendor status {status.vendor_status}" + (f": {status.message}" if status.message else "")
+                    if status.retryable:
+                        plan.cache.release(item.fingerprint)  # the vendor failed it: a retry pays for it anew
+                    else:
+                        plan.cache.rejected(item.fingerprint, reason)
+                    return {**row, "status": "failed", "error": reason, "retryable": bool(status.retryable)}
+                return {**row, **self._store(context, plan, item, status, retried or attempt > 1)}
+            except Exception as exc:
+                permanent = isinstance(exc, TtsPermanentError)
+                if not permanent and attempt < STORE_ATTEMPTS:
+                    self.log.warning("Item %d (%s), task %s: %s; downloading it again", item.index, item.key, task_id,
+                                     exc)  # fmt: skip
+                    continue
+                self.log.warning("Item %d (%s), task %s: %s", item.index, item.key, task_id, exc)
+                return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500],
+                        "retryable": not permanent}  # fmt: skip
+        raise AssertionError("unreachable: the last attempt returns")
+
+    def _use_hit(self, plan: _Plan, item: BatchItem, hit: CachedAudio) -> dict[str, Any]:
+        """A cached item's row; copied (no vendor call) to the name its key or ``file_name`` asks for."""
+        target = hit.path
+        if item.key in plan.explicit and same_file(hit.path.name) != same_file(item.stem):
+            extension = os.path.splitext(hit.path.name)[1]
+            target = plan.folder / (item.stem if has_audio_extension(item.stem) else f"{item.stem}{extension}")
+            etag = copy_object(hit.path, target)
+            stored = StoredAudio(plain_uri(target), hit.size_bytes, hit.sha256, hit.content_type,
+                                 hit.duration_seconds, "", True, etag)  # fmt: skip
+            plan.cache.stored(item.fingerprint, target, stored, credits=hit.credits)
+            self.log.info("Item %d (%s): copied the cached audio %s to %s", item.index, item.key, hit.uri,
+                          plain_uri(target))  # fmt: skip
+        return {"status": "cached", "file": plain_uri(target), "size_bytes": hit.size_bytes, "sha256": hit.sha256,
+                "duration_seconds": hit.duration_seconds}  # fmt: skip
+
+    def _store(
+        self, context: Context, plan: _Plan, item: BatchItem, status: TtsTaskStatus, retried: bool
+    ) -> dict[str, Any]:
+        """Stream one item's audio into the folder (atomic, constant memory) and record it in the cache."""
+        with self.hook.open_audio(status) as audio:
+            head, chunks = peek(audio.iter_chunks(self.chunk_bytes))
+            check_audio_body(audio.content_type, head, what=f"audio for item {item.key} (task {status.tts_task_id})")
+            name = with_extension(item.stem, audio.content_type, head)
+            path = plan.folder / name
+            tag = plan.identity.digest()[:12] if plan.identity is not None else "manual"
+            stored = stream_audio_into(
+                path,
+                chunks,
+                audio,
+                status,
+                temp_name=f".{name}.{tag}.partial",
+                retried=retried,
+                overwrite=self.overwrite,
+                max_bytes=self.max_bytes,
+                chunk_bytes=self.chunk_bytes,
+            )
+        plan.cache.stored(item.fingerprint, path, stored)
+        return {"status": "stored", "file": plain_uri(path), "size_bytes": stored.size_bytes, "sha256": stored.sha256,
+                "duration_seconds": stored.duration_seconds}  # fmt: skip
+
+    def _emit(self, context: Context, summary: Mapping[str, Any]) -> None:
+        """One asset event on each outlet, naming the manifest; the folder as hook-lineage output."""
+        from airflow.sdk import Asset
+        from airflow.sdk.definitions.asset import AssetRef
+
+        from airflow_provider_tts.compat import get_hook_lineage_collector
+
+        events = context.get("outlet_events")
+        if events is not None:
+            for outlet in self.outlets:
+                if isinstance(outlet, Asset | AssetRef):
+                    events[outlet].extra.update({k: summary[k] for k in EVENT_KEYS})
+        get_hook_lineage_collector().add_output_asset(context=self.hook, uri=summary["destination"])

@@ -1,0 +1,264 @@
+"""The submit phase of a batch: each distinct request decided from the request cache, paid for once.
+
+A request whose audio is already stored costs nothing; one already submitted is waited for; one
+the vendor refused for good, or whose create answer was lost, is reported failed rather than paid
+for again (unless the operator says otherwise). The rest are claimed in the request cache, created
+``max_active_requests`` at a time, and their task ids recorded right after (or, failing that, kept
+aside by :class:`~airflow_provider_tts.batch.stash._IdStash`), so a retry re-attaches and never
+pays twice. A refused key stops every further create of the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_tts.batch.manifest import _changed_message, _rejected_message, _uncertain_message
+from airflow_provider_tts.batch.plan import _item_key, _Plan, _PlanPhase
+from airflow_provider_tts.batch.stash import _IdStash
+from airflow_provider_tts.exceptions import TtsAuthError, TtsConfigError, TtsPermanentError
+from airflow_provider_tts.fingerprint import fingerprint_hex
+from airflow_provider_tts.operators.tts import plain_uri
+from airflow_provider_tts.storage import TtsStorageError
+from airflow_provider_tts.submissions import outcome_unknown
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_tts.cache import CachedAudio
+    from airflow_provider_tts.submissions import SubmitIdentity
+
+#: How long a request another run claimed (and has not yet recorded a task id for) is waited for
+#: before it is reported as in doubt: that run's create call normally answers within seconds.
+CLAIM_WAIT_SECONDS = 120.0
+CLAIM_POLL_SECONDS = 1.0
+#: Times a create refused with nothing created (429/503 after the transport's retries) is sent in one try.
+CREATE_ROUNDS = 3
+#: Requests whose fields are held at once while paying (the texts are read again, a chunk at a time).
+PAY_CHUNK = 256
+#: Writes of a paid task id into the request cache before it is kept aside (see ``_IdStash``).
+RECORD_ATTEMPTS = 3
+RECORD_BACKOFF = 0.5
+
+
+@dataclass
+class _Outcome:
+    """What the submit phase decided for one request; ``error`` set for a failed one."""
+
+    kind: str  # cached, wait, failed; claimed_elsewhere while another run holds a fresh claim
+    tts_task_id: str | None = None
+    submitted_at: float = 0.0
+    error: str | None = None
+    retryable: bool = True
+    #: The exception that stopped the batch (a refused key), re-raised once every request ended.
+    cause: BaseException | None = None
+    #: Paid, but the task id could not be written to the request cache.
+    unsaved: bool = False
+    #: The create was refused with nothing created and the claim let go: it may be sent again.
+    released: bool = False
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+class _SubmitPhase(_PlanPhase):
+    """The batch operator's submit phase (a mixin of the operator, never used alone)."""
+
+    def _client_reference(self, identity: SubmitIdentity | None, fingerprint: str) -> str:
+        base = identity.digest() if identity is not None else "manual"
+        return f"airflow-{hashlib.sha256(f'{base}/{fingerprint}'.encode()).hexdigest()[:32]}"
+
+    def _submit_all(self, context: Context, plan: _Plan) -> dict[str, _Outcome]:
+        """Decide every request from the request cache, and pay, once, for those that need it."""
+        _IdStash(context, plan.identity).restore(plan.cache)
+        requests = plan.requests
+        found = plan.cache.find_all(requests, threads=self.max_active_requests)
+        hits = {fp: hit for fp, (hit, _) in found.items()} if self.reuse_cached else {}
+        self._refuse_overwrites(plan, hits)
+        outcomes: dict[str, _Outcome] = {}
+        to_pay: list[str] = []
+        for fingerprint in requests:
+            entry = found[fingerprint][1]
+            decided = self._decide(hits.get(fingerprint), entry, plan.cache.owner)
+            if decided is None or decided.kind == "claimed_elsewhere":
+                to_pay.append(fingerprint)
+            else:
+                outcomes[fingerprint] = decided
+        counts = {kind: sum(1 for o in outcomes.values() if o.kind == kind) for kind in ("cached", "wait", "failed")}
+        self.log.info("Batch: %d distinct requests; from the request cache: %s; to claim: %d", len(requests),
+                      counts, len(to_pay))  # fmt: skip
+        if to_pay:
+            outcomes.update(self._pay(context, plan, to_pay))
+        return outcomes
+
+    def _decide(self, hit: CachedAudio | None, entry: Mapping[str, Any] | None, owner: str) -> _Outcome | None:
+        """What a request's cache entry says; None: claim it and pay."""
+        if hit is not None:
+            return _Outcome("cached")
+        state = entry.get("state") if entry is not None else None
+        if entry is None or state == "stored":  # nothing, or stored audio that is gone or changed
+            return None
+        if state == "rejected":
+            return (
+                None if self.retry_failed_items else _Outcome("failed", error=_rejected_message(entry), retryable=False)
+            )
+        if state == "submitted" and entry.get("tts_task_id"):
+            return _Outcome("wait", str(entry["tts_task_id"]), _number(entry.get("submitted_at")))
+        # Claimed: a create was (about to be) sent and its task id was never recorded.
+        age = time.time() - _number(entry.get("requested_at"))
+        if entry.get("owner") != owner and 0 <= age < CLAIM_WAIT_SECONDS:
+            return _Outcome("claimed_elsewhere")
+        if self.on_uncertain_submit == "resubmit":
+            return None
+        return _Outcome("failed", error=_uncertain_message(entry, owner), retryable=False)
+
+    def _pay(self, context: Context, plan: _Plan, fingerprints: list[str]) -> dict[str, _Outcome]:
+        """Claim, create and record each request, ``max_active_requests`` at a time.
+
+        The items are read once more for their fields, a chunk at a time (the worker never holds
+        every text), and must be the items just planned.
+        """
+        stop = threading.Event()
+        unsaved: dict[str, str] = {}
+        auth: list[TtsAuthError] = []
+        lock = threading.Lock()
+        outcomes: dict[str, _Outcome] = {}
+
+        def pay(job: tuple[str, dict[str, Any]]) -> tuple[str, _Outcome]:
+            fingerprint, fields = job
+            outcome = self._pay_one(plan, fingerprint, fields, stop)
+            with lock:
+                if outcome.unsaved:
+                    unsaved[fingerprint] = str(outcome.tts_task_id)
+                if isinstance(outcome.cause, TtsAuthError):
+                    auth.append(outcome.cause)
+            return fingerprint, outcome
+
+        with ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="tts-batch-submit") as pool:
+            for chunk in self._fields_again(plan, set(fingerprints)):
+                done = dict(pool.map(pay, chunk.items()))
+                # A create refused with nothing created (a 429 or 503 that outlived the transport's
+                # retries) is sent again in this try: it costs nothing, and the batch's pacer has
+                # already slowed every request down for it. Anything else stays as it ended.
+                for _ in range(CREATE_ROUNDS - 1):
+                    again = {fp: chunk[fp] for fp, outcome in done.items() if outcome.released}
+                    if not again or stop.is_set():
+                        break
+                    done.update(pool.map(pay, again.items()))
+                outcomes.update(done)
+        counts = {kind: sum(1 for o in outcomes.values() if o.kind == kind) for kind in ("cached", "wait", "failed")}
+        self.log.info("Batch: claimed requests ended as %s", counts)
+        if unsaved:
+            where = _IdStash(context, plan.identity).save(unsaved)
+            raise TtsStorageError(
+                f"could not record {len(unsaved)} paid task ids in the request cache of {plain_uri(plan.folder)}; "
+                f"they are kept in {where}, and the next try waits for them and stores their audio without paying "
+                "again"
+            )
+        if auth:
+            raise auth[0]
+        return outcomes
+
+    def _fields_again(self, plan: _Plan, wanted: set[str]) -> Iterator[dict[str, dict[str, Any]]]:
+        """The create fields of the ``wanted`` requests, read again, in chunks of :data:`PAY_CHUNK`.
+
+        Every item must be the one planned moments before (same position, same identity): a file
+        edited in between fails before the rest is paid for.
+        """
+        defaults = self._check_defaults(self.defaults)
+        reference = self.vendor.client_reference_field
+        chunk: dict[str, dict[str, Any]] = {}
+        seen: set[str] = set()
+        count = 0
+        for index, raw in enumerate(self._raw_items(), start=1):
+            count = index
+            if index > len(plan.keys):
+                raise TtsConfigError(_changed_message(plan, "the file has more items than when it was read"))
+            key, file_name, fields = self._item(raw, index, defaults)
+            fingerprint = self._fingerprint(index, key, fields)
+            if _item_key(key, file_name, fingerprint) != plan.keys[index - 1]:
+                raise TtsConfigError(_changed_message(plan, f"item {index} is not the item read moments before"))
+            if fingerprint in wanted and fingerprint not in seen:
+                seen.add(fingerprint)
+                if reference is not None and fields.get(reference) is None:
+                    fields[reference] = self._client_reference(plan.identity, fingerprint)
+                chunk[fingerprint] = fields
+                if len(chunk) >= PAY_CHUNK:
+                    yield chunk
+                    chunk = {}
+        if count != len(plan.keys):
+            raise TtsConfigError(_changed_message(plan, "the file has fewer items than when it was read"))
+        if chunk:
+            yield chunk
+
+    def _pay_one(self, plan: _Plan, fingerprint: str, fields: dict[str, Any], stop: threading.Event) -> _Outcome:
+        """One request: claim it (or wait out another run's fresh claim), create it, record the task id."""
+        for _ in range(3):
+            if stop.is_set():
+                return _Outcome("failed", error="not submitted: the batch stopped because the key was refused")
+            entry = plan.cache.claim(fingerprint, force=not self.reuse_cached)
+            if entry is None:
+                return self._create(plan, fingerprint, fields, stop)
+            hit = plan.cache.hit(fingerprint, entry) if self.reuse_cached else None
+            decided = self._decide(hit, entry, plan.cache.owner)
+            if decided is not None and decided.kind == "claimed_elsewhere":
+                decided = self._await_claim(plan, fingerprint)
+                if decided is None:
+                    continue  # the other run let go of it (nothing created): claim it again
+            if decided is not None:
+                return decided
+            plan.cache.claim(fingerprint, force=True)  # the entry itself says to pay again
+            return self._create(plan, fingerprint, fields, stop)
+        return _Outcome("failed", error="not submitted: the request kept changing hands between runs")
+
+    def _create(self, plan: _Plan, fingerprint: str, fields: dict[str, Any], stop: threading.Event) -> _Outcome:
+        """The paid call, then its task id into the request cache (or, failing that, aside)."""
+        short = fingerprint_hex(fingerprint)[:16]
+        try:
+            task_id = self.hook.submit_task(self.tts_kind, fields).tts_task_id
+        except Exception as exc:
+            self.log.warning("Request %s was not submitted: %s", short, exc)
+            if isinstance(exc, TtsAuthError):
+                stop.set()
+                plan.cache.release(fingerprint)  # nothing was created: a retry with a good key sends it
+                return _Outcome("failed", error=f"not submitted: {exc}"[:500], cause=exc)
+            if outcome_unknown(exc):  # the claim stays: it says a create may have been billed
+                return _Outcome("failed", error=_uncertain_message({"error": str(exc)}, plan.cache.owner),
+                                retryable=self.on_uncertain_submit == "resubmit")  # fmt: skip
+            if isinstance(exc, TtsPermanentError):
+                plan.cache.rejected(fingerprint, str(exc))
+                return _Outcome("failed", error=f"rejected by the vendor: {exc}"[:500], retryable=False)
+            plan.cache.release(fingerprint)
+            return _Outcome("failed", error=f"not submitted: {exc}"[:500], released=True)
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                plan.cache.submitted(fingerprint, task_id)
+                break
+            except TtsStorageError as exc:
+                if attempt + 1 < RECORD_ATTEMPTS:
+                    time.sleep(RECORD_BACKOFF * 2**attempt)
+                    continue
+                self.log.error("Could not record task %s of request %s (%s); keeping it aside", task_id, short, exc)
+                return _Outcome("wait", task_id, time.time(), unsaved=True)
+        return _Outcome("wait", task_id, time.time())
+
+    def _await_claim(self, plan: _Plan, fingerprint: str) -> _Outcome | None:
+        """Another run claimed the request moments ago: wait for its task id instead of paying again."""
+        give_up = time.monotonic() + CLAIM_WAIT_SECONDS
+        entry: Mapping[str, Any] | None = None
+        while time.monotonic() < give_up:
+            time.sleep(CLAIM_POLL_SECONDS)
+            entry = plan.cache.read(fingerprint)
+            if entry is None:
+                return None
+            hit = plan.cache.hit(fingerprint, entry) if self.reuse_cached else None
+            decided = self._decide(hit, entry, plan.cache.owner)
+            if decided is None or decided.kind != "claimed_elsewhere":
+                return decided
+        return _Outcome("failed", error=_uncertain_message(entry or {}, plan.cache.owner))

@@ -1,0 +1,207 @@
+"""TtsBatchTrigger: wait, in the triggerer, for every vendor task of one batch.
+
+One trigger per batch task, whatever the number of items: it reads the vendor task ids from the
+batch's record in object storage (:class:`~airflow_provider_tts.batch.BatchRecord`; the row in
+the metadata database holds only its URI), polls every unfinished task once per round over the
+shared connection pool, with at most ``concurrency`` polls in flight and one ``Retry-After``
+pacing all of them, and fires one event when none is pending or the deadline passed. The event
+carries counts, not per-item statuses (thousands would not fit a row either): the worker that
+resumes polls each task once more for its fresh audio URL anyway, as signed URLs expire.
+
+Events (``event["status"]``): ``done`` (every task ended), ``timeout`` (some still pending at the
+deadline; the worker records them as failed, retryable) and ``error`` (the wait itself failed, e.g.
+the key was refused; :func:`~airflow_provider_tts.exceptions.error_event`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_tts.exceptions import TtsAuthError, TtsConfigError, error_event
+from airflow_provider_tts.waiting import WaitPolicy
+
+#: Where the triggerer imports :class:`TtsBatchTrigger` from (pinned, as for ``TtsTaskTrigger``): rows
+#: name this path, which :mod:`airflow_provider_tts.triggers.batch` keeps importable.
+BATCH_TRIGGER_CLASSPATH = "airflow_provider_tts.triggers.batch.TtsBatchTrigger"
+#: Seconds between two progress lines of one wait.
+PROGRESS_EVERY = 30.0
+
+
+async def wait_for_all(
+    hook: Any,
+    kind: str,
+    pending: Mapping[str, float],
+    *,
+    policy: WaitPolicy,
+    started_at: float,
+    deadline: float | None,
+    concurrency: int,
+    log: Any,
+    stopped: Callable[[], bool] = lambda: False,
+) -> dict[str, Any] | None:
+    """Poll ``pending`` (``{task id: submitted_at}``) in rounds until every task ended; the one event.
+
+    Shared by the trigger and by a batch that waits in its worker (``deferrable=False``), so both
+    decide alike: a task is done when :meth:`WaitPolicy.verdict` says so (a "not found" within the
+    grace period after *its* submission still waits); one that fails more than
+    ``max_consecutive_errors`` polls in a row is done as an error; a refused key ends the whole
+    wait. None only when ``stopped()`` (the trigger was killed).
+    """
+    waiting = dict(pending)
+    counts = {"succeeded": 0, "failed": 0, "errors": 0}
+    errors: dict[str, int] = {}
+    semaphore = asyncio.Semaphore(concurrency)
+    total = len(waiting)
+    last_progress = time.monotonic()
+
+    async def poll(task_id: str) -> tuple[str, str]:
+        async with semaphore:
+            if stopped():
+                return task_id, "wait"
+            try:
+                status = await hook.aget_task_status(task_id, kind)
+            except (TtsAuthError, TtsConfigError):
+                raise
+            except Exception as exc:
+                errors[task_id] = errors.get(task_id, 0) + 1
+                if errors[task_id] > policy.max_consecutive_errors:
+                    log.warning("Giving up on task %s after %d failed polls: %s", task_id, errors[task_id], exc)
+                    return task_id, "errors"
+                return task_id, "wait"
+            errors.pop(task_id, None)
+            verdict = policy.verdict(status, time.time() - waiting[task_id])
+            return task_id, verdict
+
+    while waiting and not stopped():
+        round_started = time.time()
+        try:
+            outcomes = await asyncio.gather(*(poll(task_id) for task_id in list(waiting)))
+        except (TtsAuthError, TtsConfigError) as exc:
+            return {**error_event(exc), "pending": len(waiting), **counts}
+        for task_id, verdict in outcomes:
+            if verdict != "wait":
+                counts[verdict] += 1
+                del waiting[task_id]
+        if time.monotonic() - last_progress >= PROGRESS_EVERY or not waiting:
+            last_progress = time.monotonic()
+            log.info("Batch: %d of %d vendor tasks ended (%s)", total - len(waiting), total, counts)
+        if not waiting:
+            break
+        now = time.time()
+        delay = max(policy.interval(now - started_at) - (now - round_started), 0.0)
+        if deadline is not None and now + delay >= deadline:
+            log.warning("Batch: %d of %d vendor tasks still pending at the deadline", len(waiting), total)
+            return {"status": "timeout", "pending": len(waiting), **counts}
+        await asyncio.sleep(delay)
+    if stopped():
+        return None
+    return {"status": "done", "pending": 0, **counts}
+
+
+class TtsBatchTrigger(BaseTrigger):
+    """Wait for every vendor task a batch task submitted; one event when all ended.
+
+    :param tts_conn_id: the vendor connection (resolved in the triggerer; the key never travels).
+    :param kind: the batch's task kind.
+    :param record_uri: the batch record's URI (``BatchRecord.where``); the ids are read from it.
+    :param record_conn_id: the storage connection of the destination, if it needs one.
+    :param deadline: wall-clock epoch seconds after which pending tasks end the wait (``timeout``).
+    :param started_at: when the batch's wait began (drives the poll schedule across re-creation).
+    :param concurrency: polls in flight at once.
+    :param retry: per-request retry overrides, as for ``TtsTaskTrigger``.
+    :param wait_policy: the :class:`~airflow_provider_tts.waiting.WaitPolicy` (flat in the row).
+    """
+
+    def __init__(
+        self,
+        *,
+        tts_conn_id: str,
+        kind: str,
+        record_uri: str,
+        record_conn_id: str | None = None,
+        deadline: float | None = None,
+        started_at: float | None = None,
+        concurrency: int = 32,
+        retry: Mapping[str, Any] | None = None,
+        wait_policy: WaitPolicy | None = None,
+        **policy_fields: Any,
+    ) -> None:
+        super().__init__()
+        self.tts_conn_id = tts_conn_id
+        self.kind = kind
+        self.record_uri = record_uri
+        self.record_conn_id = record_conn_id
+        self.deadline = float(deadline) if deadline is not None else None
+        self.started_at = float(started_at) if started_at is not None else time.time()
+        self.concurrency = int(concurrency)
+        self.retry = dict(retry) if retry else None
+        self.policy = WaitPolicy.build(wait_policy, **policy_fields)
+        self._killed = False
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        own = type(self) is TtsBatchTrigger
+        return (
+            BATCH_TRIGGER_CLASSPATH if own else f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "tts_conn_id": self.tts_conn_id,
+                "kind": self.kind,
+                "record_uri": self.record_uri,
+                "record_conn_id": self.record_conn_id,
+                "deadline": self.deadline,
+                "started_at": self.started_at,
+                "concurrency": self.concurrency,
+                "retry": self.retry,
+                **self.policy.to_kwargs(),
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow_provider_tts.batch.record import BatchRecord
+        from airflow_provider_tts.hooks.tts import TtsHook
+        from airflow_provider_tts.transport import Pacer
+
+        hook = None
+        try:
+            record = BatchRecord.at(self.record_uri, self.record_conn_id)
+            # Storage I/O is blocking: off the triggerer's event loop.
+            pending = await asyncio.to_thread(record.pending)
+            hook = TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
+            hook.pacer = Pacer()
+            event = await self.wait(hook, pending, log=self.log)
+        except Exception as exc:  # a bad kwarg or an unreadable record ends the wait, never the triggerer
+            event = error_event(exc)
+        finally:
+            if hook is not None:
+                await hook.aclose()
+        if event is not None:
+            yield TriggerEvent(event)
+
+    async def wait(self, hook: Any, pending: Mapping[str, float], *, log: Any) -> dict[str, Any] | None:
+        """:func:`wait_for_all` with this trigger's settings (also what a non-deferrable batch runs)."""
+        return await wait_for_all(
+            hook,
+            self.kind,
+            pending,
+            policy=self.policy,
+            started_at=self.started_at,
+            deadline=self.deadline,
+            concurrency=self.concurrency,
+            log=log,
+            stopped=lambda: self._killed,
+        )
+
+    async def on_kill(self) -> None:
+        """The batch task was killed or cleared: stop polling (the vendor tasks keep running, and may be billed)."""
+        if self._killed:
+            return
+        self._killed = True
+        self.log.warning(
+            "Stopped waiting for the batch recorded in %s: the Airflow task was killed or cleared. The vendor has "
+            "no cancel endpoint, so its tasks keep running and may be billed.",
+            self.record_uri,
+        )
