@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -159,6 +160,25 @@ def test_the_task_defers_once_and_the_trigger_row_names_the_record_not_the_ids(
     result = getattr(fresh, deferred.value.method_name)(context(), event=event)
     assert result["stored"] == 30
     assert creates(emu) == 30
+
+
+def test_a_resume_without_a_wait_list_starts_the_try_over_and_pays_nothing_twice(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    """Airflow 3.0 calls the resume method again, with the old event, on the retry of a try that failed
+    after resuming: the wait list is gone by then, so the retry starts over from the request cache."""
+    conn = make_conn("camb_ai")
+    texts = ["First line.", "Second line.", "Third line."]
+    op = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context())
+    old_event = {"status": "done", "pending": 0, "succeeded": 3, "failed": 0, "errors": 0}
+    shutil.rmtree(tmp_path / STATE_FOLDER)  # what the failed try's end removed
+    fresh = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS, deferrable=False)
+    result = getattr(fresh, deferred.value.method_name)(context(try_number=2), event=old_event)
+    assert result["stored"] + result["cached"] == 3
+    assert result["failed"] == 0
+    assert creates(emu) == 3  # the first try's tasks, re-attached from the request cache
 
 
 def test_a_failed_item_is_a_row_and_the_retry_pays_only_for_the_retryable_one(
