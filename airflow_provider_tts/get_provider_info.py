@@ -138,6 +138,9 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": "Camb.ai",
                 "python-modules": [
                     "airflow_provider_tts.operators.tts",
+                    "airflow_provider_tts.operators.submit",
+                    "airflow_provider_tts.operators.audio_to_storage",
+                    "airflow_provider_tts.operators.stream_to_storage",
                     "airflow_provider_tts.operators.text_to_storage",
                     "airflow_provider_tts.operators.batch",
                 ],
@@ -146,6 +149,9 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": "RevidAPI",
                 "python-modules": [
                     "airflow_provider_tts.operators.tts",
+                    "airflow_provider_tts.operators.submit",
+                    "airflow_provider_tts.operators.audio_to_storage",
+                    "airflow_provider_tts.operators.stream_to_storage",
                     "airflow_provider_tts.operators.text_to_storage",
                     "airflow_provider_tts.operators.batch",
                 ],

@@ -1,0 +1,291 @@
+"""``CambTtsStreamToStorageOperator``: Camb.ai's ``/tts-stream``, streamed straight into object storage.
+
+One synchronous request whose response body is the audio: no task id, no polling, nothing to
+defer. Every documented field is validated before anything else; the audio goes through the same
+atomic constant-memory writer as every storing operator; a request cache (a sidecar beside the
+audio, keyed by the request's fingerprint) lets a retry or a re-run return the stored audio
+without calling the vendor again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_tts.confinement import DESTINATIONS, confine
+from airflow_provider_tts.connection import DEFAULT_CONN_IDS
+from airflow_provider_tts.exceptions import TtsConfigError
+from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint
+from airflow_provider_tts.naming import check_file_name, with_format_extension
+from airflow_provider_tts.operators.audio_to_storage import TtsAudioToStorageOperator
+from airflow_provider_tts.storage import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_MAX_BYTES,
+    OVERWRITE_POLICIES,
+    OverwritePolicy,
+    check_writable,
+    destination_path,
+    is_folder,
+    store_stream,
+)
+from airflow_provider_tts.storing import StoredAudioOutput, plain_uri
+from airflow_provider_tts.templating import rendered_later
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, ObjectStoragePath, XComArg
+
+    from airflow_provider_tts.cache import CachedAudio, RequestCache
+    from airflow_provider_tts.hooks.tts import TtsHook
+
+#: ``/tts-stream`` body fields the stream operator passes through (each may be templated or not).
+STREAM_FIELDS: tuple[str, ...] = (
+    "text", "language", "voice_id", "speech_model", "user_instructions", "enhance_named_entities_pronunciation",
+    "output_configuration", "voice_settings", "inference_options",
+)  # fmt: skip
+
+
+class CambTtsStreamToStorageOperator(StoredAudioOutput, BaseOperator):
+    """Synthesise speech with Camb.ai's ``/tts-stream`` and stream it straight into object storage.
+
+    ``/tts-stream`` is Camb's recommended TTS call: one synchronous request whose response body is
+    the audio, with no task id and no polling. This is a separate operator rather than a
+    ``stream=True`` path of :class:`TtsAudioToStorageOperator` because almost nothing of that
+    operator's interface applies: it takes a task id, waits (deferring) and downloads, while this
+    one takes the text and its options, never waits and has nothing to defer. What they do share,
+    the atomic constant-memory writer (:func:`~airflow_provider_tts.storage.store_stream`), the
+    destination checks and the returned dict, is shared by calling the same functions.
+
+    Every documented field is validated before anything else (text of 3-3000 characters, a BCP-47
+    ``language`` such as ``en-us``, an integer ``voice_id``, the output format and its options):
+    a bad value is a clear error that costs nothing. A body that breaks off mid-stream leaves
+    nothing at the destination (the writer streams into a temporary and moves it into place only
+    when complete) and is not resent by the hook: the vendor may already have charged for it.
+
+    **Request cache (on by default).** A streaming call has no task id, so a retried or re-run
+    task would pay again. The request's fingerprint (vendor, ``tts-stream``, the validated body
+    including the output format) is recorded in a sidecar ``<file>.tts.json`` beside the audio;
+    when the destination already holds audio made from the same fingerprint (sidecar matches and
+    the object has the recorded size) the vendor is not called at all and the stored object is
+    returned with ``cached: True``. On by default because a pipeline re-run over the same texts is
+    expected to produce the same files, the same expectation the ``skip_if_identical`` overwrite
+    default already serves, and paying again for identical audio is never what a batch wants. To
+    force new audio (a new model version behind the same name), set ``reuse_cached=False`` or
+    ``overwrite="replace"``.
+
+    :param text: the words to speak, 3-3000 characters (templated).
+    :param language: BCP-47 tag, e.g. ``en-us`` (templated); a legacy ``/tts`` integer id is mapped to its tag.
+    :param voice_id: Camb voice id, an integer (templated).
+    :param destination: a file URI, or a folder URI ending in ``/`` (templated): the file inside
+        it is named by ``file_name``.
+    :param file_name: for a folder destination, the file's name (templated); the format's
+        extension is added unless the name ends in one, and a name whose extension contradicts
+        the format is refused before the request, as is a name with ``/``, ``..``, a leading
+        ``.`` or over 200 bytes. Default: ``<first 16 hex of the request fingerprint><extension>``,
+        so the same request always lands on the same object and the cache finds it.
+    :param output_format: ``wav``, ``flac``, ``mp3`` (Camb's default), ``adts`` or ``pcm_*``;
+        shorthand for ``output_configuration={"format": ...}``.
+    :param output_configuration: the full documented object (``format``, ``duration``,
+        ``apply_enhancement``, ``sample_rate``).
+    :param speech_model: e.g. ``mars-pro``, ``mars-flash``, ``mars-instruct``.
+    :param user_instructions, enhance_named_entities_pronunciation, voice_settings,
+        inference_options: passed as documented by Camb's SDK, validated here.
+    :param reuse_cached: skip the vendor when the destination holds audio of this very request.
+    :param overwrite, max_bytes, chunk_bytes, dest_conn_id, retry, asset_alias: as for
+        :class:`TtsAudioToStorageOperator`.
+
+    Returns the storage operator's dict (``uri``, ``size_bytes``, ``sha256``, ``content_type``,
+    ``duration_seconds``, ``tts_task_id``: None, as a stream has no task) plus ``fingerprint``,
+    ``cached`` and ``credits`` (the vendor's ``X-Credits-Required``; 0 on a cache hit; None when
+    the vendor did not say).
+    """
+
+    template_fields: Sequence[str] = (
+        "text", "language", "voice_id", "speech_model", "user_instructions", "destination", "file_name",
+        "tts_conn_id", "dest_conn_id",
+    )  # fmt: skip
+    ui_color = "#d9ecf2"
+
+    def __init__(
+        self,
+        *,
+        text: str | XComArg,
+        language: str,
+        voice_id: int | str,
+        destination: str | ObjectStoragePath,
+        file_name: str | None = None,
+        tts_conn_id: str = DEFAULT_CONN_IDS["camb_ai"],
+        output_format: str | None = None,
+        output_configuration: Mapping[str, Any] | None = None,
+        speech_model: str | None = None,
+        user_instructions: str | None = None,
+        enhance_named_entities_pronunciation: bool | None = None,
+        voice_settings: Mapping[str, Any] | None = None,
+        inference_options: Mapping[str, Any] | None = None,
+        reuse_cached: bool = True,
+        dest_conn_id: str | None = None,
+        overwrite: OverwritePolicy = "skip_if_identical",
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        retry: Mapping[str, Any] | None = None,
+        asset_alias: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if overwrite not in OVERWRITE_POLICIES:
+            raise TtsConfigError(f"overwrite must be one of {', '.join(OVERWRITE_POLICIES)}, got {overwrite!r}")
+        if not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise TtsConfigError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+        if not isinstance(chunk_bytes, int) or not 4096 <= chunk_bytes <= 64 * 1024**2:
+            raise TtsConfigError(f"chunk_bytes must be an integer from 4096 to 64 MiB, got {chunk_bytes!r}")
+        if not isinstance(reuse_cached, bool):
+            raise TtsConfigError(f"reuse_cached must be True or False, got {reuse_cached!r}")
+        if file_name is not None and not rendered_later(file_name):
+            check_file_name(file_name)  # a literal mistake fails when the DAG is parsed
+        config = dict(output_configuration or {})
+        if output_format is not None:
+            if "format" in config and config["format"] != output_format:
+                raise TtsConfigError(
+                    f"output_format={output_format!r} contradicts output_configuration.format={config['format']!r}"
+                )
+            config["format"] = output_format
+        explicit_outlets = "outlets" in kwargs
+        super().__init__(**kwargs)
+        if not explicit_outlets:  # the same stable asset as TtsAudioToStorageOperator declares
+            dag_id = self.dag_id if self.has_dag() else None
+            self.outlets = [TtsAudioToStorageOperator._outlet(destination, asset_alias, dag_id, self.task_id)]
+        self.text = text
+        self.language = language
+        self.voice_id = voice_id
+        self.destination = destination
+        self.file_name = file_name
+        self.tts_conn_id = tts_conn_id
+        self.output_configuration = config or None
+        self.speech_model = speech_model
+        self.user_instructions = user_instructions
+        self.enhance_named_entities_pronunciation = enhance_named_entities_pronunciation
+        self.voice_settings = dict(voice_settings) if voice_settings is not None else None
+        self.inference_options = dict(inference_options) if inference_options is not None else None
+        self.reuse_cached = reuse_cached
+        self.dest_conn_id = dest_conn_id
+        self.overwrite: OverwritePolicy = overwrite
+        self.max_bytes = max_bytes
+        self.chunk_bytes = chunk_bytes
+        self.retry = dict(retry) if retry else None
+        self.asset_alias = asset_alias
+        self.kind = "tts-stream"  # how lineage and asset events name what made the audio
+        #: What this try stored (the XCom dict), for the OpenLineage facets on completion.
+        self.stored_audio: dict[str, Any] | None = None
+        if not any(rendered_later(getattr(self, name)) for name in STREAM_FIELDS):
+            # Literal fields: a mistake fails when the DAG is parsed, not at 3 a.m.
+            self.stream_body()
+
+    @cached_property
+    def hook(self) -> TtsHook:
+        from airflow_provider_tts.hooks.tts import TtsHook
+
+        return TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
+
+    def stream_body(self) -> dict[str, Any]:
+        """The validated ``/tts-stream`` body from the (rendered) arguments; raises before any request."""
+        from airflow_provider_tts.vendors.camb import validate_stream_fields
+
+        fields = {name: getattr(self, name) for name in STREAM_FIELDS if getattr(self, name) is not None}
+        return validate_stream_fields(fields)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_tts.cache import RequestCache, fingerprint_name
+        from airflow_provider_tts.submissions import SubmitIdentity
+        from airflow_provider_tts.vendors.camb import STREAM_FORMATS
+
+        body = self.stream_body()
+        vendor = self.hook.stream_vendor()  # a revid_tts connection fails here, before any request
+        fingerprint = request_fingerprint(vendor.api, "tts-stream", body)
+        fmt = body["output_configuration"]["format"]
+        expected_type, extension = STREAM_FORMATS[fmt]
+        destination = destination_path(self.destination, self.dest_conn_id or None)
+        confine(plain_uri(destination), DESTINATIONS, what="destination")
+        path = destination
+        folder = is_folder(self.destination)
+        name = self._given_name(folder)
+        if name is not None:
+            path = destination / with_format_extension(name, extension)
+        elif folder:
+            path = destination / fingerprint_name(fingerprint, extension)
+        check_writable(path)
+        uri = plain_uri(path)
+        identity = SubmitIdentity.from_context(context)
+        requests = RequestCache(path.parent, self.hook.endpoint(), identity.digest() if identity else "manual")
+        if self.reuse_cached:
+            hit, _ = requests.find(fingerprint)
+            if hit is not None:
+                return self._cached(context, requests, fingerprint, hit, path, named=name is not None or not folder)
+        if self.overwrite == "fail" and path.exists():
+            raise TtsConfigError(f"destination {uri} already exists and overwrite='fail'; nothing was paid for")
+        with self.hook.open_tts_stream(**body) as audio:
+            credits = _credits(audio.headers.get("x-credits-required"))
+            if audio.content_type != expected_type:
+                self.log.warning(
+                    "Asked for %s (%s) but the vendor answered %s; storing what arrived", fmt, expected_type,
+                    audio.content_type,
+                )  # fmt: skip
+            self.log.info("Streaming tts-stream audio (%s, credits %s) to %s", audio.content_type, credits, uri)
+            stored = store_stream(
+                audio.iter_chunks(self.chunk_bytes),
+                path,
+                temp_name=self._temp_name(context, path.name),
+                content_type=audio.content_type,
+                content_length=audio.content_length,
+                tts_task_id=f"tts-stream {fingerprint_hex(fingerprint)[:16]}",
+                overwrite=self.overwrite,
+                max_bytes=self.max_bytes,
+                chunk_bytes=self.chunk_bytes,
+            )
+        requests.stored(fingerprint, path, stored, credits=credits)
+        result = {
+            **stored.to_xcom(),
+            "uri": uri,
+            "tts_task_id": None,
+            "fingerprint": fingerprint,
+            "cached": False,
+            "credits": credits,
+        }
+        self._emit_asset(context, result)
+        return result
+
+    def _cached(
+        self, context: Context, requests: RequestCache, fingerprint: str, hit: CachedAudio, path: Any, *, named: bool
+    ) -> dict[str, Any]:
+        """The result for audio the folder already holds; copied (no vendor call) to a name asked for."""
+        from airflow_provider_tts.objects import copy_object
+        from airflow_provider_tts.storage import StoredAudio
+
+        uri = hit.uri
+        if named and hit.path.path != path.path:
+            if self.overwrite == "fail" and path.exists():
+                raise TtsConfigError(f"destination {plain_uri(path)} already exists and overwrite='fail'")
+            etag = copy_object(hit.path, path)
+            uri = plain_uri(path)
+            copied = StoredAudio(
+                uri, hit.size_bytes, hit.sha256, hit.content_type, hit.duration_seconds, "", True, etag
+            )
+            requests.stored(fingerprint, path, copied, credits=hit.credits)
+            self.log.info("Copied the audio of request %s from %s to %s; not calling the vendor", fingerprint,
+                          hit.uri, uri)  # fmt: skip
+        else:
+            self.log.info("%s already holds the audio of request %s; not calling the vendor", uri, fingerprint)
+        cached = {**hit.as_result(), "uri": uri, "fingerprint": fingerprint, "cached": True, "credits": 0}
+        self._emit_asset(context, cached)
+        return cached
+
+
+def _credits(header: str | None) -> int | None:
+    """``X-Credits-Required`` as an integer; None when absent or not a whole number."""
+    if header is None:
+        return None
+    try:
+        value = float(header.strip())
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() and value >= 0 else None
