@@ -8,8 +8,8 @@ A folder destination (``s3://audio/briefings/``) receives one file per task inst
   a listing sorts in map order) for a mapped task. It is the same on every try, clear and new run
   of the same item, so ``overwrite="skip_if_identical"`` finds the earlier file and a re-run adds
   no second one; the DAG id keeps two DAGs whose store tasks share a task id apart in one folder.
-  The vendor's task id used to be the name: it changes on every submit, so re-runs piled up files
-  nobody could match to their item.
+  The vendor's task id is never the name: it changes on every submit, so re-runs would pile up
+  files nobody could match to their item.
 
 Either way the extension follows the audio (:func:`with_extension`): filled in from the content
 type (or the requested format) when the name carries no audio extension, and refused when the name

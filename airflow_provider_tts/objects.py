@@ -25,7 +25,7 @@ import shutil
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_tts.storage import RENAME_SCHEMES, _protocol, _s3_call
+from airflow_provider_tts.storage import RENAME_SCHEMES, s3_call, scheme_of
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -42,7 +42,7 @@ def listing(folder: ObjectStoragePath) -> frozenset[str]:
 
 
 def is_local(path: ObjectStoragePath) -> bool:
-    return _protocol(path) in RENAME_SCHEMES
+    return scheme_of(path) in RENAME_SCHEMES
 
 
 def _publish_local(path: ObjectStoragePath, data: bytes, publish: Any) -> None:
@@ -79,7 +79,7 @@ def create_small(path: ObjectStoragePath, data: bytes) -> bool:
             return True
         except FileExistsError:
             return False
-    s3 = _s3_call(path)
+    s3 = s3_call(path)
     if s3 is not None:
         bucket, _, key = path.path.partition("/")
         try:
@@ -141,7 +141,7 @@ def content_matches(path: ObjectStoragePath, *, size: int, sha256: str, etag: st
             if os.stat(path.path).st_size != size:
                 return False
             return _sha256_local(path.path) == sha256
-        s3 = _s3_call(path)
+        s3 = s3_call(path)
         if s3 is not None:
             bucket, _, key = path.path.partition("/")
             head = s3("head_object", Bucket=bucket, Key=key)
@@ -200,8 +200,8 @@ def copy_object(source: ObjectStoragePath, target: ObjectStoragePath) -> str | N
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
         return None
-    s3 = _s3_call(target)
-    if s3 is not None and _protocol(source) == _protocol(target):
+    s3 = s3_call(target)
+    if s3 is not None and scheme_of(source) == scheme_of(target):
         bucket, _, key = target.path.partition("/")
         done = s3("copy_object", Bucket=bucket, Key=key, CopySource=source.path, MetadataDirective="COPY")
         etag = (done.get("CopyObjectResult") or {}).get("ETag")

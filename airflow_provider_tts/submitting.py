@@ -174,7 +174,7 @@ class SubmitOnce:
             )
             return None
         if earlier.tts_task_id is None:
-            message = self._uncertain_message(earlier, ledger, cause=None)
+            message = self.uncertain_message(earlier, ledger, cause=None)
             if self.on_uncertain_submit == "fail":
                 raise TtsSubmitUncertainError(message)
             self.log.warning("%s Resubmitting, as on_uncertain_submit='resubmit' asks.", message)
@@ -207,7 +207,7 @@ class SubmitOnce:
                 raise
             if self.on_uncertain_submit == "resubmit":
                 raise
-            raise TtsSubmitUncertainError(self._uncertain_message(intent, ledger, cause=exc)) from exc
+            raise TtsSubmitUncertainError(self.uncertain_message(intent, ledger, cause=exc)) from exc
         if ledger is not None:
             try:
                 ledger.save(intent.submitted(submission.tts_task_id))
@@ -228,7 +228,7 @@ class SubmitOnce:
         except Exception as exc:  # the create's own error is the one to report
             self.log.warning("Could not remove the intent from %s (%s: %s)", ledger.where, type(exc).__name__, exc)
 
-    def _uncertain_message(self, intent: SubmitRecord, ledger: SubmitLedger | None, cause: BaseException | None) -> str:
+    def uncertain_message(self, intent: SubmitRecord, ledger: SubmitLedger | None, cause: BaseException | None) -> str:
         """What happened, what it may have cost, and what the user can do about it."""
         when = datetime.fromtimestamp(intent.requested_at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         call = f"the {self.hook.api} {self.kind} create call sent at {when}"

@@ -221,11 +221,11 @@ def run_many(args: argparse.Namespace) -> dict[str, Any]:
     one: Any
     if args.inner in ("operator", "operator_replace"):
         from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator
-        from airflow_provider_tts.storage import _s3_call, destination_path
+        from airflow_provider_tts.storage import destination_path, s3_call
 
         # The storage client built, like the anchors' (not the bucket check: that is the operator's
         # first request into the bucket, counted).
-        _s3_call(destination_path(entries[0]["dest"], args.dest_conn_id))
+        s3_call(destination_path(entries[0]["dest"], args.dest_conn_id))
 
         def build(entry: dict[str, str]) -> TtsAudioToStorageOperator:
             return TtsAudioToStorageOperator(

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_tts.hooks.tts import TtsHook
-from airflow_provider_tts.transport import AsyncTransport, _new_client_session
+from airflow_provider_tts.transport import AsyncTransport, new_client_session
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger
 from airflow_provider_tts.vendors.base import ApiRequest, ApiResponse
 
@@ -33,7 +33,7 @@ class _SessionPerRequestTransport(AsyncTransport):
     """Opens a fresh session (same settings as the provider's) for each request and closes it after."""
 
     async def _read_once(self, req: ApiRequest) -> ApiResponse:
-        session = _new_client_session(self.settings)
+        session = new_client_session(self.settings)
         self._session = session  # what AsyncTransport._client() hands to the request
         try:
             return await super()._read_once(req)

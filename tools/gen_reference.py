@@ -25,6 +25,7 @@ PUBLIC: tuple[str, ...] = (
     "airflow_provider_tts.operators.text_to_storage:RevidTtsToStorageOperator",
     "airflow_provider_tts.operators.text_to_storage:RevidSrtToSpeechToStorageOperator",
     "airflow_provider_tts.operators.text_to_storage:BaseTextToStorageOperator",
+    "airflow_provider_tts.operators.tts:CambTtsStreamToStorageOperator",
     "airflow_provider_tts.operators.batch:CambTtsBatchToStorageOperator",
     "airflow_provider_tts.operators.batch:CambTextToSoundBatchToStorageOperator",
     "airflow_provider_tts.operators.batch:RevidTtsBatchToStorageOperator",
@@ -38,6 +39,8 @@ PUBLIC: tuple[str, ...] = (
     "airflow_provider_tts.waiting:WaitPolicy",
     "airflow_provider_tts.hooks.tts:TtsHook",
     "airflow_provider_tts.hooks.tts:TtsTaskStatus",
+    "airflow_provider_tts.hooks.tts:CambAiHook",
+    "airflow_provider_tts.hooks.tts:RevidTtsHook",
 )
 
 #: Constructor parameters every Airflow operator has; listing them would bury the provider's own.

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_tts.batch.items import BatchItem
-    from airflow_provider_tts.batch.plan import _Plan
+    from airflow_provider_tts.batch.plan import BatchPlan
 
 #: The manifest's columns, one row per item position, in this order.
 MANIFEST_FIELDS = (
@@ -43,7 +43,7 @@ def write_manifest(path: ObjectStoragePath, rows: Iterable[Mapping[str, Any]]) -
         raise TtsStorageError(f"could not write the manifest {path}: {type(exc).__name__}: {exc}") from exc
 
 
-def _check_manifest_name(name: Any) -> str:
+def check_manifest_name(name: Any) -> str:
     """The manifest's name: one plain file name in the destination (no path, no ``..``, not hidden)."""
     try:
         return check_file_name(name)
@@ -51,7 +51,7 @@ def _check_manifest_name(name: Any) -> str:
         raise TtsConfigError(str(exc).replace("file_name", "manifest_name", 1)) from None
 
 
-def _rejected_message(entry: Mapping[str, Any]) -> str:
+def rejected_message(entry: Mapping[str, Any]) -> str:
     when = entry.get("updated_at") or "an earlier run"
     return (
         f"rejected by the vendor ({when}): {entry.get('reason')}; not sent again for the unchanged request "
@@ -59,7 +59,7 @@ def _rejected_message(entry: Mapping[str, Any]) -> str:
     )[:500]
 
 
-def _uncertain_message(entry: Mapping[str, Any], owner: str) -> str:
+def uncertain_message(entry: Mapping[str, Any], owner: str) -> str:
     who = "an earlier try of this task" if entry.get("owner") in (owner, None) else "another run"
     cause = f" ({entry['error']})" if entry.get("error") else ""
     return (
@@ -68,14 +68,14 @@ def _uncertain_message(entry: Mapping[str, Any], owner: str) -> str:
     )[:500]
 
 
-def _changed_message(plan: _Plan, what: str) -> str:
+def changed_message(plan: BatchPlan, what: str) -> str:
     return (
         f"the items changed while this task instance ran ({what}); their requests and files are keyed by content, "
         "so nothing is mixed up: clear the task to run the new items"
     )
 
 
-def _with_duplicates(rows: list[dict[str, Any]], items: Sequence[BatchItem]) -> list[dict[str, Any]]:
+def with_duplicates(rows: list[dict[str, Any]], items: Sequence[BatchItem]) -> list[dict[str, Any]]:
     """A row for every position: a repeated request's extra positions copy its row, naming the first."""
     out = list(rows)
     for row, item in zip(rows, items, strict=True):
@@ -84,7 +84,7 @@ def _with_duplicates(rows: list[dict[str, Any]], items: Sequence[BatchItem]) -> 
     return sorted(out, key=lambda r: r["index"])
 
 
-def _summary(rows: list[dict[str, Any]], destination: str, manifest: str) -> dict[str, Any]:
+def batch_summary(rows: list[dict[str, Any]], destination: str, manifest: str) -> dict[str, Any]:
     """The small XCom result: counts and where to look, never the per-item rows."""
     own = [row for row in rows if row.get("duplicate_of") is None]
 

@@ -21,17 +21,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import BaseOperator
 
 from airflow_provider_tts.batch.items import FILE_NAME_STYLES, FileNameStyle
-from airflow_provider_tts.batch.manifest import _changed_message, _check_manifest_name
-from airflow_provider_tts.batch.store import _StorePhase
-from airflow_provider_tts.batch.submit import _SubmitPhase
+from airflow_provider_tts.batch.manifest import changed_message, check_manifest_name
+from airflow_provider_tts.batch.store import StorePhase
+from airflow_provider_tts.batch.submit import SubmitPhase
 from airflow_provider_tts.batch.trigger import TtsBatchTrigger
 from airflow_provider_tts.compat import conf
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.lineage import OutletsForTestRuns, default_outlet
-from airflow_provider_tts.operators.submitting import UncertainSubmitPolicy, check_uncertain_policy
-from airflow_provider_tts.operators.tts import _rendered_later, plain_uri
 from airflow_provider_tts.storage import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_BYTES, OVERWRITE_POLICIES, OverwritePolicy
+from airflow_provider_tts.storing import plain_uri
+from airflow_provider_tts.submitting import UncertainSubmitPolicy, check_uncertain_policy
+from airflow_provider_tts.templating import rendered_later
 from airflow_provider_tts.waiting import WaitPolicy, wait_timeout
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ DEFAULT_BATCH_TIMEOUT = 6 * 3600.0
 MAX_ACTIVE_REQUESTS = 64
 
 
-class BaseTextBatchToStorageOperator(_SubmitPhase, _StorePhase, OutletsForTestRuns, BaseOperator):
+class BaseTextBatchToStorageOperator(SubmitPhase, StorePhase, OutletsForTestRuns, BaseOperator):
     """Submit a batch of one vendor and kind, wait once for all of it, store every file and a manifest.
 
     The base of the batch operators (see the module docstring); a subclass sets ``vendor``,
@@ -154,8 +155,8 @@ class BaseTextBatchToStorageOperator(_SubmitPhase, _StorePhase, OutletsForTestRu
             raise TtsConfigError(f"max_failed_items must be None or an integer >= 0, got {max_failed_items!r}")
         if not isinstance(max_active_requests, int) or not 1 <= max_active_requests <= MAX_ACTIVE_REQUESTS:
             raise TtsConfigError(f"max_active_requests must be 1 to {MAX_ACTIVE_REQUESTS}, got {max_active_requests!r}")
-        if not _rendered_later(manifest_name):
-            _check_manifest_name(manifest_name)
+        if not rendered_later(manifest_name):
+            check_manifest_name(manifest_name)
         explicit_outlets = "outlets" in kwargs
         policy_fields = WaitPolicy.pop_fields(kwargs)
         self.timeout = wait_timeout(timeout, kwargs, owner) if timeout is not None else DEFAULT_BATCH_TIMEOUT
@@ -166,7 +167,7 @@ class BaseTextBatchToStorageOperator(_SubmitPhase, _StorePhase, OutletsForTestRu
         self.items = items
         self.items_path = items_path
         self.items_conn_id = items_conn_id
-        self.defaults = dict(defaults or {}) if not _rendered_later(defaults) else defaults
+        self.defaults = dict(defaults or {}) if not rendered_later(defaults) else defaults
         self.file_names: FileNameStyle = file_names
         self.destination = destination
         self.tts_conn_id = tts_conn_id if tts_conn_id is not None else DEFAULT_CONN_IDS[self.vendor.api]
@@ -184,7 +185,7 @@ class BaseTextBatchToStorageOperator(_SubmitPhase, _StorePhase, OutletsForTestRu
         self.max_bytes = max_bytes
         self.chunk_bytes = chunk_bytes
         self.manifest_task_ids = manifest_task_ids
-        if not _rendered_later(self.defaults):
+        if not rendered_later(self.defaults):
             self._check_defaults(self.defaults)
 
     @cached_property
@@ -260,5 +261,5 @@ class BaseTextBatchToStorageOperator(_SubmitPhase, _StorePhase, OutletsForTestRu
             self.log.info("Batch: no wait list to resume from (event %.100r); starting the try over", event)
             return self.execute(context)
         if digest != plan.digest:
-            raise TtsConfigError(_changed_message(plan, "they are not the items it submitted before it deferred"))
+            raise TtsConfigError(changed_message(plan, "they are not the items it submitted before it deferred"))
         return self._finish(context, plan, event, waits, failed)

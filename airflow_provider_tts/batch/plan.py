@@ -1,11 +1,11 @@
 """Planning a batch: every item read, validated and given its identity, file and request.
 
-:class:`_PlanPhase` is the first phase of the batch operator
+:class:`PlanPhase` is the first phase of the batch operator
 (:class:`~airflow_provider_tts.batch.operator.BaseTextBatchToStorageOperator`): it reads every
 item, merges it over ``defaults``, validates it against the vendor's documented body and checks
 keys and file names are unique, so any mistake fails before anything is paid for or written. A
 request repeated without a key is one item (its other positions are its ``duplicates``). The
-result, :class:`_Plan`, is what the submit and store phases work from; it holds no text.
+result, :class:`BatchPlan`, is what the submit and store phases work from; it holds no text.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from airflow_provider_tts.batch.items import (
     iter_items,
     typed_cells,
 )
-from airflow_provider_tts.batch.manifest import _check_manifest_name
+from airflow_provider_tts.batch.manifest import check_manifest_name
 from airflow_provider_tts.batch.record import BatchRecord
 from airflow_provider_tts.cache import CachedAudio, RequestCache
 from airflow_provider_tts.confinement import DESTINATIONS, ITEMS_PATHS, confine
@@ -31,10 +31,11 @@ from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint
 from airflow_provider_tts.naming import has_audio_extension, same_file
 from airflow_provider_tts.objects import listing
-from airflow_provider_tts.operators.submitting import create_field_name, create_fields
-from airflow_provider_tts.operators.tts import _rendered_later, plain_uri
 from airflow_provider_tts.storage import TtsStorageError, check_destination, destination_path
+from airflow_provider_tts.storing import plain_uri
 from airflow_provider_tts.submissions import SubmitIdentity
+from airflow_provider_tts.submitting import create_field_name, create_fields
+from airflow_provider_tts.templating import rendered_later
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -42,14 +43,14 @@ if TYPE_CHECKING:
 
     from airflow_provider_tts.batch.items import FileNameStyle
     from airflow_provider_tts.hooks.tts import TtsHook
-    from airflow_provider_tts.operators.submitting import UncertainSubmitPolicy
     from airflow_provider_tts.status import Kind
     from airflow_provider_tts.storage import OverwritePolicy
+    from airflow_provider_tts.submitting import UncertainSubmitPolicy
     from airflow_provider_tts.vendors import Vendor
 
 
 @dataclass
-class _Plan:
+class BatchPlan:
     """Every item of the batch, validated, and where its audio and its requests' state go."""
 
     items: list[BatchItem]
@@ -70,7 +71,7 @@ class _Plan:
         return list(dict.fromkeys(item.fingerprint for item in self.items))
 
 
-def _item_key(key: str | None, file_name: str | None, fingerprint: str) -> str:
+def item_key(key: str | None, file_name: str | None, fingerprint: str) -> str:
     """An item's identity: its ``key``, else its ``file_name``, else its request (never its position)."""
     if key is not None:
         return key
@@ -79,7 +80,7 @@ def _item_key(key: str | None, file_name: str | None, fingerprint: str) -> str:
     return fingerprint_hex(fingerprint)[:16]
 
 
-class _PlanPhase:
+class PlanPhase:
     """The batch operator's validation and planning (a mixin of the operator, never used alone)."""
 
     if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class _PlanPhase:
                     f"{type(self).__name__}: defaults has {name!r}, which is not a shared {self.vendor.api} "
                     f"{self.tts_kind} field; expected some of {', '.join(n for n in documented if n != reference)}"
                 )
-        literal = {name: value for name, value in defaults.items() if not _rendered_later(value)}
+        literal = {name: value for name, value in defaults.items() if not rendered_later(value)}
         pending = {name for name in documented if create_field_name(name) not in map(create_field_name, literal)}
         self.vendor.validate_create(self.tts_kind, create_fields(literal), pending=pending)
         return dict(defaults)
@@ -158,10 +159,10 @@ class _PlanPhase:
             raise TtsConfigError(f"item {index} ({key or 'no key'}): {exc}") from None
         return request_fingerprint(self.vendor.api, self.tts_kind, body)
 
-    def _plan(self, context: Context) -> _Plan:
+    def _plan(self, context: Context) -> BatchPlan:
         """Validate every item and the destination; nothing is paid for or written before this passes."""
         defaults = self._check_defaults(self.defaults)
-        _check_manifest_name(self.manifest_name)
+        check_manifest_name(self.manifest_name)
         folder = destination_path(self.destination, self.dest_conn_id or None)
         confine(plain_uri(folder), DESTINATIONS, what="destination")
         try:
@@ -176,7 +177,7 @@ class _PlanPhase:
         for index, raw in enumerate(self._raw_items(), start=1):
             given_key, file_name, fields = self._item(raw, index, defaults)
             fingerprint = self._fingerprint(index, given_key, fields)
-            key = _item_key(given_key, file_name, fingerprint)
+            key = item_key(given_key, file_name, fingerprint)
             if key in by_key:
                 first = by_key[key]
                 if given_key is not None or file_name is not None or first.fingerprint != fingerprint:
@@ -206,12 +207,12 @@ class _PlanPhase:
         identity = SubmitIdentity.from_context(context)
         owner = identity.digest() if identity is not None else "manual"
         request_cache = RequestCache(folder, self.hook.endpoint(), owner)
-        plan = _Plan(items, folder, BatchRecord.for_task(folder, identity), identity, request_cache,
+        plan = BatchPlan(items, folder, BatchRecord.for_task(folder, identity), identity, request_cache,
                      items_digest(items), keys, frozenset(explicit))  # fmt: skip
         plan.names = listing(folder)
         return plan
 
-    def _refuse_overwrites(self, plan: _Plan, hits: Mapping[str, CachedAudio | None]) -> None:
+    def _refuse_overwrites(self, plan: BatchPlan, hits: Mapping[str, CachedAudio | None]) -> None:
         """``overwrite="fail"``: a file in the way of an item that would be written is refused before paying."""
         if self.overwrite != "fail":
             return

@@ -1,7 +1,7 @@
 """Where a batch keeps the vendor task ids it paid for but could not write into the request cache.
 
 A paid task id must reach the next try, or that try would pay again: when the request cache will
-not take it, :class:`_IdStash` keeps it in the task instance's own ledger (the task state store on
+not take it, :class:`IdStash` keeps it in the task instance's own ledger (the task state store on
 Airflow 3.3+, an Airflow Variable below; none outside a task runner, where the ids are only
 logged), and the next try writes it into the request cache before anything else.
 """
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from airflow_provider_tts.submissions import SubmitIdentity
 
 
-class _IdStash:
+class IdStash:
     """Paid task ids the request cache would not take, kept in the task's ledger until the next try.
 
     The task state store on Airflow 3.3+, an Airflow Variable per task instance below (the ledgers

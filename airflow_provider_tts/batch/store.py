@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_tts.batch.manifest import _summary, _with_duplicates, write_manifest
-from airflow_provider_tts.batch.plan import _Plan, _PlanPhase
+from airflow_provider_tts.batch.manifest import batch_summary, with_duplicates, write_manifest
+from airflow_provider_tts.batch.plan import BatchPlan, PlanPhase
 from airflow_provider_tts.exceptions import (
     TtsBatchItemsFailedError,
     TtsBatchItemsFailedPermanentlyError,
@@ -25,8 +25,8 @@ from airflow_provider_tts.exceptions import (
 )
 from airflow_provider_tts.naming import has_audio_extension, same_file, with_extension
 from airflow_provider_tts.objects import copy_object
-from airflow_provider_tts.operators.tts import plain_uri, stream_audio_into
 from airflow_provider_tts.storage import StoredAudio, check_audio_body, peek
+from airflow_provider_tts.storing import plain_uri, stream_audio_into
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -41,13 +41,13 @@ STORE_ATTEMPTS = 3
 EVENT_KEYS = ("manifest", "items", "stored", "cached", "failed")
 
 
-class _StorePhase(_PlanPhase):
+class StorePhase(PlanPhase):
     """The batch operator's store phase (a mixin of the operator, never used alone)."""
 
     def _finish(
         self,
         context: Context,
-        plan: _Plan,
+        plan: BatchPlan,
         event: dict[str, Any] | None,
         waits: Mapping[str, tuple[str, float]],
         failed: Mapping[str, Mapping[str, Any]],
@@ -67,12 +67,12 @@ class _StorePhase(_PlanPhase):
 
         with ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="tts-batch-store") as pool:
             rows = list(pool.map(one, plan.items))
-        rows = _with_duplicates(rows, plan.items)
+        rows = with_duplicates(rows, plan.items)
         if not self.manifest_task_ids:
             rows = [{k: v for k, v in row.items() if k != "tts_task_id"} for row in rows]
         manifest = plan.folder / self.manifest_name
         write_manifest(manifest, rows)
-        summary = _summary(rows, plain_uri(plan.folder), plain_uri(manifest))
+        summary = batch_summary(rows, plain_uri(plan.folder), plain_uri(manifest))
         self._emit(context, summary)
         self.log.info("Batch finished: %s", summary)
         plan.record.remove()
@@ -91,7 +91,7 @@ class _StorePhase(_PlanPhase):
     def _row(
         self,
         context: Context,
-        plan: _Plan,
+        plan: BatchPlan,
         item: BatchItem,
         hit: CachedAudio | None,
         waits: Mapping[str, tuple[str, float]],
@@ -136,7 +136,7 @@ class _StorePhase(_PlanPhase):
                         "retryable": not permanent}  # fmt: skip
         raise AssertionError("unreachable: the last attempt returns")
 
-    def _use_hit(self, plan: _Plan, item: BatchItem, hit: CachedAudio) -> dict[str, Any]:
+    def _use_hit(self, plan: BatchPlan, item: BatchItem, hit: CachedAudio) -> dict[str, Any]:
         """A cached item's row; copied (no vendor call) to the name its key or ``file_name`` asks for."""
         target = hit.path
         if item.key in plan.explicit and same_file(hit.path.name) != same_file(item.stem):
@@ -152,7 +152,7 @@ class _StorePhase(_PlanPhase):
                 "duration_seconds": hit.duration_seconds}  # fmt: skip
 
     def _store(
-        self, context: Context, plan: _Plan, item: BatchItem, status: TtsTaskStatus, retried: bool
+        self, context: Context, plan: BatchPlan, item: BatchItem, status: TtsTaskStatus, retried: bool
     ) -> dict[str, Any]:
         """Stream one item's audio into the folder (atomic, constant memory) and record it in the cache."""
         with self.hook.open_audio(status) as audio:

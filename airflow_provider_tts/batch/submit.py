@@ -4,7 +4,7 @@ A request whose audio is already stored costs nothing; one already submitted is 
 the vendor refused for good, or whose create answer was lost, is reported failed rather than paid
 for again (unless the operator says otherwise). The rest are claimed in the request cache, created
 ``max_active_requests`` at a time, and their task ids recorded right after (or, failing that, kept
-aside by :class:`~airflow_provider_tts.batch.stash._IdStash`), so a retry re-attaches and never
+aside by :class:`~airflow_provider_tts.batch.stash.IdStash`), so a retry re-attaches and never
 pays twice. A refused key stops every further create of the batch.
 """
 
@@ -18,13 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_tts.batch.manifest import _changed_message, _rejected_message, _uncertain_message
-from airflow_provider_tts.batch.plan import _item_key, _Plan, _PlanPhase
-from airflow_provider_tts.batch.stash import _IdStash
+from airflow_provider_tts.batch.manifest import changed_message, rejected_message, uncertain_message
+from airflow_provider_tts.batch.plan import BatchPlan, PlanPhase, item_key
+from airflow_provider_tts.batch.stash import IdStash
 from airflow_provider_tts.exceptions import TtsAuthError, TtsConfigError, TtsPermanentError
 from airflow_provider_tts.fingerprint import fingerprint_hex
-from airflow_provider_tts.operators.tts import plain_uri
 from airflow_provider_tts.storage import TtsStorageError
+from airflow_provider_tts.storing import plain_uri
 from airflow_provider_tts.submissions import outcome_unknown
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ CLAIM_POLL_SECONDS = 1.0
 CREATE_ROUNDS = 3
 #: Requests whose fields are held at once while paying (the texts are read again, a chunk at a time).
 PAY_CHUNK = 256
-#: Writes of a paid task id into the request cache before it is kept aside (see ``_IdStash``).
+#: Writes of a paid task id into the request cache before it is kept aside (see ``IdStash``).
 RECORD_ATTEMPTS = 3
 RECORD_BACKOFF = 0.5
 
@@ -67,16 +67,16 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
-class _SubmitPhase(_PlanPhase):
+class SubmitPhase(PlanPhase):
     """The batch operator's submit phase (a mixin of the operator, never used alone)."""
 
     def _client_reference(self, identity: SubmitIdentity | None, fingerprint: str) -> str:
         base = identity.digest() if identity is not None else "manual"
         return f"airflow-{hashlib.sha256(f'{base}/{fingerprint}'.encode()).hexdigest()[:32]}"
 
-    def _submit_all(self, context: Context, plan: _Plan) -> dict[str, _Outcome]:
+    def _submit_all(self, context: Context, plan: BatchPlan) -> dict[str, _Outcome]:
         """Decide every request from the request cache, and pay, once, for those that need it."""
-        _IdStash(context, plan.identity).restore(plan.cache)
+        IdStash(context, plan.identity).restore(plan.cache)
         requests = plan.requests
         found = plan.cache.find_all(requests, threads=self.max_active_requests)
         hits = {fp: hit for fp, (hit, _) in found.items()} if self.reuse_cached else {}
@@ -106,7 +106,7 @@ class _SubmitPhase(_PlanPhase):
             return None
         if state == "rejected":
             return (
-                None if self.retry_failed_items else _Outcome("failed", error=_rejected_message(entry), retryable=False)
+                None if self.retry_failed_items else _Outcome("failed", error=rejected_message(entry), retryable=False)
             )
         if state == "submitted" and entry.get("tts_task_id"):
             return _Outcome("wait", str(entry["tts_task_id"]), _number(entry.get("submitted_at")))
@@ -116,9 +116,9 @@ class _SubmitPhase(_PlanPhase):
             return _Outcome("claimed_elsewhere")
         if self.on_uncertain_submit == "resubmit":
             return None
-        return _Outcome("failed", error=_uncertain_message(entry, owner), retryable=False)
+        return _Outcome("failed", error=uncertain_message(entry, owner), retryable=False)
 
-    def _pay(self, context: Context, plan: _Plan, fingerprints: list[str]) -> dict[str, _Outcome]:
+    def _pay(self, context: Context, plan: BatchPlan, fingerprints: list[str]) -> dict[str, _Outcome]:
         """Claim, create and record each request, ``max_active_requests`` at a time.
 
         The items are read once more for their fields, a chunk at a time (the worker never holds
@@ -155,7 +155,7 @@ class _SubmitPhase(_PlanPhase):
         counts = {kind: sum(1 for o in outcomes.values() if o.kind == kind) for kind in ("cached", "wait", "failed")}
         self.log.info("Batch: claimed requests ended as %s", counts)
         if unsaved:
-            where = _IdStash(context, plan.identity).save(unsaved)
+            where = IdStash(context, plan.identity).save(unsaved)
             raise TtsStorageError(
                 f"could not record {len(unsaved)} paid task ids in the request cache of {plain_uri(plan.folder)}; "
                 f"they are kept in {where}, and the next try waits for them and stores their audio without paying "
@@ -165,7 +165,7 @@ class _SubmitPhase(_PlanPhase):
             raise auth[0]
         return outcomes
 
-    def _fields_again(self, plan: _Plan, wanted: set[str]) -> Iterator[dict[str, dict[str, Any]]]:
+    def _fields_again(self, plan: BatchPlan, wanted: set[str]) -> Iterator[dict[str, dict[str, Any]]]:
         """The create fields of the ``wanted`` requests, read again, in chunks of :data:`PAY_CHUNK`.
 
         Every item must be the one planned moments before (same position, same identity): a file
@@ -179,11 +179,11 @@ class _SubmitPhase(_PlanPhase):
         for index, raw in enumerate(self._raw_items(), start=1):
             count = index
             if index > len(plan.keys):
-                raise TtsConfigError(_changed_message(plan, "the file has more items than when it was read"))
+                raise TtsConfigError(changed_message(plan, "the file has more items than when it was read"))
             key, file_name, fields = self._item(raw, index, defaults)
             fingerprint = self._fingerprint(index, key, fields)
-            if _item_key(key, file_name, fingerprint) != plan.keys[index - 1]:
-                raise TtsConfigError(_changed_message(plan, f"item {index} is not the item read moments before"))
+            if item_key(key, file_name, fingerprint) != plan.keys[index - 1]:
+                raise TtsConfigError(changed_message(plan, f"item {index} is not the item read moments before"))
             if fingerprint in wanted and fingerprint not in seen:
                 seen.add(fingerprint)
                 if reference is not None and fields.get(reference) is None:
@@ -193,11 +193,11 @@ class _SubmitPhase(_PlanPhase):
                     yield chunk
                     chunk = {}
         if count != len(plan.keys):
-            raise TtsConfigError(_changed_message(plan, "the file has fewer items than when it was read"))
+            raise TtsConfigError(changed_message(plan, "the file has fewer items than when it was read"))
         if chunk:
             yield chunk
 
-    def _pay_one(self, plan: _Plan, fingerprint: str, fields: dict[str, Any], stop: threading.Event) -> _Outcome:
+    def _pay_one(self, plan: BatchPlan, fingerprint: str, fields: dict[str, Any], stop: threading.Event) -> _Outcome:
         """One request: claim it (or wait out another run's fresh claim), create it, record the task id."""
         for _ in range(3):
             if stop.is_set():
@@ -217,7 +217,7 @@ class _SubmitPhase(_PlanPhase):
             return self._create(plan, fingerprint, fields, stop)
         return _Outcome("failed", error="not submitted: the request kept changing hands between runs")
 
-    def _create(self, plan: _Plan, fingerprint: str, fields: dict[str, Any], stop: threading.Event) -> _Outcome:
+    def _create(self, plan: BatchPlan, fingerprint: str, fields: dict[str, Any], stop: threading.Event) -> _Outcome:
         """The paid call, then its task id into the request cache (or, failing that, aside)."""
         short = fingerprint_hex(fingerprint)[:16]
         try:
@@ -229,7 +229,7 @@ class _SubmitPhase(_PlanPhase):
                 plan.cache.release(fingerprint)  # nothing was created: a retry with a good key sends it
                 return _Outcome("failed", error=f"not submitted: {exc}"[:500], cause=exc)
             if outcome_unknown(exc):  # the claim stays: it says a create may have been billed
-                return _Outcome("failed", error=_uncertain_message({"error": str(exc)}, plan.cache.owner),
+                return _Outcome("failed", error=uncertain_message({"error": str(exc)}, plan.cache.owner),
                                 retryable=self.on_uncertain_submit == "resubmit")  # fmt: skip
             if isinstance(exc, TtsPermanentError):
                 plan.cache.rejected(fingerprint, str(exc))
@@ -248,7 +248,7 @@ class _SubmitPhase(_PlanPhase):
                 return _Outcome("wait", task_id, time.time(), unsaved=True)
         return _Outcome("wait", task_id, time.time())
 
-    def _await_claim(self, plan: _Plan, fingerprint: str) -> _Outcome | None:
+    def _await_claim(self, plan: BatchPlan, fingerprint: str) -> _Outcome | None:
         """Another run claimed the request moments ago: wait for its task id instead of paying again."""
         give_up = time.monotonic() + CLAIM_WAIT_SECONDS
         entry: Mapping[str, Any] | None = None
@@ -261,4 +261,4 @@ class _SubmitPhase(_PlanPhase):
             decided = self._decide(hit, entry, plan.cache.owner)
             if decided is None or decided.kind != "claimed_elsewhere":
                 return decided
-        return _Outcome("failed", error=_uncertain_message(entry or {}, plan.cache.owner))
+        return _Outcome("failed", error=uncertain_message(entry or {}, plan.cache.owner))

@@ -56,7 +56,7 @@ class TtsHook(BaseHook):
     :param retry: overrides of the connection's retry settings for this hook's requests
         (``max_retries``, ``backoff``, ``max_backoff``), e.g. from a trigger's kwargs.
     :param shared_session: async calls take their ``aiohttp`` session from a pool shared by every
-        hook in the same event loop (see ``transport._SessionPool``); False gives this hook its own.
+        hook in the same event loop (see ``transport.SessionPool``); False gives this hook its own.
     """
 
     conn_name_attr = "tts_conn_id"
@@ -121,7 +121,7 @@ class TtsHook(BaseHook):
         Airflow's async lookup is tried first: in a triggerer it asks the triggerer's own channel
         and finds connections from every source. Under ``airflow dags test`` the trigger runs inline
         in the CLI process, where the async lookup does not see connections stored in the metadata
-        database although the synchronous one does (issue 16). So a not-found from the async lookup
+        database although the synchronous one does. So a not-found from the async lookup
         is answered by the synchronous lookup, run in a worker thread so the event loop never
         blocks; a connection that really does not exist still fails, with Airflow's own message.
         """

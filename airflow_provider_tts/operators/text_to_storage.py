@@ -1,7 +1,8 @@
 """One task from text to stored audio: submit, wait in the triggerer, stream into storage.
 
-The most common need, "this text, as an audio file, there", took three tasks (submit, sensor,
-store) that each repeated the connection id and the kind. The operators here do it in one task,
+The most common need, "this text, as an audio file, there", is three tasks with the generic
+operators (submit, sensor, store), each naming the connection id and the kind. The operators here
+do it in one task,
 one class per vendor and kind, named as Airflow names its operators (the vendor, the job, the
 destination):
 
@@ -24,7 +25,7 @@ that are templated (Jinja, an XComArg) are checked after rendering, before anyth
 
 **Built from the existing pieces.** Each class is a
 :class:`~airflow_provider_tts.operators.tts.TtsAudioToStorageOperator` whose ``execute`` first
-submits through :class:`~airflow_provider_tts.operators.submitting.SubmitOnce` (the very procedure
+submits through :class:`~airflow_provider_tts.submitting.SubmitOnce` (the very procedure
 of ``TtsSubmitOperator``: the request recorded before paying, a retry re-attaching, an uncertain
 create stopping) and then delegates to the storage operator's wait and store. So the storage
 arguments (``destination``, ``dest_conn_id``, ``overwrite``, ``max_bytes``, ``chunk_bytes``,
@@ -47,14 +48,16 @@ from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import request_fingerprint
 from airflow_provider_tts.naming import default_stem, has_audio_extension
-from airflow_provider_tts.operators.submitting import (
+from airflow_provider_tts.operators.audio_to_storage import TtsAudioToStorageOperator
+from airflow_provider_tts.storing import plain_uri
+from airflow_provider_tts.submitting import (
     SubmitOnce,
     UncertainSubmitPolicy,
     check_uncertain_policy,
     create_field_name,
     create_fields,
 )
-from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator, _rendered_later, plain_uri
+from airflow_provider_tts.templating import rendered_later
 from airflow_provider_tts.vendors import CambAi, RevidTts, Vendor
 from airflow_provider_tts.waiting import WaitPolicy
 
@@ -169,7 +172,7 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
         for name in self.request_field_names:
             setattr(self, name, request_fields.get(name))
         # Literal values fail now, when the DAG is parsed; templated ones after rendering.
-        pending = {name for name in self.request_field_names if _rendered_later(getattr(self, name))}
+        pending = {name for name in self.request_field_names if rendered_later(getattr(self, name))}
         literal = {name: getattr(self, name) for name in self.request_field_names if name not in pending}
         self.vendor.validate_create(
             self.tts_kind, create_fields(literal), pending={create_field_name(name) for name in pending}

@@ -15,8 +15,8 @@ These are the pieces for composing steps (a sensor between them, ids from elsewh
 batches). One text to one file is one task: the operators of
 :mod:`airflow_provider_tts.operators.text_to_storage`, built from the first two. The helpers every
 storing operator shares live in :mod:`airflow_provider_tts.storing` and
-:mod:`airflow_provider_tts.templating`; they are importable from here too, ``_rendered_later`` and
-``_StoredAudioOutput`` under those names.
+:mod:`airflow_provider_tts.templating`; they are importable from here too, ``rendered_later`` and
+``StoredAudioOutput`` under those names.
 """
 
 from __future__ import annotations
@@ -24,18 +24,18 @@ from __future__ import annotations
 from airflow_provider_tts.operators.audio_to_storage import TtsAudioToStorageOperator
 from airflow_provider_tts.operators.stream_to_storage import STREAM_FIELDS, CambTtsStreamToStorageOperator
 from airflow_provider_tts.operators.submit import SUBMIT_FIELDS, TtsSubmitOperator
-from airflow_provider_tts.storing import StoredAudioOutput as _StoredAudioOutput
+from airflow_provider_tts.storing import StoredAudioOutput as StoredAudioOutput
 from airflow_provider_tts.storing import plain_uri, stream_audio_into
-from airflow_provider_tts.templating import rendered_later as _rendered_later
+from airflow_provider_tts.templating import rendered_later as rendered_later
 
 __all__ = [
     "STREAM_FIELDS",
     "SUBMIT_FIELDS",
     "CambTtsStreamToStorageOperator",
+    "StoredAudioOutput",
     "TtsAudioToStorageOperator",
     "TtsSubmitOperator",
-    "_StoredAudioOutput",
-    "_rendered_later",
     "plain_uri",
+    "rendered_later",
     "stream_audio_into",
 ]

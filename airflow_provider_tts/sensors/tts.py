@@ -23,7 +23,7 @@ from airflow.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_tts.compat import AirflowSensorTimeout, AirflowSkipException, conf
 from airflow_provider_tts.exceptions import TtsConfigError, TtsWaitTimeoutError
-from airflow_provider_tts.operators.submitting import from_submitted
+from airflow_provider_tts.operators.submit import from_submitted
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
 from airflow_provider_tts.waiting import Waiter, WaitPolicy, poll_once, seconds
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, XComArg
 
     from airflow_provider_tts.hooks.tts import TtsHook
-    from airflow_provider_tts.operators.tts import TtsSubmitOperator
+    from airflow_provider_tts.operators.submit import TtsSubmitOperator
 
 #: Airflow's guidance for reschedule mode: each reschedule costs a scheduler round trip and a new
 #: task process, so poll no more often than once a minute. The default interval in reschedule mode.

@@ -44,11 +44,10 @@ from airflow_provider_tts.storage.content import (
     sniff_extension,
 )
 from airflow_provider_tts.storage.destinations import check_destination, check_writable, destination_path, is_folder
-from airflow_provider_tts.storage.s3 import _CLIENTS as _CLIENTS
 from airflow_provider_tts.storage.s3 import PARTS_IN_FLIGHT, SHA256_METADATA, abort_stale_uploads
-from airflow_provider_tts.storage.s3 import _s3_call as _s3_call
+from airflow_provider_tts.storage.s3 import s3_call as s3_call
 from airflow_provider_tts.storage.schemes import DIRECT_SCHEMES, RENAME_SCHEMES, S3_SCHEMES, WriteMode, write_mode
-from airflow_provider_tts.storage.schemes import _protocol as _protocol
+from airflow_provider_tts.storage.schemes import scheme_of as scheme_of
 from airflow_provider_tts.storage.store import (
     BEHIND_BYTES,
     DEFAULT_CHUNK_BYTES,

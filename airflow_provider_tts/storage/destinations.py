@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tts.compat import conn_id_of
 from airflow_provider_tts.exceptions import TtsConfigError
-from airflow_provider_tts.storage.s3 import _KNOWN_BUCKETS, _s3_call
-from airflow_provider_tts.storage.schemes import _protocol, write_mode
+from airflow_provider_tts.storage.s3 import KNOWN_BUCKETS, s3_call
+from airflow_provider_tts.storage.schemes import scheme_of, write_mode
 from airflow_provider_tts.storage.types import TtsStorageError
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def destination_path(destination: Any, dest_conn_id: str | None) -> ObjectStorag
             path = ObjectStoragePath(raw, conn_id=dest_conn_id)
         except ValueError as exc:
             raise TtsConfigError(f"destination {raw!r} is not a usable storage URI: {exc}") from None
-    _check_scheme(raw, _protocol(path), has_fs)
+    _check_scheme(raw, scheme_of(path), has_fs)
     return path
 
 
@@ -83,20 +83,20 @@ def check_destination(path: ObjectStoragePath, *, folder_hint: bool) -> bool:
         os.makedirs(os.path.dirname(local) or "/", exist_ok=True)
         return False
     bucket, _, key = path.path.partition("/")
-    where = f"{_protocol(path)}://{bucket}"
+    where = f"{scheme_of(path)}://{bucket}"
     try:
-        s3 = _s3_call(path)
+        s3 = s3_call(path)
         if s3 is not None:
             known = (conn_id_of(path), bucket)
             if folder_hint or not key.strip("/"):  # a folder by how it was written: only the bucket matters
-                if known not in _KNOWN_BUCKETS:
+                if known not in KNOWN_BUCKETS:
                     s3("head_bucket", Bucket=bucket)
-                    _KNOWN_BUCKETS.add(known)
+                    KNOWN_BUCKETS.add(known)
                 return True
             # A name without the slash may still be a folder (a prefix): one listing tells that and,
             # by answering at all, that the bucket exists.
             listing = s3("list_objects_v2", Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1)
-            _KNOWN_BUCKETS.add(known)
+            KNOWN_BUCKETS.add(known)
             return bool(listing.get("KeyCount") or listing.get("Contents"))
         if not getattr(path, "bucket", bucket):  # a filesystem without buckets (sftp, memory): a folder tree
             path.fs.makedirs(path.path if folder_hint else path.parent.path, exist_ok=True)

@@ -1,8 +1,8 @@
 """S3 through a plain boto3 client: the per-connection clients, the direct writer and stale uploads.
 
-:func:`_s3_call` gives the S3 API of a path's connection (the Amazon provider's ``S3Hook`` client,
+:func:`s3_call` gives the S3 API of a path's connection (the Amazon provider's ``S3Hook`` client,
 or s3fs's own ``call_s3`` where the hook's client would talk to S3 differently), with S3's
-refusals as :class:`OSError` subclasses. :class:`_S3DirectWriter` writes the destination key
+refusals as :class:`OSError` subclasses. :class:`S3DirectWriter` writes the destination key
 itself, as one ``PutObject`` or one multipart upload that is completed only on commit and aborted
 otherwise; :func:`abort_stale_uploads` aborts what a killed earlier try left open.
 """
@@ -20,8 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, cast
 
 from airflow_provider_tts.compat import conn_id_of
-from airflow_provider_tts.storage.schemes import S3_SCHEMES, _protocol
-from airflow_provider_tts.storage.writers import UPLOAD_BLOCK_BYTES, _Existing, _Writer
+from airflow_provider_tts.storage.schemes import S3_SCHEMES, scheme_of
+from airflow_provider_tts.storage.writers import UPLOAD_BLOCK_BYTES, Existing, Writer
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -48,11 +48,11 @@ _CLIENTS: dict[str | None, Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 #: ``(connection id, bucket)`` pairs this process has seen exist. Knowing a bucket exists saves the
 #: check's request for every further file into a folder of it; a bucket deleted since then makes the
-#: write itself fail (nothing becomes visible) and is forgotten here (see :func:`_forget_bucket`).
-_KNOWN_BUCKETS: set[tuple[str | None, str]] = set()
+#: write itself fail (nothing becomes visible) and is forgotten here (see :func:`forget_bucket`).
+KNOWN_BUCKETS: set[tuple[str | None, str]] = set()
 
 
-def _s3_call(path: ObjectStoragePath) -> _S3Call | None:
+def s3_call(path: ObjectStoragePath) -> _S3Call | None:
     """The S3 API of ``path``'s connection, or None when ``path`` is not on an s3fs filesystem.
 
     The calls go through a plain boto3 client built by the Amazon provider's ``S3Hook`` from the
@@ -64,7 +64,7 @@ def _s3_call(path: ObjectStoragePath) -> _S3Call | None:
     """
     fs = path.fs
     call_s3 = getattr(fs, "call_s3", None)
-    if _protocol(path) not in S3_SCHEMES or not callable(call_s3):
+    if scheme_of(path) not in S3_SCHEMES or not callable(call_s3):
         return None
     conn_id = conn_id_of(path)
     with _CLIENTS_LOCK:
@@ -103,8 +103,8 @@ def _boto_call(client: Any, operation: str, **kwargs: Any) -> dict[str, Any]:
         raise OSError(f"{type(exc).__name__}: {exc}") from exc
 
 
-def _forget_bucket(path: ObjectStoragePath) -> None:
-    _KNOWN_BUCKETS.discard((conn_id_of(path), path.path.partition("/")[0]))
+def forget_bucket(path: ObjectStoragePath) -> None:
+    KNOWN_BUCKETS.discard((conn_id_of(path), path.path.partition("/")[0]))
 
 
 #: What a part's upload returns: its entry for ``CompleteMultipartUpload``, its MD5 (when the ETag
@@ -112,7 +112,7 @@ def _forget_bucket(path: ObjectStoragePath) -> None:
 _PartDone = tuple[dict[str, Any], bytes | None, bytearray]
 
 
-class _S3DirectWriter(_Writer):
+class S3DirectWriter(Writer):
     """``direct`` on S3: the destination key itself, one ``PutObject`` or one multipart upload.
 
     Below :data:`UPLOAD_BLOCK_BYTES` the bytes are held until the end and sent as one ``PutObject``
@@ -202,7 +202,7 @@ class _S3DirectWriter(_Writer):
         while self.in_flight:
             self._collect()
 
-    def same_as(self, existing: _Existing, sha256: str) -> bool:
+    def same_as(self, existing: Existing, sha256: str) -> bool:
         if existing.sha256 is not None:
             return existing.sha256 == sha256
         return existing.etag is not None and existing.etag.strip('"') == self._etag()
@@ -276,7 +276,7 @@ def abort_stale_uploads(path: ObjectStoragePath, temp_name: str) -> None:
     calls this only on a retry (try number > 1), for the destination key it owns, so uploads there
     that started before this try are its own leftovers. Best effort: a failure is logged, never fatal.
     """
-    s3 = _s3_call(path)
+    s3 = s3_call(path)
     if s3 is None:
         return
     started = time.time()

@@ -23,7 +23,7 @@ RENAME_SCHEMES = frozenset({"file", "local", ""})
 S3_SCHEMES = frozenset({"s3", "s3a"})
 
 
-def _protocol(path: ObjectStoragePath) -> str:
+def scheme_of(path: ObjectStoragePath) -> str:
     protocol = path.protocol
     return protocol if isinstance(protocol, str) else protocol[0]
 
@@ -34,7 +34,7 @@ def write_mode(path: ObjectStoragePath) -> WriteMode:
     See the :mod:`airflow_provider_tts.storage` docstring for what each mode does and why it is
     atomic on its schemes.
     """
-    scheme = _protocol(path)
+    scheme = scheme_of(path)
     if scheme in RENAME_SCHEMES:
         return "rename"
     if scheme in DIRECT_SCHEMES:

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_tts.exceptions import TtsConfigError, TtsProtocolError
 from airflow_provider_tts.storage.content import audio_duration, check_audio_body
 from airflow_provider_tts.storage.destinations import check_destination
-from airflow_provider_tts.storage.s3 import SHA256_METADATA, _forget_bucket, _s3_call, _S3DirectWriter
+from airflow_provider_tts.storage.s3 import SHA256_METADATA, S3DirectWriter, forget_bucket, s3_call
 from airflow_provider_tts.storage.schemes import WriteMode, write_mode
 from airflow_provider_tts.storage.types import OVERWRITE_POLICIES, OverwritePolicy, StoredAudio, TtsStorageError
 from airflow_provider_tts.storage.writers import (
     UPLOAD_BLOCK_BYTES,
-    _Existing,
-    _FsspecDirectWriter,
-    _TempWriter,
-    _Writer,
+    Existing,
+    FsspecDirectWriter,
+    TempWriter,
+    Writer,
 )
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ PROGRESS_LOG_INTERVAL = 5.0
 BEHIND_BYTES = 1024**2
 
 
-def _existing(path: ObjectStoragePath, mode: WriteMode) -> _Existing | None:
+def _existing(path: ObjectStoragePath, mode: WriteMode) -> Existing | None:
     """The destination's current size (and identity where cheap): one HEAD on object stores.
 
     Raises :class:`TtsStorageError` when the destination is a directory: nothing may be moved onto it.
@@ -61,8 +61,8 @@ def _existing(path: ObjectStoragePath, mode: WriteMode) -> _Existing | None:
             return None
         if not os.path.isfile(path.path):
             raise TtsStorageError(f"destination {path} is a folder (or not a regular file); refusing to write onto it")
-        return _Existing(stat.st_size)
-    s3 = _s3_call(path)
+        return Existing(stat.st_size)
+    s3 = s3_call(path)
     if s3 is not None:
         bucket, _, key = path.path.partition("/")
         try:
@@ -70,14 +70,14 @@ def _existing(path: ObjectStoragePath, mode: WriteMode) -> _Existing | None:
         except FileNotFoundError:
             return None
         meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
-        return _Existing(int(head["ContentLength"]), meta.get(SHA256_METADATA), head.get("ETag"))
+        return Existing(int(head["ContentLength"]), meta.get(SHA256_METADATA), head.get("ETag"))
     try:
         info = path.fs.info(path.path)
     except FileNotFoundError:
         return None
     if info.get("type") == "directory":
         raise TtsStorageError(f"destination {path} is a folder; refusing to write onto it")
-    return _Existing(int(info["size"]))
+    return Existing(int(info["size"]))
 
 
 def _sha256_of(path: ObjectStoragePath, chunk_bytes: int) -> str:
@@ -95,16 +95,16 @@ def _sha256_of(path: ObjectStoragePath, chunk_bytes: int) -> str:
 
 
 def _open_writer(
-    path: ObjectStoragePath, mode: WriteMode, temp_name: str, content_type: str, existing: _Existing | None, size: int
-) -> _Writer:
+    path: ObjectStoragePath, mode: WriteMode, temp_name: str, content_type: str, existing: Existing | None, size: int
+) -> Writer:
     if mode != "direct":
-        return _TempWriter(path, temp_name, mode)
-    s3 = _s3_call(path)
+        return TempWriter(path, temp_name, mode)
+    s3 = s3_call(path)
     if s3 is not None:
         # The ETag is worth computing only if an object of the same size could be these very bytes.
         want_etag = existing is not None and existing.sha256 is None and size in (existing.size, -1)
-        return _S3DirectWriter(path, s3, content_type, want_etag)
-    return _FsspecDirectWriter(path, content_type)
+        return S3DirectWriter(path, s3, content_type, want_etag)
+    return FsspecDirectWriter(path, content_type)
 
 
 @dataclass
@@ -197,7 +197,7 @@ def store_stream(
         # ``replace`` on S3 needs nothing from the object already there: S3 has no directory to
         # refuse (a prefix at the name was refused by check_destination) and the new bytes replace
         # whatever is there, atomically. So no HEAD: the write is the file's only request.
-        replacing_on_s3 = overwrite == "replace" and mode == "direct" and _s3_call(path) is not None
+        replacing_on_s3 = overwrite == "replace" and mode == "direct" and s3_call(path) is not None
         existing = None if replacing_on_s3 else _existing(path, mode)
     except OSError as exc:
         raise TtsStorageError(f"checking {path} failed: {type(exc).__name__}: {exc}") from exc
@@ -211,7 +211,7 @@ def store_stream(
     size = 0
     progress = _Progress(content_length, PROGRESS_LOG_INTERVAL)
     expected = content_length if content_length is not None else -1
-    writer: _Writer | None = None
+    writer: Writer | None = None
     try:
         writer = _open_writer(path, mode, temp_name, content_type, existing, expected)
         depth = max(2, BEHIND_BYTES // max(chunk_bytes, 1))
@@ -273,7 +273,7 @@ def store_stream(
         if writer is not None:
             writer.abandon()
         if isinstance(exc, FileNotFoundError):
-            _forget_bucket(path)  # perhaps deleted since it was checked: the next file asks again
+            forget_bucket(path)  # perhaps deleted since it was checked: the next file asks again
         if isinstance(exc, OSError):
             raise TtsStorageError(f"writing {path} failed: {type(exc).__name__}: {exc}") from exc
         raise

@@ -1,8 +1,8 @@
 """Where the bytes go until they are committed: the writer interface and the non-S3 writers.
 
 A writer receives the chunks, then either commits them (they become visible at the destination
-at once, whole) or abandons them, leaving nothing behind. :class:`_TempWriter` writes a temporary
-beside the destination (``rename`` and ``copy`` modes); :class:`_FsspecDirectWriter` writes an
+at once, whole) or abandons them, leaving nothing behind. :class:`TempWriter` writes a temporary
+beside the destination (``rename`` and ``copy`` modes); :class:`FsspecDirectWriter` writes an
 object store's own uncommitted file. The S3 writer is in :mod:`airflow_provider_tts.storage.s3`.
 """
 
@@ -31,7 +31,7 @@ LOCAL_WRITE_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
-class _Existing:
+class Existing:
     """What is at the destination already, from one metadata request (never a download)."""
 
     size: int
@@ -39,7 +39,7 @@ class _Existing:
     etag: str | None = None  # S3's, for objects written without the sha256 metadata
 
 
-class _Writer:
+class Writer:
     """Where the bytes go until :meth:`commit` makes them visible at the destination, or :meth:`abandon`.
 
     ``write`` runs on one thread at a time (the helper thread for object stores); ``commit`` and
@@ -55,7 +55,7 @@ class _Writer:
     def finish(self) -> None:
         """Every byte written (no commit yet): the place for flushing."""
 
-    def same_as(self, existing: _Existing, sha256: str) -> bool:
+    def same_as(self, existing: Existing, sha256: str) -> bool:
         return existing.sha256 == sha256
 
     def commit(self, sha256: str, size: int) -> None:
@@ -65,7 +65,7 @@ class _Writer:
         raise NotImplementedError
 
 
-class _TempWriter(_Writer):
+class TempWriter(Writer):
     """``rename`` and ``copy``: a temporary beside the destination, then renamed or moved into place."""
 
     def __init__(self, path: ObjectStoragePath, temp_name: str, mode: WriteMode) -> None:
@@ -106,7 +106,7 @@ class _TempWriter(_Writer):
             log.warning("Could not remove the temporary %s", self.temp, exc_info=True)
 
 
-class _FsspecDirectWriter(_Writer):
+class FsspecDirectWriter(Writer):
     """``direct`` on object stores other than S3: the filesystem's own file, uncommitted until the end."""
 
     def __init__(self, path: ObjectStoragePath, content_type: str) -> None:

@@ -37,8 +37,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tts.transport.aio import SESSION_POOL, SHARED_POOL_LIMIT, AsyncTransport
-from airflow_provider_tts.transport.aio import _new_client_session as _new_client_session
-from airflow_provider_tts.transport.aio import _SessionPool as _SessionPool
+from airflow_provider_tts.transport.aio import SessionPool as SessionPool
+from airflow_provider_tts.transport.aio import new_client_session as new_client_session
 from airflow_provider_tts.transport.hosts import (
     METADATA_NAMES,
     METADATA_NETWORKS,

@@ -22,16 +22,16 @@ from tenacity import AsyncRetrying
 
 from airflow_provider_tts.connection import ConnectionSettings, origin_of
 from airflow_provider_tts.exceptions import TtsConnectionError, TtsError
-from airflow_provider_tts.transport.hosts import HostRefused, StoragePolicy, _blocked, precheck_storage_url
+from airflow_provider_tts.transport.hosts import HostRefused, StoragePolicy, blocked_error, precheck_storage_url
 from airflow_provider_tts.transport.messages import failure_detail, parse_without_secrets, safe_url
 from airflow_provider_tts.transport.retry import Pacer, retry_kwargs
 from airflow_provider_tts.transport.rules import (
     MAX_JSON_BODY,
     MAX_REDIRECTS,
     USER_AGENT,
-    _key_headers,
-    _next_hop,
-    _too_big,
+    key_headers,
+    next_hop,
+    too_big,
 )
 from airflow_provider_tts.vendors.base import ApiRequest, ApiResponse
 
@@ -98,7 +98,7 @@ def _checked_resolver_class() -> Callable[[StoragePolicy, str], aiohttp.abc.Abst
     return CheckedResolver
 
 
-def _new_client_session(
+def new_client_session(
     settings: ConnectionSettings, *, resolver: aiohttp.abc.AbstractResolver | None = None
 ) -> aiohttp.ClientSession:
     """A session with the connection's timeouts; ``resolver`` (storage sessions) replaces aiohttp's lookups."""
@@ -119,7 +119,7 @@ def _new_client_session(
 SHARED_POOL_LIMIT = 64
 
 
-class _SessionPool:
+class SessionPool:
     """One ``aiohttp.ClientSession`` per (event loop, client identity), shared by every wait in it.
 
     A triggerer runs thousands of waits in one event loop; a session each would hold a keep-alive
@@ -149,7 +149,7 @@ class _SessionPool:
         key = (asyncio.get_running_loop(), settings.connect_timeout, settings.read_timeout)
         entry = self._entries.get(key)
         if entry is None or entry[0].closed:
-            entry = self._entries[key] = [_new_client_session(settings), 0, asyncio.Semaphore(SHARED_POOL_LIMIT)]
+            entry = self._entries[key] = [new_client_session(settings), 0, asyncio.Semaphore(SHARED_POOL_LIMIT)]
         entry[1] += 1
         return key, entry[0], entry[2]
 
@@ -163,7 +163,7 @@ class _SessionPool:
             await entry[0].close()
 
 
-SESSION_POOL = _SessionPool()
+SESSION_POOL = SessionPool()
 
 
 class AsyncTransport:
@@ -201,14 +201,14 @@ class AsyncTransport:
             if self.shared:
                 self._pool_key, self._session, self._gate = SESSION_POOL.acquire(self.settings)
             else:
-                self._session = _new_client_session(self.settings)
+                self._session = new_client_session(self.settings)
         return self._session
 
     def _storage_client(self, scheme: str) -> aiohttp.ClientSession:
         session = self._storage_sessions.get(scheme)
         if session is None or session.closed:
             resolver = _checked_resolver_class()(StoragePolicy.of(self.settings), scheme)
-            session = self._storage_sessions[scheme] = _new_client_session(self.settings, resolver=resolver)
+            session = self._storage_sessions[scheme] = new_client_session(self.settings, resolver=resolver)
         return session
 
     async def aclose(self) -> None:
@@ -228,11 +228,11 @@ class AsyncTransport:
             self._checked_url, self._checked_on_api_origin = url, origin_of(url) in self.settings.api_origins
         return self._checked_on_api_origin
 
-    def _key_headers(self, req: ApiRequest, url: str) -> dict[str, str]:
-        """:func:`_key_headers` with the remembered origin check."""
+    def key_headers(self, req: ApiRequest, url: str) -> dict[str, str]:
+        """:func:`key_headers` with the remembered origin check."""
         if not req.authenticated:
             return {}
-        return _key_headers(self.settings, req, url, self._on_api_origin(url))
+        return key_headers(self.settings, req, url, self._on_api_origin(url))
 
     async def _read_once(self, req: ApiRequest) -> ApiResponse:
         import aiohttp
@@ -245,7 +245,7 @@ class AsyncTransport:
             else:  # a redirect to storage (polls start on an API origin)
                 precheck_storage_url(self.settings, req, url)
                 session, gate = self._storage_client(urlsplit(url).scheme), contextlib.nullcontext()
-            headers = {"Accept": "application/json", **self._key_headers(req, url)}
+            headers = {"Accept": "application/json", **self.key_headers(req, url)}
             failure: TtsError | None = None
             try:
                 async with (
@@ -260,19 +260,19 @@ class AsyncTransport:
                     ) as resp,
                 ):
                     resp_url = str(resp.url)
-                    target = _next_hop(req, resp_url, resp.status, resp.headers.get("location"), hop)
+                    target = next_hop(req, resp_url, resp.status, resp.headers.get("location"), hop)
                     if target is None:
                         body = bytearray()
                         async for chunk in resp.content.iter_chunked(65536):
                             body += chunk
                             if len(body) > MAX_JSON_BODY:
-                                raise _too_big(req, resp_url)
+                                raise too_big(req, resp_url)
                         headers_lc = {k.lower(): v for k, v in resp.headers.items()}
                         return ApiResponse(resp.status, headers_lc, bytes(body), safe_url(resp_url))
             except TtsError:
                 raise
             except HostRefused as refused:
-                failure = _blocked(req, url, refused)
+                failure = blocked_error(req, url, refused)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 failure = _aiohttp_error(exc, req, url)
             if failure is not None:

@@ -238,7 +238,7 @@ def _storage_target(req: ApiRequest, url: str) -> tuple[str, str, int]:
     return scheme, host, port or (443 if scheme == "https" else 80)
 
 
-def _blocked(req: ApiRequest, url: str, refused: HostRefused) -> TtsBlockedHostError:
+def blocked_error(req: ApiRequest, url: str, refused: HostRefused) -> TtsBlockedHostError:
     return TtsBlockedHostError(f"{req.what}: refusing {safe_url(url)}: {refused}")
 
 
@@ -258,7 +258,7 @@ def check_storage_url(settings: ConnectionSettings, req: ApiRequest, url: str) -
     try:
         return StoragePolicy.of(settings).checked_addresses(scheme, host, port)
     except HostRefused as refused:
-        raise _blocked(req, url, refused) from None
+        raise blocked_error(req, url, refused) from None
     except OSError as exc:
         raise TtsConnectionError(
             f"{req.what}: cannot resolve storage host {host!r}: {failure_detail(exc)}", request_sent=False
@@ -281,4 +281,4 @@ def precheck_storage_url(settings: ConnectionSettings, req: ApiRequest, url: str
         else:
             policy.checked_addresses(scheme, host, port)
     except HostRefused as refused:
-        raise _blocked(req, url, refused) from None
+        raise blocked_error(req, url, refused) from None

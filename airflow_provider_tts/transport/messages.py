@@ -5,7 +5,7 @@ only ways the transports put a URL or a failure into words: :func:`safe_url` nam
 them, :func:`failure_detail` describes a failure from its cause chain's class names and error codes
 (never from a library's own text), :func:`scrub` cuts any query or userinfo out of free text, and
 :func:`parse_without_secrets` does that to the message of a parser's error. While a transport sends
-a request, urllib3's own log lines are scrubbed too (:func:`_scrubbed_urllib3_logs`).
+a request, urllib3's own log lines are scrubbed too (:func:`scrubbed_urllib3_logs`).
 
 Importing this module imports neither requests nor urllib3: each is imported on first need (a
 URL's query to take apart, a failure to describe).
@@ -51,7 +51,7 @@ def safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def _host_and_port(url: str) -> str:
+def host_and_port(url: str) -> str:
     """``host:port`` of a URL as :func:`safe_url` writes it (never the userinfo ``netloc`` keeps)."""
     return urlsplit(safe_url(url)).netloc
 
@@ -108,7 +108,7 @@ def scrub(text: str, *urls: str) -> str:
     return _USERINFO_IN_TEXT.sub("", _QUERY_IN_TEXT.sub("", text))
 
 
-def _cause_chain(exc: BaseException) -> list[BaseException]:
+def cause_chain(exc: BaseException) -> list[BaseException]:
     """``exc`` and what it wraps, outermost first, as urllib3, requests and aiohttp nest them.
 
     urllib3 keeps the cause in ``reason``, requests and aiohttp in ``args`` or ``__cause__``.
@@ -157,7 +157,7 @@ def failure_detail(exc: BaseException, *urls: str) -> str:
     anyway. E.g. ``ConnectionError < MaxRetryError < NewConnectionError < ConnectionRefusedError:
     [Errno 111] Connection refused``.
     """
-    chain = _cause_chain(exc)
+    chain = cause_chain(exc)
     names: list[str] = []
     for cause in chain:
         if not names or names[-1] != type(cause).__name__:
@@ -207,7 +207,7 @@ def parse_without_secrets(parse: Callable[[ApiResponse], T], resp: ApiResponse) 
 
 
 @contextlib.contextmanager
-def _scrubbed_urllib3_logs() -> Iterator[None]:
+def scrubbed_urllib3_logs() -> Iterator[None]:
     token = _SCRUB_URLLIB3_LOGS.set(True)
     try:
         yield
@@ -215,7 +215,7 @@ def _scrubbed_urllib3_logs() -> Iterator[None]:
         _SCRUB_URLLIB3_LOGS.reset(token)
 
 
-def _without_secrets(resp: ApiResponse, *urls: str) -> ApiResponse:
+def without_secrets(resp: ApiResponse, *urls: str) -> ApiResponse:
     """``resp`` with the URLs' secrets cut out of its body, for an error message quoting the body.
 
     A storage host may echo the request in its error page (S3's ``SignatureDoesNotMatch`` quotes

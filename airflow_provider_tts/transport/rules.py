@@ -1,8 +1,8 @@
 """What both transports apply to every request and answer: limits, headers, redirects.
 
 The API key goes only with an authenticated request to one of the vendor's API origins, judged
-hop by hop (:func:`_key_headers`), so a redirect or a storage URL never receives it; redirects are
-followed only for GETs, only to http(s), at most :data:`MAX_REDIRECTS` times (:func:`_next_hop`);
+hop by hop (:func:`key_headers`), so a redirect or a storage URL never receives it; redirects are
+followed only for GETs, only to http(s), at most :data:`MAX_REDIRECTS` times (:func:`next_hop`);
 a JSON answer over :data:`MAX_JSON_BODY` bytes is refused.
 """
 
@@ -23,7 +23,7 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = f"airflow-provider-tts/{__version__}"
 
 
-def _key_headers(
+def key_headers(
     settings: ConnectionSettings, req: ApiRequest, url: str, on_api_origin: bool | None = None
 ) -> dict[str, str]:
     """The key header, for an authenticated request to one of the vendor's API origins only.
@@ -37,7 +37,7 @@ def _key_headers(
     return {}
 
 
-def _next_hop(req: ApiRequest, current: str, status: int, location: str | None, hop: int) -> str | None:
+def next_hop(req: ApiRequest, current: str, status: int, location: str | None, hop: int) -> str | None:
     """The URL a redirect points to, or None when the response is not a redirect to follow."""
     if status not in _REDIRECTS or not location:
         return None
@@ -55,8 +55,8 @@ def _next_hop(req: ApiRequest, current: str, status: int, location: str | None, 
 
 
 #: What a storage host answers for a pre-signed URL that expired, was revoked, or whose object is gone.
-_EXPIRED_URL_STATUSES = frozenset({401, 403, 404, 410})
+EXPIRED_URL_STATUSES = frozenset({401, 403, 404, 410})
 
 
-def _too_big(req: ApiRequest, url: str) -> TtsProtocolError:
+def too_big(req: ApiRequest, url: str) -> TtsProtocolError:
     return TtsProtocolError(f"{req.what}: response from {safe_url(url)} is over {MAX_JSON_BODY} bytes")

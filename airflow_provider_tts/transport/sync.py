@@ -27,25 +27,31 @@ from tenacity import Retrying
 
 from airflow_provider_tts.connection import ConnectionSettings, origin_of
 from airflow_provider_tts.exceptions import TtsAudioUrlExpiredError, TtsConnectionError, TtsError
-from airflow_provider_tts.transport.hosts import HostRefused, IpAddress, StoragePolicy, _blocked, precheck_storage_url
+from airflow_provider_tts.transport.hosts import (
+    HostRefused,
+    IpAddress,
+    StoragePolicy,
+    blocked_error,
+    precheck_storage_url,
+)
 from airflow_provider_tts.transport.messages import (
-    _cause_chain,
-    _host_and_port,
-    _scrubbed_urllib3_logs,
-    _without_secrets,
+    cause_chain,
     failure_detail,
+    host_and_port,
     parse_without_secrets,
     safe_url,
+    scrubbed_urllib3_logs,
+    without_secrets,
 )
 from airflow_provider_tts.transport.retry import Pacer, retry_kwargs
 from airflow_provider_tts.transport.rules import (
-    _EXPIRED_URL_STATUSES,
+    EXPIRED_URL_STATUSES,
     MAX_JSON_BODY,
     MAX_REDIRECTS,
     USER_AGENT,
-    _key_headers,
-    _next_hop,
-    _too_big,
+    key_headers,
+    next_hop,
+    too_big,
 )
 from airflow_provider_tts.vendors.base import ApiRequest, ApiResponse, http_error
 
@@ -58,7 +64,7 @@ def _requests_error(exc: requests.RequestException, req: ApiRequest, *urls: str)
     The message is built by :func:`failure_detail`, never from ``str(exc)``, which carries the
     request's path and query; raise it ``from None`` for the same reason.
     """
-    chain = _cause_chain(exc)
+    chain = cause_chain(exc)
     before_send = isinstance(exc, requests.ConnectTimeout) or any(
         isinstance(cause, (ConnectionRefusedError, socket.gaierror))
         or type(cause).__name__ in ("NewConnectionError", "ConnectTimeoutError", "NameResolutionError")
@@ -296,10 +302,10 @@ class SyncTransport:
             else:
                 precheck_storage_url(self.settings, req, url)
                 session = self.storage_session()
-            headers = {**(extra_headers or {}), **_key_headers(self.settings, req, url, on_api_origin)}
+            headers = {**(extra_headers or {}), **key_headers(self.settings, req, url, on_api_origin)}
             failure: TtsError | None = None
             try:
-                with _scrubbed_urllib3_logs():
+                with scrubbed_urllib3_logs():
                     resp = session.request(
                         req.method,
                         url,
@@ -311,12 +317,12 @@ class SyncTransport:
                         stream=True,
                     )
             except HostRefused as refused:
-                failure = _blocked(req, url, refused)
+                failure = blocked_error(req, url, refused)
             except requests.RequestException as exc:
                 failure = _requests_error(exc, req, url)
             if failure is not None:
                 raise failure  # outside the handler: the library error's text must not ride along
-            target = _next_hop(req, resp.url, resp.status_code, resp.headers.get("location"), hop)
+            target = next_hop(req, resp.url, resp.status_code, resp.headers.get("location"), hop)
             if target is None:
                 return resp
             resp.close()
@@ -331,7 +337,7 @@ class SyncTransport:
             for chunk in resp.iter_content(65536):
                 size += len(chunk)
                 if size > MAX_JSON_BODY:
-                    failure = _too_big(req, resp.url)
+                    failure = too_big(req, resp.url)
                     break
                 chunks.append(chunk)
         except requests.RequestException as exc:
@@ -362,13 +368,13 @@ class SyncTransport:
                 resp = self._send(req, {"Accept-Encoding": "identity"})
                 if not 200 <= resp.status_code < 300:
                     signed_url = resp.url
-                    answer = _without_secrets(self.read_response(req, resp), req.url, signed_url)
+                    answer = without_secrets(self.read_response(req, resp), req.url, signed_url)
                     # A request the vendor marks unauthenticated goes to storage (a Revid audio_url,
                     # a Camb file_url) even where a test emulator serves it on the API's own origin.
                     on_storage = not req.authenticated or origin_of(signed_url) not in self.settings.api_origins
-                    if resp.status_code in _EXPIRED_URL_STATUSES and on_storage:
+                    if resp.status_code in EXPIRED_URL_STATUSES and on_storage:
                         raise TtsAudioUrlExpiredError(
-                            f"{req.what}: the storage host {_host_and_port(signed_url)} answered HTTP "
+                            f"{req.what}: the storage host {host_and_port(signed_url)} answered HTTP "
                             f"{resp.status_code} for {safe_url(signed_url)}: the signed audio URL expired or was "
                             "revoked (the API key is never sent to storage hosts, so it is not the key)",
                             http_status=resp.status_code,

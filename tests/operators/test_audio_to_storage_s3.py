@@ -397,10 +397,10 @@ def test_multipart_parts_are_uploaded_several_at_once(
     # Parts 1 and 2 must be in flight together to pass the barrier: one part at a time breaks it.
     import threading
 
-    from airflow_provider_tts import storage
+    from airflow_provider_tts.storage import s3 as storage_s3
 
-    assert storage._s3_call(ObjectStoragePath(f"s3://{bucket}/", conn_id=aws_conn)) is not None
-    client = storage._CLIENTS[aws_conn]
+    assert storage_s3.s3_call(ObjectStoragePath(f"s3://{bucket}/", conn_id=aws_conn)) is not None
+    client = storage_s3._CLIENTS[aws_conn]
     barrier = threading.Barrier(2, timeout=30)
     met: list[int] = []
 
