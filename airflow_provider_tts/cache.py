@@ -126,17 +126,6 @@ class CachedAudio:
     credits: int | None
     etag: str | None
 
-    def as_result(self, tts_task_id: str | None = None) -> dict[str, Any]:
-        """The stored-file dict every storing operator returns, for this audio."""
-        return {
-            "uri": self.uri,
-            "size_bytes": self.size_bytes,
-            "sha256": self.sha256,
-            "content_type": self.content_type,
-            "duration_seconds": self.duration_seconds,
-            "tts_task_id": tts_task_id,
-        }
-
 
 class RequestCache:
     """The cache entries of one destination folder, for requests paid on one endpoint.

@@ -7,7 +7,8 @@ each request's content. This package holds the rest, one module per concept:
 
 - :mod:`~airflow_provider_tts.batch.items`: reading the items, their identity and file names;
 - :mod:`~airflow_provider_tts.batch.record`: the per-run wait list (:class:`BatchRecord`);
-- :mod:`~airflow_provider_tts.batch.manifest`: the manifest, the summary and the rows' messages;
+- :mod:`~airflow_provider_tts.batch.manifest`: the manifest and the rows' messages (the result
+  is :func:`airflow_provider_tts.results.batch_result`);
 - :mod:`~airflow_provider_tts.batch.plan`, :mod:`~airflow_provider_tts.batch.submit`,
   :mod:`~airflow_provider_tts.batch.store`: the operator's phases;
   :mod:`~airflow_provider_tts.batch.stash`: paid task ids kept until the next try;

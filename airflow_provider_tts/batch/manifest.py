@@ -1,8 +1,8 @@
-"""A batch's manifest and result: one row per item position, the XCom summary, the rows' messages.
+"""A batch's manifest: one row per item position, and the rows' messages.
 
 The manifest (JSON Lines, :data:`MANIFEST_FIELDS` per row) is written whole or not at all, beside
 the audio; a request repeated without a key gets a row at each of its positions, naming the first.
-The summary (the task's XCom) holds counts and where to look, never the per-item rows.
+The task's result (XCom), built from these rows, is :func:`airflow_provider_tts.results.batch_result`.
 """
 
 from __future__ import annotations
@@ -82,22 +82,3 @@ def with_duplicates(rows: list[dict[str, Any]], items: Sequence[BatchItem]) -> l
         for index in item.duplicates:
             out.append({**row, "index": index, "duplicate_of": item.index})
     return sorted(out, key=lambda r: r["index"])
-
-
-def batch_summary(rows: list[dict[str, Any]], destination: str, manifest: str) -> dict[str, Any]:
-    """The small XCom result: counts and where to look, never the per-item rows."""
-    own = [row for row in rows if row.get("duplicate_of") is None]
-
-    def count(status: str) -> int:
-        return sum(1 for row in own if row["status"] == status)
-
-    failed_keys = [row["key"] for row in own if row["status"] == "failed"]
-    return {
-        "items": len(own),
-        "stored": count("stored"),
-        "cached": count("cached"),
-        "failed": len(failed_keys),
-        "failed_keys": failed_keys[:20],
-        "destination": destination,
-        "manifest": manifest,
-    }

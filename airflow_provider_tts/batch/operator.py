@@ -93,6 +93,12 @@ class BaseTextBatchToStorageOperator(SubmitPhase, StorePhase, OutletsForTestRuns
         the audio; Camb.ai asks for the key on every call. The request cache forgets a task id
         once its audio is stored.
     :param max_bytes: per file size cap; ``chunk_bytes``: streaming chunk size.
+
+    Returns the batch result (table: ``docs/results.md``): ``items``, ``stored``, ``cached``,
+    ``failed``, ``failed_keys``, ``destination``, ``manifest``, and ``files`` (the stored and
+    cached files' URIs in item order, at most
+    :data:`~airflow_provider_tts.results.BATCH_RESULT_FILES`; ``files_truncated`` says when there
+    were more: read ``manifest`` then).
     """
 
     vendor: ClassVar[type[Vendor]]

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_tts.batch.manifest import batch_summary, with_duplicates, write_manifest
+from airflow_provider_tts.batch.manifest import with_duplicates, write_manifest
 from airflow_provider_tts.batch.plan import BatchPlan, PlanPhase
 from airflow_provider_tts.exceptions import (
     TtsBatchItemsFailedError,
@@ -25,6 +25,7 @@ from airflow_provider_tts.exceptions import (
 )
 from airflow_provider_tts.naming import has_audio_extension, same_file, with_extension
 from airflow_provider_tts.objects import copy_object
+from airflow_provider_tts.results import batch_result
 from airflow_provider_tts.storage import StoredAudio, check_audio_body, peek
 from airflow_provider_tts.storing import plain_uri, stream_audio_into
 
@@ -72,9 +73,9 @@ class StorePhase(PlanPhase):
             rows = [{k: v for k, v in row.items() if k != "tts_task_id"} for row in rows]
         manifest = plan.folder / self.manifest_name
         write_manifest(manifest, rows)
-        summary = batch_summary(rows, plain_uri(plan.folder), plain_uri(manifest))
+        summary = batch_result(rows, plain_uri(plan.folder), plain_uri(manifest))
         self._emit(context, summary)
-        self.log.info("Batch finished: %s", summary)
+        self.log.info("Batch finished: %s", {k: v for k, v in summary.items() if k != "files"})
         plan.record.remove()
         failed_rows = [row for row in rows if row["status"] == "failed" and row.get("duplicate_of") is None]
         if failed_rows and self.max_failed_items is not None and len(failed_rows) > self.max_failed_items:

@@ -33,6 +33,7 @@ from airflow_provider_tts.naming import (
 )
 from airflow_provider_tts.objects import listing
 from airflow_provider_tts.operators.submit import from_submitted
+from airflow_provider_tts.results import stored_file_result
 from airflow_provider_tts.status import KINDS
 from airflow_provider_tts.storage import (
     DEFAULT_CHUNK_BYTES,
@@ -103,6 +104,10 @@ class TtsAudioToStorageOperator(StoredAudioOutput, BaseOperator):
         ``AssetAlias`` and each store adds the file's own asset to it. Airflow creates those assets
         at run time, so no DAG can be scheduled on them in advance; the default (one stable asset,
         below) is what a scheduler can use.
+
+    Returns the stored-file result, as every storing operator does (table: ``docs/results.md``):
+    ``fingerprint`` and ``credits`` are None (a task id says nothing of its request), ``cached``
+    False.
 
     **Assets.** Without ``outlets``, the task declares one stable asset, registered when the DAG is
     parsed, also under ``.partial().expand()``: the destination itself when it is a literal URI (a
@@ -345,9 +350,14 @@ class TtsAudioToStorageOperator(StoredAudioOutput, BaseOperator):
                 chunk_bytes=self.chunk_bytes,
             )
         self._stored_at(context, path, stored)
-        result = {**stored.to_xcom(), "uri": plain_uri(path)}
+        result = stored_file_result(stored, uri=plain_uri(path), tts_task_id=stored.tts_task_id,
+                                    fingerprint=self._request_fingerprint(), cached=False)  # fmt: skip
         self._emit_asset(context, result)
         return result
 
     def _stored_at(self, context: Context, path: ObjectStoragePath, stored: StoredAudio) -> None:
         """Called once the audio is at ``path``; the operators that know their request record it."""
+
+    def _request_fingerprint(self) -> str | None:
+        """The fingerprint of the request that made the audio, for the result: unknown from a task id alone."""
+        return None

@@ -34,7 +34,9 @@ failed batch; the task fails when more than ``max_failed_items`` items failed (d
 failure fails the task, after everything else was stored, so a retry redoes only the failures:
 retryable ones are resubmitted, permanent ones are reported again without paying).
 
-The result (XCom) is a small summary; the per-item rows are in the manifest.
+The result (XCom) is small: counts, the manifest's URI and the stored files' URIs up to
+:data:`~airflow_provider_tts.results.BATCH_RESULT_FILES` (table: ``docs/results.md``); the
+per-item rows are in the manifest.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint
 from airflow_provider_tts.naming import check_file_name, with_format_extension
 from airflow_provider_tts.operators.audio_to_storage import TtsAudioToStorageOperator
+from airflow_provider_tts.results import stored_file_result
 from airflow_provider_tts.storage import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_MAX_BYTES,
@@ -96,10 +97,9 @@ class CambTtsStreamToStorageOperator(StoredAudioOutput, BaseOperator):
     :param overwrite, max_bytes, chunk_bytes, dest_conn_id, retry, asset_alias: as for
         :class:`TtsAudioToStorageOperator`.
 
-    Returns the storage operator's dict (``uri``, ``size_bytes``, ``sha256``, ``content_type``,
-    ``duration_seconds``, ``tts_task_id``: None, as a stream has no task) plus ``fingerprint``,
-    ``cached`` and ``credits`` (the vendor's ``X-Credits-Required``; 0 on a cache hit; None when
-    the vendor did not say).
+    Returns the stored-file result, as every storing operator does (table: ``docs/results.md``):
+    ``tts_task_id`` None (a stream has no task), ``credits`` the vendor's ``X-Credits-Required``
+    (0 on a cache hit; None when the vendor did not say).
     """
 
     template_fields: Sequence[str] = (
@@ -243,14 +243,8 @@ class CambTtsStreamToStorageOperator(StoredAudioOutput, BaseOperator):
                 chunk_bytes=self.chunk_bytes,
             )
         requests.stored(fingerprint, path, stored, credits=credits)
-        result = {
-            **stored.to_xcom(),
-            "uri": uri,
-            "tts_task_id": None,
-            "fingerprint": fingerprint,
-            "cached": False,
-            "credits": credits,
-        }
+        result = stored_file_result(stored, uri=uri, tts_task_id=None, fingerprint=fingerprint, cached=False,
+                                    credits=credits)  # fmt: skip
         self._emit_asset(context, result)
         return result
 
@@ -275,7 +269,7 @@ class CambTtsStreamToStorageOperator(StoredAudioOutput, BaseOperator):
                           hit.uri, uri)  # fmt: skip
         else:
             self.log.info("%s already holds the audio of request %s; not calling the vendor", uri, fingerprint)
-        cached = {**hit.as_result(), "uri": uri, "fingerprint": fingerprint, "cached": True, "credits": 0}
+        cached = stored_file_result(hit, uri=uri, tts_task_id=None, fingerprint=fingerprint, cached=True)
         self._emit_asset(context, cached)
         return cached
 

@@ -49,6 +49,7 @@ from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import request_fingerprint
 from airflow_provider_tts.naming import default_stem, has_audio_extension
 from airflow_provider_tts.operators.audio_to_storage import TtsAudioToStorageOperator
+from airflow_provider_tts.results import stored_file_result
 from airflow_provider_tts.storing import plain_uri
 from airflow_provider_tts.submitting import (
     SubmitOnce,
@@ -267,7 +268,7 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
                           hit.uri, plain_uri(target))  # fmt: skip
         else:
             self.log.info("%s already holds the audio of request %s; nothing was paid for", hit.uri, fingerprint)
-        result = {**hit.as_result(), "uri": plain_uri(target)}
+        result = stored_file_result(hit, uri=plain_uri(target), tts_task_id=None, fingerprint=fingerprint, cached=True)
         self.stored_audio = result
         self._emit_asset(context, result)
         return result
@@ -317,8 +318,8 @@ class CambTtsToStorageOperator(BaseTextToStorageOperator):
     ``poll_interval``, ``wait_policy``, ``retry``, ...) or
     :class:`~airflow_provider_tts.operators.text_to_storage.BaseTextToStorageOperator`'s
     (``tts_conn_id``, default ``camb_ai_default``; ``durable``; ``on_uncertain_submit``). Returns
-    the stored-audio dict (``uri``, ``size_bytes``, ``sha256``, ``content_type``,
-    ``duration_seconds``, ``tts_task_id``).
+    the stored-file result, as every storing operator does (table: ``docs/results.md``); on a
+    request-cache hit ``cached`` is True, ``credits`` 0 and ``tts_task_id`` None.
     """
 
     vendor = CambAi

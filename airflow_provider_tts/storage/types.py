@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from airflow_provider_tts.exceptions import TtsError
+from airflow_provider_tts.results import stored_file_result
 
 OverwritePolicy = Literal["replace", "skip_if_identical", "fail"]
 OVERWRITE_POLICIES: tuple[OverwritePolicy, ...] = ("replace", "skip_if_identical", "fail")
@@ -20,7 +21,7 @@ class TtsStorageError(TtsError):
 
 @dataclass(frozen=True)
 class StoredAudio:
-    """What was stored, as the operator returns it (see :meth:`to_xcom`)."""
+    """What was stored: the file's facts, from which the operators build their result (:meth:`to_xcom`)."""
 
     uri: str
     size_bytes: int
@@ -34,11 +35,10 @@ class StoredAudio:
     etag: str | None = None
 
     def to_xcom(self) -> dict[str, Any]:
-        return {
-            "uri": self.uri,
-            "size_bytes": self.size_bytes,
-            "sha256": self.sha256,
-            "content_type": self.content_type,
-            "duration_seconds": self.duration_seconds,
-            "tts_task_id": self.tts_task_id,
-        }
+        """This store as a stored-file result (:func:`airflow_provider_tts.results.stored_file_result`).
+
+        Nothing is known here of the request: ``fingerprint`` and ``credits`` are None,
+        ``cached`` False. The operators build their result with the request's facts.
+        """
+        return stored_file_result(self, uri=self.uri, tts_task_id=self.tts_task_id or None, fingerprint=None,
+                                  cached=False)  # fmt: skip

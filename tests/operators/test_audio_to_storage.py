@@ -122,6 +122,9 @@ def test_every_pair_downloads_into_a_folder(
         "content_type": content_type,
         "duration_seconds": result["duration_seconds"],
         "tts_task_id": task_id,
+        "fingerprint": None,  # a task id says nothing of its request
+        "cached": False,
+        "credits": None,
     }
     assert result["duration_seconds"] > 0
     json.dumps(result)  # XCom-able

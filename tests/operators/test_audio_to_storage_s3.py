@@ -86,6 +86,9 @@ def test_every_pair_downloads_into_a_bucket_folder(
         "content_type": result["content_type"],
         "duration_seconds": result["duration_seconds"],
         "tts_task_id": task_id,
+        "fingerprint": None,  # a task id says nothing of its request
+        "cached": False,
+        "credits": None,
     }
     assert result["duration_seconds"] > 0
     assert data[:4] == (b"fLaC" if result["content_type"] == "audio/flac" else b"RIFF")

@@ -123,6 +123,7 @@ def test_batch_one_task(airflow: LocalAirflow, emulator: Emulator, output: Path)
         path = output / "batch-one-task" / Path(row["file"]).name
         assert _sha256(path) == row["sha256"]
         assert path.stat().st_size == row["size_bytes"]
+    assert (summary["files"], summary["files_truncated"]) == ([row["file"] for row in rows], False)
     assert emulator.stats()["creates"]["revid_tts"]["tts"] - before == 50
     mapped = output / "batch" / "manifest.json"
     if mapped.exists():  # test_batch ran first: the same texts gave the same audio
