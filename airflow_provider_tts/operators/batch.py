@@ -18,11 +18,11 @@ What one task instance does:
 1. **Plan**: read every item (a list, or a ``.jsonl``/``.csv``/``.txt`` file), merge it over
    ``defaults``, validate it against the vendor's documented body, check keys and file names are
    unique: any mistake fails here, before anything is paid for or written.
-2. **Submit**: items whose audio is already at the destination under the same request fingerprint
-   (the request cache's sidecar) cost nothing; the rest are created ``max_active_requests`` at a
-   time, the intent recorded before each round of create calls and the vendor ids right after
-   (:class:`~airflow_provider_tts.batch.BatchRecord`), so a retry re-attaches and never pays twice
-   for an item; a 429's ``Retry-After`` pauses every request of the batch.
+2. **Submit**: items whose request the folder's request cache (``.tts-cache/``) already holds
+   audio for cost nothing; the rest are created ``max_active_requests`` at a time, each request
+   claimed in the cache before its create call and its vendor id recorded right after, so a
+   retry or a concurrent run re-attaches and never pays twice for an item; a 429's
+   ``Retry-After`` pauses every request of the batch.
 3. **Wait**: one deferral on :class:`~airflow_provider_tts.triggers.batch.TtsBatchTrigger` for
    all items (or the same loop in the worker with ``deferrable=False``).
 4. **Store**: every finished audio streamed into the destination folder, ``max_active_requests``

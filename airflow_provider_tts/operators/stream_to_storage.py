@@ -2,9 +2,9 @@
 
 One synchronous request whose response body is the audio: no task id, no polling, nothing to
 defer. Every documented field is validated before anything else; the audio goes through the same
-atomic constant-memory writer as every storing operator; a request cache (a sidecar beside the
-audio, keyed by the request's fingerprint) lets a retry or a re-run return the stored audio
-without calling the vendor again.
+atomic constant-memory writer as every storing operator; the request cache (``.tts-cache/`` in
+the destination folder, keyed by the request's fingerprint and the account it was paid on) lets a
+retry or a re-run return the stored audio without calling the vendor again.
 """
 
 from __future__ import annotations
@@ -67,14 +67,14 @@ class CambTtsStreamToStorageOperator(StoredAudioOutput, BaseOperator):
 
     **Request cache (on by default).** A streaming call has no task id, so a retried or re-run
     task would pay again. The request's fingerprint (vendor, ``tts-stream``, the validated body
-    including the output format) is recorded in a sidecar ``<file>.tts.json`` beside the audio;
-    when the destination already holds audio made from the same fingerprint (sidecar matches and
-    the object has the recorded size) the vendor is not called at all and the stored object is
-    returned with ``cached: True``. On by default because a pipeline re-run over the same texts is
-    expected to produce the same files, the same expectation the ``skip_if_identical`` overwrite
-    default already serves, and paying again for identical audio is never what a batch wants. To
-    force new audio (a new model version behind the same name), set ``reuse_cached=False`` or
-    ``overwrite="replace"``.
+    including the output format) keys an entry in the request cache of the destination folder;
+    when the cache holds audio made from the same request on the same account (confirmed against
+    the object: hashed locally, the ETag on S3) the vendor is not called at all and the stored
+    object is returned (copied first when the file name changed) with ``cached: True``. On by
+    default because a pipeline re-run over the same texts is expected to produce the same files,
+    and paying again for identical audio is never what a batch wants. To force new audio (a new
+    model version behind the same name), set ``reuse_cached=False``; ``overwrite`` decides only
+    how an existing file is written.
 
     :param text: the words to speak, 3-3000 characters (templated).
     :param language: BCP-47 tag, e.g. ``en-us`` (templated); a legacy ``/tts`` integer id is mapped to its tag.
