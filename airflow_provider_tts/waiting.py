@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from dataclasses import fields as dataclass_fields
@@ -18,6 +17,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from airflow_provider_tts.exceptions import TtsConfigError, TtsError, error_event
+from airflow_provider_tts.renames import renamed
 from airflow_provider_tts.status import TtsTaskStatus
 
 Verdict = Literal["wait", "succeeded", "failed"]
@@ -133,31 +133,16 @@ class WaitPolicy:
         return asdict(self)
 
 
-def wait_timeout(timeout: Any, kwargs: dict[str, Any], owner: str) -> float:
+def wait_timeout(timeout: Any, kwargs: dict[str, Any], owner: str, default: float = DEFAULT_WAIT_TIMEOUT) -> float:
     """The operators' ``timeout`` in seconds, honouring the deprecated ``wait_timeout`` in ``kwargs``.
 
     ``wait_timeout`` was the operators' name before they took the sensor's ``timeout``; it keeps
-    working, with a deprecation warning, and is removed from ``kwargs`` so BaseOperator never sees it.
+    working, with a deprecation warning (see :mod:`airflow_provider_tts.renames`), and is removed
+    from ``kwargs`` so BaseOperator never sees it. Neither given: ``default``.
     """
-    if "wait_timeout" in kwargs:
-        legacy = kwargs.pop("wait_timeout")
-        warnings.warn(
-            f"{owner}(wait_timeout=...) is deprecated; use timeout=... (seconds or a timedelta)",
-            _deprecation_category(),
-            stacklevel=3,
-        )
-        if timeout is not None:
-            raise TtsConfigError(f"{owner}: give timeout or the deprecated wait_timeout, not both")
-        timeout = legacy
-    return DEFAULT_WAIT_TIMEOUT if timeout is None else seconds(timeout, "timeout")
-
-
-def _deprecation_category() -> type[Warning]:
-    try:
-        from airflow.exceptions import AirflowProviderDeprecationWarning
-    except ImportError:  # pragma: no cover - airflow-core always provides it on Airflow 3
-        return DeprecationWarning
-    return AirflowProviderDeprecationWarning
+    legacy = kwargs.pop("wait_timeout", None)
+    timeout = renamed(owner, "timeout", timeout, "wait_timeout", legacy, hint=" (seconds or a timedelta)", stacklevel=4)
+    return default if timeout is None else seconds(timeout, "timeout")
 
 
 class StatusChangeLog:

@@ -26,7 +26,7 @@ class SessionPerTriggerTrigger(TtsTaskTrigger):
     """One session per trigger: the hook owns its session instead of taking the shared pool's."""
 
     def _hook(self) -> Any:
-        return TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry, shared_session=False)
+        return TtsHook(tts_conn_id=self.tts_conn_id, request_retry=self.request_retry, shared_session=False)
 
 
 class _SessionPerRequestTransport(AsyncTransport):
@@ -53,7 +53,7 @@ class SessionPerPollTrigger(TtsTaskTrigger):
     """The http provider's pattern: a new ``aiohttp.ClientSession`` around every poll."""
 
     def _hook(self) -> Any:
-        return _SessionPerPollHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
+        return _SessionPerPollHook(tts_conn_id=self.tts_conn_id, request_retry=self.request_retry)
 
 
 #: Strategy name -> trigger class, in the order the report shows them.

@@ -29,6 +29,7 @@ from airflow_provider_tts.compat import conf
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.lineage import OutletsForTestRuns, default_outlet
+from airflow_provider_tts.renames import request_retry_overrides
 from airflow_provider_tts.storage import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_BYTES, OVERWRITE_POLICIES, OverwritePolicy
 from airflow_provider_tts.storing import plain_uri
 from airflow_provider_tts.submitting import UncertainSubmitPolicy, check_uncertain_policy
@@ -83,7 +84,9 @@ class BaseTextBatchToStorageOperator(SubmitPhase, StorePhase, OutletsForTestRuns
     :param timeout: how long to wait for all items (seconds or ``timedelta``; default 6 hours);
         items still pending then are failed, retryable (a retry waits for them again).
     :param poll_interval: seconds between polling rounds at first; ``wait_policy`` the rest.
-    :param retry: per-request retry overrides (``max_retries``, ``backoff``, ``max_backoff``).
+    :param request_retry: overrides of the connection's retry settings for each HTTP request
+        (``max_retries``, ``backoff``, ``max_backoff``); the task's own retries stay ``retries``.
+    :param retry: the deprecated spelling of ``request_retry`` (a warning says so).
     :param durable: must be True: the request cache is what keeps a retry from paying twice.
     :param on_uncertain_submit: ``"fail"`` (default): a request whose create call's answer was lost
         is reported failed and never resent; ``"resubmit"``: a retry sends it again.
@@ -132,6 +135,7 @@ class BaseTextBatchToStorageOperator(SubmitPhase, StorePhase, OutletsForTestRuns
         timeout: float | timedelta | None = None,
         poll_interval: float | timedelta | None = None,
         wait_policy: WaitPolicy | None = None,
+        request_retry: Mapping[str, Any] | None = None,
         retry: Mapping[str, Any] | None = None,
         durable: bool = True,
         on_uncertain_submit: UncertainSubmitPolicy = "fail",
@@ -165,7 +169,7 @@ class BaseTextBatchToStorageOperator(SubmitPhase, StorePhase, OutletsForTestRuns
             check_manifest_name(manifest_name)
         explicit_outlets = "outlets" in kwargs
         policy_fields = WaitPolicy.pop_fields(kwargs)
-        self.timeout = wait_timeout(timeout, kwargs, owner) if timeout is not None else DEFAULT_BATCH_TIMEOUT
+        self.timeout = wait_timeout(timeout, kwargs, owner, default=DEFAULT_BATCH_TIMEOUT)
         self.policy = WaitPolicy.build(wait_policy, poll_interval=poll_interval, **policy_fields)
         super().__init__(**kwargs)
         if not explicit_outlets:
@@ -185,7 +189,8 @@ class BaseTextBatchToStorageOperator(SubmitPhase, StorePhase, OutletsForTestRuns
         self.max_active_requests = max_active_requests
         self.manifest_name = manifest_name
         self.deferrable = deferrable
-        self.retry = dict(retry) if retry else None
+        self.request_retry = request_retry_overrides(type(self).__name__, request_retry, retry)
+        self.retry = self.request_retry  # the old name, for code that still reads it
         self.durable = durable
         self.on_uncertain_submit = check_uncertain_policy(on_uncertain_submit)
         self.max_bytes = max_bytes
@@ -199,7 +204,7 @@ class BaseTextBatchToStorageOperator(SubmitPhase, StorePhase, OutletsForTestRuns
         from airflow_provider_tts.hooks.tts import TtsHook
         from airflow_provider_tts.transport import Pacer
 
-        hook = TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
+        hook = TtsHook(tts_conn_id=self.tts_conn_id, request_retry=self.request_retry)
         hook.pacer = Pacer()  # one Retry-After slows the whole batch
         return hook
 
@@ -240,7 +245,7 @@ class BaseTextBatchToStorageOperator(SubmitPhase, StorePhase, OutletsForTestRuns
             deadline=started_at + self.timeout,
             started_at=started_at,
             concurrency=self.max_active_requests,
-            retry=self.retry,
+            request_retry=self.request_retry,
             wait_policy=self.policy,
         )
         if self.deferrable:

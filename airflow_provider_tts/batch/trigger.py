@@ -23,6 +23,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_tts.exceptions import TtsAuthError, TtsConfigError, error_event
+from airflow_provider_tts.renames import stored_request_retry
 from airflow_provider_tts.waiting import WaitPolicy
 
 #: Where the triggerer imports :class:`TtsBatchTrigger` from (pinned, as for ``TtsTaskTrigger``): rows
@@ -113,7 +114,8 @@ class TtsBatchTrigger(BaseTrigger):
     :param deadline: wall-clock epoch seconds after which pending tasks end the wait (``timeout``).
     :param started_at: when the batch's wait began (drives the poll schedule across re-creation).
     :param concurrency: polls in flight at once.
-    :param retry: per-request retry overrides, as for ``TtsTaskTrigger``.
+    :param request_retry: per-request retry overrides, as for ``TtsTaskTrigger``.
+    :param retry: the same under the trigger row's key, as for ``TtsTaskTrigger``; give one of the two.
     :param wait_policy: the :class:`~airflow_provider_tts.waiting.WaitPolicy` (flat in the row).
     """
 
@@ -127,6 +129,7 @@ class TtsBatchTrigger(BaseTrigger):
         deadline: float | None = None,
         started_at: float | None = None,
         concurrency: int = 32,
+        request_retry: Mapping[str, Any] | None = None,
         retry: Mapping[str, Any] | None = None,
         wait_policy: WaitPolicy | None = None,
         **policy_fields: Any,
@@ -139,7 +142,8 @@ class TtsBatchTrigger(BaseTrigger):
         self.deadline = float(deadline) if deadline is not None else None
         self.started_at = float(started_at) if started_at is not None else time.time()
         self.concurrency = int(concurrency)
-        self.retry = dict(retry) if retry else None
+        self.request_retry = stored_request_retry(type(self).__name__, request_retry, retry)
+        self.retry = self.request_retry  # the old name, for code that still reads it
         self.policy = WaitPolicy.build(wait_policy, **policy_fields)
         self._killed = False
 
@@ -155,7 +159,7 @@ class TtsBatchTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "started_at": self.started_at,
                 "concurrency": self.concurrency,
-                "retry": self.retry,
+                "retry": self.request_retry,  # the row's key since 0.1: see stored_request_retry
                 **self.policy.to_kwargs(),
             },
         )
@@ -170,7 +174,7 @@ class TtsBatchTrigger(BaseTrigger):
             record = BatchRecord.at(self.record_uri, self.record_conn_id)
             # Storage I/O is blocking: off the triggerer's event loop.
             pending = await asyncio.to_thread(record.pending)
-            hook = TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
+            hook = TtsHook(tts_conn_id=self.tts_conn_id, request_retry=self.request_retry)
             hook.pacer = Pacer()
             event = await self.wait(hook, pending, log=self.log)
         except Exception as exc:  # a bad kwarg or an unreadable record ends the wait, never the triggerer

@@ -25,6 +25,7 @@ from airflow_provider_tts.exceptions import (
     TtsTaskFailedError,
     excerpt,
 )
+from airflow_provider_tts.renames import REQUEST_RETRY_KEYS, request_retry_overrides
 from airflow_provider_tts.status import TtsTaskStatus
 from airflow_provider_tts.transport import AsyncTransport, AudioStream, Pacer, SyncTransport
 from airflow_provider_tts.vendors import vendor_class
@@ -53,8 +54,9 @@ class TtsHook(BaseHook):
 
     :param tts_conn_id: an Airflow connection of type ``camb_ai`` or ``revid_tts``; the password
         is the API key, the host an optional base URL (the emulator's address, for example).
-    :param retry: overrides of the connection's retry settings for this hook's requests
-        (``max_retries``, ``backoff``, ``max_backoff``), e.g. from a trigger's kwargs.
+    :param request_retry: overrides of the connection's retry settings for each of this hook's
+        HTTP requests (``max_retries``, ``backoff``, ``max_backoff``), e.g. from a trigger's kwargs.
+    :param retry: the deprecated spelling of ``request_retry`` (a warning says so).
     :param shared_session: async calls take their ``aiohttp`` session from a pool shared by every
         hook in the same event loop (see ``transport.SessionPool``); False gives this hook its own.
     """
@@ -70,6 +72,7 @@ class TtsHook(BaseHook):
         self,
         tts_conn_id: str = default_conn_name,
         *,
+        request_retry: Mapping[str, Any] | None = None,
         retry: Mapping[str, Any] | None = None,
         shared_session: bool = True,
         **kwargs: Any,
@@ -78,12 +81,10 @@ class TtsHook(BaseHook):
         if not isinstance(tts_conn_id, str) or not tts_conn_id.strip():
             raise TtsConfigError(f"tts_conn_id must be a non-empty string, got {tts_conn_id!r}")
         self.tts_conn_id = tts_conn_id
-        self.retry_overrides = dict(retry or {})
-        unknown = set(self.retry_overrides) - {"max_retries", "backoff", "max_backoff"}
+        self.retry_overrides = request_retry_overrides(type(self).__name__, request_retry, retry) or {}
+        unknown = set(self.retry_overrides) - set(REQUEST_RETRY_KEYS)
         if unknown:
-            raise TtsConfigError(
-                f"unknown retry settings {sorted(unknown)}; expected max_retries, backoff, max_backoff"
-            )
+            raise TtsConfigError(f"unknown retry settings {sorted(unknown)}; expected {', '.join(REQUEST_RETRY_KEYS)}")
         self.shared_session = shared_session
         #: Set by a batch before the first call: one ``Retry-After`` then paces all of its requests.
         self.pacer: Pacer | None = None

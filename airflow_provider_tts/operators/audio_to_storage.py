@@ -33,6 +33,7 @@ from airflow_provider_tts.naming import (
 )
 from airflow_provider_tts.objects import listing
 from airflow_provider_tts.operators.submit import from_submitted
+from airflow_provider_tts.renames import request_retry_overrides
 from airflow_provider_tts.results import stored_file_result
 from airflow_provider_tts.status import KINDS
 from airflow_provider_tts.storage import (
@@ -99,7 +100,9 @@ class TtsAudioToStorageOperator(StoredAudioOutput, BaseOperator):
     :param poll_interval: seconds (or a ``timedelta``) between polls at first (default 5).
     :param wait_policy: the other wait settings; see :class:`~airflow_provider_tts.waiting.WaitPolicy`
         (its fields may also be passed by name).
-    :param retry: per-request retry overrides (``max_retries``, ``backoff``, ``max_backoff``).
+    :param request_retry: overrides of the connection's retry settings for each HTTP request
+        (``max_retries``, ``backoff``, ``max_backoff``); the task's own retries stay ``retries``.
+    :param retry: the deprecated spelling of ``request_retry`` (a warning says so).
     :param asset_alias: opt in to one asset *per stored file*: the task's outlet becomes this
         ``AssetAlias`` and each store adds the file's own asset to it. Airflow creates those assets
         at run time, so no DAG can be scheduled on them in advance; the default (one stable asset,
@@ -142,6 +145,7 @@ class TtsAudioToStorageOperator(StoredAudioOutput, BaseOperator):
         timeout: float | timedelta | None = None,
         poll_interval: float | timedelta | None = None,
         wait_policy: WaitPolicy | None = None,
+        request_retry: Mapping[str, Any] | None = None,
         retry: Mapping[str, Any] | None = None,
         asset_alias: str | None = None,
         **kwargs: Any,
@@ -179,7 +183,8 @@ class TtsAudioToStorageOperator(StoredAudioOutput, BaseOperator):
         self.chunk_bytes = chunk_bytes
         self.deferrable = deferrable
         self.wait_timeout = self.timeout  # the old name, for code that still reads it
-        self.retry = dict(retry) if retry else None
+        self.request_retry = request_retry_overrides(type(self).__name__, request_retry, retry)
+        self.retry = self.request_retry  # the old name, for code that still reads it
         self.asset_alias = asset_alias
         #: What this try stored (the XCom dict), for the OpenLineage facets on completion.
         self.stored_audio: dict[str, Any] | None = None
@@ -220,7 +225,7 @@ class TtsAudioToStorageOperator(StoredAudioOutput, BaseOperator):
     def hook(self) -> TtsHook:
         from airflow_provider_tts.hooks.tts import TtsHook
 
-        return TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
+        return TtsHook(tts_conn_id=self.tts_conn_id, request_retry=self.request_retry)
 
     def execute(self, context: Context) -> dict[str, Any]:
         if not isinstance(self.tts_task_id, str) or not self.tts_task_id.strip():
@@ -270,7 +275,7 @@ class TtsAudioToStorageOperator(StoredAudioOutput, BaseOperator):
                         deadline=waiter.deadline,
                         started_at=started_at,
                         wait_policy=self.policy,
-                        retry=self.retry,
+                        request_retry=self.request_retry,
                     ),
                     method_name="execute_complete",
                     # The id travels with the deferral: an operator that submitted it in execute()

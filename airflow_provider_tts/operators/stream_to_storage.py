@@ -21,6 +21,7 @@ from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint
 from airflow_provider_tts.naming import check_file_name, with_format_extension
 from airflow_provider_tts.operators.audio_to_storage import TtsAudioToStorageOperator
+from airflow_provider_tts.renames import request_retry_overrides
 from airflow_provider_tts.results import stored_file_result
 from airflow_provider_tts.storage import (
     DEFAULT_CHUNK_BYTES,
@@ -94,8 +95,8 @@ class CambTtsStreamToStorageOperator(StoredAudioOutput, BaseOperator):
     :param user_instructions, enhance_named_entities_pronunciation, voice_settings,
         inference_options: passed as documented by Camb's SDK, validated here.
     :param reuse_cached: skip the vendor when the destination holds audio of this very request.
-    :param overwrite, max_bytes, chunk_bytes, dest_conn_id, retry, asset_alias: as for
-        :class:`TtsAudioToStorageOperator`.
+    :param overwrite, max_bytes, chunk_bytes, dest_conn_id, request_retry, asset_alias: as for
+        :class:`TtsAudioToStorageOperator` (``retry``, the deprecated spelling of ``request_retry``, warns).
 
     Returns the stored-file result, as every storing operator does (table: ``docs/results.md``):
     ``tts_task_id`` None (a stream has no task), ``credits`` the vendor's ``X-Credits-Required``
@@ -129,6 +130,7 @@ class CambTtsStreamToStorageOperator(StoredAudioOutput, BaseOperator):
         overwrite: OverwritePolicy = "skip_if_identical",
         max_bytes: int = DEFAULT_MAX_BYTES,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        request_retry: Mapping[str, Any] | None = None,
         retry: Mapping[str, Any] | None = None,
         asset_alias: str | None = None,
         **kwargs: Any,
@@ -172,7 +174,8 @@ class CambTtsStreamToStorageOperator(StoredAudioOutput, BaseOperator):
         self.overwrite: OverwritePolicy = overwrite
         self.max_bytes = max_bytes
         self.chunk_bytes = chunk_bytes
-        self.retry = dict(retry) if retry else None
+        self.request_retry = request_retry_overrides(type(self).__name__, request_retry, retry)
+        self.retry = self.request_retry  # the old name, for code that still reads it
         self.asset_alias = asset_alias
         self.kind = "tts-stream"  # how lineage and asset events name what made the audio
         #: What this try stored (the XCom dict), for the OpenLineage facets on completion.
@@ -185,7 +188,7 @@ class CambTtsStreamToStorageOperator(StoredAudioOutput, BaseOperator):
     def hook(self) -> TtsHook:
         from airflow_provider_tts.hooks.tts import TtsHook
 
-        return TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
+        return TtsHook(tts_conn_id=self.tts_conn_id, request_retry=self.request_retry)
 
     def stream_body(self) -> dict[str, Any]:
         """The validated ``/tts-stream`` body from the (rendered) arguments; raises before any request."""

@@ -23,6 +23,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_tts.compat import conf
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError
+from airflow_provider_tts.renames import request_retry_overrides
 from airflow_provider_tts.status import KINDS
 from airflow_provider_tts.submitting import SubmitOnce, check_uncertain_policy, create_fields
 from airflow_provider_tts.templating import templated
@@ -89,6 +90,9 @@ class TtsSubmitOperator(BaseOperator):
     :param poll_interval: with ``wait``, seconds (or a ``timedelta``) between polls at first.
     :param wait_policy: with ``wait``, the other wait settings; see
         :class:`~airflow_provider_tts.waiting.WaitPolicy` (its fields may also be passed by name).
+    :param request_retry: overrides of the connection's retry settings for each HTTP request
+        (``max_retries``, ``backoff``, ``max_backoff``); the task's own retries stay ``retries``.
+    :param retry: the deprecated spelling of ``request_retry`` (a warning says so).
     :param durable: record each submission so retries re-attach and never pay blindly twice.
     :param on_uncertain_submit: ``"fail"`` (default) stops when an earlier create's outcome is
         unknown; ``"resubmit"`` sends the request again instead (and may pay twice), for pipelines
@@ -112,6 +116,7 @@ class TtsSubmitOperator(BaseOperator):
         timeout: float | timedelta | None = None,
         poll_interval: float | timedelta | None = None,
         wait_policy: WaitPolicy | None = None,
+        request_retry: Mapping[str, Any] | None = None,
         retry: Mapping[str, Any] | None = None,
         durable: bool = True,
         on_uncertain_submit: Literal["fail", "resubmit"] = "fail",
@@ -159,7 +164,8 @@ class TtsSubmitOperator(BaseOperator):
         self.wait = wait
         self.deferrable = deferrable
         self.wait_timeout = self.timeout  # the old name, for code that still reads it
-        self.retry = dict(retry) if retry else None
+        self.request_retry = request_retry_overrides(type(self).__name__, request_retry, retry)
+        self.retry = self.request_retry  # the old name, for code that still reads it
         self.durable = durable
         self.on_uncertain_submit: Literal["fail", "resubmit"] = on_uncertain_submit
         for name in SUBMIT_FIELDS:
@@ -169,7 +175,7 @@ class TtsSubmitOperator(BaseOperator):
     def hook(self) -> TtsHook:
         from airflow_provider_tts.hooks.tts import TtsHook
 
-        return TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
+        return TtsHook(tts_conn_id=self.tts_conn_id, request_retry=self.request_retry)
 
     def create_fields(self) -> dict[str, Any]:
         """The vendor create body's fields from the (rendered) arguments; SRT text becomes cues."""
@@ -212,7 +218,7 @@ class TtsSubmitOperator(BaseOperator):
                     kind=self.kind,
                     deadline=waiter.deadline,
                     started_at=started_at,
-                    retry=self.retry,
+                    request_retry=self.request_retry,
                     wait_policy=self.wait_policy,
                 ),
                 method_name="execute_complete",

@@ -30,7 +30,7 @@ of ``TtsSubmitOperator``: the request recorded before paying, a retry re-attachi
 create stopping) and then delegates to the storage operator's wait and store. So the storage
 arguments (``destination``, ``dest_conn_id``, ``overwrite``, ``max_bytes``, ``chunk_bytes``,
 ``asset_alias``), the wait arguments (``deferrable``, ``timeout``, ``poll_interval``,
-``wait_policy``), ``retry``, the returned dict, assets and lineage are the storage operator's. The
+``wait_policy``), ``request_retry``, the returned dict, assets and lineage are the storage operator's. The
 vendor's facts stay in :mod:`airflow_provider_tts.vendors`; the classes below only declare fields.
 """
 
@@ -315,7 +315,7 @@ class CambTtsToStorageOperator(BaseTextToStorageOperator):
 
     Every other argument is :class:`~airflow_provider_tts.operators.tts.TtsAudioToStorageOperator`'s
     (``destination``, ``dest_conn_id``, ``overwrite``, ``deferrable``, ``timeout``,
-    ``poll_interval``, ``wait_policy``, ``retry``, ...) or
+    ``poll_interval``, ``wait_policy``, ``request_retry``, ...) or
     :class:`~airflow_provider_tts.operators.text_to_storage.BaseTextToStorageOperator`'s
     (``tts_conn_id``, default ``camb_ai_default``; ``durable``; ``on_uncertain_submit``). Returns
     the stored-file result, as every storing operator does (table: ``docs/results.md``); on a

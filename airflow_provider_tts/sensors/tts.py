@@ -24,6 +24,7 @@ from airflow.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
 from airflow_provider_tts.compat import AirflowSensorTimeout, AirflowSkipException, conf
 from airflow_provider_tts.exceptions import TtsConfigError, TtsWaitTimeoutError
 from airflow_provider_tts.operators.submit import from_submitted
+from airflow_provider_tts.renames import request_retry_overrides
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
 from airflow_provider_tts.waiting import Waiter, WaitPolicy, poll_once, seconds
 
@@ -85,7 +86,9 @@ class TtsTaskSensor(BaseSensorOperator):
     :param wait_policy: the rest of the wait settings (slow-down, not-found grace, failed polls
         allowed in a row); each :class:`~airflow_provider_tts.waiting.WaitPolicy` field may also be
         passed as a keyword argument.
-    :param retry: per-request retry overrides (``max_retries``, ``backoff``, ``max_backoff``).
+    :param request_retry: overrides of the connection's retry settings for each HTTP request
+        (``max_retries``, ``backoff``, ``max_backoff``); the task's own retries stay ``retries``.
+    :param retry: the deprecated spelling of ``request_retry`` (a warning says so).
 
     ``soft_fail`` and ``never_fail`` mean the same in every mode, what they mean in Airflow's poke
     mode: ``soft_fail`` skips on a failure that retrying cannot fix and on a timeout, while a
@@ -114,6 +117,7 @@ class TtsTaskSensor(BaseSensorOperator):
         poke_interval: float | timedelta | None = None,
         poll_interval: float | timedelta | None = None,
         wait_policy: WaitPolicy | None = None,
+        request_retry: Mapping[str, Any] | None = None,
         retry: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -133,7 +137,8 @@ class TtsTaskSensor(BaseSensorOperator):
         self.tts_conn_id = tts_conn_id
         self.kind = kind
         self.deferrable = deferrable
-        self.retry = dict(retry) if retry else None
+        self.request_retry = request_retry_overrides(type(self).__name__, request_retry, retry)
+        self.retry = self.request_retry  # the old name, for code that still reads it
         self._started_at: float | None = None
         self._waiter: Waiter | None = None
         self._stored_errors: int | None = None
@@ -142,7 +147,7 @@ class TtsTaskSensor(BaseSensorOperator):
     def hook(self) -> TtsHook:
         from airflow_provider_tts.hooks.tts import TtsHook
 
-        return TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
+        return TtsHook(tts_conn_id=self.tts_conn_id, request_retry=self.request_retry)
 
     def _check_inputs(self) -> None:
         if not isinstance(self.tts_task_id, str) or not self.tts_task_id.strip():
@@ -179,7 +184,7 @@ class TtsTaskSensor(BaseSensorOperator):
                 kind=self.kind,
                 deadline=self._started_at + self.timeout,
                 started_at=self._started_at,
-                retry=self.retry,
+                request_retry=self.request_retry,
                 **self.policy.to_kwargs(),
             ),
             method_name="execute_complete",

@@ -32,6 +32,7 @@ from airflow_provider_tts.exceptions import (
     error_event,
     error_from_event,
 )
+from airflow_provider_tts.renames import stored_request_retry
 from airflow_provider_tts.status import TtsTaskStatus
 from airflow_provider_tts.waiting import Waiter, WaitPolicy
 
@@ -52,8 +53,11 @@ class TtsTaskTrigger(BaseTrigger):
         None waits until the task ends (the sensor always passes one).
     :param started_at: wall-clock epoch seconds when the wait began; drives the poll schedule and
         the not-found grace period, and survives re-creation of the trigger.
-    :param retry: overrides of the connection's per-request retry settings (``max_retries``,
+    :param request_retry: overrides of the connection's per-request retry settings (``max_retries``,
         ``backoff``, ``max_backoff``), carried here so they are not lost on the way in.
+    :param retry: the same overrides under the key the trigger row stores them: ``serialize``
+        writes ``retry`` as every earlier release did, so a row reads alike whichever release
+        wrote it. Not deprecated here (the triggerer passes it back); give one of the two.
     :param wait_policy: the :class:`~airflow_provider_tts.waiting.WaitPolicy`; its fields may also
         be given flat (``poll_interval=...``), which is how the trigger row stores them.
     """
@@ -66,6 +70,7 @@ class TtsTaskTrigger(BaseTrigger):
         kind: str = "tts",
         deadline: float | None = None,
         started_at: float | None = None,
+        request_retry: Mapping[str, Any] | None = None,
         retry: Mapping[str, Any] | None = None,
         wait_policy: WaitPolicy | None = None,
         **policy_fields: Any,
@@ -77,7 +82,8 @@ class TtsTaskTrigger(BaseTrigger):
         self.deadline = float(deadline) if deadline is not None else None
         self.started_at = float(started_at) if started_at is not None else time.time()
         self.policy = WaitPolicy.build(wait_policy, **policy_fields)
-        self.retry = dict(retry) if retry else None
+        self.request_retry = stored_request_retry(type(self).__name__, request_retry, retry)
+        self.retry = self.request_retry  # the old name, for code that still reads it
         self._killed = False
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -96,7 +102,7 @@ class TtsTaskTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "started_at": self.started_at,
                 **self.policy.to_kwargs(),
-                "retry": self.retry,
+                "retry": self.request_retry,  # the row's key since 0.1: see stored_request_retry
             },
         )
 
@@ -104,7 +110,7 @@ class TtsTaskTrigger(BaseTrigger):
         # Imported here: the trigger module is imported at DAG-parse time by the sensor.
         from airflow_provider_tts.hooks.tts import TtsHook
 
-        return TtsHook(tts_conn_id=self.tts_conn_id, retry=self.retry)
+        return TtsHook(tts_conn_id=self.tts_conn_id, request_retry=self.request_retry)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = None

@@ -188,7 +188,8 @@ def test_pending_task_is_polled_then_downloaded(emu: Any, make_conn: ConnFactory
 def test_deferrable_defers_then_downloads_on_resume(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:
     conn_id = make_conn("revid_tts")
     task_id = emu.create_task("revid_tts", "tts", delay=0, pending_polls=2)
-    op = _op(conn_id, task_id, f"file://{tmp_path}/out/", deferrable=True, wait_timeout=600, retry={"max_retries": 2})
+    retry = {"max_retries": 2}
+    op = _op(conn_id, task_id, f"file://{tmp_path}/out/", deferrable=True, wait_timeout=600, request_retry=retry)
     before = time.time()
     with pytest.raises(TaskDeferred) as info:
         op.execute(ti_context())

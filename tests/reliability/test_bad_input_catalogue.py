@@ -225,7 +225,7 @@ row("connection/empty-conn-id", TtsConfigError, "tts_conn_id must be a non-empty
     lambda c: TtsHook("  ").get_task_status(GOOD_ID)
 )
 row("connection/unknown-retry-override", TtsConfigError, "unknown retry settings ['tries']")(
-    lambda c: TtsHook(c.conn("camb_ai"), retry={"tries": 3}).get_task_status(GOOD_ID)
+    lambda c: TtsHook(c.conn("camb_ai"), request_retry={"tries": 3}).get_task_status(GOOD_ID)
 )
 
 # Destinations: refused before the status poll.
@@ -412,7 +412,7 @@ def test_trigger_with_unknown_retry_settings_ends_with_an_error_event(
     emu: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ctx = Ctx(emu, monkeypatch, Path("unused"))
-    trigger = TtsTaskTrigger(tts_conn_id=ctx.conn("camb_ai"), tts_task_id=GOOD_ID, retry={"tries": 3})
+    trigger = TtsTaskTrigger(tts_conn_id=ctx.conn("camb_ai"), tts_task_id=GOOD_ID, request_retry={"tries": 3})
     (event,) = asyncio.run(drive(trigger))
     assert event["status"] == "error"
     assert "unknown retry settings" in event["message"]

@@ -46,7 +46,7 @@ def test_deferrable_checks_once_before_deferring(emu: Any, make_conn: ConnFactor
 def test_deferrable_defers_with_sensor_timeout_and_trigger_deadline(emu: Any, make_conn: ConnFactory) -> None:
     conn_id = make_conn("revid_tts")
     pending = emu.create_task("revid_tts", "srt-to-speech", delay=60)
-    sensor = _sensor(conn_id, pending, "srt-to-speech", deferrable=True, timeout=120, retry={"max_retries": 3})
+    sensor = _sensor(conn_id, pending, "srt-to-speech", deferrable=True, timeout=120, request_retry={"max_retries": 3})
     before = time.time()
     with pytest.raises(TaskDeferred) as info:
         sensor.execute({})

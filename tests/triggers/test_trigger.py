@@ -41,7 +41,7 @@ def test_serialize_is_plain_values_without_secrets() -> None:
         kind="text-to-sound",
         deadline=2_000_000_000.5,
         started_at=1_999_999_000.0,
-        retry={"max_retries": 2},
+        request_retry={"max_retries": 2},
     )
     path, kwargs = trigger.serialize()
     assert path == "airflow_provider_tts.triggers.tts.TtsTaskTrigger"
