@@ -59,7 +59,7 @@ from airflow_provider_tts.objects import (
     read_small,
     write_small,
 )
-from airflow_provider_tts.storage import TtsStorageError
+from airflow_provider_tts.storage import TtsStorageError, is_local, plain_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -185,15 +185,15 @@ class RequestCache:
         etag = entry.get("etag") if isinstance(entry.get("etag"), str) else None
         try:
             if not content_matches(path, size=size, sha256=sha256, etag=etag):
-                log.info("%s no longer holds the audio its cache entry recorded; not a hit", _plain(path))
+                log.info("%s no longer holds the audio its cache entry recorded; not a hit", plain_uri(path))
                 return None
         except OSError as exc:
-            log.warning("Could not check %s (%s); not a hit", _plain(path), exc)
+            log.warning("Could not check %s (%s); not a hit", plain_uri(path), exc)
             return None
         credits = entry.get("credits")
         return CachedAudio(
             path=path,
-            uri=_plain(path),
+            uri=plain_uri(path),
             size_bytes=size,
             sha256=sha256,
             content_type=str(entry.get("content_type") or ""),
@@ -261,7 +261,7 @@ class RequestCache:
     ) -> None:
         """Record the audio now at ``path`` (in this folder) for the request; forget its task id."""
         etag = stored.etag
-        if etag is None and not _is_local_path(path):
+        if etag is None and not is_local(path):
             try:
                 etag = info_checksum(path.fs.info(path.path))  # one request on stores whose write gave none
             except OSError:
@@ -347,14 +347,9 @@ class RequestCache:
             return None
         from airflow_provider_tts.storage import StoredAudio
 
-        etag = None
-        if not _is_local_path(found.path):
-            try:
-                etag = info_checksum(found.path.fs.info(found.path.path))
-            except OSError:
-                etag = None
+        # No etag: stored() asks the store for it, as for any write that gave none.
         stored = StoredAudio(found.uri, found.size_bytes, found.sha256, found.content_type, found.duration_seconds,
-                             "", False, etag)  # fmt: skip
+                             "", False, None)  # fmt: skip
         self.stored(fingerprint, found.path, stored, credits=found.credits)
         log.info("Adopted %s (stored by an earlier release) for request %s", found.uri, fingerprint)
         return found
@@ -364,15 +359,5 @@ def _dump(entry: Mapping[str, Any]) -> bytes:
     return json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _plain(path: ObjectStoragePath) -> str:
-    return f"{path.protocol}://{path.path}"
-
-
 def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _is_local_path(path: ObjectStoragePath) -> bool:
-    from airflow_provider_tts.objects import is_local
-
-    return is_local(path)

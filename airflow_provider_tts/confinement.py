@@ -25,11 +25,11 @@ import posixpath
 from typing import Any
 
 from airflow_provider_tts.exceptions import TtsConfigError
+from airflow_provider_tts.storage.schemes import LOCAL_SCHEMES
 
 SECTION = "tts"
 DESTINATIONS = "allowed_destinations"
 ITEMS_PATHS = "allowed_items_paths"
-_LOCAL = ("file", "local", "")
 
 
 def _normal(uri: str) -> str:
@@ -38,7 +38,7 @@ def _normal(uri: str) -> str:
     if not sep:
         scheme, rest = "file", uri
     scheme = scheme.lower()
-    if scheme in _LOCAL:
+    if scheme in LOCAL_SCHEMES:
         path = os.path.realpath("/" + rest.lstrip("/"))
         return f"file://{path.rstrip('/') or '/'}"
     return f"{scheme}://{posixpath.normpath('/' + rest.lstrip('/')).lstrip('/').rstrip('/')}"

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from airflow_provider_tts.storage.schemes import LOCAL_SCHEMES, plain_uri
+
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Asset
@@ -55,7 +57,7 @@ def literal_destination_uri(destination: Any) -> str | None:
     from airflow.sdk import ObjectStoragePath
 
     if isinstance(destination, ObjectStoragePath):
-        return f"{destination.protocol}://{destination.path}"
+        return plain_uri(destination)
     if isinstance(destination, str):
         raw = destination.strip()
         if "{{" in raw or "{%" in raw or "://" not in raw:
@@ -173,7 +175,7 @@ def dataset_name(uri: str) -> tuple[str, str]:
     """
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
-    if scheme in ("", "file", "local"):
+    if scheme in LOCAL_SCHEMES:
         host = parts.netloc if parts.netloc not in ("", "localhost") else ""
         return (f"file://{host}" if host else "file"), parts.path or "/"
     if scheme in _BUCKET_SCHEMES:

@@ -23,7 +23,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tts.exceptions import TtsConfigError
-from airflow_provider_tts.storage import EXTENSIONS, check_extension, extension_for
+from airflow_provider_tts.storage import EXTENSIONS, SAME_CONTAINER, check_extension, extension_for, same_container
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -38,9 +38,7 @@ MAP_INDEX_DIGITS = 4
 #: Extensions that already say what a file is: a name ending in one keeps it (and is checked
 #: against the audio); any other name gets the audio's extension appended (``"1. The river"``
 #: ends in ``". The river"``, which is not an extension).
-AUDIO_EXTENSIONS = frozenset(EXTENSIONS.values()) | {".m4a", ".oga", ".opus", ".wave", ".pcm", ".bin"}
-#: Extensions that name the same container (``check_extension``'s equivalences).
-_SAME_CONTAINER = {".m4a": ".mp4", ".oga": ".ogg", ".opus": ".ogg", ".wave": ".wav"}
+AUDIO_EXTENSIONS = frozenset(EXTENSIONS.values()) | frozenset(SAME_CONTAINER) | {".pcm", ".bin"}
 
 
 def check_file_name(rendered: Any) -> str:
@@ -116,7 +114,7 @@ def with_format_extension(name: str, extension: str) -> str:
     if not has_audio_extension(name):
         return check_file_name(f"{name}{extension}")
     ext = os.path.splitext(name)[1].lower()
-    if ext != ".bin" and _SAME_CONTAINER.get(ext, ext) != _SAME_CONTAINER.get(extension, extension):
+    if ext != ".bin" and same_container(ext) != same_container(extension):
         raise TtsConfigError(
             f"file_name {name!r} says {ext} but the requested format is {extension}; name the file *{extension} "
             "or leave the extension out (it then follows the format)"

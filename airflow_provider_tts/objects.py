@@ -25,7 +25,7 @@ import shutil
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_tts.storage import RENAME_SCHEMES, s3_call, scheme_of
+from airflow_provider_tts.storage import is_local, s3_call, scheme_of
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -39,10 +39,6 @@ def listing(folder: ObjectStoragePath) -> frozenset[str]:
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         return frozenset(os.path.basename(str(name).rstrip("/")) for name in folder.fs.ls(folder.path, detail=False))
     return frozenset()
-
-
-def is_local(path: ObjectStoragePath) -> bool:
-    return scheme_of(path) in RENAME_SCHEMES
 
 
 def _publish_local(path: ObjectStoragePath, data: bytes, publish: Any) -> None:

@@ -1,7 +1,7 @@
 """What every operator that stores audio shares: the store call, the URI it reports, the one output.
 
-* :func:`plain_uri`: a destination's URI without its connection id, as XCom and asset events
-  carry it.
+* :func:`plain_uri` (defined in :mod:`airflow_provider_tts.storage`): a destination's URI without
+  its connection id, as XCom and asset events carry it.
 * :func:`stream_audio_into`: one task's opened audio into a checked destination, through
   :func:`~airflow_provider_tts.storage.store_stream` (constant memory, atomic, verified), after
   aborting the open upload a killed earlier try left behind.
@@ -24,6 +24,7 @@ from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.lineage import OutletsForTestRuns, asset_event_extra
 from airflow_provider_tts.naming import check_file_name
 from airflow_provider_tts.storage import OverwritePolicy, abort_stale_uploads, store_stream
+from airflow_provider_tts.storage import plain_uri as plain_uri
 
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
@@ -33,11 +34,6 @@ if TYPE_CHECKING:
     from airflow_provider_tts.status import TtsTaskStatus
     from airflow_provider_tts.storage import StoredAudio
     from airflow_provider_tts.transport import AudioStream
-
-
-def plain_uri(path: ObjectStoragePath) -> str:
-    """The destination's URI without the connection id (what XCom and Asset events carry)."""
-    return f"{path.protocol}://{path.path}"
 
 
 def stream_audio_into(

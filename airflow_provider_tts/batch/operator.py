@@ -15,7 +15,6 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
@@ -28,9 +27,10 @@ from airflow_provider_tts.batch.trigger import TtsBatchTrigger
 from airflow_provider_tts.compat import conf
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError
+from airflow_provider_tts.hooked import TtsHookMixin
 from airflow_provider_tts.lineage import OutletsForTestRuns, default_outlet
 from airflow_provider_tts.renames import request_retry_overrides
-from airflow_provider_tts.storage import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_BYTES, OVERWRITE_POLICIES, OverwritePolicy
+from airflow_provider_tts.storage import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_BYTES, OverwritePolicy, check_overwrite
 from airflow_provider_tts.storing import plain_uri
 from airflow_provider_tts.submitting import UncertainSubmitPolicy, check_uncertain_policy
 from airflow_provider_tts.templating import rendered_later
@@ -48,7 +48,7 @@ DEFAULT_BATCH_TIMEOUT = 6 * 3600.0
 MAX_ACTIVE_REQUESTS = 64
 
 
-class BaseTextBatchToStorageOperator(SubmitPhase, StorePhase, OutletsForTestRuns, BaseOperator):
+class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, OutletsForTestRuns, BaseOperator):
     """Submit a batch of one vendor and kind, wait once for all of it, store every file and a manifest.
 
     The base of the batch operators (see the module docstring); a subclass sets ``vendor``,
@@ -147,8 +147,7 @@ class BaseTextBatchToStorageOperator(SubmitPhase, StorePhase, OutletsForTestRuns
         owner = type(self).__name__
         if (items is None) == (items_path is None):
             raise TtsConfigError(f"{owner} needs exactly one of items (a list) and items_path (a file of items)")
-        if overwrite not in OVERWRITE_POLICIES:
-            raise TtsConfigError(f"overwrite must be one of {', '.join(OVERWRITE_POLICIES)}, got {overwrite!r}")
+        check_overwrite(overwrite)
         if file_names not in FILE_NAME_STYLES:
             raise TtsConfigError(f"file_names must be one of {', '.join(FILE_NAME_STYLES)}, got {file_names!r}")
         flags = (("reuse_cached", reuse_cached), ("retry_failed_items", retry_failed_items),
@@ -199,12 +198,10 @@ class BaseTextBatchToStorageOperator(SubmitPhase, StorePhase, OutletsForTestRuns
         if not rendered_later(self.defaults):
             self._check_defaults(self.defaults)
 
-    @cached_property
-    def hook(self) -> TtsHook:
-        from airflow_provider_tts.hooks.tts import TtsHook
+    def _make_hook(self) -> TtsHook:
         from airflow_provider_tts.transport import Pacer
 
-        hook = TtsHook(tts_conn_id=self.tts_conn_id, request_retry=self.request_retry)
+        hook = super()._make_hook()
         hook.pacer = Pacer()  # one Retry-After slows the whole batch
         return hook
 

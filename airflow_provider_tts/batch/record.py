@@ -17,8 +17,8 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_tts.objects import delete_small, is_local, read_small, write_small
-from airflow_provider_tts.storage import TtsStorageError
+from airflow_provider_tts.objects import delete_small, read_small, write_small
+from airflow_provider_tts.storage import TtsStorageError, is_local, plain_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -46,7 +46,7 @@ class BatchRecord:
 
     def __init__(self, folder: ObjectStoragePath) -> None:
         self.folder = folder
-        self.where = f"{folder.protocol}://{folder.path}"
+        self.where = plain_uri(folder)
 
     @classmethod
     def for_task(cls, destination: ObjectStoragePath, identity: SubmitIdentity | None) -> BatchRecord:

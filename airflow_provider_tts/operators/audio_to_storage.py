@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
 from airflow.sdk import AssetAlias, BaseOperator
@@ -23,6 +22,7 @@ from airflow.sdk import AssetAlias, BaseOperator
 from airflow_provider_tts.compat import conf
 from airflow_provider_tts.confinement import DESTINATIONS, confine
 from airflow_provider_tts.exceptions import TtsConfigError
+from airflow_provider_tts.hooked import TtsHookMixin
 from airflow_provider_tts.lineage import default_outlet
 from airflow_provider_tts.naming import (
     check_file_name,
@@ -39,12 +39,12 @@ from airflow_provider_tts.status import KINDS
 from airflow_provider_tts.storage import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_MAX_BYTES,
-    OVERWRITE_POLICIES,
     OverwritePolicy,
     TtsStorageError,
     check_audio_body,
     check_destination,
     check_extension,
+    check_store_settings,
     destination_path,
     is_folder,
     peek,
@@ -59,13 +59,12 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Asset, Context, ObjectStoragePath, XComArg
 
-    from airflow_provider_tts.hooks.tts import TtsHook
     from airflow_provider_tts.operators.submit import TtsSubmitOperator
     from airflow_provider_tts.status import TtsTaskStatus
     from airflow_provider_tts.storage import StoredAudio
 
 
-class TtsAudioToStorageOperator(StoredAudioOutput, BaseOperator):
+class TtsAudioToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
     """Wait for a text-to-speech task if needed, then stream its audio into object storage.
 
     :param tts_task_id: the vendor's task id (templated; an XComArg works).
@@ -82,10 +81,8 @@ class TtsAudioToStorageOperator(StoredAudioOutput, BaseOperator):
         The returned ``uri`` says where the bytes went.
     :param tts_conn_id: a ``camb_ai`` or ``revid_tts`` connection (templated).
     :param kind: ``tts``, ``text-to-sound`` (Camb.ai) or ``srt-to-speech`` (RevidAPI).
-    :param submitted: instead of ``tts_task_id``, the upstream ``TtsSubmitOperator``: its output is
-        the task id, and its connection id and kind are used, so they need not be repeated (read when
-        the DAG is parsed). Without it, ``tts_conn_id`` defaults to ``camb_ai_default`` and ``kind``
-        to ``tts``.
+    :param submitted: instead of ``tts_task_id``, the upstream ``TtsSubmitOperator``, as for
+        :class:`~airflow_provider_tts.sensors.tts.TtsTaskSensor`.
     :param dest_conn_id: the storage connection (e.g. an ``aws`` connection for ``s3://``).
     :param overwrite: when the destination exists: ``skip_if_identical`` (default; the same size and
         sha256 as the new audio means no second write, so a retried pipeline neither rewrites nor
@@ -150,17 +147,12 @@ class TtsAudioToStorageOperator(StoredAudioOutput, BaseOperator):
         asset_alias: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if overwrite not in OVERWRITE_POLICIES:
-            raise TtsConfigError(f"overwrite must be one of {', '.join(OVERWRITE_POLICIES)}, got {overwrite!r}")
+        check_store_settings(overwrite, max_bytes, chunk_bytes)
         tts_task_id, tts_conn_id, kind = from_submitted(
             type(self).__name__, submitted, tts_task_id=tts_task_id, tts_conn_id=tts_conn_id, kind=kind
         )
         if not templated(kind) and kind not in KINDS:
             raise TtsConfigError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
-        if not isinstance(max_bytes, int) or max_bytes <= 0:
-            raise TtsConfigError(f"max_bytes must be a positive integer, got {max_bytes!r}")
-        if not isinstance(chunk_bytes, int) or not 4096 <= chunk_bytes <= 64 * 1024**2:
-            raise TtsConfigError(f"chunk_bytes must be an integer from 4096 to 64 MiB, got {chunk_bytes!r}")
         if file_name is not None and not rendered_later(file_name):
             check_file_name(file_name)  # a literal mistake fails when the DAG is parsed
         explicit_outlets = "outlets" in kwargs  # also under .expand(): partial() put them there
@@ -220,12 +212,6 @@ class TtsAudioToStorageOperator(StoredAudioOutput, BaseOperator):
         if alias:
             return AssetAlias(name=alias)
         return default_outlet(destination, dag_id, task_id)
-
-    @cached_property
-    def hook(self) -> TtsHook:
-        from airflow_provider_tts.hooks.tts import TtsHook
-
-        return TtsHook(tts_conn_id=self.tts_conn_id, request_retry=self.request_retry)
 
     def execute(self, context: Context) -> dict[str, Any]:
         if not isinstance(self.tts_task_id, str) or not self.tts_task_id.strip():

@@ -10,7 +10,6 @@ retry or a re-run return the stored audio without calling the vendor again.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -19,6 +18,7 @@ from airflow_provider_tts.confinement import DESTINATIONS, confine
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint
+from airflow_provider_tts.hooked import TtsHookMixin
 from airflow_provider_tts.naming import check_file_name, with_format_extension
 from airflow_provider_tts.operators.audio_to_storage import TtsAudioToStorageOperator
 from airflow_provider_tts.renames import request_retry_overrides
@@ -26,8 +26,8 @@ from airflow_provider_tts.results import stored_file_result
 from airflow_provider_tts.storage import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_MAX_BYTES,
-    OVERWRITE_POLICIES,
     OverwritePolicy,
+    check_store_settings,
     check_writable,
     destination_path,
     is_folder,
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath, XComArg
 
     from airflow_provider_tts.cache import CachedAudio, RequestCache
-    from airflow_provider_tts.hooks.tts import TtsHook
 
 #: ``/tts-stream`` body fields the stream operator passes through (each may be templated or not).
 STREAM_FIELDS: tuple[str, ...] = (
@@ -49,7 +48,7 @@ STREAM_FIELDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-class CambTtsStreamToStorageOperator(StoredAudioOutput, BaseOperator):
+class CambTtsStreamToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
     """Synthesise speech with Camb.ai's ``/tts-stream`` and stream it straight into object storage.
 
     ``/tts-stream`` is Camb's recommended TTS call: one synchronous request whose response body is
@@ -135,12 +134,7 @@ class CambTtsStreamToStorageOperator(StoredAudioOutput, BaseOperator):
         asset_alias: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if overwrite not in OVERWRITE_POLICIES:
-            raise TtsConfigError(f"overwrite must be one of {', '.join(OVERWRITE_POLICIES)}, got {overwrite!r}")
-        if not isinstance(max_bytes, int) or max_bytes <= 0:
-            raise TtsConfigError(f"max_bytes must be a positive integer, got {max_bytes!r}")
-        if not isinstance(chunk_bytes, int) or not 4096 <= chunk_bytes <= 64 * 1024**2:
-            raise TtsConfigError(f"chunk_bytes must be an integer from 4096 to 64 MiB, got {chunk_bytes!r}")
+        check_store_settings(overwrite, max_bytes, chunk_bytes)
         if not isinstance(reuse_cached, bool):
             raise TtsConfigError(f"reuse_cached must be True or False, got {reuse_cached!r}")
         if file_name is not None and not rendered_later(file_name):
@@ -183,12 +177,6 @@ class CambTtsStreamToStorageOperator(StoredAudioOutput, BaseOperator):
         if not any(rendered_later(getattr(self, name)) for name in STREAM_FIELDS):
             # Literal fields: a mistake fails when the DAG is parsed, not at 3 a.m.
             self.stream_body()
-
-    @cached_property
-    def hook(self) -> TtsHook:
-        from airflow_provider_tts.hooks.tts import TtsHook
-
-        return TtsHook(tts_conn_id=self.tts_conn_id, request_retry=self.request_retry)
 
     def stream_body(self) -> dict[str, Any]:
         """The validated ``/tts-stream`` body from the (rendered) arguments; raises before any request."""

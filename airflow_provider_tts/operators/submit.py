@@ -23,6 +23,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_tts.compat import conf
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError
+from airflow_provider_tts.hooked import TtsHookMixin
 from airflow_provider_tts.renames import request_retry_overrides
 from airflow_provider_tts.status import KINDS
 from airflow_provider_tts.submitting import SubmitOnce, check_uncertain_policy, create_fields
@@ -35,11 +36,10 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context, XComArg
 
-    from airflow_provider_tts.hooks.tts import TtsHook
     from airflow_provider_tts.submissions import SubmitLedger
 
 
-class TtsSubmitOperator(BaseOperator):
+class TtsSubmitOperator(TtsHookMixin, BaseOperator):
     """Create a remote text-to-speech task and return its vendor task id (XCom).
 
     Required fields, by connection type and ``kind`` (everything else is optional):
@@ -170,12 +170,6 @@ class TtsSubmitOperator(BaseOperator):
         self.on_uncertain_submit: Literal["fail", "resubmit"] = on_uncertain_submit
         for name in SUBMIT_FIELDS:
             setattr(self, name, arguments[name])
-
-    @cached_property
-    def hook(self) -> TtsHook:
-        from airflow_provider_tts.hooks.tts import TtsHook
-
-        return TtsHook(tts_conn_id=self.tts_conn_id, request_retry=self.request_retry)
 
     def create_fields(self) -> dict[str, Any]:
         """The vendor create body's fields from the (rendered) arguments; SRT text becomes cues."""

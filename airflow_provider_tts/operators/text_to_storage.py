@@ -79,8 +79,8 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
 
     The base of the one-task operators (see the module docstring); not used directly. A subclass
     sets ``vendor`` and ``tts_kind`` and declares the create body's documented fields as the
-    keyword-only arguments of its ``__init__``, which passes them on as ``request_fields``; those
-    names become its templated fields. Declaring a name the vendor's model does not document is an
+    keyword-only arguments of its ``__init__``, which passes them on as ``request_fields=locals()``;
+    those names become its templated fields. Declaring a name the vendor's model does not document is an
     error when the class is defined.
 
     :param tts_conn_id: a connection of the class's vendor (default: that vendor's default
@@ -165,13 +165,14 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
             tts_conn_id=tts_conn_id if tts_conn_id is not None else DEFAULT_CONN_IDS[self.vendor.api],
             **kwargs,
         )
-        if set(request_fields) != set(self.request_field_names):  # a subclass that forgot to pass one on
-            raise TypeError(f"{owner} passes {sorted(request_fields)}, not its fields {list(self.request_field_names)}")
+        missing = [name for name in self.request_field_names if name not in request_fields]
+        if missing:  # a subclass that passed on something other than its arguments
+            raise TypeError(f"{owner} does not pass on its fields {missing}")
         self.durable = durable
         self.on_uncertain_submit = check_uncertain_policy(on_uncertain_submit)
         self.reuse_cached = reuse_cached
         for name in self.request_field_names:
-            setattr(self, name, request_fields.get(name))
+            setattr(self, name, request_fields[name])
         # Literal values fail now, when the DAG is parsed; templated ones after rendering.
         pending = {name for name in self.request_field_names if rendered_later(getattr(self, name))}
         literal = {name: getattr(self, name) for name in self.request_field_names if name not in pending}
@@ -338,13 +339,7 @@ class CambTtsToStorageOperator(BaseTextToStorageOperator):
         folder_id: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            request_fields={
-                "text": text, "voice_id": voice_id, "language": language, "gender": gender, "age": age,
-                "project_name": project_name, "project_description": project_description, "folder_id": folder_id,
-            },
-            **kwargs,
-        )  # fmt: skip
+        super().__init__(request_fields=locals(), **kwargs)
 
 
 class CambTextToSoundToStorageOperator(BaseTextToStorageOperator):
@@ -377,13 +372,7 @@ class CambTextToSoundToStorageOperator(BaseTextToStorageOperator):
         folder_id: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            request_fields={
-                "prompt": prompt, "duration": duration, "audio_type": audio_type, "project_name": project_name,
-                "project_description": project_description, "folder_id": folder_id,
-            },
-            **kwargs,
-        )  # fmt: skip
+        super().__init__(request_fields=locals(), **kwargs)
 
 
 class RevidTtsToStorageOperator(BaseTextToStorageOperator):
@@ -421,13 +410,7 @@ class RevidTtsToStorageOperator(BaseTextToStorageOperator):
         caller_id: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            request_fields={
-                "text": text, "engine": engine, "voice_id": voice_id, "voice": voice, "speed": speed, "pitch": pitch,
-                "webhook_url": webhook_url, "caller_id": caller_id,
-            },
-            **kwargs,
-        )  # fmt: skip
+        super().__init__(request_fields=locals(), **kwargs)
 
 
 class RevidSrtToSpeechToStorageOperator(BaseTextToStorageOperator):
@@ -478,15 +461,7 @@ class RevidSrtToSpeechToStorageOperator(BaseTextToStorageOperator):
         caller_id: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            request_fields={
-                "srt": srt, "subtitles": subtitles, "srt_url": srt_url, "video_url": video_url, "engine": engine,
-                "voice_id": voice_id, "voice": voice, "speed": speed, "audio_name": audio_name, "mode": mode,
-                "add_silence": add_silence, "output_format": output_format, "webhook_url": webhook_url,
-                "caller_id": caller_id,
-            },
-            **kwargs,
-        )  # fmt: skip
+        super().__init__(request_fields=locals(), **kwargs)
 
 
 __all__ = [

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
 import airflow.sdk.exceptions as sdk_exceptions
@@ -23,6 +22,7 @@ from airflow.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_tts.compat import AirflowSensorTimeout, AirflowSkipException, conf
 from airflow_provider_tts.exceptions import TtsConfigError, TtsWaitTimeoutError
+from airflow_provider_tts.hooked import TtsHookMixin
 from airflow_provider_tts.operators.submit import from_submitted
 from airflow_provider_tts.renames import request_retry_overrides
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
@@ -31,7 +31,6 @@ from airflow_provider_tts.waiting import Waiter, WaitPolicy, poll_once, seconds
 if TYPE_CHECKING:
     from airflow.sdk import Context, XComArg
 
-    from airflow_provider_tts.hooks.tts import TtsHook
     from airflow_provider_tts.operators.submit import TtsSubmitOperator
 
 #: Airflow's guidance for reschedule mode: each reschedule costs a scheduler round trip and a new
@@ -66,7 +65,7 @@ _SOFT_FAIL_ON = _exception_classes("AirflowSensorTimeout", "AirflowTaskTimeout",
 _DEFERRAL_TIMEOUT = _exception_classes("TaskDeferralTimeout")
 
 
-class TtsTaskSensor(BaseSensorOperator):
+class TtsTaskSensor(TtsHookMixin, BaseSensorOperator):
     """Wait until a Camb.ai or RevidAPI task has finished; return its status (XCom) on success.
 
     :param tts_task_id: the vendor's task id (templated; an XComArg works).
@@ -142,12 +141,6 @@ class TtsTaskSensor(BaseSensorOperator):
         self._started_at: float | None = None
         self._waiter: Waiter | None = None
         self._stored_errors: int | None = None
-
-    @cached_property
-    def hook(self) -> TtsHook:
-        from airflow_provider_tts.hooks.tts import TtsHook
-
-        return TtsHook(tts_conn_id=self.tts_conn_id, request_retry=self.request_retry)
 
     def _check_inputs(self) -> None:
         if not isinstance(self.tts_task_id, str) or not self.tts_task_id.strip():

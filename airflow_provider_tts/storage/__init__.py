@@ -36,27 +36,45 @@ defines it (patching it here changes nothing the code looks up).
 from airflow_provider_tts.storage.content import (
     ACCEPTED_TYPES,
     EXTENSIONS,
+    SAME_CONTAINER,
     audio_duration,
     check_audio_body,
     check_extension,
     extension_for,
     media_type,
+    same_container,
     sniff_extension,
 )
 from airflow_provider_tts.storage.destinations import check_destination, check_writable, destination_path, is_folder
 from airflow_provider_tts.storage.s3 import PARTS_IN_FLIGHT, SHA256_METADATA, abort_stale_uploads
 from airflow_provider_tts.storage.s3 import s3_call as s3_call
-from airflow_provider_tts.storage.schemes import DIRECT_SCHEMES, RENAME_SCHEMES, S3_SCHEMES, WriteMode, write_mode
+from airflow_provider_tts.storage.schemes import (
+    DIRECT_SCHEMES,
+    LOCAL_SCHEMES,
+    RENAME_SCHEMES,
+    S3_SCHEMES,
+    WriteMode,
+    is_local,
+    plain_uri,
+    write_mode,
+)
 from airflow_provider_tts.storage.schemes import scheme_of as scheme_of
 from airflow_provider_tts.storage.store import (
     BEHIND_BYTES,
     DEFAULT_CHUNK_BYTES,
     DEFAULT_MAX_BYTES,
     PROGRESS_LOG_INTERVAL,
+    check_store_settings,
     peek,
     store_stream,
 )
-from airflow_provider_tts.storage.types import OVERWRITE_POLICIES, OverwritePolicy, StoredAudio, TtsStorageError
+from airflow_provider_tts.storage.types import (
+    OVERWRITE_POLICIES,
+    OverwritePolicy,
+    StoredAudio,
+    TtsStorageError,
+    check_overwrite,
+)
 from airflow_provider_tts.storage.writers import LOCAL_WRITE_BYTES, UPLOAD_BLOCK_BYTES
 
 __all__ = [
@@ -66,12 +84,14 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DIRECT_SCHEMES",
     "EXTENSIONS",
+    "LOCAL_SCHEMES",
     "LOCAL_WRITE_BYTES",
     "OVERWRITE_POLICIES",
     "PARTS_IN_FLIGHT",
     "PROGRESS_LOG_INTERVAL",
     "RENAME_SCHEMES",
     "S3_SCHEMES",
+    "SAME_CONTAINER",
     "SHA256_METADATA",
     "UPLOAD_BLOCK_BYTES",
     "OverwritePolicy",
@@ -83,12 +103,17 @@ __all__ = [
     "check_audio_body",
     "check_destination",
     "check_extension",
+    "check_overwrite",
+    "check_store_settings",
     "check_writable",
     "destination_path",
     "extension_for",
     "is_folder",
+    "is_local",
     "media_type",
     "peek",
+    "plain_uri",
+    "same_container",
     "sniff_extension",
     "store_stream",
     "write_mode",

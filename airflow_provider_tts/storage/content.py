@@ -31,8 +31,8 @@ EXTENSIONS = {
     "audio/opus": ".opus",
     "video/mp4": ".mp4",
 }
-#: Extensions that name the same container, for the extension check of a literal file name.
-_SAME_FORMAT = {".m4a": ".mp4", ".oga": ".ogg", ".opus": ".ogg", ".wave": ".wav"}
+#: Extensions that name the same container as another (:func:`same_container`).
+SAME_CONTAINER = {".m4a": ".mp4", ".oga": ".ogg", ".opus": ".ogg", ".wave": ".wav"}
 #: Media types accepted besides ``audio/*``: what the vendors document (Revid's SRT-to-speech may
 #: return MP4), and the generic binary types storage hosts serve files under (S3 defaults to
 #: ``binary/octet-stream``). Anything else (an HTML login page, a JSON error) is refused.
@@ -59,6 +59,11 @@ def sniff_extension(head: bytes) -> str | None:
         # MPEG audio frame sync; ADTS AAC shares the first 12 bits (layer bits 00).
         return ".aac" if len(head) > 1 and head[:3] != b"ID3" and head[1] & 0x06 == 0 else ".mp3"
     return None
+
+
+def same_container(extension: str) -> str:
+    """The extension that stands for ``extension``'s container: ``.m4a`` is ``.mp4``, ``.opus`` is ``.ogg``."""
+    return SAME_CONTAINER.get(extension, extension)
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -110,10 +115,10 @@ def check_extension(name: str, content_type: str, head: bytes) -> None:
     the matching extension.
     """
     ext = os.path.splitext(name)[1].lower()
-    if ext not in set(EXTENSIONS.values()) | set(_SAME_FORMAT):
+    if ext not in set(EXTENSIONS.values()) | set(SAME_CONTAINER):
         return
     actual = EXTENSIONS.get(media_type(content_type)) or sniff_extension(head)
-    if actual is None or _SAME_FORMAT.get(ext, ext) == _SAME_FORMAT.get(actual, actual):
+    if actual is None or same_container(ext) == same_container(actual):
         return
     raise TtsConfigError(
         f"destination {name!r} says {ext} but the audio is {content_type or 'untyped'} ({actual}); refusing to "

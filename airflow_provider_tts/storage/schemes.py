@@ -2,7 +2,8 @@
 
 :func:`write_mode` maps a path's scheme to ``direct``, ``rename`` or ``copy`` (described in the
 :mod:`airflow_provider_tts.storage` docstring); the scheme sets here are the only place that says
-which scheme gets which mode.
+which scheme gets which mode, and :data:`LOCAL_SCHEMES` the only place that says which schemes are
+the local disk (:func:`is_local`, for the objects, the cache, lineage and the allowed places too).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ WriteMode = Literal["direct", "rename", "copy"]
 #: Object stores whose uploads become visible only when they complete (single or multipart): the
 #: destination itself is written, there is no temporary to copy.
 DIRECT_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"})
-#: Filesystems where a rename within a folder is atomic.
-RENAME_SCHEMES = frozenset({"file", "local", ""})
+#: The local disk: ``file://``, ``local://`` and a path with no scheme.
+LOCAL_SCHEMES = frozenset({"file", "local", ""})
+#: Filesystems where a rename within a folder is atomic: the local disk.
+RENAME_SCHEMES = LOCAL_SCHEMES
 #: Schemes served by s3fs, whose S3 calls the direct writer makes itself (to choose PUT vs multipart).
 S3_SCHEMES = frozenset({"s3", "s3a"})
 
@@ -26,6 +29,16 @@ S3_SCHEMES = frozenset({"s3", "s3a"})
 def scheme_of(path: ObjectStoragePath) -> str:
     protocol = path.protocol
     return protocol if isinstance(protocol, str) else protocol[0]
+
+
+def plain_uri(path: ObjectStoragePath) -> str:
+    """The path's URI without the connection id (what XCom, asset events and records carry)."""
+    return f"{path.protocol}://{path.path}"
+
+
+def is_local(path: ObjectStoragePath) -> bool:
+    """Whether ``path`` is on the local disk."""
+    return scheme_of(path) in LOCAL_SCHEMES
 
 
 def write_mode(path: ObjectStoragePath) -> WriteMode:

@@ -24,7 +24,7 @@ from airflow_provider_tts.storage.content import audio_duration, check_audio_bod
 from airflow_provider_tts.storage.destinations import check_destination
 from airflow_provider_tts.storage.s3 import SHA256_METADATA, S3DirectWriter, forget_bucket, s3_call
 from airflow_provider_tts.storage.schemes import WriteMode, write_mode
-from airflow_provider_tts.storage.types import OVERWRITE_POLICIES, OverwritePolicy, StoredAudio, TtsStorageError
+from airflow_provider_tts.storage.types import OverwritePolicy, StoredAudio, TtsStorageError, check_overwrite
 from airflow_provider_tts.storage.writers import (
     UPLOAD_BLOCK_BYTES,
     Existing,
@@ -47,6 +47,15 @@ DEFAULT_CHUNK_BYTES = 256 * 1024
 PROGRESS_LOG_INTERVAL = 5.0
 #: Bytes the helper thread may lag behind the download (at least two chunks).
 BEHIND_BYTES = 1024**2
+
+
+def check_store_settings(overwrite: Any, max_bytes: Any, chunk_bytes: Any) -> None:
+    """Refuse a storing operator's ``overwrite``, ``max_bytes`` or ``chunk_bytes`` when the DAG is parsed."""
+    check_overwrite(overwrite)
+    if not isinstance(max_bytes, int) or max_bytes <= 0:
+        raise TtsConfigError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+    if not isinstance(chunk_bytes, int) or not 4096 <= chunk_bytes <= 64 * 1024**2:
+        raise TtsConfigError(f"chunk_bytes must be an integer from 4096 to 64 MiB, got {chunk_bytes!r}")
 
 
 def _existing(path: ObjectStoragePath, mode: WriteMode) -> Existing | None:
@@ -184,8 +193,7 @@ def store_stream(
         task instance so that a leftover from a killed try is overwritten, never accumulated.
     :param checked: the caller already ran :func:`check_destination` on ``path`` (saves a request).
     """
-    if overwrite not in OVERWRITE_POLICIES:
-        raise TtsConfigError(f"overwrite must be one of {', '.join(OVERWRITE_POLICIES)}, got {overwrite!r}")
+    check_overwrite(overwrite)
     if content_length is not None and content_length > max_bytes:
         raise TtsProtocolError(
             f"audio for task {tts_task_id!r} is {content_length} bytes, over the {max_bytes}-byte cap"

@@ -8,11 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from airflow_provider_tts.exceptions import TtsError
+from airflow_provider_tts.exceptions import TtsConfigError, TtsError
 from airflow_provider_tts.results import stored_file_result
 
 OverwritePolicy = Literal["replace", "skip_if_identical", "fail"]
 OVERWRITE_POLICIES: tuple[OverwritePolicy, ...] = ("replace", "skip_if_identical", "fail")
+
+
+def check_overwrite(overwrite: Any) -> OverwritePolicy:
+    """``overwrite`` if it is one of :data:`OVERWRITE_POLICIES`; else a :class:`TtsConfigError` naming them."""
+    if overwrite not in OVERWRITE_POLICIES:
+        raise TtsConfigError(f"overwrite must be one of {', '.join(OVERWRITE_POLICIES)}, got {overwrite!r}")
+    return overwrite  # type: ignore[no-any-return]
 
 
 class TtsStorageError(TtsError):

@@ -193,6 +193,13 @@ def json_body(resp: ApiResponse, what: str) -> Any:
         ) from None
 
 
+def success_json(resp: ApiResponse, what: str) -> Any:
+    """The JSON body of a 2xx response; any other status raises its HTTP error."""
+    if not 200 <= resp.status < 300:
+        raise http_error(resp, what)
+    return json_body(resp, what)
+
+
 def unwrap_single(data: Any, what: str) -> Any:
     """Accept a one-element JSON array where an object was documented (seen in Revid clients)."""
     if isinstance(data, list):
@@ -263,6 +270,8 @@ class Vendor(ABC):
     client_reference_field: ClassVar[str | None] = None
     #: The documented create body of each kind, as a pydantic model that forbids unknown keys.
     create_models: ClassVar[Mapping[Kind, type[BaseModel]]]
+    #: The create endpoint of each kind, below the API base URL.
+    create_paths: ClassVar[Mapping[str, str]]
 
     def __init__(self, settings: ConnectionSettings) -> None:
         self.settings = settings
@@ -311,9 +320,16 @@ class Vendor(ABC):
         """
         return validate_fields(cls.create_models[kind], fields, f"{cls.api} {kind} submit", pending=pending)
 
-    @abstractmethod
     def submit_request(self, kind: Kind, fields: Mapping[str, Any]) -> ApiRequest:
-        """The create call, with fields validated against the vendor's documented model."""
+        """The create call, with fields validated against the vendor's documented model.
+
+        Never resent after an ambiguous failure: the vendor may have created, and charged for, the task.
+        """
+        what = f"{self.api} {kind} submit"
+        body = self.validate_create(kind, fields)
+        return ApiRequest(
+            "POST", f"{self.settings.api_base_url}/{self.create_paths[kind]}", what=what, json=body, idempotent=False
+        )
 
     @abstractmethod
     def parse_submit(self, kind: Kind, resp: ApiResponse) -> Submission:

@@ -24,6 +24,7 @@ from airflow_provider_tts.vendors.base import (
     http_error,
     json_body,
     path_segment,
+    success_json,
     validate_fields,
     validate_task_id,
     warn_unknown_status,
@@ -35,6 +36,11 @@ NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_lengt
 _PERMANENT_REASONS: dict[str, FailureKind] = {
     "HARMFUL_CONTENT_DETECTED": "content_rejected",
     "SOURCE_TOO_LONG": "content_rejected",
+}
+#: Statuses that fail a task for good: the failure kind, and the message when Camb.ai gives none.
+_FINAL_STATUSES: dict[str, tuple[FailureKind, str]] = {
+    "TIMEOUT": ("vendor_timeout", "processing exceeded Camb.ai's time limit; split the text into smaller parts"),
+    "PAYMENT_REQUIRED": ("payment_required", "the Camb.ai account needs more credits"),
 }
 
 _PATHS: dict[str, tuple[str, str]] = {
@@ -196,6 +202,7 @@ class CambAi(Vendor):
     kinds: ClassVar[tuple[Kind, ...]] = ("tts", "text-to-sound")
     default_api_base_url = "https://client.camb.ai/apis"
     create_models = _FIELDS
+    create_paths: ClassVar[Mapping[str, str]] = {kind: paths[0] for kind, paths in _PATHS.items()}
 
     def status_request(self, kind: Kind, tts_task_id: str) -> ApiRequest:
         path = _PATHS[kind][0]
@@ -239,25 +246,10 @@ class CambAi(Vendor):
             if not isinstance(run_id, int) or isinstance(run_id, bool) or run_id < 0:
                 raise TtsProtocolError(f"{what}: SUCCESS without an integer 'run_id', got {excerpt(resp.body)}")
             return self.status(kind, tts_task_id, "succeeded", status, run_id=run_id, message=message)
-        if status == "TIMEOUT":
+        if status in _FINAL_STATUSES:
+            failure, default = _FINAL_STATUSES[status]
             return self.status(
-                kind,
-                tts_task_id,
-                "failed",
-                status,
-                message=message or "processing exceeded Camb.ai's time limit; split the text into smaller parts",
-                retryable=False,
-                failure="vendor_timeout",
-            )
-        if status == "PAYMENT_REQUIRED":
-            return self.status(
-                kind,
-                tts_task_id,
-                "failed",
-                status,
-                message=message or "the Camb.ai account needs more credits",
-                retryable=False,
-                failure="payment_required",
+                kind, tts_task_id, "failed", status, message=message or default, retryable=False, failure=failure
             )
         if status == "ERROR":
             failure = _PERMANENT_REASONS.get(reason or "", "error")
@@ -283,18 +275,9 @@ class CambAi(Vendor):
         )
         return f"{super().not_found_hint(kind, tts_task_id)}; {others}"
 
-    def submit_request(self, kind: Kind, fields: Mapping[str, Any]) -> ApiRequest:
-        what = f"camb_ai {kind} submit"
-        body = self.validate_create(kind, fields)
-        return ApiRequest(
-            "POST", f"{self.settings.api_base_url}/{_PATHS[kind][0]}", what=what, json=body, idempotent=False
-        )
-
     def parse_submit(self, kind: Kind, resp: ApiResponse) -> Submission:
         what = f"camb_ai {kind} submit"
-        if not 200 <= resp.status < 300:
-            raise http_error(resp, what)
-        data = json_body(resp, what)
+        data = success_json(resp, what)
         task_id = data.get("task_id") if isinstance(data, dict) else None
         if not isinstance(task_id, str):
             raise TtsProtocolError(f"{what}: expected {{'task_id': str}}, got {excerpt(resp.body)}")

@@ -26,6 +26,7 @@ from airflow_provider_tts.vendors.base import (
     http_error,
     json_body,
     path_segment,
+    success_json,
     unwrap_single,
     validate_task_id,
     warn_unknown_status,
@@ -41,8 +42,6 @@ _FAILED = frozenset({"failed", "error"})
 _NOT_FOUND = "not_found"
 #: HTTP statuses that may carry a task-state body (the API mirrors the body's ``code``).
 _STATE_HTTP_STATUSES = frozenset({200, 202, 404, 500})
-
-_CREATE_PATHS = {"tts": "text-to-speech", "srt-to-speech": "srt-to-speech/merge"}
 
 
 class _RevidTtsFields(BaseModel):
@@ -116,6 +115,7 @@ class RevidTts(Vendor):
     kinds: ClassVar[tuple[Kind, ...]] = ("tts", "srt-to-speech")
     default_api_base_url = "https://api.revidapi.com/paid"
     create_models = _FIELDS
+    create_paths: ClassVar[Mapping[str, str]] = {"tts": "text-to-speech", "srt-to-speech": "srt-to-speech/merge"}
     client_reference_field = "id"
     default_status_base_url = "https://tts.revidapi.com/api"
 
@@ -199,18 +199,9 @@ class RevidTts(Vendor):
             "is the account that submitted it"
         )
 
-    def submit_request(self, kind: Kind, fields: Mapping[str, Any]) -> ApiRequest:
-        what = f"revid_tts {kind} submit"
-        body = self.validate_create(kind, fields)
-        return ApiRequest(
-            "POST", f"{self.settings.api_base_url}/{_CREATE_PATHS[kind]}", what=what, json=body, idempotent=False
-        )
-
     def parse_submit(self, kind: Kind, resp: ApiResponse) -> Submission:
         what = f"revid_tts {kind} submit"
-        if not 200 <= resp.status < 300:
-            raise http_error(resp, what)
-        data = unwrap_single(json_body(resp, what), what)
+        data = unwrap_single(success_json(resp, what), what)
         task_id = data.get("task_id") if isinstance(data, dict) else None
         if not isinstance(task_id, str):
             raise TtsProtocolError(f"{what}: expected an object with a string 'task_id', got {excerpt(resp.body)}")
