@@ -60,6 +60,9 @@ class ConnectionSettings:
     status_base_url: str
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    #: Shared by every task of the connection in one process (``transport.Pacer``); None: no limit.
+    requests_per_second: float | None = None
+    max_in_flight: int | None = None
     retry: RetryPolicy = RetryPolicy()
     #: Audio URLs and redirects may lead to private and loopback addresses (never link-local ones).
     allow_private_hosts: bool = False
@@ -106,6 +109,8 @@ def normalise_base_url(value: str, *, what: str, allow_http: bool = False) -> st
 
 _NUMBER_EXTRAS: dict[str, tuple[float, float, bool]] = {
     # name: (minimum, maximum, integer?)
+    "requests_per_second": (0.001, 10_000.0, False),
+    "max_in_flight": (1, 1000, True),
     "connect_timeout": (0.001, 600.0, False),
     "read_timeout": (0.001, 3600.0, False),
     "max_retries": (0, 20, True),
@@ -256,6 +261,8 @@ def parse_connection(
         status_base_url=status_base,
         connect_timeout=numbers.get("connect_timeout", ConnectionSettings.connect_timeout),
         read_timeout=numbers.get("read_timeout", ConnectionSettings.read_timeout),
+        requests_per_second=numbers.get("requests_per_second"),
+        max_in_flight=int(numbers["max_in_flight"]) if "max_in_flight" in numbers else None,
         retry=retry,
         allow_private_hosts=(
             _boolean("allow_private_audio_hosts", extras.get("allow_private_audio_hosts", False))

@@ -35,6 +35,22 @@ _RETRY_AND_TIMEOUT_FIELDS: dict[str, Any] = {
         "description": "Upper bound of one wait between retries, Retry-After included. Default 60.",
         "schema": {"type": ["number", "null"], "minimum": 0},
     },
+    "requests_per_second": {
+        "label": "Requests per second",
+        "description": (
+            "Most API requests started per second, over every task and trigger on this connection in one "
+            "worker or triggerer process. Empty: no limit."
+        ),
+        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+    },
+    "max_in_flight": {
+        "label": "Max requests in flight",
+        "description": (
+            "Most API requests at once, over every task and trigger on this connection in one worker or "
+            "triggerer process. Empty: no limit."
+        ),
+        "schema": {"type": ["integer", "null"], "minimum": 1},
+    },
     "allow_private_audio_hosts": {
         "label": "Allow private audio hosts",
         "description": (

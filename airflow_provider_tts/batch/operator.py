@@ -39,7 +39,6 @@ from airflow_provider_tts.waiting import WaitPolicy, wait_timeout
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath, XComArg
 
-    from airflow_provider_tts.hooks.tts import TtsHook
     from airflow_provider_tts.status import Kind
     from airflow_provider_tts.vendors import Vendor
 
@@ -197,13 +196,6 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
         self.manifest_task_ids = manifest_task_ids
         if not rendered_later(self.defaults):
             self._check_defaults(self.defaults)
-
-    def _make_hook(self) -> TtsHook:
-        from airflow_provider_tts.transport import Pacer
-
-        hook = super()._make_hook()
-        hook.pacer = Pacer()  # one Retry-After slows the whole batch
-        return hook
 
     def _session_for_threads(self) -> None:
         """Check the connection speaks this class's API; size its pool for ``max_active_requests`` threads."""

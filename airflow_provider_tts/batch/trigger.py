@@ -167,15 +167,14 @@ class TtsBatchTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from airflow_provider_tts.batch.record import BatchRecord
         from airflow_provider_tts.hooks.tts import TtsHook
-        from airflow_provider_tts.transport import Pacer
 
         hook = None
         try:
             record = BatchRecord.at(self.record_uri, self.record_conn_id)
             # Storage I/O is blocking: off the triggerer's event loop.
             pending = await asyncio.to_thread(record.pending)
+            # The connection's pacer, shared with every trigger of this triggerer: one 429 slows them all.
             hook = TtsHook(tts_conn_id=self.tts_conn_id, request_retry=self.request_retry)
-            hook.pacer = Pacer()
             event = await self.wait(hook, pending, log=self.log)
         except Exception as exc:  # a bad kwarg or an unreadable record ends the wait, never the triggerer
             event = error_event(exc)

@@ -378,6 +378,7 @@ class Emulator:
 
     def stats(self) -> dict[str, Any]:
         """Plain-dict counters: ``requests_total``, ``requests_by_endpoint``, ``requests_by_status``,
+        ``max_concurrent_requests`` (the most vendor requests it was handling at once),
         ``faults_by_kind``, ``creates`` (api -> kind -> n), ``polls_by_task``, ``connections``,
         ``storage_requests_with_api_key``, ``storage_log`` and more (same as ``GET /_emulator/stats``).
         """

@@ -110,6 +110,7 @@ class _Counters:
     faults: Counter[str] = field(default_factory=Counter)
     creates: Counter[tuple[str, str]] = field(default_factory=Counter)
     polls_unknown: int = 0
+    max_concurrent: int = 0
     connections: int = 0
     storage_requests: int = 0
     storage_with_key: int = 0
@@ -137,6 +138,7 @@ class State:
         self._scripts: dict[tuple[str, str], deque[TaskSpec]] = {}
         self._injections: list[_Injection] = []
         self._counters = _Counters()
+        self._in_flight = 0  # vendor requests between begin() and finish(), for max_concurrent_requests
         self._log: deque[tuple[float, str, str, str, int | str, str | None, bool]] = deque(
             maxlen=config.request_log_size
         )
@@ -286,6 +288,8 @@ class State:
             counters = self._counters
             counters.requests_total += 1
             counters.by_endpoint[endpoint] += 1
+            self._in_flight += 1
+            counters.max_concurrent = max(counters.max_concurrent, self._in_flight)
             if poll_id is not None:
                 task = self._tasks.get(poll_id)
                 if task is None:
@@ -313,6 +317,7 @@ class State:
     ) -> None:
         """Record the outcome of a vendor request (status counters and the bounded log)."""
         with self._lock:
+            self._in_flight -= 1
             self._counters.by_status[str(status)] += 1
             self._log.append((time.time(), method, path, endpoint, status, fault, key_present))
 
@@ -372,6 +377,7 @@ class State:
                 "requests_total": c.requests_total,
                 "requests_by_endpoint": dict(c.by_endpoint),
                 "requests_by_status": dict(c.by_status),
+                "max_concurrent_requests": c.max_concurrent,
                 "faults_total": sum(c.faults.values()),
                 "faults_by_kind": dict(c.faults),
                 "pending_injections": [dataclasses.asdict(inj) for inj in self._injections],

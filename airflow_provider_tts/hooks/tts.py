@@ -27,7 +27,7 @@ from airflow_provider_tts.exceptions import (
 )
 from airflow_provider_tts.renames import REQUEST_RETRY_KEYS, request_retry_overrides
 from airflow_provider_tts.status import TtsTaskStatus
-from airflow_provider_tts.transport import AsyncTransport, AudioStream, Pacer, SyncTransport
+from airflow_provider_tts.transport import PACERS, AsyncTransport, AudioStream, Pacer, SyncTransport
 from airflow_provider_tts.vendors import vendor_class
 from airflow_provider_tts.vendors.base import ApiRequest, Submission, Vendor, validate_task_id
 
@@ -86,8 +86,7 @@ class TtsHook(BaseHook):
         if unknown:
             raise TtsConfigError(f"unknown retry settings {sorted(unknown)}; expected {', '.join(REQUEST_RETRY_KEYS)}")
         self.shared_session = shared_session
-        #: Set by a batch before the first call: one ``Retry-After`` then paces all of its requests.
-        self.pacer: Pacer | None = None
+        self._pacer: Pacer | None = None
         self._vendor: Vendor | None = None
         self._async_transport: AsyncTransport | None = None
         # Tasks a vendor finished synchronously at submit time: their audio must not be lost even
@@ -150,6 +149,22 @@ class TtsHook(BaseHook):
         return await asyncio.to_thread(self.get_connection, self.tts_conn_id)
 
     @property
+    def pacer(self) -> Pacer:
+        """The connection's :class:`~airflow_provider_tts.transport.Pacer` in this process, shared by every hook of it.
+
+        Its ``requests_per_second`` and ``max_in_flight`` extras, and any 429's ``Retry-After``,
+        hold the vendor calls of every task and trigger on the connection in this process
+        (``transport.PACERS``). Setting one before the first call gives this hook its own instead.
+        """
+        if self._pacer is None:
+            self._pacer = PACERS.for_connection(self.vendor.settings)
+        return self._pacer
+
+    @pacer.setter
+    def pacer(self, pacer: Pacer) -> None:
+        self._pacer = pacer
+
+    @property
     def api(self) -> str:
         """``camb_ai`` or ``revid_tts``."""
         return self.vendor.api
@@ -162,8 +177,9 @@ class TtsHook(BaseHook):
 
     async def _async(self) -> AsyncTransport:
         if self._async_transport is None:
-            self._async_transport = AsyncTransport((await self.avendor()).settings, shared=self.shared_session)
-            self._async_transport.pacer = self.pacer
+            transport = AsyncTransport((await self.avendor()).settings, shared=self.shared_session)
+            transport.pacer = self.pacer  # the vendor is resolved: no blocking lookup
+            self._async_transport = transport
         return self._async_transport
 
     def get_conn(self) -> requests.Session:

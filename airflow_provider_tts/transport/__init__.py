@@ -53,7 +53,7 @@ from airflow_provider_tts.transport.hosts import (
     resolve_host,
 )
 from airflow_provider_tts.transport.messages import failure_detail, parse_without_secrets, safe_url, scrub
-from airflow_provider_tts.transport.retry import Pacer, is_retryable, retry_kwargs
+from airflow_provider_tts.transport.retry import PACERS, Pacer, PacerRegistry, is_retryable, retry_kwargs
 from airflow_provider_tts.transport.rules import MAX_JSON_BODY, MAX_REDIRECTS, USER_AGENT
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ __all__ = [
     "MAX_REDIRECTS",
     "METADATA_NAMES",
     "METADATA_NETWORKS",
+    "PACERS",
     "SESSION_POOL",
     "SHARED_POOL_LIMIT",
     "USER_AGENT",
@@ -85,6 +86,7 @@ __all__ = [
     "HostRefused",
     "IpAddress",
     "Pacer",
+    "PacerRegistry",
     "StoragePolicy",
     "SyncTransport",
     "address_refusal",

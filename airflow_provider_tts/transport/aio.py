@@ -29,6 +29,7 @@ from airflow_provider_tts.transport.rules import (
     MAX_JSON_BODY,
     MAX_REDIRECTS,
     USER_AGENT,
+    is_vendor_call,
     key_headers,
     next_hop,
     too_big,
@@ -193,7 +194,7 @@ class AsyncTransport:
         self._checked_url: str | None = None
         self._checked_on_api_origin = False
         self._storage_sessions: dict[str, aiohttp.ClientSession] = {}
-        #: Shared with the other requests of one batch: a 429 pauses all of them (see :class:`Pacer`).
+        #: The connection's pacer, shared with its other transports in this process (see :class:`Pacer`).
         self.pacer: Pacer | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -282,14 +283,15 @@ class AsyncTransport:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, req: ApiRequest, parse: Callable[[ApiResponse], T]) -> T:
-        if self.pacer is None:
+        pacer = self.pacer
+        if pacer is None or not is_vendor_call(self.settings, req, req.url, self._on_api_origin(req.url)):
             return parse_without_secrets(parse, await self._read_once(req))
-        await self.pacer.await_turn()
-        try:
-            return parse_without_secrets(parse, await self._read_once(req))
-        except TtsError as exc:
-            self.pacer.observe(exc)
-            raise
+        async with pacer.aturn():  # the connection's pace, shared with its sync transports too
+            try:
+                return parse_without_secrets(parse, await self._read_once(req))
+            except TtsError as exc:
+                pacer.observe(exc, self.settings.retry.max_backoff)
+                raise
 
     async def call(self, req: ApiRequest, parse: Callable[[ApiResponse], T]) -> T:
         """Async twin of :meth:`SyncTransport.call`: same policy, same parser.

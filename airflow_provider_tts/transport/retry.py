@@ -4,22 +4,30 @@
 the vendor provably did not process it); :func:`retry_kwargs` turns the connection's
 :class:`~airflow_provider_tts.connection.RetryPolicy` into tenacity arguments: exponential backoff
 with jitter, stretched to ``Retry-After``, capped, each retry logged without a URL's secrets.
-:class:`Pacer` makes one ``Retry-After`` hold every request that shares it.
+:class:`Pacer` paces one connection's API requests: its ``requests_per_second`` and
+``max_in_flight``, and one ``Retry-After`` holding every request; :data:`PACERS` gives every hook
+of a connection in this process the same one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import hashlib
+import hmac
 import logging
+import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt
 
-from airflow_provider_tts.connection import RetryPolicy
+from airflow_provider_tts.connection import ConnectionSettings, RetryPolicy
 from airflow_provider_tts.exceptions import TtsConnectionError, TtsProtocolError, TtsRateLimitError, TtsServerError
 from airflow_provider_tts.transport.messages import scrub
 from airflow_provider_tts.vendors.base import ApiRequest
@@ -28,23 +36,69 @@ from airflow_provider_tts.vendors.base import ApiRequest
 log = logging.getLogger("airflow_provider_tts.transport")
 
 
-class Pacer:
-    """One ``Retry-After`` for many requests: a 429 pauses every request that shares this pacer.
+class _Ticket:
+    """A place in a pacer's queue for an in-flight slot; ``wake`` tells its owner it was granted one."""
 
-    A batch sends many requests at once over one connection. When the vendor answers one of them
-    with 429, its ``Retry-After`` is about the account, not that request: the other requests in
-    flight would only collect 429s of their own. Transports given the same pacer wait until the
-    latest pause a 429 asked for before each attempt, so the whole batch slows down together.
-    Thread-safe (the sync transport's callers are worker threads) and usable from event loops.
+    __slots__ = ("granted", "wake")
+
+    def __init__(self, wake: Callable[[], object]) -> None:
+        self.granted = False
+        self.wake = wake
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Pacer:
+    """The pace of one connection's API requests in this process: spacing, requests in flight, 429s.
+
+    Every hook of a connection in one process (the threads of a batch, the tasks of one Celery
+    worker process, every trigger of a triggerer, sync and async alike) shares one pacer
+    (:data:`PACERS`), taken around each attempt of a vendor API call (create, status, result,
+    ``/tts-stream``; never a storage download). It holds three things:
+
+    * ``Retry-After``: a 429's pause is about the account, not the request that got it, so it
+      holds every request of the pacer (the longest pause wins, capped by the caller);
+    * ``requests_per_second``: request starts are spaced at least ``1 / requests_per_second``
+      apart, first come first served (no burst);
+    * ``max_in_flight``: at most this many requests between sending and the end of their answer
+      (a stream's, the arrival of its headers), queued in arrival order.
+
+    :meth:`turn` (threads) and :meth:`aturn` (event loops) take a place and give it back on every
+    exit, exceptions and cancellation included; a thread blocks while it waits, a coroutine never
+    blocks its event loop. ``None`` limits mean no limit: then only a 429 ever makes one wait.
     """
 
     #: The longest pause one answer may impose (a garbled ``Retry-After`` must not stall a batch).
     MAX_PAUSE = 300.0
 
-    def __init__(self) -> None:
+    def __init__(self, requests_per_second: float | None = None, max_in_flight: int | None = None) -> None:
         self._lock = threading.Lock()
         self._resume_at = 0.0
+        self._next_start = 0.0
+        self._in_flight = 0
+        self._queue: deque[_Ticket] = deque()
+        self.requests_per_second: float | None = None
+        self.max_in_flight: int | None = None
+        #: Pauses taken from 429s, and requests that had to wait for their turn (for tests and logs).
         self.pauses = 0
+        self.waits = 0
+        self.configure(requests_per_second, max_in_flight)
+
+    def configure(self, requests_per_second: float | None, max_in_flight: int | None) -> None:
+        """Take the connection's current limits (a raised ``max_in_flight`` lets waiting requests go)."""
+        with self._lock:
+            self.requests_per_second = requests_per_second
+            self.max_in_flight = max_in_flight
+            granted = self._grant()
+        self._wake(granted)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request holds or awaits a place, or a pause is on."""
+        return bool(self._in_flight or self._queue or self.delay())
 
     def pause(self, seconds: float) -> None:
         """Hold every request of this pacer for ``seconds`` from now (the longest pause wins)."""
@@ -55,22 +109,186 @@ class Pacer:
                 self.pauses += 1
 
     def delay(self) -> float:
-        """Seconds to wait before the next request may start."""
+        """Seconds until the current pause is over."""
         return max(self._resume_at - time.monotonic(), 0.0)
 
-    def wait(self) -> None:
-        while (left := self.delay()) > 0:
-            time.sleep(left)
-
-    async def await_turn(self) -> None:
-        while (left := self.delay()) > 0:
-            await asyncio.sleep(left)
-
-    def observe(self, exc: BaseException) -> None:
-        """Take the pause a rate-limit answer asked for (anything else is ignored)."""
+    def observe(self, exc: BaseException, max_pause: float = MAX_PAUSE) -> None:
+        """Take the pause a rate-limit answer asked for, at most ``max_pause`` (anything else is ignored)."""
         retry_after = getattr(exc, "retry_after", None)
         if isinstance(exc, TtsRateLimitError) and retry_after is not None:
-            self.pause(float(retry_after))
+            self.pause(min(float(retry_after), max_pause))
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """Wait (blocking this thread) for a place and a start time; hold the place for the block."""
+        waited = self._acquire()
+        try:
+            left = self._start_in()
+            while left > 0:
+                waited = True
+                time.sleep(left)
+                left = self._start_in() if self.delay() > 0 else 0.0
+            if waited:
+                self._count_wait()
+            yield
+        finally:
+            self._release()
+
+    @contextlib.asynccontextmanager
+    async def aturn(self) -> AsyncIterator[None]:
+        """:meth:`turn` for a coroutine: waits with ``asyncio``, never blocking the event loop."""
+        waited = await self._aacquire()
+        try:
+            left = self._start_in()
+            while left > 0:
+                waited = True
+                await asyncio.sleep(left)
+                left = self._start_in() if self.delay() > 0 else 0.0
+            if waited:
+                self._count_wait()
+            yield
+        finally:
+            self._release()
+
+    # ------------------------------------------------------------------ places (max_in_flight)
+
+    def _room(self) -> bool:
+        return self.max_in_flight is None or self._in_flight < self.max_in_flight
+
+    def _take_now(self) -> bool:
+        with self._lock:
+            if self._queue or not self._room():
+                return False
+            self._in_flight += 1
+            return True
+
+    def _enqueue(self, wake: Callable[[], object]) -> _Ticket | None:
+        """Queue behind the requests already waiting (the ticket), or take a place freed meanwhile (None)."""
+        with self._lock:
+            if not self._queue and self._room():
+                self._in_flight += 1
+                return None
+            ticket = _Ticket(wake)
+            self._queue.append(ticket)
+            return ticket
+
+    def _acquire(self) -> bool:
+        """Take a place, blocking this thread while others are ahead; whether it had to wait."""
+        if self._take_now():
+            return False
+        event = threading.Event()
+        ticket = self._enqueue(event.set)
+        if ticket is None:
+            return False
+        try:
+            event.wait()
+        except BaseException:  # an execution timeout, a kill: the place must not be lost
+            self._abandon(ticket)
+            raise
+        return True
+
+    async def _aacquire(self) -> bool:
+        """:meth:`_acquire` for a coroutine: a future woken from whichever thread frees a place."""
+        if self._take_now():
+            return False
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        ticket = self._enqueue(functools.partial(loop.call_soon_threadsafe, _resolve, future))
+        if ticket is None:
+            return False
+        try:
+            await future
+        except BaseException:  # cancelled: leave the queue, or pass on a place granted meanwhile
+            self._abandon(ticket)
+            raise
+        return True
+
+    def _abandon(self, ticket: _Ticket) -> None:
+        """A waiter gave up (an exception, a cancellation): leave the queue, or pass on a place it was given."""
+        with self._lock:
+            granted = ticket.granted
+            if not granted:
+                self._queue.remove(ticket)
+        if granted:
+            self._release()
+
+    def _grant(self) -> list[_Ticket]:
+        """Hand free places to waiters, first come first served; the caller holds the lock."""
+        granted: list[_Ticket] = []
+        while self._queue and self._room():
+            ticket = self._queue.popleft()
+            ticket.granted = True
+            self._in_flight += 1
+            granted.append(ticket)
+        return granted
+
+    def _wake(self, tickets: list[_Ticket]) -> None:
+        for ticket in tickets:
+            try:
+                ticket.wake()
+            except RuntimeError:  # its event loop is closed: nobody is left to use the place
+                self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            granted = self._grant()
+        self._wake(granted)
+
+    # ---------------------------------------------------- start times (pause, requests_per_second)
+
+    def _start_in(self) -> float:
+        """Reserve this request's start: seconds from now, after the pause and spaced from the others."""
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._resume_at)
+            if self.requests_per_second:
+                start = max(start, self._next_start)
+                self._next_start = start + 1.0 / self.requests_per_second
+            return start - now
+
+    def _count_wait(self) -> None:
+        with self._lock:
+            self.waits += 1
+
+
+class PacerRegistry:
+    """One :class:`Pacer` per connection in this process, so every task and trigger on it shares one pace.
+
+    A connection is its id, its API base URL and a salted digest of its key (the key itself is
+    never kept): a changed key or base starts afresh. Each lookup applies the connection's current
+    ``requests_per_second`` and ``max_in_flight``, so an edited connection takes effect with the
+    next hook made. Pacers are kept after their hooks are gone, so a 429 still slows the next task;
+    beyond :attr:`MAX_PACERS` connections the least recently used idle ones are forgotten.
+    """
+
+    MAX_PACERS = 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pacers: OrderedDict[tuple[str, str, str], Pacer] = OrderedDict()
+        self._salt = os.urandom(16)
+
+    def for_connection(self, settings: ConnectionSettings) -> Pacer:
+        """The pacer of ``settings``' connection, made on first use, with its current limits."""
+        secret = settings.api_key.get_secret_value().encode("utf-8")
+        account = hmac.new(self._salt, secret, hashlib.sha256).hexdigest()[:16]
+        key = (settings.conn_id, settings.api_base_url, account)
+        with self._lock:
+            pacer = self._pacers.get(key)
+            if pacer is None:
+                pacer = self._pacers[key] = Pacer()
+                excess = len(self._pacers) - self.MAX_PACERS
+                if excess > 0:
+                    for old in [k for k, other in self._pacers.items() if k != key and not other.busy][:excess]:
+                        del self._pacers[old]
+            self._pacers.move_to_end(key)
+        pacer.configure(settings.requests_per_second, settings.max_in_flight)
+        return pacer
+
+
+#: The process's pacers, one per connection (see :class:`PacerRegistry`).
+PACERS = PacerRegistry()
 
 
 def is_retryable(exc: BaseException, idempotent: bool) -> bool:

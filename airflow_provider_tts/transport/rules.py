@@ -23,16 +23,24 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = f"airflow-provider-tts/{__version__}"
 
 
-def key_headers(
-    settings: ConnectionSettings, req: ApiRequest, url: str, on_api_origin: bool | None = None
-) -> dict[str, str]:
-    """The key header, for an authenticated request to one of the vendor's API origins only.
+def is_vendor_call(settings: ConnectionSettings, req: ApiRequest, url: str, on_api_origin: bool | None = None) -> bool:
+    """Whether ``req`` at ``url`` is a call of the vendor's API: authenticated, to one of its API origins.
+
+    Only such a call gets the key, and only such calls are paced (``Pacer``): a storage download
+    goes to another host, whose limits are not the vendor's.
 
     :param on_api_origin: ``origin_of(url) in settings.api_origins``, when the caller already knows it.
     """
     if on_api_origin is None:
         on_api_origin = origin_of(url) in settings.api_origins
-    if req.authenticated and on_api_origin:
+    return req.authenticated and on_api_origin
+
+
+def key_headers(
+    settings: ConnectionSettings, req: ApiRequest, url: str, on_api_origin: bool | None = None
+) -> dict[str, str]:
+    """The key header, for a vendor call (:func:`is_vendor_call`) only."""
+    if is_vendor_call(settings, req, url, on_api_origin):
         return {"x-api-key": settings.api_key.get_secret_value()}
     return {}
 

@@ -49,6 +49,7 @@ from airflow_provider_tts.transport.rules import (
     MAX_JSON_BODY,
     MAX_REDIRECTS,
     USER_AGENT,
+    is_vendor_call,
     key_headers,
     next_hop,
     too_big,
@@ -263,7 +264,7 @@ class SyncTransport:
         self._storage: requests.Session | None = None
         self._storage_lock = threading.Lock()
         self._timeout = (settings.connect_timeout, settings.read_timeout)
-        #: Shared with other transports of one batch: a 429 pauses all of them (see :class:`Pacer`).
+        #: The connection's pacer, shared with its other transports in this process (see :class:`Pacer`).
         self.pacer: Pacer | None = None
 
     def close(self) -> None:
@@ -283,15 +284,17 @@ class SyncTransport:
                 self._storage = session
             return self._storage
 
-    def _paced(self, send: Callable[[], T]) -> T:
-        if self.pacer is None:
+    def _paced(self, req: ApiRequest, send: Callable[[], T]) -> T:
+        """One attempt of a vendor call in its turn of the connection's pacer; a 429 pauses the others."""
+        pacer = self.pacer
+        if pacer is None or not is_vendor_call(self.settings, req, req.url):
             return send()
-        self.pacer.wait()
-        try:
-            return send()
-        except TtsError as exc:
-            self.pacer.observe(exc)
-            raise
+        with pacer.turn():
+            try:
+                return send()
+            except TtsError as exc:
+                pacer.observe(exc, self.settings.retry.max_backoff)
+                raise
 
     def _send(self, req: ApiRequest, extra_headers: dict[str, str] | None = None) -> requests.Response:
         url = req.url
@@ -355,37 +358,44 @@ class SyncTransport:
         for attempt in Retrying(**retry_kwargs(self.settings.retry, req)):
             with attempt:
                 return self._paced(
+                    req,
                     lambda: parse_without_secrets(
                         parse, self.read_response(req, self._send(req, {"Accept": "application/json"}))
-                    )
+                    ),
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
     def open_stream(self, req: ApiRequest) -> AudioStream:
-        """Open a streaming 2xx response, retrying until its headers arrive; errors become TtsErrors."""
+        """Open a streaming 2xx response, retrying until its headers arrive; errors become TtsErrors.
+
+        A vendor call is paced until its headers arrive; its body is the caller's to read.
+        """
         for attempt in Retrying(**retry_kwargs(self.settings.retry, req)):
             with attempt:
-                resp = self._send(req, {"Accept-Encoding": "identity"})
-                if not 200 <= resp.status_code < 300:
-                    signed_url = resp.url
-                    answer = without_secrets(self.read_response(req, resp), req.url, signed_url)
-                    # A request the vendor marks unauthenticated goes to storage (a Revid audio_url,
-                    # a Camb file_url) even where a test emulator serves it on the API's own origin.
-                    on_storage = not req.authenticated or origin_of(signed_url) not in self.settings.api_origins
-                    if resp.status_code in EXPIRED_URL_STATUSES and on_storage:
-                        raise TtsAudioUrlExpiredError(
-                            f"{req.what}: the storage host {host_and_port(signed_url)} answered HTTP "
-                            f"{resp.status_code} for {safe_url(signed_url)}: the signed audio URL expired or was "
-                            "revoked (the API key is never sent to storage hosts, so it is not the key)",
-                            http_status=resp.status_code,
-                        )
-                    raise http_error(answer, req.what)
-                length = resp.headers.get("content-length")
-                return AudioStream(
-                    url=safe_url(resp.url),
-                    content_type=resp.headers.get("content-type", "").split(";")[0].strip().lower(),
-                    content_length=int(length) if length and length.isdigit() else None,
-                    _response=resp,
-                    headers={k.lower(): v for k, v in resp.headers.items()},
-                )
+                return self._paced(req, lambda: self._open_once(req))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _open_once(self, req: ApiRequest) -> AudioStream:
+        resp = self._send(req, {"Accept-Encoding": "identity"})
+        if not 200 <= resp.status_code < 300:
+            signed_url = resp.url
+            answer = without_secrets(self.read_response(req, resp), req.url, signed_url)
+            # A request the vendor marks unauthenticated goes to storage (a Revid audio_url,
+            # a Camb file_url) even where a test emulator serves it on the API's own origin.
+            on_storage = not req.authenticated or origin_of(signed_url) not in self.settings.api_origins
+            if resp.status_code in EXPIRED_URL_STATUSES and on_storage:
+                raise TtsAudioUrlExpiredError(
+                    f"{req.what}: the storage host {host_and_port(signed_url)} answered HTTP "
+                    f"{resp.status_code} for {safe_url(signed_url)}: the signed audio URL expired or was "
+                    "revoked (the API key is never sent to storage hosts, so it is not the key)",
+                    http_status=resp.status_code,
+                )
+            raise http_error(answer, req.what)
+        length = resp.headers.get("content-length")
+        return AudioStream(
+            url=safe_url(resp.url),
+            content_type=resp.headers.get("content-type", "").split(";")[0].strip().lower(),
+            content_length=int(length) if length and length.isdigit() else None,
+            _response=resp,
+            headers={k.lower(): v for k, v in resp.headers.items()},
+        )
