@@ -173,6 +173,10 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             },
         ],
+        "extra-links": [
+            "airflow_provider_tts.links.StoredAudioLink",
+            "airflow_provider_tts.links.BatchManifestLink",
+        ],
         "connection-types": [
             {
                 "connection-type": "camb_ai",

@@ -77,11 +77,13 @@ def make_conn(emu: Any, monkeypatch: pytest.MonkeyPatch) -> ConnFactory:
 #: (``make test-af3.x`` runs ``-m "not slow or matrix"``): what this Airflow offers (``tests/compat/``),
 #: every operator family through one retry on a real deployment and under ``airflow dags test``
 #: (``tests/slow/test_operator_families.py``), and a worker SIGKILLed after the create or mid-create with
-#: the Variable ledger, the below-3.3 mechanism (the retry does not pay twice). Node id prefixes, so the
+#: the Variable ledger, the below-3.3 mechanism (the retry does not pay twice), and the extra links the
+#: api-server serves for every storing operator (``tests/slow/test_links.py``). Node id prefixes, so the
 #: test files themselves need no marker.
 MATRIX_TESTS = (
     "tests/compat/",
     "tests/slow/test_operator_families.py",
+    "tests/slow/test_links.py",
     "tests/reliability/test_restarts.py::test_worker_killed_while_waiting_after_submit_does_not_pay_twice[variable]",
     "tests/reliability/test_restarts.py::test_worker_killed_mid_submit_does_not_pay_twice[variable]",
 )

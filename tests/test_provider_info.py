@@ -39,6 +39,9 @@ def test_every_declared_class_and_module_imports() -> None:
         module, _, name = conn["hook-class-name"].rpartition(".")
         hook = getattr(importlib.import_module(module), name)
         assert hook.conn_name_attr == "tts_conn_id"
+    for link in info["extra-links"]:
+        module, _, name = link.rpartition(".")
+        assert getattr(importlib.import_module(module), name).name
 
 
 def test_both_connection_forms_relabel_the_key_and_declare_extras() -> None:

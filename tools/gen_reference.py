@@ -41,6 +41,8 @@ PUBLIC: tuple[str, ...] = (
     "airflow_provider_tts.hooks.tts:TtsTaskStatus",
     "airflow_provider_tts.hooks.tts:CambAiHook",
     "airflow_provider_tts.hooks.tts:RevidTtsHook",
+    "airflow_provider_tts.links:StoredAudioLink",
+    "airflow_provider_tts.links:BatchManifestLink",
 )
 
 #: Constructor parameters every Airflow operator has; listing them would bury the provider's own.

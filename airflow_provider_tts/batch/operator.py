@@ -29,6 +29,7 @@ from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.hooked import TtsHookMixin
 from airflow_provider_tts.lineage import OutletsForTestRuns, default_outlet
+from airflow_provider_tts.links import BatchManifestLink, StoredAudioLink
 from airflow_provider_tts.renames import request_retry_overrides
 from airflow_provider_tts.storage import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_BYTES, OverwritePolicy, check_overwrite
 from airflow_provider_tts.storing import plain_uri
@@ -112,6 +113,7 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
     )  # fmt: skip
     template_fields_renderers = {"items": "json", "defaults": "json"}
     ui_color = "#d9ead3"
+    operator_extra_links = (StoredAudioLink(), BatchManifestLink())
 
     def __init__(
         self,

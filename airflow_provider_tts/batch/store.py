@@ -23,6 +23,7 @@ from airflow_provider_tts.exceptions import (
     TtsPermanentError,
     error_from_event,
 )
+from airflow_provider_tts.links import BatchManifestLink, StoredAudioLink
 from airflow_provider_tts.naming import has_audio_extension, same_file, with_extension
 from airflow_provider_tts.objects import copy_object
 from airflow_provider_tts.results import batch_result
@@ -73,6 +74,8 @@ class StorePhase(PlanPhase):
             rows = [{k: v for k, v in row.items() if k != "tts_task_id"} for row in rows]
         manifest = plan.folder / self.manifest_name
         write_manifest(manifest, rows)
+        StoredAudioLink.persist(context, self, plan.folder, folder=True)
+        BatchManifestLink.persist(context, self, manifest)
         summary = batch_result(rows, plain_uri(plan.folder), plain_uri(manifest))
         self._emit(context, summary)
         self.log.info("Batch finished: %s", {k: v for k, v in summary.items() if k != "files"})

@@ -24,6 +24,7 @@ from airflow_provider_tts.confinement import DESTINATIONS, confine
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.hooked import TtsHookMixin
 from airflow_provider_tts.lineage import default_outlet
+from airflow_provider_tts.links import StoredAudioLink
 from airflow_provider_tts.naming import (
     check_file_name,
     default_stem,
@@ -124,6 +125,7 @@ class TtsAudioToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
 
     template_fields: Sequence[str] = ("tts_task_id", "destination", "file_name", "tts_conn_id", "kind", "dest_conn_id")
     ui_color = "#e8f2d9"
+    operator_extra_links = (StoredAudioLink(),)
 
     def __init__(
         self,
@@ -341,6 +343,7 @@ class TtsAudioToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
                 chunk_bytes=self.chunk_bytes,
             )
         self._stored_at(context, path, stored)
+        StoredAudioLink.persist(context, self, path)
         result = stored_file_result(stored, uri=plain_uri(path), tts_task_id=stored.tts_task_id,
                                     fingerprint=self._request_fingerprint(), cached=False)  # fmt: skip
         self._emit_asset(context, result)

@@ -19,6 +19,7 @@ from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint
 from airflow_provider_tts.hooked import TtsHookMixin
+from airflow_provider_tts.links import StoredAudioLink
 from airflow_provider_tts.naming import check_file_name, with_format_extension
 from airflow_provider_tts.operators.audio_to_storage import TtsAudioToStorageOperator
 from airflow_provider_tts.renames import request_retry_overrides
@@ -107,6 +108,7 @@ class CambTtsStreamToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperat
         "tts_conn_id", "dest_conn_id",
     )  # fmt: skip
     ui_color = "#d9ecf2"
+    operator_extra_links = (StoredAudioLink(),)
 
     def __init__(
         self,
@@ -234,6 +236,7 @@ class CambTtsStreamToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperat
                 chunk_bytes=self.chunk_bytes,
             )
         requests.stored(fingerprint, path, stored, credits=credits)
+        StoredAudioLink.persist(context, self, path)
         result = stored_file_result(stored, uri=uri, tts_task_id=None, fingerprint=fingerprint, cached=False,
                                     credits=credits)  # fmt: skip
         self._emit_asset(context, result)
@@ -246,12 +249,12 @@ class CambTtsStreamToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperat
         from airflow_provider_tts.objects import copy_object
         from airflow_provider_tts.storage import StoredAudio
 
-        uri = hit.uri
+        uri, where = hit.uri, hit.path
         if named and hit.path.path != path.path:
             if self.overwrite == "fail" and path.exists():
                 raise TtsConfigError(f"destination {plain_uri(path)} already exists and overwrite='fail'")
             etag = copy_object(hit.path, path)
-            uri = plain_uri(path)
+            uri, where = plain_uri(path), path
             copied = StoredAudio(
                 uri, hit.size_bytes, hit.sha256, hit.content_type, hit.duration_seconds, "", True, etag
             )
@@ -260,6 +263,7 @@ class CambTtsStreamToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperat
                           hit.uri, uri)  # fmt: skip
         else:
             self.log.info("%s already holds the audio of request %s; not calling the vendor", uri, fingerprint)
+        StoredAudioLink.persist(context, self, where)
         cached = stored_file_result(hit, uri=uri, tts_task_id=None, fingerprint=fingerprint, cached=True)
         self._emit_asset(context, cached)
         return cached

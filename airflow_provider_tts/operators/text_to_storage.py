@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import request_fingerprint
+from airflow_provider_tts.links import StoredAudioLink
 from airflow_provider_tts.naming import default_stem, has_audio_extension
 from airflow_provider_tts.operators.audio_to_storage import TtsAudioToStorageOperator
 from airflow_provider_tts.results import stored_file_result
@@ -271,6 +272,7 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
             self.log.info("%s already holds the audio of request %s; nothing was paid for", hit.uri, fingerprint)
         result = stored_file_result(hit, uri=plain_uri(target), tts_task_id=None, fingerprint=fingerprint, cached=True)
         self.stored_audio = result
+        StoredAudioLink.persist(context, self, target)
         self._emit_asset(context, result)
         return result
 
