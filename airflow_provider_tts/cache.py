@@ -50,6 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_tts import metrics
 from airflow_provider_tts.fingerprint import fingerprint_hex
 from airflow_provider_tts.objects import (
     content_matches,
@@ -208,6 +209,11 @@ class RequestCache:
         A request with no entry is looked up among the folder's 0.1 sidecars; a match is adopted
         (its entry written) so the next run finds it directly.
         """
+        found, entry = self._find(fingerprint)
+        metrics.cache("miss" if found is None else "hit", vendor=self.endpoint.api)
+        return found, entry
+
+    def _find(self, fingerprint: str) -> tuple[CachedAudio | None, dict[str, Any] | None]:
         entry = self.read(fingerprint)
         if entry is None and self.legacy:
             adopted = self._adopt_legacy(fingerprint)

@@ -25,6 +25,7 @@ import shutil
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_tts import metrics
 from airflow_provider_tts.storage import is_local, s3_call, scheme_of
 
 if TYPE_CHECKING:
@@ -186,7 +187,9 @@ def copy_object(source: ObjectStoragePath, target: ObjectStoragePath) -> str | N
     """Copy an object within one store (server-side on S3); the target's ETag where the store gives one.
 
     The target appears whole or not at all: a local copy goes through a temporary and a rename.
+    Every caller copies request-cache audio to a new name, so this counts ``tts.cache.copy``.
     """
+    metrics.cache("copy", scheme=scheme_of(target))
     if is_local(source) and is_local(target):
         temp = f"{target.path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
         try:

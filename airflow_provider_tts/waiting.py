@@ -16,6 +16,7 @@ from dataclasses import fields as dataclass_fields
 from datetime import timedelta
 from typing import Any, Literal
 
+from airflow_provider_tts import metrics
 from airflow_provider_tts.exceptions import TtsConfigError, TtsError, error_event
 from airflow_provider_tts.renames import renamed
 from airflow_provider_tts.status import TtsTaskStatus
@@ -126,6 +127,7 @@ class WaitPolicy:
         if status.state == "failed":
             if status.failure == "not_found" and elapsed < self.not_found_grace:
                 return "wait"
+            metrics.task_failed(status)  # every wait ends a failed task here, once
             return "failed"
         return "wait"
 

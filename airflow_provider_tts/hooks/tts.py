@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from airflow_provider_tts import metrics
 from airflow_provider_tts.compat import BaseHook, omit_secrets_from_dag_test_log
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS, parse_connection
 from airflow_provider_tts.exceptions import (
@@ -211,7 +212,9 @@ class TtsHook(BaseHook):
         if known := self._finished_at_submit.get((kind, tts_task_id)):
             return known
         req, parse = self._status_call(vendor, tts_task_id, kind)
-        status: TtsTaskStatus = self._sync.call(req, parse)
+        with metrics.timed(vendor.api, kind, "status"):
+            status: TtsTaskStatus = self._sync.call(req, parse)
+        metrics.polled(status)
         return status
 
     async def aget_task_status(self, tts_task_id: str, kind: str = "tts") -> TtsTaskStatus:
@@ -220,7 +223,9 @@ class TtsHook(BaseHook):
         if known := self._finished_at_submit.get((kind, tts_task_id)):
             return known
         req, parse = self._status_call(vendor, tts_task_id, kind)
-        status: TtsTaskStatus = await (await self._async()).call(req, parse)
+        with metrics.timed(vendor.api, kind, "status"):
+            status: TtsTaskStatus = await (await self._async()).call(req, parse)
+        metrics.polled(status)
         return status
 
     # ----------------------------------------------------------------------------------- submit
@@ -234,7 +239,9 @@ class TtsHook(BaseHook):
         vendor = self.vendor
         checked_kind = vendor.check_kind(kind)
         req = vendor.submit_request(checked_kind, fields)
-        submission: Submission = self._sync.call(req, lambda resp: vendor.parse_submit(checked_kind, resp))
+        with metrics.timed(vendor.api, checked_kind, "create"):
+            submission: Submission = self._sync.call(req, lambda resp: vendor.parse_submit(checked_kind, resp))
+        metrics.created(vendor.api, checked_kind, req.json)
         if submission.status is not None:
             self._finished_at_submit[(checked_kind, submission.tts_task_id)] = submission.status
         self.log.info("Created %s %s task %s", vendor.api, checked_kind, submission.tts_task_id)
@@ -343,7 +350,8 @@ class TtsHook(BaseHook):
         """
         vendor = self.stream_vendor()
         req: ApiRequest = vendor.stream_request(fields)
-        stream = self._sync.open_stream(req)
+        with metrics.timed(vendor.api, "tts-stream", "stream"):
+            stream = self._sync.open_stream(req)
         if stream.content_type in _NOT_AUDIO or stream.content_type.startswith("text/"):
             # A 2xx whose body is a page or JSON, not audio: a gateway or a changed API. It may
             # have been charged, so it is an error to look at, never a resend or a stored file.
@@ -360,6 +368,7 @@ class TtsHook(BaseHook):
             stream.content_length if stream.content_length is not None else "unknown",
             stream.headers.get("x-credits-required", "not stated"),
         )
+        metrics.created(vendor.api, "tts-stream", req.json, credits=stream.headers.get("x-credits-required"))
         return stream
 
     # ------------------------------------------------------------------------------ connections

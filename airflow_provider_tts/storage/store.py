@@ -19,11 +19,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_tts import metrics
 from airflow_provider_tts.exceptions import TtsConfigError, TtsProtocolError
 from airflow_provider_tts.storage.content import audio_duration, check_audio_body
 from airflow_provider_tts.storage.destinations import check_destination
 from airflow_provider_tts.storage.s3 import SHA256_METADATA, S3DirectWriter, forget_bucket, s3_call
-from airflow_provider_tts.storage.schemes import WriteMode, write_mode
+from airflow_provider_tts.storage.schemes import WriteMode, scheme_of, write_mode
 from airflow_provider_tts.storage.types import OverwritePolicy, StoredAudio, TtsStorageError, check_overwrite
 from airflow_provider_tts.storage.writers import (
     UPLOAD_BLOCK_BYTES,
@@ -287,6 +288,7 @@ def store_stream(
         raise
     duration = duration_seconds if duration_seconds is not None else audio_duration(bytes(header))
     log.info("Stored %d bytes (sha256 %s, %s) at %s", size, sha256, content_type, path)
+    metrics.stored(scheme_of(path), size, written=written)
     return StoredAudio(str(path), size, sha256, content_type, duration, tts_task_id, written, etag)
 
 
