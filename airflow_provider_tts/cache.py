@@ -258,8 +258,11 @@ class RequestCache:
             raise TtsStorageError(f"the request cache entry {path} keeps appearing and disappearing; not paying")
         return existing
 
-    def submitted(self, fingerprint: str, tts_task_id: str) -> None:
-        entry = self._entry(fingerprint, "submitted", tts_task_id=tts_task_id, submitted_at=time.time())
+    def submitted(self, fingerprint: str, tts_task_id: str, *, credits: int | None = None) -> None:
+        """Record the vendor's task id (and the credits its create answer reported, if any)."""
+        entry = self._entry(
+            fingerprint, "submitted", tts_task_id=tts_task_id, submitted_at=time.time(), credits=credits
+        )
         self._write(fingerprint, entry)
 
     def stored(

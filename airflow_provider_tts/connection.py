@@ -68,6 +68,12 @@ class ConnectionSettings:
     allow_private_hosts: bool = False
     #: Audio URLs and redirects may use plain http to any allowed host, not just private ones.
     allow_http_hosts: bool = False
+    #: The account's price in credits per 1,000 spoken characters, replacing the vendor table's
+    #: (``airflow_provider_tts.costs``); None: the table's.
+    credits_per_1000_characters: float | None = None
+    #: Defaults of the storing operators' ``max_characters`` / ``max_credits`` (an operator's own wins).
+    max_characters: int | None = None
+    max_credits: float | None = None
 
     @property
     def api_origins(self) -> frozenset[str]:
@@ -116,6 +122,10 @@ _NUMBER_EXTRAS: dict[str, tuple[float, float, bool]] = {
     "max_retries": (0, 20, True),
     "retry_backoff": (0.0, 600.0, False),
     "retry_max_backoff": (0.0, 3600.0, False),
+    # Costs (``airflow_provider_tts.costs``): a price override and the operators' default budgets.
+    "credits_per_1000_characters": (0.0, 1e9, False),
+    "max_characters": (0, 1e12, True),
+    "max_credits": (0.0, 1e12, False),
 }
 
 
@@ -269,6 +279,9 @@ def parse_connection(
             or is_loopback_base(api_base)
         ),
         allow_http_hosts=_boolean("allow_http_audio_hosts", extras.get("allow_http_audio_hosts", False)),
+        credits_per_1000_characters=numbers.get("credits_per_1000_characters"),
+        max_characters=int(numbers["max_characters"]) if "max_characters" in numbers else None,
+        max_credits=numbers.get("max_credits"),
     )
 
 

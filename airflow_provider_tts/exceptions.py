@@ -143,6 +143,37 @@ class TtsSubmitUncertainError(TtsPermanentError):
     """
 
 
+class TtsBudgetExceededError(TtsPermanentError):
+    """What a storing operator is about to send, or a batch has been charged, exceeds ``max_characters``
+    or ``max_credits`` (the operator's, or the connection's default).
+
+    Raised before the first create or stream request when the estimate is over the limit (nothing
+    sent, nothing written), or once a vendor reports more credits than the estimate said (a
+    batch stops submitting and reports the rest as not submitted). Being an
+    ``AirflowFailException``, it fails the task without using up its retries: a retry would be
+    refused again. The message says the estimate, the limit and what to change.
+
+    :param limit_name: ``"max_characters"`` or ``"max_credits"``.
+    :param estimate: the characters or credits that would be (or were) spent.
+    :param limit: the limit they exceed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit_name: str | None = None,
+        estimate: float | None = None,
+        limit: float | None = None,
+        http_status: int | None = None,
+        vendor_status: str | None = None,
+    ) -> None:
+        super().__init__(message, http_status=http_status, vendor_status=vendor_status)
+        self.limit_name = limit_name
+        self.estimate = estimate
+        self.limit = limit
+
+
 class TtsTaskFailedError(TtsError):
     """The remote task ended in a failed state.
 

@@ -51,6 +51,24 @@ _RETRY_AND_TIMEOUT_FIELDS: dict[str, Any] = {
         ),
         "schema": {"type": ["integer", "null"], "minimum": 1},
     },
+    "credits_per_1000_characters": {
+        "label": "Credits per 1,000 characters",
+        "description": (
+            "The account's price, for the storing operators' estimates and max_credits. Default: the vendor's "
+            "published price (RevidAPI 10; Camb.ai publishes none)."
+        ),
+        "schema": {"type": ["number", "null"], "minimum": 0},
+    },
+    "max_characters": {
+        "label": "Max characters per task",
+        "description": "Default max_characters of the storing operators: a request or batch plan over it is refused.",
+        "schema": {"type": ["integer", "null"], "minimum": 0},
+    },
+    "max_credits": {
+        "label": "Max credits per task",
+        "description": "Default max_credits of the storing operators: an estimate over it is refused before paying.",
+        "schema": {"type": ["number", "null"], "minimum": 0},
+    },
     "allow_private_audio_hosts": {
         "label": "Allow private audio hosts",
         "description": (

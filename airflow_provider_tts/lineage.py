@@ -189,7 +189,8 @@ def operator_lineage(stored: Mapping[str, Any] | None, *, api: str | None, kind:
     ``stored`` is the operator's result (``uri``, ``size_bytes``, ``duration_seconds``,
     ``tts_task_id``, ...); without it (nothing was stored) the lineage is empty. Run facets:
     ``externalQuery`` (the standard facet for a job run by an external system: the vendor task id
-    and the API that ran it) and ``ttsJob`` (api, kind, task id, audio duration and content type).
+    and the API that ran it), ``ttsJob`` (api, kind, task id, audio duration and content type) and
+    ``ttsCost`` (:func:`cost_facet`: what the run spent).
     """
     from airflow.providers.openlineage.extractors import OperatorLineage
     from openlineage.client.event_v2 import OutputDataset
@@ -217,7 +218,47 @@ def operator_lineage(stored: Mapping[str, Any] | None, *, api: str | None, kind:
     run_facets["ttsJob"] = RunFacet().with_additional_properties(
         **{key: value for key, value in job.items() if value is not None}
     )
+    run_facets["ttsCost"] = cost_facet(stored)
     return OperatorLineage(
         outputs=[OutputDataset(namespace=namespace, name=name, outputFacets=output_facets)],
         run_facets=run_facets,
+    )
+
+
+#: The ``ttsCost`` run facet's properties, from the result keys of the same meaning.
+COST_FACET_KEYS = {
+    "characters": "characters",
+    "requests": "requests",
+    "credits": "credits",
+    "estimatedCredits": "estimated_credits",
+}
+
+
+def cost_facet(result: Mapping[str, Any]) -> Any:
+    """The ``ttsCost`` custom run facet: ``characters`` sent, paid ``requests``, ``credits`` the vendor
+    reported and ``estimatedCredits``, from a storing operator's or a batch's result; unknown ones left out."""
+    from openlineage.client.facet_v2 import RunFacet
+
+    values = {name: result.get(key) for name, key in COST_FACET_KEYS.items()}
+    return RunFacet().with_additional_properties(**{k: v for k, v in values.items() if v is not None})
+
+
+def batch_lineage(summary: Mapping[str, Any] | None, *, api: str, kind: str) -> OperatorLineage[Any, Any]:
+    """OpenLineage facets of a finished batch: its folder as the output, ``ttsJob`` and ``ttsCost`` run facets."""
+    from airflow.providers.openlineage.extractors import OperatorLineage
+    from openlineage.client.event_v2 import OutputDataset
+    from openlineage.client.facet_v2 import RunFacet, output_statistics_output_dataset
+
+    if not summary or not summary.get("destination"):
+        return OperatorLineage()
+    namespace, name = dataset_name(str(summary["destination"]))
+    files = int(summary.get("stored") or 0) + int(summary.get("cached") or 0)
+    statistics = output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(fileCount=files)
+    job = {"api": api, "kind": kind, "items": summary.get("items"), "failed": summary.get("failed")}
+    return OperatorLineage(
+        outputs=[OutputDataset(namespace=namespace, name=name, outputFacets={"outputStatistics": statistics})],
+        run_facets={
+            "ttsJob": RunFacet().with_additional_properties(**{k: v for k, v in job.items() if v is not None}),
+            "ttsCost": cost_facet(summary),
+        },
     )

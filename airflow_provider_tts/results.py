@@ -26,12 +26,13 @@ from typing import Any, Protocol
 #: The keys of every single-file storing operator's result, in this order.
 STORED_FILE_KEYS: tuple[str, ...] = (
     "uri", "size_bytes", "sha256", "content_type", "duration_seconds", "tts_task_id", "fingerprint", "cached",
-    "credits",
+    "characters", "requests", "credits", "estimated_credits",
 )  # fmt: skip
 
 #: The keys of a batch operator's result, in this order.
 BATCH_RESULT_KEYS: tuple[str, ...] = (
     "items", "stored", "cached", "failed", "failed_keys", "destination", "manifest", "files", "files_truncated",
+    "characters", "requests", "credits", "estimated_credits",
 )  # fmt: skip
 
 #: At most this many stored URIs in a batch result's ``files`` (``files_truncated`` says when more
@@ -62,6 +63,9 @@ def stored_file_result(
     fingerprint: str | None,
     cached: bool,
     credits: int | None = None,
+    characters: int | None = None,
+    requests: int = 0,
+    estimated_credits: float | None = None,
 ) -> dict[str, Any]:
     """The result of every operator that stores one file (:data:`STORED_FILE_KEYS`, JSON values only).
 
@@ -75,6 +79,12 @@ def stored_file_result(
         nothing paid in this run.
     :param credits: what the vendor said it charged (Camb.ai's ``X-Credits-Required`` on
         ``/tts-stream``); 0 when ``cached``; None where the vendor does not say.
+    :param characters: the characters this task sent to be spoken for the file (see
+        :mod:`airflow_provider_tts.costs`); 0 when ``cached``; None where the request is unknown.
+    :param requests: the paid vendor calls (a create or ``/tts-stream``) this task made for the
+        file: 1, or 0 when ``cached`` or given a task id.
+    :param estimated_credits: ``characters`` at the connection's or the vendor table's rate; 0
+        when ``cached``; None where no price is known.
     """
     return {
         "uri": uri,
@@ -85,16 +95,24 @@ def stored_file_result(
         "tts_task_id": tts_task_id,
         "fingerprint": fingerprint,
         "cached": cached,
+        "characters": 0 if cached else characters,
+        "requests": 0 if cached else requests,
         "credits": 0 if cached else credits,
+        "estimated_credits": 0 if cached else estimated_credits,
     }
 
 
-def batch_result(rows: Sequence[Mapping[str, Any]], destination: str, manifest: str) -> dict[str, Any]:
+def batch_result(
+    rows: Sequence[Mapping[str, Any]], destination: str, manifest: str, *, credits_per_1000: float | None = None
+) -> dict[str, Any]:
     """A batch's small result (:data:`BATCH_RESULT_KEYS`): counts and where to look, never the rows.
 
     ``rows`` are the manifest's, one per item position, in order; a repeated request's extra
     positions (``duplicate_of``) are not counted again. ``files`` lists the stored and cached
-    items' URIs in item order, at most :data:`BATCH_RESULT_FILES` of them.
+    items' URIs in item order, at most :data:`BATCH_RESULT_FILES` of them. What was spent is
+    summed over the rows: ``characters`` and ``requests``; ``credits`` only when every row that
+    made a request says what it was charged (else None); ``estimated_credits`` is ``characters``
+    at ``credits_per_1000`` (None without a price).
     """
     own = [row for row in rows if row.get("duplicate_of") is None]
 
@@ -103,6 +121,8 @@ def batch_result(rows: Sequence[Mapping[str, Any]], destination: str, manifest: 
 
     failed_keys = [row["key"] for row in own if row["status"] == "failed"]
     files = [row["file"] for row in own if row["status"] in ("stored", "cached")]
+    characters = sum(row.get("characters") or 0 for row in own)
+    paid = [row.get("credits") for row in own if row.get("requests")]
     return {
         "items": len(own),
         "stored": count("stored"),
@@ -113,4 +133,8 @@ def batch_result(rows: Sequence[Mapping[str, Any]], destination: str, manifest: 
         "manifest": manifest,
         "files": files[:BATCH_RESULT_FILES],
         "files_truncated": len(files) > BATCH_RESULT_FILES,
+        "characters": characters,
+        "requests": sum(row.get("requests") or 0 for row in own),
+        "credits": sum(paid) if all(isinstance(c, int) for c in paid) else None,  # type: ignore[arg-type]
+        "estimated_credits": (round(characters * credits_per_1000 / 1000, 6) if credits_per_1000 is not None else None),
     }

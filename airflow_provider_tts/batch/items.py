@@ -58,6 +58,7 @@ class BatchItem:
     :param stem: the audio file's name without extension (see :func:`item_stem`).
     :param fingerprint: the request's fingerprint (what the request cache is keyed by).
     :param duplicates: positions of the same request repeated without a key.
+    :param characters: what its request sends to be spoken (None: unknown, e.g. an ``srt_url``).
     """
 
     index: int
@@ -65,6 +66,7 @@ class BatchItem:
     stem: str
     fingerprint: str
     duplicates: tuple[int, ...] = ()
+    characters: int | None = None
 
 
 def slug(text: str) -> str:

@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 #: The manifest's columns, one row per item position, in this order.
 MANIFEST_FIELDS = (
     "index", "key", "status", "file", "size_bytes", "sha256", "duration_seconds", "tts_task_id", "error",
-    "retryable", "fingerprint", "duplicate_of",
+    "retryable", "fingerprint", "duplicate_of", "characters", "requests", "credits",
 )  # fmt: skip
+#: What a row says was spent on its item by this task (see :mod:`airflow_provider_tts.costs`).
+SPENT_FIELDS = ("characters", "requests", "credits")
 
 
 def write_manifest(path: ObjectStoragePath, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -76,9 +78,12 @@ def changed_message(plan: BatchPlan, what: str) -> str:
 
 
 def with_duplicates(rows: list[dict[str, Any]], items: Sequence[BatchItem]) -> list[dict[str, Any]]:
-    """A row for every position: a repeated request's extra positions copy its row, naming the first."""
+    """A row for every position: a repeated request's extra positions copy its row, naming the first.
+
+    The copies spent nothing of their own: their ``characters``, ``requests`` and ``credits`` are 0.
+    """
     out = list(rows)
     for row, item in zip(rows, items, strict=True):
         for index in item.duplicates:
-            out.append({**row, "index": index, "duplicate_of": item.index})
+            out.append({**row, "index": index, "duplicate_of": item.index, **dict.fromkeys(SPENT_FIELDS, 0)})
     return sorted(out, key=lambda r: r["index"])

@@ -26,6 +26,7 @@ from airflow_provider_tts.batch.submit import SubmitPhase
 from airflow_provider_tts.batch.trigger import TtsBatchTrigger
 from airflow_provider_tts.compat import conf
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
+from airflow_provider_tts.costs import check_limit
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.hooked import TtsHookMixin
 from airflow_provider_tts.lineage import OutletsForTestRuns, default_outlet
@@ -96,12 +97,22 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
         the audio; Camb.ai asks for the key on every call. The request cache forgets a task id
         once its audio is stored.
     :param max_bytes: per file size cap; ``chunk_bytes``: streaming chunk size.
+    :param max_characters: refuse a plan whose requests to pay for (after the request cache) send
+        more characters than this, before the first create (default: the connection's
+        ``max_characters`` extra).
+    :param max_credits: the same for the estimated credits (default: the connection's
+        ``max_credits`` extra); needs a price (the vendor table's or the connection's
+        ``credits_per_1000_characters``). When the vendor reports more credits than estimated and
+        the batch would pass it, it stops submitting: the rest are manifest rows "not submitted",
+        what was submitted is stored, and the task fails with ``TtsBudgetExceededError`` (no retries
+        used up). See ``docs/howto/costs-and-limits.md``.
 
     Returns the batch result (table: ``docs/results.md``): ``items``, ``stored``, ``cached``,
     ``failed``, ``failed_keys``, ``destination``, ``manifest``, and ``files`` (the stored and
     cached files' URIs in item order, at most
     :data:`~airflow_provider_tts.results.BATCH_RESULT_FILES`; ``files_truncated`` says when there
-    were more: read ``manifest`` then).
+    were more: read ``manifest`` then), and what was spent: ``characters``, ``requests``,
+    ``credits`` (None unless the vendor reported every charge) and ``estimated_credits``.
     """
 
     vendor: ClassVar[type[Vendor]]
@@ -143,6 +154,8 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
         max_bytes: int = DEFAULT_MAX_BYTES,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         manifest_task_ids: bool = False,
+        max_characters: int | None = None,
+        max_credits: float | None = None,
         **kwargs: Any,
     ) -> None:
         owner = type(self).__name__
@@ -196,6 +209,8 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
         self.max_bytes = max_bytes
         self.chunk_bytes = chunk_bytes
         self.manifest_task_ids = manifest_task_ids
+        self.max_characters = check_limit("max_characters", max_characters)
+        self.max_credits = check_limit("max_credits", max_credits)
         if not rendered_later(self.defaults):
             self._check_defaults(self.defaults)
 
@@ -223,7 +238,11 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
         waits = {
             fp: (o.tts_task_id, o.submitted_at) for fp, o in outcomes.items() if o.kind == "wait" and o.tts_task_id
         }
-        failed = {fp: {"error": o.error, "retryable": o.retryable} for fp, o in outcomes.items() if o.kind == "failed"}
+        failed = {
+            fp: {"error": o.error, "retryable": o.retryable, **({"budget": True} if o.budget else {})}
+            for fp, o in outcomes.items()
+            if o.kind == "failed"
+        }
         if not waits:
             return self._finish(context, plan, {"status": "done", "pending": 0}, {}, failed)
         plan.record.save(waits, plan.digest, failed)

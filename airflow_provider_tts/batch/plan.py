@@ -102,6 +102,9 @@ class PlanPhase:
         max_active_requests: int
         manifest_name: str
         on_uncertain_submit: UncertainSubmitPolicy
+        task_id: str
+        max_characters: int | None
+        max_credits: float | None
         max_bytes: int
         chunk_bytes: int
         manifest_task_ids: bool
@@ -151,13 +154,15 @@ class PlanPhase:
             fields = typed_cells(fields, self.vendor.create_models[self.tts_kind])
         return key, file_name, fields
 
-    def _fingerprint(self, index: int, key: str | None, fields: Mapping[str, Any]) -> str:
-        """The request's fingerprint, validating the fields (the error names the item)."""
+    def _fingerprint(self, index: int, key: str | None, fields: Mapping[str, Any]) -> tuple[str, int | None]:
+        """The request's fingerprint and spoken characters, validating the fields (the error names the item)."""
         try:
             body = self.vendor.validate_create(self.tts_kind, fields)
         except TtsConfigError as exc:
             raise TtsConfigError(f"item {index} ({key or 'no key'}): {exc}") from None
-        return request_fingerprint(self.vendor.api, self.tts_kind, body)
+        return request_fingerprint(self.vendor.api, self.tts_kind, body), self.vendor.spoken_characters(
+            self.tts_kind, body
+        )
 
     def _plan(self, context: Context) -> BatchPlan:
         """Validate every item and the destination; nothing is paid for or written before this passes."""
@@ -176,7 +181,7 @@ class PlanPhase:
         explicit: set[str] = set()
         for index, raw in enumerate(self._raw_items(), start=1):
             given_key, file_name, fields = self._item(raw, index, defaults)
-            fingerprint = self._fingerprint(index, given_key, fields)
+            fingerprint, characters = self._fingerprint(index, given_key, fields)
             key = item_key(given_key, file_name, fingerprint)
             if key in by_key:
                 first = by_key[key]
@@ -197,7 +202,7 @@ class PlanPhase:
                     "each item its own file_name or key"
                 )
             stems[same_file(stem)] = f"{index} ({key})"
-            by_key[key] = BatchItem(index, key, stem, fingerprint)
+            by_key[key] = BatchItem(index, key, stem, fingerprint, characters=characters)
             keys.append(key)
             if given_key is not None or file_name is not None:
                 explicit.add(key)

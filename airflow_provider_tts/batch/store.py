@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tts.batch.manifest import with_duplicates, write_manifest
 from airflow_provider_tts.batch.plan import BatchPlan, PlanPhase
+from airflow_provider_tts.costs import rate_for
 from airflow_provider_tts.exceptions import (
     TtsBatchItemsFailedError,
     TtsBatchItemsFailedPermanentlyError,
+    TtsBudgetExceededError,
     TtsError,
     TtsPermanentError,
     error_from_event,
@@ -65,7 +67,9 @@ class StorePhase(PlanPhase):
         retried = not isinstance(try_number, int) or try_number > 1
 
         def one(item: BatchItem) -> dict[str, Any]:
-            return self._row(context, plan, item, found[item.fingerprint][0], waits, failed, retried)
+            hit, entry = found[item.fingerprint]
+            row = self._row(context, plan, item, hit, waits, failed, retried)
+            return {**row, **spent(plan, item, row, entry)}
 
         with ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="tts-batch-store") as pool:
             rows = list(pool.map(one, plan.items))
@@ -76,11 +80,25 @@ class StorePhase(PlanPhase):
         write_manifest(manifest, rows)
         StoredAudioLink.persist(context, self, plan.folder, folder=True)
         BatchManifestLink.persist(context, self, manifest)
-        summary = batch_result(rows, plain_uri(plan.folder), plain_uri(manifest))
+        rate = rate_for(self.hook.vendor, self.tts_kind).credits_per_1000
+        summary = batch_result(rows, plain_uri(plan.folder), plain_uri(manifest), credits_per_1000=rate)
+        self.batch_summary = summary
         self._emit(context, summary)
         self.log.info("Batch finished: %s", {k: v for k, v in summary.items() if k != "files"})
         plan.record.remove()
         failed_rows = [row for row in rows if row["status"] == "failed" and row.get("duplicate_of") is None]
+        stopped = [row for row in failed_rows if row.get("budget")]
+        if stopped:
+            raise TtsBudgetExceededError(
+                f"batch {self.task_id!r} stopped submitting: {stopped[0]['error']}. {len(stopped)} of "
+                f"{len(plan.items)} items were not submitted and the {summary['stored']} stored are kept (the "
+                f"manifest {summary['manifest']} has every row; spent: {summary['characters']} characters in "
+                f"{summary['requests']} create call(s), credits {summary['credits']}). Raise max_credits (the "
+                "operator's or the connection's) or correct credits_per_1000_characters, then clear the task: what "
+                "is stored is not paid for again.",
+                limit_name="max_credits",
+                limit=self.max_credits,
+            )
         if failed_rows and self.max_failed_items is not None and len(failed_rows) > self.max_failed_items:
             shown = "; ".join(f"{row['key']}: {row['error']}" for row in failed_rows[:5])
             message = (
@@ -109,7 +127,8 @@ class StorePhase(PlanPhase):
             return {**row, **self._use_hit(plan, item, hit)}
         if job is None:
             why = failed.get(item.fingerprint) or {"error": "not submitted in this try", "retryable": True}
-            return {**row, "status": "failed", "error": why.get("error"), "retryable": bool(why.get("retryable"))}
+            return {**row, "status": "failed", "error": why.get("error"), "retryable": bool(why.get("retryable")),
+                    "budget": bool(why.get("budget"))}  # fmt: skip
         task_id = job[0]
         row["tts_task_id"] = task_id
         # A transient failure of one download (a 200 maintenance page the transport cannot tell from
@@ -180,6 +199,12 @@ class StorePhase(PlanPhase):
         return {"status": "stored", "file": plain_uri(path), "size_bytes": stored.size_bytes, "sha256": stored.sha256,
                 "duration_seconds": stored.duration_seconds}  # fmt: skip
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage facets of the finished batch: the folder as output, the job and what it spent."""
+        from airflow_provider_tts.lineage import batch_lineage
+
+        return batch_lineage(getattr(self, "batch_summary", None), api=self.vendor.api, kind=self.tts_kind)
+
     def _emit(self, context: Context, summary: Mapping[str, Any]) -> None:
         """One asset event on each outlet, naming the manifest; the folder as hook-lineage output."""
         from airflow.sdk import Asset
@@ -193,3 +218,18 @@ class StorePhase(PlanPhase):
                 if isinstance(outlet, Asset | AssetRef):
                     events[outlet].extra.update({k: summary[k] for k in EVENT_KEYS})
         get_hook_lineage_collector().add_output_asset(context=self.hook, uri=summary["destination"])
+
+
+def spent(plan: BatchPlan, item: BatchItem, row: Mapping[str, Any], entry: Any) -> dict[str, Any]:
+    """What a row's item cost this task: its characters, one create and the credits the vendor reported.
+
+    Only a vendor task this task instance created counts (the request cache entry it waited on
+    is its own, across its tries); audio from the cache, a task another run paid for, and an item
+    never submitted spent nothing here.
+    """
+    ours = row.get("tts_task_id") is not None and isinstance(entry, Mapping) and entry.get("owner") == plan.cache.owner
+    if row["status"] == "cached" or not ours:
+        return {"characters": 0, "requests": 0, "credits": 0}
+    credits = entry.get("credits")
+    reported = credits if isinstance(credits, int) and not isinstance(credits, bool) else None
+    return {"characters": item.characters, "requests": 1, "credits": reported}

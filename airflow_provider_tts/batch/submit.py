@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_tts.batch.manifest import changed_message, rejected_message, uncertain_message
 from airflow_provider_tts.batch.plan import BatchPlan, PlanPhase, item_key
 from airflow_provider_tts.batch.stash import IdStash
+from airflow_provider_tts.costs import RunningBudget, credits_for, estimate_and_check
 from airflow_provider_tts.exceptions import TtsAuthError, TtsConfigError, TtsPermanentError
 from airflow_provider_tts.fingerprint import fingerprint_hex
 from airflow_provider_tts.storage import TtsStorageError
@@ -61,6 +62,8 @@ class _Outcome:
     unsaved: bool = False
     #: The create was refused with nothing created and the claim let go: it may be sent again.
     released: bool = False
+    #: Not sent because the vendor's reported credits put the batch over ``max_credits``.
+    budget: bool = False
 
 
 def _number(value: Any) -> float:
@@ -94,8 +97,25 @@ class SubmitPhase(PlanPhase):
         self.log.info("Batch: %d distinct requests; from the request cache: %s; to claim: %d", len(requests),
                       counts, len(to_pay))  # fmt: skip
         if to_pay:
-            outcomes.update(self._pay(context, plan, to_pay))
+            outcomes.update(self._pay(context, plan, to_pay, self._check_budget(plan, to_pay)))
         return outcomes
+
+    def _check_budget(self, plan: BatchPlan, to_pay: list[str]) -> RunningBudget | None:
+        """Log the estimate of what is to be paid, refuse the whole plan over a limit, track the rest.
+
+        Only the requests to pay count: audio the request cache holds costs nothing.
+        """
+        characters = {item.fingerprint: item.characters for item in plan.items}
+        counted = [characters[fp] for fp in to_pay]
+        total = None if any(c is None for c in counted) else sum(c for c in counted if c is not None)
+        what = f"batch {self.task_id!r} ({len(to_pay)} of {len(plan.requests)} requests to pay for)"
+        estimate, budget = estimate_and_check(self.hook.vendor, self.tts_kind, total, requests=len(to_pay),
+                                              max_characters=self.max_characters, max_credits=self.max_credits,
+                                              what=what, log=self.log)  # fmt: skip
+        rate = estimate.rate.credits_per_1000
+        if budget.max_credits is None or rate is None:
+            return None
+        return RunningBudget(budget, {fp: credits_for(characters[fp], rate) or 0.0 for fp in to_pay})
 
     def _decide(self, hit: CachedAudio | None, entry: Mapping[str, Any] | None, owner: str) -> _Outcome | None:
         """What a request's cache entry says; None: claim it and pay."""
@@ -118,7 +138,9 @@ class SubmitPhase(PlanPhase):
             return None
         return _Outcome("failed", error=uncertain_message(entry, owner), retryable=False)
 
-    def _pay(self, context: Context, plan: BatchPlan, fingerprints: list[str]) -> dict[str, _Outcome]:
+    def _pay(
+        self, context: Context, plan: BatchPlan, fingerprints: list[str], budget: RunningBudget | None = None
+    ) -> dict[str, _Outcome]:
         """Claim, create and record each request, ``max_active_requests`` at a time.
 
         The items are read once more for their fields, a chunk at a time (the worker never holds
@@ -132,7 +154,7 @@ class SubmitPhase(PlanPhase):
 
         def pay(job: tuple[str, dict[str, Any]]) -> tuple[str, _Outcome]:
             fingerprint, fields = job
-            outcome = self._pay_one(plan, fingerprint, fields, stop)
+            outcome = self._pay_one(plan, fingerprint, fields, stop, budget)
             with lock:
                 if outcome.unsaved:
                     unsaved[fingerprint] = str(outcome.tts_task_id)
@@ -181,7 +203,7 @@ class SubmitPhase(PlanPhase):
             if index > len(plan.keys):
                 raise TtsConfigError(changed_message(plan, "the file has more items than when it was read"))
             key, file_name, fields = self._item(raw, index, defaults)
-            fingerprint = self._fingerprint(index, key, fields)
+            fingerprint, _ = self._fingerprint(index, key, fields)
             if item_key(key, file_name, fingerprint) != plan.keys[index - 1]:
                 raise TtsConfigError(changed_message(plan, f"item {index} is not the item read moments before"))
             if fingerprint in wanted and fingerprint not in seen:
@@ -197,14 +219,23 @@ class SubmitPhase(PlanPhase):
         if chunk:
             yield chunk
 
-    def _pay_one(self, plan: BatchPlan, fingerprint: str, fields: dict[str, Any], stop: threading.Event) -> _Outcome:
+    def _pay_one(
+        self,
+        plan: BatchPlan,
+        fingerprint: str,
+        fields: dict[str, Any],
+        stop: threading.Event,
+        budget: RunningBudget | None = None,
+    ) -> _Outcome:
         """One request: claim it (or wait out another run's fresh claim), create it, record the task id."""
         for _ in range(3):
             if stop.is_set():
                 return _Outcome("failed", error="not submitted: the batch stopped because the key was refused")
+            if budget is not None and budget.crossed:  # what is in flight finishes; nothing more is sent
+                return _Outcome("failed", error=budget.message(), retryable=False, budget=True)
             entry = plan.cache.claim(fingerprint, force=not self.reuse_cached)
             if entry is None:
-                return self._create(plan, fingerprint, fields, stop)
+                return self._create(plan, fingerprint, fields, stop, budget)
             hit = plan.cache.hit(fingerprint, entry) if self.reuse_cached else None
             decided = self._decide(hit, entry, plan.cache.owner)
             if decided is not None and decided.kind == "claimed_elsewhere":
@@ -214,14 +245,22 @@ class SubmitPhase(PlanPhase):
             if decided is not None:
                 return decided
             plan.cache.claim(fingerprint, force=True)  # the entry itself says to pay again
-            return self._create(plan, fingerprint, fields, stop)
+            return self._create(plan, fingerprint, fields, stop, budget)
         return _Outcome("failed", error="not submitted: the request kept changing hands between runs")
 
-    def _create(self, plan: BatchPlan, fingerprint: str, fields: dict[str, Any], stop: threading.Event) -> _Outcome:
+    def _create(
+        self,
+        plan: BatchPlan,
+        fingerprint: str,
+        fields: dict[str, Any],
+        stop: threading.Event,
+        budget: RunningBudget | None = None,
+    ) -> _Outcome:
         """The paid call, then its task id into the request cache (or, failing that, aside)."""
         short = fingerprint_hex(fingerprint)[:16]
         try:
-            task_id = self.hook.submit_task(self.tts_kind, fields).tts_task_id
+            submission = self.hook.submit_task(self.tts_kind, fields)
+            task_id = submission.tts_task_id
         except Exception as exc:
             self.log.warning("Request %s was not submitted: %s", short, exc)
             if isinstance(exc, TtsAuthError):
@@ -236,9 +275,11 @@ class SubmitPhase(PlanPhase):
                 return _Outcome("failed", error=f"rejected by the vendor: {exc}"[:500], retryable=False)
             plan.cache.release(fingerprint)
             return _Outcome("failed", error=f"not submitted: {exc}"[:500], released=True)
+        if budget is not None:
+            budget.report(fingerprint, submission.credits)
         for attempt in range(RECORD_ATTEMPTS):
             try:
-                plan.cache.submitted(fingerprint, task_id)
+                plan.cache.submitted(fingerprint, task_id, credits=submission.credits)
                 break
             except TtsStorageError as exc:
                 if attempt + 1 < RECORD_ATTEMPTS:

@@ -231,7 +231,8 @@ class TtsHook(BaseHook):
     # ----------------------------------------------------------------------------------- submit
 
     def submit_task(self, kind: str, fields: Mapping[str, Any]) -> Submission:
-        """Create a remote task; return its id and, if the vendor finished at once, its status.
+        """Create a remote task; return its id, its status if the vendor finished at once, and the
+        credits the vendor said it charged (None when it did not say: neither task API documents it).
 
         Fields are validated against the vendor's documented body before anything is sent. The
         create call is not retried after an ambiguous failure (see ``transport.is_retryable``).
@@ -240,7 +241,10 @@ class TtsHook(BaseHook):
         checked_kind = vendor.check_kind(kind)
         req = vendor.submit_request(checked_kind, fields)
         with metrics.timed(vendor.api, checked_kind, "create"):
-            submission: Submission = self._sync.call(req, lambda resp: vendor.parse_submit(checked_kind, resp))
+            submission: Submission = self._sync.call(
+                req,
+                lambda resp: replace(vendor.parse_submit(checked_kind, resp), credits=vendor.reported_credits(resp)),
+            )
         metrics.created(vendor.api, checked_kind, req.json)
         if submission.status is not None:
             self._finished_at_submit[(checked_kind, submission.tts_task_id)] = submission.status

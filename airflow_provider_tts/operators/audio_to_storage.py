@@ -107,8 +107,8 @@ class TtsAudioToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
         below) is what a scheduler can use.
 
     Returns the stored-file result, as every storing operator does (table: ``docs/results.md``):
-    ``fingerprint`` and ``credits`` are None (a task id says nothing of its request), ``cached``
-    False.
+    ``fingerprint``, ``characters`` and ``credits`` are None (a task id says nothing of its
+    request), ``requests`` 0 (it pays for nothing), ``cached`` False.
 
     **Assets.** Without ``outlets``, the task declares one stable asset, registered when the DAG is
     parsed, also under ``.partial().expand()``: the destination itself when it is a literal URI (a
@@ -345,7 +345,8 @@ class TtsAudioToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
         self._stored_at(context, path, stored)
         StoredAudioLink.persist(context, self, path)
         result = stored_file_result(stored, uri=plain_uri(path), tts_task_id=stored.tts_task_id,
-                                    fingerprint=self._request_fingerprint(), cached=False)  # fmt: skip
+                                    fingerprint=self._request_fingerprint(), cached=False,
+                                    **self._spending())  # fmt: skip
         self._emit_asset(context, result)
         return result
 
@@ -355,3 +356,7 @@ class TtsAudioToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
     def _request_fingerprint(self) -> str | None:
         """The fingerprint of the request that made the audio, for the result: unknown from a task id alone."""
         return None
+
+    def _spending(self) -> dict[str, Any]:
+        """What the result reports as spent (``characters``, ``requests``, ...): nothing paid, given a task id."""
+        return {}

@@ -16,6 +16,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_tts.confinement import DESTINATIONS, confine
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
+from airflow_provider_tts.costs import check_limit, estimate_and_check, parse_time_check
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint
 from airflow_provider_tts.hooked import TtsHookMixin
@@ -36,6 +37,7 @@ from airflow_provider_tts.storage import (
 )
 from airflow_provider_tts.storing import StoredAudioOutput, plain_uri
 from airflow_provider_tts.templating import rendered_later
+from airflow_provider_tts.vendors.base import credits_header
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath, XComArg
@@ -95,12 +97,20 @@ class CambTtsStreamToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperat
     :param user_instructions, enhance_named_entities_pronunciation, voice_settings,
         inference_options: passed as documented by Camb's SDK, validated here.
     :param reuse_cached: skip the vendor when the destination holds audio of this very request.
+    :param max_characters: refuse a text longer than this (default: the connection's
+        ``max_characters`` extra); a literal text is checked when the DAG is parsed.
+    :param max_credits: refuse a request estimated above this many credits (default: the
+        connection's ``max_credits`` extra). Camb.ai publishes no price, so it needs the connection's
+        ``credits_per_1000_characters``. Both refuse before the request (``TtsBudgetExceededError``,
+        no retries used up). When the vendor's ``X-Credits-Required`` says it charged more, the
+        audio is stored (it is paid for) and the task then fails with that error.
     :param overwrite, max_bytes, chunk_bytes, dest_conn_id, request_retry, asset_alias: as for
         :class:`TtsAudioToStorageOperator` (``retry``, the deprecated spelling of ``request_retry``, warns).
 
     Returns the stored-file result, as every storing operator does (table: ``docs/results.md``):
     ``tts_task_id`` None (a stream has no task), ``credits`` the vendor's ``X-Credits-Required``
-    (0 on a cache hit; None when the vendor did not say).
+    (0 on a cache hit; None when the vendor did not say), ``characters`` the text's length,
+    ``requests`` 1 (0 on a cache hit).
     """
 
     template_fields: Sequence[str] = (
@@ -134,6 +144,8 @@ class CambTtsStreamToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperat
         request_retry: Mapping[str, Any] | None = None,
         retry: Mapping[str, Any] | None = None,
         asset_alias: str | None = None,
+        max_characters: int | None = None,
+        max_credits: float | None = None,
         **kwargs: Any,
     ) -> None:
         check_store_settings(overwrite, max_bytes, chunk_bytes)
@@ -174,11 +186,14 @@ class CambTtsStreamToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperat
         self.retry = self.request_retry  # the old name, for code that still reads it
         self.asset_alias = asset_alias
         self.kind = "tts-stream"  # how lineage and asset events name what made the audio
+        self.max_characters = check_limit("max_characters", max_characters)
+        self.max_credits = check_limit("max_credits", max_credits)
         #: What this try stored (the XCom dict), for the OpenLineage facets on completion.
         self.stored_audio: dict[str, Any] | None = None
         if not any(rendered_later(getattr(self, name)) for name in STREAM_FIELDS):
             # Literal fields: a mistake fails when the DAG is parsed, not at 3 a.m.
-            self.stream_body()
+            body = self.stream_body()
+            parse_time_check(len(body["text"]), self)
 
     def stream_body(self) -> dict[str, Any]:
         """The validated ``/tts-stream`` body from the (rendered) arguments; raises before any request."""
@@ -216,8 +231,12 @@ class CambTtsStreamToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperat
                 return self._cached(context, requests, fingerprint, hit, path, named=name is not None or not folder)
         if self.overwrite == "fail" and path.exists():
             raise TtsConfigError(f"destination {uri} already exists and overwrite='fail'; nothing was paid for")
+        what = f"camb_ai tts-stream request of task {self.task_id!r}"
+        characters = vendor.spoken_characters("tts-stream", body)
+        estimate, budget = estimate_and_check(vendor, "tts-stream", characters, max_characters=self.max_characters,
+                                              max_credits=self.max_credits, what=what, log=self.log)  # fmt: skip
         with self.hook.open_tts_stream(**body) as audio:
-            credits = _credits(audio.headers.get("x-credits-required"))
+            credits = credits_header(audio.headers.get("x-credits-required"))
             if audio.content_type != expected_type:
                 self.log.warning(
                     "Asked for %s (%s) but the vendor answered %s; storing what arrived", fmt, expected_type,
@@ -237,8 +256,10 @@ class CambTtsStreamToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperat
             )
         requests.stored(fingerprint, path, stored, credits=credits)
         StoredAudioLink.persist(context, self, path)
+        budget.check_reported(credits, what, f"at {uri}")  # paid and kept; the task fails past the limit
         result = stored_file_result(stored, uri=uri, tts_task_id=None, fingerprint=fingerprint, cached=False,
-                                    credits=credits)  # fmt: skip
+                                    credits=credits, characters=characters, requests=1,
+                                    estimated_credits=estimate.credits)  # fmt: skip
         self._emit_asset(context, result)
         return result
 
@@ -267,14 +288,3 @@ class CambTtsStreamToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperat
         cached = stored_file_result(hit, uri=uri, tts_task_id=None, fingerprint=fingerprint, cached=True)
         self._emit_asset(context, cached)
         return cached
-
-
-def _credits(header: str | None) -> int | None:
-    """``X-Credits-Required`` as an integer; None when absent or not a whole number."""
-    if header is None:
-        return None
-    try:
-        value = float(header.strip())
-    except ValueError:
-        return None
-    return int(value) if value.is_integer() and value >= 0 else None

@@ -45,6 +45,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
+from airflow_provider_tts.costs import check_limit, estimate_and_check, parse_time_check, request_spending
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import request_fingerprint
 from airflow_provider_tts.links import StoredAudioLink
@@ -88,6 +89,11 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
         connection id); a connection of the other vendor is refused before anything is paid for.
     :param durable: record each submission so a retry re-attaches and never pays blindly twice.
     :param on_uncertain_submit: ``"fail"`` (default) or ``"resubmit"``, as for ``TtsSubmitOperator``.
+    :param max_characters: refuse to send more characters (default: the connection's extra of that
+        name, else no limit); a literal text is checked when the DAG is parsed.
+    :param max_credits: refuse a request estimated above this (default: the connection's extra);
+        needs a price. Both refuse before the create (``TtsBudgetExceededError``, no retries used
+        up); see ``docs/howto/costs-and-limits.md``.
 
     Retries re-attach: a retry after a failed wait or a failed store finds the task its first try
     paid for (task state store on Airflow 3.3+, an Airflow Variable before) and stores that task's
@@ -149,6 +155,8 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
         durable: bool = True,
         on_uncertain_submit: UncertainSubmitPolicy = "fail",
         reuse_cached: bool = True,
+        max_characters: int | None = None,
+        max_credits: float | None = None,
         **kwargs: Any,
     ) -> None:
         owner = type(self).__name__
@@ -172,14 +180,18 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
         self.durable = durable
         self.on_uncertain_submit = check_uncertain_policy(on_uncertain_submit)
         self.reuse_cached = reuse_cached
+        self.max_characters = check_limit("max_characters", max_characters)
+        self.max_credits = check_limit("max_credits", max_credits)
         for name in self.request_field_names:
             setattr(self, name, request_fields[name])
         # Literal values fail now, when the DAG is parsed; templated ones after rendering.
         pending = {name for name in self.request_field_names if rendered_later(getattr(self, name))}
         literal = {name: getattr(self, name) for name in self.request_field_names if name not in pending}
-        self.vendor.validate_create(
+        body = self.vendor.validate_create(
             self.tts_kind, create_fields(literal), pending={create_field_name(name) for name in pending}
         )
+        if not pending:  # a literal text over the operator's max_characters fails now too
+            parse_time_check(self.vendor.spoken_characters(self.tts_kind, body), self)
 
     def create_fields(self) -> dict[str, Any]:
         """The vendor create body's fields from the (rendered) arguments; SRT text becomes cues."""
@@ -205,6 +217,10 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
             cached = self._from_cache(context)
             if cached is not None:
                 return cached
+        if self.hook.vendor.api == self.vendor.api:  # another vendor's connection: the submit refuses it
+            what = f"{self.vendor.api} {self.tts_kind} task {self.task_id!r}"
+            estimate_and_check(self.hook.vendor, self.tts_kind, self._spending()["characters"], log=self.log,
+                               max_characters=self.max_characters, max_credits=self.max_credits, what=what)  # fmt: skip
         self.tts_task_id, ledger = self.submitter.submit(context, self.create_fields())
         stored = self._wait_and_store(context)
         self.submitter.finished(ledger)
@@ -233,6 +249,11 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
         """The request as the cache knows it: the fields given, not the reference the submit adds per run."""
         body = self.vendor.validate_create(self.tts_kind, self.create_fields())
         return request_fingerprint(self.vendor.api, self.tts_kind, body)
+
+    def _spending(self) -> dict[str, Any]:
+        """What the result reports as spent: this request's characters, one create call, the estimate."""
+        body = self.vendor.validate_create(self.tts_kind, self.create_fields())
+        return request_spending(self.hook.vendor, self.tts_kind, body)
 
     def _request_cache(self, context: Context, folder: ObjectStoragePath) -> RequestCache:
         from airflow_provider_tts.cache import RequestCache

@@ -77,10 +77,12 @@ class ApiResponse:
 
 @dataclass(frozen=True)
 class Submission:
-    """What a create call returned: the task id, and the status when the vendor finished at once."""
+    """What a create call returned: the task id, the status when the vendor finished at once, and
+    the credits the vendor said it charged (``X-Credits-Required``; None when it did not say)."""
 
     tts_task_id: str
     status: TtsTaskStatus | None = None
+    credits: int | None = None
 
 
 @dataclass
@@ -129,6 +131,17 @@ def parse_retry_after(value: str | None) -> float | None:
     if when is None:
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def credits_header(value: str | None) -> int | None:
+    """What a vendor says a call charged (Camb.ai's ``X-Credits-Required``): a whole number >= 0, else None."""
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() and number >= 0 else None
 
 
 def _vendor_message(body: bytes) -> str:
@@ -272,6 +285,13 @@ class Vendor(ABC):
     create_models: ClassVar[Mapping[Kind, type[BaseModel]]]
     #: The create endpoint of each kind, below the API base URL.
     create_paths: ClassVar[Mapping[str, str]]
+    #: The body field that holds what is spoken, per kind (``text``, ``prompt``, SRT ``subtitles``):
+    #: what :meth:`spoken_characters` counts for estimates and budgets.
+    spoken_fields: ClassVar[Mapping[str, str]]
+    #: The vendor's published price per kind, in credits per 1,000 spoken characters; None where
+    #: the vendor publishes none. A connection's ``credits_per_1000_characters`` extra overrides it
+    #: (prices change): see :mod:`airflow_provider_tts.costs`.
+    credits_per_1000_characters: ClassVar[Mapping[str, float | None]]
 
     def __init__(self, settings: ConnectionSettings) -> None:
         self.settings = settings
@@ -319,6 +339,27 @@ class Vendor(ABC):
         is looked up, with exactly the rule the create call applies later.
         """
         return validate_fields(cls.create_models[kind], fields, f"{cls.api} {kind} submit", pending=pending)
+
+    @classmethod
+    def spoken_characters(cls, kind: str, body: Mapping[str, Any]) -> int | None:
+        """The characters a validated create body asks the vendor to speak, as Python ``len()`` counts them.
+
+        The kind's spoken field (:attr:`spoken_fields`) after the vendor's model validated it (so
+        surrounding whitespace the model strips is not counted); for SRT cues the sum of the cues'
+        ``text``. None when the body carries no text to count (RevidAPI's ``srt_url``).
+        """
+        value = body.get(cls.spoken_fields[kind])
+        if isinstance(value, str):
+            return len(value)
+        if isinstance(value, list):
+            return sum(
+                len(cue["text"]) for cue in value if isinstance(cue, Mapping) and isinstance(cue.get("text"), str)
+            )
+        return None
+
+    def reported_credits(self, resp: ApiResponse) -> int | None:
+        """What a create answer says was charged: its ``X-Credits-Required`` header, when there is one."""
+        return credits_header(resp.headers.get("x-credits-required"))
 
     def submit_request(self, kind: Kind, fields: Mapping[str, Any]) -> ApiRequest:
         """The create call, with fields validated against the vendor's documented model.

@@ -203,6 +203,11 @@ class CambAi(Vendor):
     default_api_base_url = "https://client.camb.ai/apis"
     create_models = _FIELDS
     create_paths: ClassVar[Mapping[str, str]] = {kind: paths[0] for kind, paths in _PATHS.items()}
+    spoken_fields: ClassVar[Mapping[str, str]] = {"tts": "text", "text-to-sound": "prompt", "tts-stream": "text"}
+    #: Camb.ai publishes no price per character; ``/tts-stream`` answers with ``X-Credits-Required``.
+    credits_per_1000_characters: ClassVar[Mapping[str, float | None]] = {
+        "tts": None, "text-to-sound": None, "tts-stream": None,
+    }  # fmt: skip
 
     def status_request(self, kind: Kind, tts_task_id: str) -> ApiRequest:
         path = _PATHS[kind][0]

@@ -117,6 +117,9 @@ class RevidTts(Vendor):
     create_models = _FIELDS
     create_paths: ClassVar[Mapping[str, str]] = {"tts": "text-to-speech", "srt-to-speech": "srt-to-speech/merge"}
     client_reference_field = "id"
+    spoken_fields: ClassVar[Mapping[str, str]] = {"tts": "text", "srt-to-speech": "subtitles"}
+    #: RevidAPI's text-to-speech page: 10 credits per 1,000 characters (SRT: the cues' spoken text).
+    credits_per_1000_characters: ClassVar[Mapping[str, float | None]] = {"tts": 10.0, "srt-to-speech": 10.0}
     default_status_base_url = "https://tts.revidapi.com/api"
 
     def status_request(self, kind: Kind, tts_task_id: str) -> ApiRequest:

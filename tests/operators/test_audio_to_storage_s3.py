@@ -88,7 +88,10 @@ def test_every_pair_downloads_into_a_bucket_folder(
         "tts_task_id": task_id,
         "fingerprint": None,  # a task id says nothing of its request
         "cached": False,
+        "characters": None,  # ... nor of what was spent on it: nothing, by this task
+        "requests": 0,
         "credits": None,
+        "estimated_credits": None,
     }
     assert result["duration_seconds"] > 0
     assert data[:4] == (b"fLaC" if result["content_type"] == "audio/flac" else b"RIFF")

@@ -252,7 +252,7 @@ def test_task_ids_the_cache_would_not_take_are_kept_and_stored_by_the_next_try(
     ti = SimpleNamespace(dag_id="nightly", task_id="speak_all", run_id="r1", map_index=-1, try_number=1)
     real = RequestCache.submitted
 
-    def refuse(self: RequestCache, fingerprint: str, tts_task_id: str) -> None:
+    def refuse(self: RequestCache, fingerprint: str, tts_task_id: str, **_: Any) -> None:
         raise TtsStorageError("the store refused the write")
 
     monkeypatch.setattr(RequestCache, "submitted", refuse)

@@ -205,6 +205,9 @@ for api in ("camb_ai", "revid_tts"):
         ("max-retries-huge", {"extra": {"max_retries": 99}}, "'max_retries' must be an integer"),
         ("max-retries-fraction", {"extra": {"max_retries": 1.5}}, "'max_retries' must be an integer"),
         ("backoff-negative", {"extra": {"retry_backoff": -1}}, "'retry_backoff' must be a number"),
+        ("max-characters-text", {"extra": {"max_characters": "lots"}}, "'max_characters' must be an integer"),
+        ("max-credits-boolean", {"extra": {"max_credits": True}}, "'max_credits' must be a number"),
+        ("price-negative", {"extra": {"credits_per_1000_characters": -1}}, "'credits_per_1000_characters' must be"),
         ("wrong-conn-type", {"conn_type": "http"}, "expected one of camb_ai, revid_tts"),
     ]:
         row(f"connection/{api}/{name}", TtsConfigError, fragment)(
