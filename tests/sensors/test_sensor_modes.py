@@ -63,7 +63,7 @@ def test_every_kind_in_every_mode(emu: Any, airflow_home: dict[str, str], mode: 
     }
     conf = {"conns": {"camb": "camb_modes", "revid": "revid_modes"}, "tasks": tasks}
     out = subprocess.run(
-        [sys.executable, str(DAG_FILE), mode, json.dumps(conf)], env=env, capture_output=True, text=True, timeout=240
+        [sys.executable, str(DAG_FILE), mode, json.dumps(conf)], env=env, capture_output=True, text=True, timeout=900
     )
     result = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
     assert result, out.stdout[-3000:] + out.stderr[-3000:]

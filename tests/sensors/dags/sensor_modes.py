@@ -27,7 +27,7 @@ for name, (mode, deferrable) in MODES.items():
                 mode=mode,
                 deferrable=deferrable,
                 poke_interval=0.5,
-                timeout=120,
+                timeout=600,  # generous: a busy CI machine runs dag.test() slowly
                 params={"conns": {}, "tasks": {}},
             )
     globals()[f"dag_{name}"] = dag
