@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_tts.exceptions import TtsError
-from airflow_provider_tts.transport import is_retryable
+from airflow_provider_tts.transport.retry import is_retryable
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -26,9 +26,9 @@ retried like a 502 would be. What they share is written once:
   from a library's own text, and do not chain the library exception, whose text (``...with url:
   /a.mp3?X-Amz-Signature=...``) a task log would print with the traceback (``messages``).
 
-Every name is importable from this package. Importing it does not import requests or aiohttp:
-``sync`` (requests) is imported on first use of :class:`SyncTransport` or :class:`AudioStream`,
-aiohttp when the async transport first makes a session.
+Every name is importable from this package, and each is imported with its module on first use:
+importing the package itself costs nothing at DAG-parse time (no requests, no aiohttp, no
+vendor models).
 """
 
 from __future__ import annotations
@@ -36,31 +36,65 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_tts.transport.aio import SESSION_POOL, SHARED_POOL_LIMIT, AsyncTransport
-from airflow_provider_tts.transport.aio import SessionPool as SessionPool
-from airflow_provider_tts.transport.aio import new_client_session as new_client_session
-from airflow_provider_tts.transport.hosts import (
-    METADATA_NAMES,
-    METADATA_NETWORKS,
-    HostRefused,
-    IpAddress,
-    StoragePolicy,
-    address_refusal,
-    check_storage_url,
-    embedded_ipv4,
-    is_metadata_name,
-    precheck_storage_url,
-    resolve_host,
-)
-from airflow_provider_tts.transport.messages import failure_detail, parse_without_secrets, safe_url, scrub
-from airflow_provider_tts.transport.retry import PACERS, Pacer, PacerRegistry, is_retryable, retry_kwargs
-from airflow_provider_tts.transport.rules import MAX_JSON_BODY, MAX_REDIRECTS, USER_AGENT
-
 if TYPE_CHECKING:
+    from airflow_provider_tts.transport.aio import (
+        SESSION_POOL,
+        SHARED_POOL_LIMIT,
+        AsyncTransport,
+        SessionPool,
+        new_client_session,
+    )
+    from airflow_provider_tts.transport.hosts import (
+        METADATA_NAMES,
+        METADATA_NETWORKS,
+        HostRefused,
+        IpAddress,
+        StoragePolicy,
+        address_refusal,
+        check_storage_url,
+        embedded_ipv4,
+        is_metadata_name,
+        precheck_storage_url,
+        resolve_host,
+    )
+    from airflow_provider_tts.transport.messages import failure_detail, parse_without_secrets, safe_url, scrub
+    from airflow_provider_tts.transport.retry import PACERS, Pacer, PacerRegistry, is_retryable, retry_kwargs
+    from airflow_provider_tts.transport.rules import MAX_JSON_BODY, MAX_REDIRECTS, USER_AGENT
     from airflow_provider_tts.transport.sync import AudioStream, SyncTransport
 
-#: Names whose module imports requests, by that module: imported on first access.
-_LAZY = {"AudioStream": "sync", "SyncTransport": "sync"}
+#: Every name of the package, by the submodule that defines it: imported on first access.
+_LAZY = {
+    "AsyncTransport": "aio",
+    "AudioStream": "sync",
+    "HostRefused": "hosts",
+    "IpAddress": "hosts",
+    "MAX_JSON_BODY": "rules",
+    "MAX_REDIRECTS": "rules",
+    "METADATA_NAMES": "hosts",
+    "METADATA_NETWORKS": "hosts",
+    "PACERS": "retry",
+    "Pacer": "retry",
+    "PacerRegistry": "retry",
+    "SESSION_POOL": "aio",
+    "SHARED_POOL_LIMIT": "aio",
+    "SessionPool": "aio",
+    "StoragePolicy": "hosts",
+    "SyncTransport": "sync",
+    "USER_AGENT": "rules",
+    "address_refusal": "hosts",
+    "check_storage_url": "hosts",
+    "embedded_ipv4": "hosts",
+    "failure_detail": "messages",
+    "is_metadata_name": "hosts",
+    "is_retryable": "retry",
+    "new_client_session": "aio",
+    "parse_without_secrets": "messages",
+    "precheck_storage_url": "hosts",
+    "resolve_host": "hosts",
+    "retry_kwargs": "retry",
+    "safe_url": "messages",
+    "scrub": "messages",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -70,6 +104,10 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [
@@ -87,6 +125,7 @@ __all__ = [
     "IpAddress",
     "Pacer",
     "PacerRegistry",
+    "SessionPool",
     "StoragePolicy",
     "SyncTransport",
     "address_refusal",
@@ -95,6 +134,7 @@ __all__ = [
     "failure_detail",
     "is_metadata_name",
     "is_retryable",
+    "new_client_session",
     "parse_without_secrets",
     "precheck_storage_url",
     "resolve_host",
