@@ -34,7 +34,6 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from airflow import __version__ as AIRFLOW_VERSION
-from airflow.triggers.base import BaseTrigger
 
 __all__ = [
     "AIRFLOW_VERSION",
@@ -154,8 +153,6 @@ else:
 #: ``BaseHook.aget_connection`` exists (3.1+): connections are looked up without blocking the loop.
 HAS_ASYNC_GET_CONNECTION: bool = hasattr(_first("BaseHook", "airflow.sdk", "airflow.hooks.base"), "aget_connection")
 
-#: ``BaseTrigger.on_kill`` exists (3.3+): Airflow tells a trigger that its task was killed or cleared.
-HAS_TRIGGER_ON_KILL: bool = callable(getattr(BaseTrigger, "on_kill", None))
 
 #: ``airflow.sdk.ResumableJobMixin`` exists (3.3+). The submit operator does not use it: its own
 #: ledger (:mod:`airflow_provider_tts.submissions`) works on every minor; reported for diagnostics.
@@ -281,13 +278,34 @@ def bucket_of(path: Any) -> str:
     return str(path.path).lstrip("/").split("/", 1)[0]
 
 
+def _trigger_has_on_kill() -> bool:
+    """``BaseTrigger.on_kill`` exists (3.3+): Airflow tells a trigger that its task was killed or cleared.
+
+    Looked up on first use, not at import: ``airflow.triggers.base`` builds pydantic models (about
+    8 ms), and a DAG file that only imports an operator or the sensor never needs it.
+    """
+    from airflow.triggers.base import BaseTrigger
+
+    return callable(getattr(BaseTrigger, "on_kill", None))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HAS_TRIGGER_ON_KILL":
+        return _trigger_has_on_kill()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    HAS_TRIGGER_ON_KILL: bool
+
+
 def features() -> dict[str, Any]:
     """What this Airflow offers, as one JSON-friendly dict (for logs, bug reports and the CI matrix)."""
     return {
         "airflow": AIRFLOW_VERSION,
         "task_state_store": HAS_TASK_STATE_STORE,
         "resumable_job_mixin": HAS_RESUMABLE_JOB_MIXIN,
-        "trigger_on_kill": HAS_TRIGGER_ON_KILL,
+        "trigger_on_kill": _trigger_has_on_kill(),
         "async_get_connection": HAS_ASYNC_GET_CONNECTION,
     }
 

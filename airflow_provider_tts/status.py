@@ -68,7 +68,8 @@ class TtsTaskStatus(BaseModel):
     :param failure: for failures, the vendor-neutral reason.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # defer_build: the validator is built on first use, not when a DAG file imports an operator.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     api: Api
     kind: Kind

@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_tts.exceptions import TtsError
-from airflow_provider_tts.transport.retry import is_retryable
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -288,6 +287,9 @@ def outcome_unknown(exc: BaseException) -> bool:
     the unknown outcomes. A 4xx rejection, an auth failure or a refused connection created
     nothing. An exception that is not a :class:`TtsError` is a surprise, and a surprise proves nothing.
     """
+    # The retry rules live with the transport, which a DAG file never needs at parse time.
+    from airflow_provider_tts.transport.retry import is_retryable
+
     if not isinstance(exc, TtsError):
         return True
     return is_retryable(exc, idempotent=True) and not is_retryable(exc, idempotent=False)

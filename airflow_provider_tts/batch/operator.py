@@ -23,7 +23,6 @@ from airflow_provider_tts.batch.items import FILE_NAME_STYLES, FileNameStyle
 from airflow_provider_tts.batch.manifest import changed_message, check_manifest_name
 from airflow_provider_tts.batch.store import StorePhase
 from airflow_provider_tts.batch.submit import SubmitPhase
-from airflow_provider_tts.batch.trigger import TtsBatchTrigger
 from airflow_provider_tts.compat import conf
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
 from airflow_provider_tts.costs import check_limit
@@ -41,6 +40,7 @@ from airflow_provider_tts.waiting import WaitPolicy, wait_timeout
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath, XComArg
 
+    from airflow_provider_tts.batch.trigger import TtsBatchTrigger
     from airflow_provider_tts.status import Kind
     from airflow_provider_tts.vendors import Vendor
 
@@ -247,6 +247,9 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
             return self._finish(context, plan, {"status": "done", "pending": 0}, {}, failed)
         plan.record.save(waits, plan.digest, failed)
         started_at = time.time()
+        # The trigger module loads Airflow's trigger base (pydantic models): at run time, not at DAG parse.
+        from airflow_provider_tts.batch.trigger import TtsBatchTrigger
+
         trigger = TtsBatchTrigger(
             tts_conn_id=self.tts_conn_id,
             kind=self.tts_kind,

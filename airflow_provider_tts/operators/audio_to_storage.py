@@ -52,7 +52,6 @@ from airflow_provider_tts.storage import (
 )
 from airflow_provider_tts.storing import StoredAudioOutput, plain_uri, stream_audio_into
 from airflow_provider_tts.templating import rendered_later, templated
-from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
 from airflow_provider_tts.waiting import Waiter, WaitPolicy, wait_sync, wait_timeout
 
 if TYPE_CHECKING:
@@ -240,6 +239,8 @@ class TtsAudioToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
 
     def _wait_and_store(self, context: Context) -> dict[str, Any]:
         """Wait for ``self.tts_task_id`` (deferring when ``deferrable``), then store its audio."""
+        from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
+
         started_at = time.time()
         waiter = Waiter(
             self.policy,
@@ -281,6 +282,8 @@ class TtsAudioToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
         ``tts_task_id`` is the id ``execute`` deferred with (None from a deferral made before it was
         passed along): the event must be about that task.
         """
+        from airflow_provider_tts.triggers.tts import status_from_event
+
         if tts_task_id is not None:
             self.tts_task_id = tts_task_id
         return self._store(context, status_from_event(event, self.tts_task_id))

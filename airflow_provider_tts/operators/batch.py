@@ -41,6 +41,8 @@ per-item rows are in the manifest.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 # Besides the classes, the constants this module has always offered; each is looked up (and so
 # patched) in the module of the batch package that defines it.
 from airflow_provider_tts.batch.operator import DEFAULT_BATCH_TIMEOUT as DEFAULT_BATCH_TIMEOUT
@@ -54,8 +56,20 @@ from airflow_provider_tts.batch.submit import CREATE_ROUNDS as CREATE_ROUNDS
 from airflow_provider_tts.batch.submit import PAY_CHUNK as PAY_CHUNK
 from airflow_provider_tts.batch.submit import RECORD_ATTEMPTS as RECORD_ATTEMPTS
 from airflow_provider_tts.batch.submit import RECORD_BACKOFF as RECORD_BACKOFF
-from airflow_provider_tts.batch.trigger import TtsBatchTrigger as TtsBatchTrigger
 from airflow_provider_tts.vendors import CambAi, RevidTts
+
+if TYPE_CHECKING:
+    from airflow_provider_tts.batch.trigger import TtsBatchTrigger as TtsBatchTrigger
+
+
+def __getattr__(name: str) -> Any:
+    # ``TtsBatchTrigger`` has always been importable from here; it is loaded on first use because its
+    # module builds Airflow's trigger models, which a DAG file that only uses the operators never needs.
+    if name == "TtsBatchTrigger":
+        from airflow_provider_tts.batch.trigger import TtsBatchTrigger
+
+        return TtsBatchTrigger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CambTtsBatchToStorageOperator(BaseTextBatchToStorageOperator):

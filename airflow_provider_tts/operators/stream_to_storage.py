@@ -37,7 +37,6 @@ from airflow_provider_tts.storage import (
 )
 from airflow_provider_tts.storing import StoredAudioOutput, plain_uri
 from airflow_provider_tts.templating import rendered_later
-from airflow_provider_tts.vendors.base import credits_header
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath, XComArg
@@ -235,6 +234,8 @@ class CambTtsStreamToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperat
         characters = vendor.spoken_characters("tts-stream", body)
         estimate, budget = estimate_and_check(vendor, "tts-stream", characters, max_characters=self.max_characters,
                                               max_credits=self.max_credits, what=what, log=self.log)  # fmt: skip
+        from airflow_provider_tts.vendors.base import credits_header  # the vendor models: not at DAG parse
+
         with self.hook.open_tts_stream(**body) as audio:
             credits = credits_header(audio.headers.get("x-credits-required"))
             if audio.content_type != expected_type:

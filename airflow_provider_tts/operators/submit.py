@@ -28,7 +28,6 @@ from airflow_provider_tts.renames import request_retry_overrides
 from airflow_provider_tts.status import KINDS
 from airflow_provider_tts.submitting import SubmitOnce, check_uncertain_policy, create_fields
 from airflow_provider_tts.templating import templated
-from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
 from airflow_provider_tts.waiting import Waiter, WaitPolicy, wait_sync, wait_timeout
 
 if TYPE_CHECKING:
@@ -192,6 +191,8 @@ class TtsSubmitOperator(TtsHookMixin, BaseOperator):
         return self._wait_for(context, tts_task_id, ledger)
 
     def _wait_for(self, context: Context, tts_task_id: str, ledger: SubmitLedger | None) -> str:
+        from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
+
         if not self.wait:
             self._finished(ledger)
             return tts_task_id
@@ -227,6 +228,8 @@ class TtsSubmitOperator(TtsHookMixin, BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None, tts_task_id: str = "") -> str:
         """Resume after waiting in the triggerer: a failed task raises like the sensor would."""
+        from airflow_provider_tts.triggers.tts import status_from_event
+
         result = status_from_event(event, tts_task_id).tts_task_id
         self._finished(self.submitter.ledger(context))
         return result

@@ -25,7 +25,6 @@ from airflow_provider_tts.exceptions import TtsConfigError, TtsWaitTimeoutError
 from airflow_provider_tts.hooked import TtsHookMixin
 from airflow_provider_tts.operators.submit import from_submitted
 from airflow_provider_tts.renames import request_retry_overrides
-from airflow_provider_tts.triggers.tts import TtsTaskTrigger, status_from_event
 from airflow_provider_tts.waiting import Waiter, WaitPolicy, poll_once, seconds
 
 if TYPE_CHECKING:
@@ -147,6 +146,8 @@ class TtsTaskSensor(TtsHookMixin, BaseSensorOperator):
             raise TtsConfigError(f"tts_task_id rendered to {self.tts_task_id!r}; expected a vendor task id")
 
     def execute(self, context: Context) -> Any:
+        from airflow_provider_tts.triggers.tts import TtsTaskTrigger
+
         self._check_inputs()
         self._started_at = time.time()
         if self.reschedule:
@@ -188,6 +189,8 @@ class TtsTaskSensor(TtsHookMixin, BaseSensorOperator):
 
     def poke(self, context: Context) -> PokeReturnValue:
         """One poll through the shared :class:`Waiter`; raises what the trigger's event would."""
+        from airflow_provider_tts.triggers.tts import status_from_event
+
         waiter = self._get_waiter(context)
         event = poll_once(self.hook, waiter)
         if event is None and self.reschedule and waiter.errors and self._state_store(context) is None:
@@ -251,6 +254,8 @@ class TtsTaskSensor(TtsHookMixin, BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger fired: validate the event; success returns the status dict."""
+        from airflow_provider_tts.triggers.tts import status_from_event
+
         try:
             return status_from_event(event, self.tts_task_id).to_xcom()
         except TtsWaitTimeoutError as exc:

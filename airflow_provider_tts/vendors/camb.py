@@ -53,7 +53,7 @@ _PATHS: dict[str, tuple[str, str]] = {
 class _CambTtsFields(BaseModel):
     """Documented body of ``POST /tts`` (legacy async TTS)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     text: NonEmptyText = Field(description="the words to speak")
     voice_id: int = Field(description="an integer voice id from Camb's voice list, e.g. 20303")
     language: int = Field(ge=1, description="a BCP-47 tag such as 'en-us', or Camb's integer language id, e.g. 1")
@@ -73,7 +73,7 @@ class _CambTtsFields(BaseModel):
 class _CambTextToSoundFields(BaseModel):
     """Documented body of ``POST /text-to-sound``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     prompt: NonEmptyText = Field(description="a description of the sound, e.g. 'rain on a tin roof'")
     duration: float | None = Field(default=None, gt=0, le=10)
     audio_type: Literal["sound", "music"] | None = None
@@ -122,7 +122,7 @@ DEFAULT_STREAM_FORMAT: StreamFormat = "mp3"
 class _StreamOutputConfiguration(BaseModel):
     """``output_configuration`` of ``/tts-stream`` (the SDK's ``StreamTtsOutputConfiguration``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     format: StreamFormat = DEFAULT_STREAM_FORMAT
     duration: float | None = Field(default=None, gt=0, le=600)
     apply_enhancement: bool | None = None
@@ -130,7 +130,7 @@ class _StreamOutputConfiguration(BaseModel):
 
 
 class _StreamVoiceSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     enhance_reference_audio_quality: bool | None = None
     maintain_source_accent: bool | None = None
     apply_ref_loudness_norm: bool | None = None
@@ -140,7 +140,7 @@ class _StreamVoiceSettings(BaseModel):
 class _StreamInferenceOptions(BaseModel):
     """Ranges as the SDK's docstring states them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     stability: float | None = Field(default=None, ge=0, le=1)
     temperature: float | None = Field(default=None, ge=0.01, le=4)
     inference_steps: int | None = Field(default=None, ge=1, le=1000)
@@ -159,7 +159,7 @@ class CambTtsStreamFields(BaseModel):
     call without it for Camb's own provider.
     """
 
-    model_config = ConfigDict(extra="forbid", strict=False)
+    model_config = ConfigDict(extra="forbid", strict=False, defer_build=True)
     text: str = Field(min_length=3, max_length=3000)
     language: str = Field(pattern=_BCP47, description="BCP-47 tag such as en-us (a legacy integer id is mapped)")
     voice_id: int = Field(ge=0)

@@ -47,7 +47,7 @@ _STATE_HTTP_STATUSES = frozenset({200, 202, 404, 500})
 class _RevidTtsFields(BaseModel):
     """Documented body of ``POST /paid/text-to-speech``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     text: NonEmptyText = Field(description="the words to speak")
     engine: Literal["edge", "capcut", "google"] | None = None
     voice_id: int | None = None
@@ -61,7 +61,7 @@ class _RevidTtsFields(BaseModel):
 class Subtitle(BaseModel):
     """One SRT cue as RevidAPI's SRT-to-speech V1 body takes it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     index: int = Field(ge=0)
     start: SrtTime
     end: SrtTime
@@ -71,7 +71,7 @@ class Subtitle(BaseModel):
 class _RevidSrtFields(BaseModel):
     """Both documented versions of ``POST /paid/srt-to-speech/merge``: V1 cues or V2 ``srt_url``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     subtitles: list[Subtitle] | None = Field(default=None, min_length=1)
     srt_url: HttpUrl | None = None
     video_url: HttpUrl | None = None
