@@ -78,7 +78,15 @@ def main() -> int:
     command = json.loads(sys.stdin.readline())
     tasks: list[list[Any]] = json.loads(Path(command["task_file"]).read_text())
     run_timeout = float(command["run_timeout"])
-    asyncio.run(run(trigger_class, tasks, args, run_timeout, send))
+    profile_to = os.environ.get("TTS_TRIGGER_PROFILE")  # where to dump a cProfile of the run, if set
+    if not profile_to:
+        asyncio.run(run(trigger_class, tasks, args, run_timeout, send))
+        return 0
+    import cProfile
+
+    with cProfile.Profile() as profile:
+        asyncio.run(run(trigger_class, tasks, args, run_timeout, send))
+    profile.dump_stats(profile_to)
     return 0
 
 

@@ -39,6 +39,16 @@ FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _fresh_connection_lookups() -> Iterator[None]:
+    """Tests reuse connection ids for new emulators: no test may see another's connection."""
+    from airflow_provider_tts.hooks.connections import RESOLVED_CONNECTIONS
+
+    RESOLVED_CONNECTIONS.clear()
+    yield
+    RESOLVED_CONNECTIONS.clear()
+
+
 @pytest.fixture
 def emu() -> Iterator[Any]:
     """A fresh emulator per test, on a free loopback port, tasks finishing after 0.3 s."""

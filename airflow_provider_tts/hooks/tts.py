@@ -26,6 +26,7 @@ from airflow_provider_tts.exceptions import (
     TtsTaskFailedError,
     excerpt,
 )
+from airflow_provider_tts.hooks.connections import RESOLVED_CONNECTIONS
 from airflow_provider_tts.renames import REQUEST_RETRY_KEYS, request_retry_overrides
 from airflow_provider_tts.status import TtsTaskStatus
 from airflow_provider_tts.transport import PACERS, AsyncTransport, AudioStream, Pacer, SyncTransport
@@ -141,6 +142,10 @@ class TtsHook(BaseHook):
         return self._vendor
 
     async def _aget_connection(self) -> Any:
+        """The connection, looked up once for every hook of it that starts around the same time."""
+        return await RESOLVED_CONNECTIONS.get(self.tts_conn_id, self._alookup_connection)
+
+    async def _alookup_connection(self) -> Any:
         from airflow_provider_tts.compat import AirflowNotFoundException
 
         try:
