@@ -2,9 +2,10 @@
 
 One trigger per batch task, whatever the number of items: it reads the vendor task ids from the
 batch's record in object storage (:class:`~airflow_provider_tts.batch.BatchRecord`; the row in
-the metadata database holds only its URI), polls every unfinished task once per round over the
-shared connection pool, with at most ``concurrency`` polls in flight and one ``Retry-After``
-pacing all of them, and fires one event when none is pending or the deadline passed. The event
+the metadata database holds only its URI), polls the unfinished tasks oldest first over the
+shared connection pool (see :func:`wait_for_all`), with at most ``concurrency`` polls in flight
+and the connection's pacer over all of them, and fires one event when none is pending or the
+deadline passed. The event
 carries counts, not per-item statuses (thousands would not fit a row either): the worker that
 resumes polls each task once more for its fresh audio URL anyway, as signed URLs expire.
 
@@ -52,11 +53,20 @@ async def wait_for_all(
     grace period after *its* submission still waits); one that fails more than
     ``max_consecutive_errors`` polls in a row is done as an error; a refused key ends the whole
     wait. None only when ``stopped()`` (the trigger was killed).
+
+    **A round sweeps oldest first and stops at the first group still waiting.** The wait ends when
+    the last task ends, so polling a task again and again while an older one is still pending
+    buys nothing: each round polls the waiting tasks in submission order, ``concurrency`` at a
+    time, and goes on to the next group only when every task of the group ended. A round costs
+    at most ``concurrency`` requests while the vendor works, and every task is polled about once
+    after it finished, instead of once per round for the whole wait. Progress lines count what
+    has been seen to end; before the deadline passes, one full round checks every task.
     """
-    waiting = dict(pending)
+    waiting = dict(sorted(pending.items(), key=lambda item: (item[1], item[0])))  # oldest first
     counts = {"succeeded": 0, "failed": 0, "errors": 0}
     errors: dict[str, int] = {}
-    semaphore = asyncio.Semaphore(concurrency)
+    group = max(int(concurrency), 1)
+    semaphore = asyncio.Semaphore(group)
     total = len(waiting)
     last_progress = time.monotonic()
 
@@ -78,16 +88,27 @@ async def wait_for_all(
             verdict = policy.verdict(status, time.time() - waiting[task_id])
             return task_id, verdict
 
+    async def sweep(full: bool) -> None:
+        """One round: groups of the oldest waiting tasks until a group has one still waiting."""
+        order = list(waiting)
+        for first in range(0, len(order), group):
+            outcomes = await asyncio.gather(*(poll(task_id) for task_id in order[first : first + group]))
+            still = False
+            for task_id, verdict in outcomes:
+                if verdict == "wait":
+                    still = True
+                else:
+                    counts[verdict] += 1
+                    del waiting[task_id]
+            if (still and not full) or stopped():
+                return
+
     while waiting and not stopped():
         round_started = time.time()
         try:
-            outcomes = await asyncio.gather(*(poll(task_id) for task_id in list(waiting)))
+            await sweep(full=False)
         except (TtsAuthError, TtsConfigError) as exc:
             return {**error_event(exc), "pending": len(waiting), **counts}
-        for task_id, verdict in outcomes:
-            if verdict != "wait":
-                counts[verdict] += 1
-                del waiting[task_id]
         if time.monotonic() - last_progress >= PROGRESS_EVERY or not waiting:
             last_progress = time.monotonic()
             log.info("Batch: %d of %d vendor tasks ended (%s)", total - len(waiting), total, counts)
@@ -96,6 +117,12 @@ async def wait_for_all(
         now = time.time()
         delay = max(policy.interval(now - started_at) - (now - round_started), 0.0)
         if deadline is not None and now + delay >= deadline:
+            try:
+                await sweep(full=True)  # the tasks behind the oldest pending one were never asked
+            except (TtsAuthError, TtsConfigError) as exc:
+                return {**error_event(exc), "pending": len(waiting), **counts}
+            if not waiting:
+                break
             log.warning("Batch: %d of %d vendor tasks still pending at the deadline", len(waiting), total)
             return {"status": "timeout", "pending": len(waiting), **counts}
         await asyncio.sleep(delay)

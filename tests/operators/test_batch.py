@@ -403,3 +403,20 @@ def test_s3_destination(emu: Any, make_conn: ConnFactory, aws_conn: str, bucket:
     )  # fmt: skip
     assert again.execute(context(run_id="manual__2"))["cached"] == 5
     assert creates(emu) == 5
+
+
+def test_the_wait_polls_oldest_first_so_each_task_is_asked_about_once_after_it_ended(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    """While the vendor works, a round asks about the oldest pending group only, not every item:
+    40 tasks pending ~1 s, polled every 0.1 s, cost ~10 polls each before (a full round each time)."""
+    emu.configure(default_delay=1.0)
+    texts = [f"Sentence number {i} of the nightly batch." for i in range(40)]
+    op = batch(RevidTtsBatchToStorageOperator, make_conn("revid_tts"), tmp_path, items=texts,
+               max_active_requests=4, poll_interval=0.1)  # fmt: skip
+    result = op.execute(context())
+    assert result["stored"] == 40
+    polls = sum(emu.stats()["polls_by_task"].values())
+    # Each task: about one poll after it ended in the wait, one more for its fresh audio URL at
+    # store time; plus one group of 4 per round while the oldest was pending (about 10 rounds).
+    assert polls <= 2 * 40 + 4 * 15, polls
