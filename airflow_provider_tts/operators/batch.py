@@ -21,8 +21,8 @@ What one task instance does:
 2. **Submit**: items whose request the folder's request cache (``.tts-cache/``) already holds
    audio for cost nothing; the rest are created ``max_active_requests`` at a time, each request
    claimed in the cache before its create call and its vendor id recorded right after, so a
-   retry or a concurrent run re-attaches and never pays twice for an item; a 429's
-   ``Retry-After`` pauses every request of the batch.
+   retry or a concurrent run re-attaches and never pays twice for an item; sustained 429s
+   pause every request of the batch for their ``Retry-After`` (a stray one delays only its request).
 3. **Wait**: one deferral on :class:`~airflow_provider_tts.triggers.batch.TtsBatchTrigger` for
    all items (or the same loop in the worker with ``deferrable=False``).
 4. **Store**: every finished audio streamed into the destination folder, ``max_active_requests``

@@ -288,10 +288,12 @@ class AsyncTransport:
             return parse_without_secrets(parse, await self._read_once(req))
         async with pacer.aturn():  # the connection's pace, shared with its sync transports too
             try:
-                return parse_without_secrets(parse, await self._read_once(req))
+                parsed = parse_without_secrets(parse, await self._read_once(req))
             except TtsError as exc:
                 pacer.observe(exc, self.settings.retry.max_backoff)
                 raise
+            pacer.answered()
+            return parsed
 
     async def call(self, req: ApiRequest, parse: Callable[[ApiResponse], T]) -> T:
         """Async twin of :meth:`SyncTransport.call`: same policy, same parser.

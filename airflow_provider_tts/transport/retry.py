@@ -60,7 +60,12 @@ class Pacer:
     ``/tts-stream``; never a storage download). It holds three things:
 
     * ``Retry-After``: a 429's pause is about the account, not the request that got it, so it
-      holds every request of the pacer (the longest pause wins, capped by the caller);
+      holds every request of the pacer (the longest pause wins, capped by the caller) -- while 429s
+      are a real share of the answers (:attr:`SUSTAINED`). A sporadic 429 among many answered
+      requests (a vendor's hiccup, one request over a burst limit) delays only its own request,
+      which its retry sends after the ``Retry-After``: pausing every request of a batch for each
+      stray 429 would serialise the batch behind them. A new pacer counts every 429 as sustained
+      until answers have shown otherwise;
     * ``requests_per_second``: request starts are spaced at least ``1 / requests_per_second``
       apart, first come first served (no burst);
     * ``max_in_flight``: at most this many requests between sending and the end of their answer
@@ -73,6 +78,10 @@ class Pacer:
 
     #: The longest pause one answer may impose (a garbled ``Retry-After`` must not stall a batch).
     MAX_PAUSE = 300.0
+    #: The share of recent answers that are 429s from which a 429 pauses every request, and the
+    #: weight of each answer in that share (an exponential average over about 1 / weight answers).
+    SUSTAINED = 0.25
+    ANSWER_WEIGHT = 0.05
 
     def __init__(self, requests_per_second: float | None = None, max_in_flight: int | None = None) -> None:
         self._lock = threading.Lock()
@@ -85,6 +94,9 @@ class Pacer:
         #: Pauses taken from 429s, and requests that had to wait for their turn (for tests and logs).
         self.pauses = 0
         self.waits = 0
+        #: The recent share of 429s among the answers (see :attr:`SUSTAINED`); 1.0 before any answer.
+        #: Updated without the lock: a lost update under threads only shifts an estimate.
+        self.limited_share = 1.0
         self.configure(requests_per_second, max_in_flight)
 
     def configure(self, requests_per_second: float | None, max_in_flight: int | None) -> None:
@@ -113,10 +125,19 @@ class Pacer:
         return max(self._resume_at - time.monotonic(), 0.0)
 
     def observe(self, exc: BaseException, max_pause: float = MAX_PAUSE) -> None:
-        """Take the pause a rate-limit answer asked for, at most ``max_pause`` (anything else is ignored)."""
-        retry_after = getattr(exc, "retry_after", None)
-        if isinstance(exc, TtsRateLimitError) and retry_after is not None:
-            self.pause(min(float(retry_after), max_pause))
+        """A failed request: a 429 counts towards the share of 429s and, if they are sustained, pauses
+        every request for its ``Retry-After`` (at most ``max_pause``); anything else is an answer."""
+        if not isinstance(exc, TtsRateLimitError):
+            self.answered()
+            return
+        weight = self.ANSWER_WEIGHT
+        self.limited_share = self.limited_share * (1.0 - weight) + weight
+        if exc.retry_after is not None and self.limited_share >= self.SUSTAINED:
+            self.pause(min(float(exc.retry_after), max_pause))
+
+    def answered(self) -> None:
+        """A request got an answer that was not a 429 (cheap: the triggerer's hot path)."""
+        self.limited_share *= 1.0 - self.ANSWER_WEIGHT
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:

@@ -285,16 +285,18 @@ class SyncTransport:
             return self._storage
 
     def _paced(self, req: ApiRequest, send: Callable[[], T]) -> T:
-        """One attempt of a vendor call in its turn of the connection's pacer; a 429 pauses the others."""
+        """One attempt of a vendor call in its turn of the connection's pacer, which learns how it was answered."""
         pacer = self.pacer
         if pacer is None or not is_vendor_call(self.settings, req, req.url):
             return send()
         with pacer.turn():
             try:
-                return send()
+                answer = send()
             except TtsError as exc:
                 pacer.observe(exc, self.settings.retry.max_backoff)
                 raise
+            pacer.answered()
+            return answer
 
     def _send(self, req: ApiRequest, extra_headers: dict[str, str] | None = None) -> requests.Response:
         url = req.url

@@ -190,6 +190,40 @@ def test_the_pause_is_capped_by_the_connections_longest_retry_wait(emu: Any, mak
     assert hook.pacer.delay() == 0  # 0.2 s, not 30: the retry already waited it out
 
 
+def test_a_stray_429_among_answered_requests_delays_only_its_own_request(emu: Any, make_conn: ConnFactory) -> None:
+    """A batch's connection after 60 answers: one 429 (Retry-After 1 s) is retried after its second,
+    while the other requests go on; pausing all of them for every stray 429 serialised the batch."""
+    emu.set_faults(retry_after="1")
+    conn_id = make_conn("camb_ai", retry_max_backoff=2)
+    ids = _ready_tasks(emu, "camb_ai", 8)
+    hook = TtsHook(conn_id)
+    for _ in range(60):
+        hook.get_task_status(ids[0])
+    emu.inject("429", count=1, endpoint="status")
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        ends = list(pool.map(lambda t: (TtsHook(conn_id).get_task_status(t), time.monotonic())[1], ids))
+    assert (hook.pacer.pauses, hook.pacer.waits) == (0, 0)  # no request waited for another's 429
+    assert max(ends) - started >= 0.95  # the refused one waited its Retry-After
+
+
+def test_sustained_429s_still_pause_every_request(emu: Any, make_conn: ConnFactory) -> None:
+    """When 429s are a real share of the answers, each one holds the whole connection again."""
+    emu.set_faults(retry_after="0.2")
+    conn_id = make_conn("camb_ai")
+    task_id = _ready_tasks(emu, "camb_ai", 1)[0]
+    hook = TtsHook(conn_id, request_retry={"max_retries": 0})
+    for _ in range(60):
+        hook.get_task_status(task_id)
+    assert hook.pacer.limited_share < Pacer.SUSTAINED
+    emu.inject("429", count=8, endpoint="status")
+    for _ in range(8):
+        with pytest.raises(TtsRateLimitError):
+            hook.get_task_status(task_id)
+    assert hook.pacer.limited_share >= Pacer.SUSTAINED
+    assert hook.pacer.pauses >= 1
+
+
 # ----------------------------------------------------------------------------------- no limit set
 
 
