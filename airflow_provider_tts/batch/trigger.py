@@ -56,11 +56,12 @@ async def wait_for_all(
 
     **A round sweeps oldest first and stops at the first group still waiting.** The wait ends when
     the last task ends, so polling a task again and again while an older one is still pending
-    buys nothing: each round polls the waiting tasks in submission order, ``concurrency`` at a
-    time, and goes on to the next group only when every task of the group ended. A round costs
-    at most ``concurrency`` requests while the vendor works, and every task is polled about once
-    after it finished, instead of once per round for the whole wait. Progress lines count what
-    has been seen to end; before the deadline passes, one full round checks every task.
+    buys nothing: each round polls the oldest waiting task, and only once it ended the next ones
+    in submission order, ``concurrency`` at a time, going on to the next group only when every
+    task of the group ended. While the vendor works a round costs one request, and every task is
+    polled about once after it finished, instead of once per round for the whole wait. Progress
+    lines count what has been seen to end; before the deadline passes, one full round checks
+    every task.
     """
     waiting = dict(sorted(pending.items(), key=lambda item: (item[1], item[0])))  # oldest first
     counts = {"succeeded": 0, "failed": 0, "errors": 0}
@@ -89,10 +90,12 @@ async def wait_for_all(
             return task_id, verdict
 
     async def sweep(full: bool) -> None:
-        """One round: groups of the oldest waiting tasks until a group has one still waiting."""
+        """One round: the oldest waiting task, then groups of the next ones, until one still waits."""
         order = list(waiting)
-        for first in range(0, len(order), group):
-            outcomes = await asyncio.gather(*(poll(task_id) for task_id in order[first : first + group]))
+        first, size = 0, 1 if not full else group
+        while first < len(order):
+            outcomes = await asyncio.gather(*(poll(task_id) for task_id in order[first : first + size]))
+            first, size = first + size, group
             still = False
             for task_id, verdict in outcomes:
                 if verdict == "wait":

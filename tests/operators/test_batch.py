@@ -408,7 +408,7 @@ def test_s3_destination(emu: Any, make_conn: ConnFactory, aws_conn: str, bucket:
 def test_the_wait_polls_oldest_first_so_each_task_is_asked_about_once_after_it_ended(
     emu: Any, make_conn: ConnFactory, tmp_path: Path
 ) -> None:
-    """While the vendor works, a round asks about the oldest pending group only, not every item:
+    """While the vendor works, a round asks about the oldest pending task only, not every item:
     40 tasks pending ~1 s, polled every 0.1 s, cost ~10 polls each before (a full round each time)."""
     emu.configure(default_delay=1.0)
     texts = [f"Sentence number {i} of the nightly batch." for i in range(40)]
@@ -418,5 +418,5 @@ def test_the_wait_polls_oldest_first_so_each_task_is_asked_about_once_after_it_e
     assert result["stored"] == 40
     polls = sum(emu.stats()["polls_by_task"].values())
     # Each task: about one poll after it ended in the wait, one more for its fresh audio URL at
-    # store time; plus one group of 4 per round while the oldest was pending (about 10 rounds).
-    assert polls <= 2 * 40 + 4 * 15, polls
+    # store time; plus one poll of the oldest per round while it was pending (about 10 rounds).
+    assert polls <= 2 * 40 + 15, polls
