@@ -192,6 +192,7 @@ class AsyncTransport:
         self._gate: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
         # The last URL whose origin was checked, and the answer: a wait polls one URL over and over.
         self._checked_url: str | None = None
+        self._shown_url: tuple[str, str] = ("", "")  # the last answer's URL and its safe_url()
         self._checked_on_api_origin = False
         self._storage_sessions: dict[str, aiohttp.ClientSession] = {}
         #: The connection's pacer, shared with its other transports in this process (see :class:`Pacer`).
@@ -228,6 +229,12 @@ class AsyncTransport:
         if url != self._checked_url:
             self._checked_url, self._checked_on_api_origin = url, origin_of(url) in self.settings.api_origins
         return self._checked_on_api_origin
+
+    def _safe(self, url: str) -> str:
+        """:func:`safe_url` of ``url``, remembering the last one (a wait polls one URL over and over)."""
+        if url != self._shown_url[0]:
+            self._shown_url = (url, safe_url(url))
+        return self._shown_url[1]
 
     def key_headers(self, req: ApiRequest, url: str) -> dict[str, str]:
         """:func:`key_headers` with the remembered origin check."""
@@ -269,7 +276,7 @@ class AsyncTransport:
                             if len(body) > MAX_JSON_BODY:
                                 raise too_big(req, resp_url)
                         headers_lc = {k.lower(): v for k, v in resp.headers.items()}
-                        return ApiResponse(resp.status, headers_lc, bytes(body), safe_url(resp_url))
+                        return ApiResponse(resp.status, headers_lc, bytes(body), self._safe(resp_url))
             except TtsError:
                 raise
             except HostRefused as refused:
