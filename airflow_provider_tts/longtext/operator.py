@@ -40,7 +40,7 @@ from airflow_provider_tts.storing import StoredAudioOutput, plain_uri
 from airflow_provider_tts.templating import rendered_later
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context, ObjectStoragePath
+    from airflow.sdk import Context, ObjectStoragePath, XComArg
 
     from airflow_provider_tts.batch.plan import BatchPlan
     from airflow_provider_tts.longtext.split import TextPart
@@ -90,7 +90,7 @@ class BaseLongTextToStorageOperator(StoredAudioOutput, BaseTextBatchToStorageOpe
     def __init__(
         self,
         *,
-        text: str | Any,
+        text: str | XComArg,
         destination: str | ObjectStoragePath,
         file_name: str | None = None,
         defaults: Mapping[str, Any] | None = None,
