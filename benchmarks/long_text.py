@@ -94,8 +94,9 @@ def worker(spec: dict[str, Any]) -> None:
 def run(api: str, conn_id: str, folder: str, text: str, env: dict[str, str]) -> dict[str, Any]:
     spec = {"api": api, "conn_id": conn_id, "folder": folder, "text": text}
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True, text=True, check=False
-    )
+        [sys.executable, __file__, "--worker"], input=json.dumps(spec), env=env, capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -104,10 +105,10 @@ def run(api: str, conn_id: str, folder: str, text: str, env: dict[str, str]) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20,000 characters; BENCHMARKS.md untouched")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # the run's spec on stdin
     args = parser.parse_args()
     if args.worker:
-        worker(json.loads(args.worker))
+        worker(json.loads(sys.stdin.read()))
         return
     characters = 20_000 if args.quick else 200_000
     from airflow_provider_tts.emulator import Emulator, EmulatorConfig
