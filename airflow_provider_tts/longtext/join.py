@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
+from airflow_provider_tts.storage.content import sniff_extension
+
 #: Bytes copied at once: the joiner's memory, whatever the length of the text.
 BLOCK_BYTES = 1 << 20
 #: Frames decoded at once on the ``soundfile`` path.
@@ -39,6 +41,8 @@ FORMATS = {
     "ogg": ("audio/ogg", ".ogg"),
 }
 _WAV_LIMIT = 0xFFFFFFFF
+
+_SNIFFED = {".wav": "wav", ".flac": "flac", ".mp3": "mp3", ".ogg": "ogg"}
 
 Opener = Callable[[], IO[bytes]]
 
@@ -79,16 +83,12 @@ class JoinedAudio:
 
 
 def sniff(head: bytes) -> str | None:
-    """The format the first bytes of a part announce (``wav``, ``flac``, ``mp3``, ``ogg``), or None."""
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        return "wav"
-    if head[:4] == b"fLaC":
-        return "flac"
-    if head[:4] == b"OggS":
-        return "ogg"
-    if head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE6 in (0xE2, 0xE4, 0xE6)):
-        return "mp3"  # a frame sync with a layer; ADTS AAC (layer bits 00) is not MP3
-    return None
+    """The format the first bytes of a part announce (``wav``, ``flac``, ``mp3``, ``ogg``), or None.
+
+    The storage layer's sniffing, so that what is stored as ``.mp3`` is what is joined as MP3 (ADTS
+    AAC, which shares MPEG's frame sync, is neither).
+    """
+    return _SNIFFED.get(sniff_extension(head) or "")
 
 
 def join_audio(
