@@ -32,6 +32,7 @@ PUBLIC: tuple[str, ...] = (
     "airflow_provider_tts.operators.batch:RevidSrtToSpeechBatchToStorageOperator",
     "airflow_provider_tts.operators.batch:BaseTextBatchToStorageOperator",
     "airflow_provider_tts.operators.long_text:CambTtsLongTextToStorageOperator",
+    "airflow_provider_tts.operators.long_text:CambTtsStreamLongTextToStorageOperator",
     "airflow_provider_tts.operators.long_text:RevidTtsLongTextToStorageOperator",
     "airflow_provider_tts.operators.long_text:BaseLongTextToStorageOperator",
     "airflow_provider_tts.operators.tts:TtsSubmitOperator",

@@ -4,19 +4,23 @@
 operator                                   vendor     kind      a part at most (default)
 =========================================  =========  ========  ==========================
 ``CambTtsLongTextToStorageOperator``       Camb.ai    ``tts``   3,000 characters
+``CambTtsStreamLongTextToStorageOperator`` Camb.ai    stream    3,000 characters (min. 3)
 ``RevidTtsLongTextToStorageOperator``      RevidAPI   ``tts``   2,000 characters
 =========================================  =========  ========  ==========================
 
-Each is a batch operator whose items are the parts of one text (the base class,
+The task-based ones are batch operators whose items are the parts of one text (the base class,
 :class:`~airflow_provider_tts.longtext.operator.BaseLongTextToStorageOperator`, says how): one
-deferral for every part, bounded concurrency, paying once per part across retries and re-runs, and
-one joined file with a timing sidecar (and captions on request) at the destination. The limits
-per vendor and kind are in one place, ``Vendor.text_limits``. How-to: ``docs/howto/long-texts.md``.
+deferral for every part, bounded concurrency, paying once per part across retries and re-runs. The
+``/tts-stream`` one has nothing to wait for: it streams the parts a few at once through the same
+request cache (:mod:`airflow_provider_tts.longtext.stream`). Every one stores one joined file
+with a timing sidecar (and captions on request) at the destination. The limits per vendor and
+kind are in one place, ``Vendor.text_limits``. How-to: ``docs/howto/long-texts.md``.
 """
 
 from __future__ import annotations
 
 from airflow_provider_tts.longtext.operator import BaseLongTextToStorageOperator
+from airflow_provider_tts.longtext.stream import CambTtsStreamLongTextToStorageOperator
 from airflow_provider_tts.vendors import CambAi, RevidTts
 
 
@@ -46,5 +50,6 @@ class RevidTtsLongTextToStorageOperator(BaseLongTextToStorageOperator):
 __all__ = [
     "BaseLongTextToStorageOperator",
     "CambTtsLongTextToStorageOperator",
+    "CambTtsStreamLongTextToStorageOperator",
     "RevidTtsLongTextToStorageOperator",
 ]

@@ -22,6 +22,7 @@ from airflow_provider_tts.exceptions import TtsBatchItemsFailedError, TtsConfigE
 from airflow_provider_tts.longtext.operator import PARTS_FOLDER
 from airflow_provider_tts.operators.long_text import (
     CambTtsLongTextToStorageOperator,
+    CambTtsStreamLongTextToStorageOperator,
     RevidTtsLongTextToStorageOperator,
 )
 from airflow_provider_tts.srt import parse_srt
@@ -219,3 +220,72 @@ def test_bad_settings_fail_when_the_dag_is_parsed() -> None:
         RevidTtsLongTextToStorageOperator(task_id="t", text="Hi there.", destination="file:///tmp/x/", captions=["ass"])
     with pytest.raises(TtsConfigError, match="max_part_characters"):
         RevidTtsLongTextToStorageOperator(task_id="t", text="Hi.", destination="file:///tmp/x/", max_part_characters=0)
+
+
+# --- Camb.ai /tts-stream ------------------------------------------------------------------------
+
+
+def stream_calls(emu: Any) -> int:
+    return int(emu.stats()["requests_by_endpoint"].get("stream", 0))
+
+
+@pytest.mark.parametrize("fmt", ["flac", "wav"])
+def test_a_long_text_through_tts_stream_becomes_one_file_and_an_edit_pays_one_part(
+    fmt: str, emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    import soundfile as sf
+
+    conn = make_conn("camb_ai")
+    paragraphs = chapter(4, sentences=10)
+
+    def run(text: str) -> dict[str, Any]:
+        op = CambTtsStreamLongTextToStorageOperator(
+            task_id="chapter", tts_conn_id=conn, destination=tmp_path.as_uri() + "/", text=text, language="en-us",
+            voice_id=20303, output_format=fmt, max_part_characters=500, captions=["vtt"],
+        )  # fmt: skip
+        return dict(op.execute(context()))
+
+    first = run("\n\n".join(paragraphs))
+    assert first["parts_paid"] == stream_calls(emu) == first["parts"] > 4
+    audio = tmp_path / f"book-chapter.{fmt}"
+    manifestless = sorted(p.name for p in (tmp_path / PARTS_FOLDER / "book-chapter").iterdir() if p.suffix == f".{fmt}")
+    parts = [tmp_path / PARTS_FOLDER / "book-chapter" / name for name in manifestless]
+    info = sf.info(str(audio))
+    assert abs(info.duration - sum(sf.info(str(p)).duration for p in parts)) <= 1 / info.samplerate
+    if fmt == "flac" and shutil.which("flac"):
+        subprocess.run(["flac", "-t", "-s", str(audio)], check=True)
+    assert run("\n\n".join(paragraphs))["cached"] is True
+    assert stream_calls(emu) == first["parts"]
+    paragraphs[2] = paragraphs[2].replace("sentence 4:", "sentence four, edited:")
+    edited = run("\n\n".join(paragraphs))
+    assert stream_calls(emu) - first["parts"] == edited["parts_paid"] == 1
+    assert visible(tmp_path) == sorted([audio.name, "book-chapter.timing.json", "book-chapter.vtt"])
+
+
+def test_a_failed_stream_part_leaves_no_file_and_the_retry_streams_only_it(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    conn = make_conn("camb_ai", max_retries=0)
+    text = "\n\n".join(chapter(3, sentences=3))
+    op = CambTtsStreamLongTextToStorageOperator(
+        task_id="chapter", tts_conn_id=conn, destination=tmp_path.as_uri() + "/", text=text, language="en-us",
+        voice_id=20303, max_active_requests=1,
+    )  # fmt: skip
+    emu.inject("500", count=1, endpoint="any", api="camb_ai")
+    with pytest.raises(Exception, match="500"):
+        op.execute(context())
+    assert visible(tmp_path) == []
+    calls = stream_calls(emu)
+    result = op.execute(context(try_number=2))
+    assert result["parts"] == 3
+    assert stream_calls(emu) - calls == 1  # the two stored parts are not streamed again
+
+
+def test_stream_settings_that_cannot_work_fail_when_the_dag_is_parsed() -> None:
+    kw = {"task_id": "t", "destination": "file:///tmp/x/", "language": "en-us", "voice_id": 1}
+    with pytest.raises(TtsConfigError, match="cannot be joined"):
+        CambTtsStreamLongTextToStorageOperator(text="Hello there.", output_format="pcm_s16le", **kw)
+    with pytest.raises(TtsConfigError, match="at least 3"):
+        CambTtsStreamLongTextToStorageOperator(text="Hi", **kw)
+    with pytest.raises(TtsConfigError, match="language"):
+        CambTtsStreamLongTextToStorageOperator(text="Hello there.", **{**kw, "language": 1.5})
