@@ -8,6 +8,7 @@ mismatched part leaves no file (and an existing one intact); the deferral and a 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import shutil
 import subprocess
@@ -289,3 +290,30 @@ def test_stream_settings_that_cannot_work_fail_when_the_dag_is_parsed() -> None:
         CambTtsStreamLongTextToStorageOperator(text="Hi", **kw)
     with pytest.raises(TtsConfigError, match="language"):
         CambTtsStreamLongTextToStorageOperator(text="Hello there.", **{**kw, "language": 1.5})
+
+
+@pytest.mark.parametrize(("cls", "api", "fmt"), CASES, ids=["camb", "revid"])
+def test_s3_destination_a_file_uri_gets_the_joined_file_and_its_sidecars(
+    cls: Any, api: str, fmt: str, emu: Any, make_conn: ConnFactory, aws_conn: str, bucket: str, s3: Any
+) -> None:
+    import soundfile as sf
+
+    text = "\n\n".join(chapter(3, sentences=4))
+    defaults = CAMB_DEFAULTS if api == "camb_ai" else {}
+    op = cls(
+        task_id="chapter", tts_conn_id=make_conn(api), destination=f"s3://{bucket}/books/one.{fmt}",
+        dest_conn_id=aws_conn, text=text, defaults=defaults, deferrable=False, poll_interval=0.05,
+    )  # fmt: skip
+    result = op.execute(context())
+    keys = sorted(obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket)["Contents"])
+    assert [k for k in keys if not k.startswith("books/.tts-parts/")] == sorted(
+        ["books/one.timing.json", f"books/one.{fmt}"]
+    )
+    assert result["uri"] == f"s3://{bucket}/books/one.{fmt}"
+    body = s3.get_object(Bucket=bucket, Key=f"books/one.{fmt}")["Body"].read()
+    if fmt == "wav":
+        read_wav(body)
+    assert sf.info(io.BytesIO(body)).duration == pytest.approx(result["duration_seconds"], abs=1e-4)
+    again = op.execute(context())
+    assert again["cached"] is True
+    assert creates(emu) == result["parts"] == 3
