@@ -188,7 +188,7 @@ class CambTtsStreamLongTextToStorageOperator(LongTextOutput, TtsHookMixin, BaseO
         credits = self._stream_parts(context, cache, folder, {fp: unique[fp] for fp in to_pay}, paths)
         paid_credits = None if any(c is None for c in credits) else sum(c for c in credits if c is not None)
         spent = {"requests": len(to_pay), "characters": characters, "credits": paid_credits,
-                 "estimated_credits": estimate.credits}  # fmt: skip
+                 "estimated_credits": estimate.credits, "manifest": None}  # fmt: skip
         result = self._join_parts(context, [paths[fp] for fp in fingerprints], fingerprints, spent)
         budget.check_reported(paid_credits, what, f"at {result['uri']}")  # paid and kept; fails past the limit
         return result

@@ -248,6 +248,7 @@ def test_a_long_text_through_tts_stream_becomes_one_file_and_an_edit_pays_one_pa
 
     first = run("\n\n".join(paragraphs))
     assert first["parts_paid"] == stream_calls(emu) == first["parts"] > 4
+    assert first["manifest"] is None  # the same keys as the task-based long texts
     audio = tmp_path / f"book-chapter.{fmt}"
     manifestless = sorted(p.name for p in (tmp_path / PARTS_FOLDER / "book-chapter").iterdir() if p.suffix == f".{fmt}")
     parts = [tmp_path / PARTS_FOLDER / "book-chapter" / name for name in manifestless]
