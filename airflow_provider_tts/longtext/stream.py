@@ -163,9 +163,13 @@ class CambTtsStreamLongTextToStorageOperator(LongTextOutput, TtsHookMixin, BaseO
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_tts.cache import RequestCache
+        from airflow_provider_tts.naming import with_format_extension
         from airflow_provider_tts.submissions import SubmitIdentity
+        from airflow_provider_tts.vendors.camb import STREAM_FORMATS
 
         self._refuse_existing(context)
+        # The format is asked for, so a name that contradicts it ("chapter.mp3" for FLAC) costs nothing.
+        with_format_extension(self._target(context)[1], STREAM_FORMATS[self.output_configuration["format"]][1])
         vendor = self.hook.stream_vendor()  # a revid_tts connection fails here, before any request
         bodies = self._bodies()
         fingerprints = [request_fingerprint(vendor.api, "tts-stream", body) for body in bodies]

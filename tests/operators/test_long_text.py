@@ -283,6 +283,18 @@ def test_a_failed_stream_part_leaves_no_file_and_the_retry_streams_only_it(
     assert stream_calls(emu) - calls == 1  # the two stored parts are not streamed again
 
 
+def test_a_stream_file_name_contradicting_the_format_costs_nothing(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    op = CambTtsStreamLongTextToStorageOperator(
+        task_id="chapter", tts_conn_id=make_conn("camb_ai"), destination=tmp_path.as_uri() + "/",
+        file_name="chapter.mp3", text="A text of a few words.", language="en-us", voice_id=1,
+    )  # fmt: skip
+    with pytest.raises(TtsConfigError, match=r"says \.mp3 but the requested format is \.flac"):
+        op.execute(context())
+    assert stream_calls(emu) == 0
+
+
 def test_stream_settings_that_cannot_work_fail_when_the_dag_is_parsed() -> None:
     kw = {"task_id": "t", "destination": "file:///tmp/x/", "language": "en-us", "voice_id": 1}
     with pytest.raises(TtsConfigError, match="cannot be joined"):
