@@ -177,6 +177,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_tts.operators.stream_to_storage",
                     "airflow_provider_tts.operators.text_to_storage",
                     "airflow_provider_tts.operators.batch",
+                    "airflow_provider_tts.operators.long_text",
                 ],
             },
             {
@@ -188,6 +189,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_tts.operators.stream_to_storage",
                     "airflow_provider_tts.operators.text_to_storage",
                     "airflow_provider_tts.operators.batch",
+                    "airflow_provider_tts.operators.long_text",
                 ],
             },
         ],

@@ -34,3 +34,16 @@ class TtsHookMixin:
         from airflow_provider_tts.hooks.tts import TtsHook
 
         return TtsHook(tts_conn_id=self.tts_conn_id, request_retry=self.request_retry)
+
+    def _pool_for_threads(self, threads: int) -> None:
+        """Size the hook's HTTP connection pool for ``threads`` threads calling it at once.
+
+        requests' default pool keeps 10 connections per host and drops the rest after use, so more
+        threads than that would open (and close) a connection per call.
+        """
+        from requests.adapters import HTTPAdapter
+
+        session = self.hook.get_conn()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=threads)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)

@@ -26,6 +26,7 @@ def test_example_dags_parse_without_errors() -> None:
         "example_tts_stream",
         "example_tts_batch_announce",
         "example_tts_batch_one_task",
+        "example_tts_long_text",
     }
     assert time.monotonic() - started < 30
     batch = bag.dags.get("example_tts_batch")

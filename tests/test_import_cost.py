@@ -1,4 +1,4 @@
-"""DAG-parse cost: the modules a DAG file imports must not pull in aiohttp or the emulator.
+"""DAG-parse cost: the modules a DAG file imports must not pull in aiohttp, the audio library or the emulator.
 
 The scheduler's DAG processor imports every DAG file over and over; the async client is only
 needed inside the triggerer, and the emulator only in tests and demos.
@@ -19,6 +19,7 @@ PARSE_TIME_MODULES = [
     "airflow_provider_tts.hooks.tts",
     "airflow_provider_tts.sensors.tts",
     "airflow_provider_tts.operators.tts",
+    "airflow_provider_tts.operators.long_text",
 ]
 
 PROBE = """
@@ -27,7 +28,8 @@ import airflow.sdk  # what any DAG file already pays for
 before = set(sys.modules)
 import {module}
 added = set(sys.modules) - before
-heavy = sorted(m for m in added if m.split('.')[0] == 'aiohttp' or m.startswith('airflow_provider_tts.emulator'))
+heavy = sorted(m for m in added if m.split('.')[0] in ('aiohttp', 'soundfile', 'numpy')
+               or m.startswith('airflow_provider_tts.emulator'))
 print(heavy)
 """
 

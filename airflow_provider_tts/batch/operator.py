@@ -216,19 +216,13 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
 
     def _session_for_threads(self) -> None:
         """Check the connection speaks this class's API; size its pool for ``max_active_requests`` threads."""
-        from requests.adapters import HTTPAdapter
-
         api = self.hook.vendor.api
         if api != self.vendor.api:
             raise TtsConfigError(
                 f"connection {self.tts_conn_id!r} is a {api} connection; {type(self).__name__} needs a "
                 f"{self.vendor.api} connection"
             )
-
-        session = self.hook.get_conn()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.max_active_requests)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+        self._pool_for_threads(self.max_active_requests)
 
     def execute(self, context: Context) -> dict[str, Any]:
         plan = self._plan(context)

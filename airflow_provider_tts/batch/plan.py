@@ -133,6 +133,13 @@ class PlanPhase:
         self.vendor.validate_create(self.tts_kind, create_fields(literal), pending=pending)
         return dict(defaults)
 
+    def _batch_folder(self, context: Context) -> Any:
+        """The folder the items' audio, request cache and manifest go to: ``destination`` here.
+
+        The long-text operators put their parts in a hidden folder beside the joined file instead.
+        """
+        return self.destination
+
     def _source(self) -> ObjectStoragePath | None:
         if self.items_path is None:
             return None
@@ -168,7 +175,7 @@ class PlanPhase:
         """Validate every item and the destination; nothing is paid for or written before this passes."""
         defaults = self._check_defaults(self.defaults)
         check_manifest_name(self.manifest_name)
-        folder = destination_path(self.destination, self.dest_conn_id or None)
+        folder = destination_path(self._batch_folder(context), self.dest_conn_id or None)
         confine(plain_uri(folder), DESTINATIONS, what="destination")
         try:
             if not check_destination(folder, folder_hint=True):

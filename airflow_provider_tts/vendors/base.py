@@ -292,6 +292,10 @@ class Vendor(ABC):
     #: the vendor publishes none. A connection's ``credits_per_1000_characters`` extra overrides it
     #: (prices change): see :mod:`airflow_provider_tts.costs`.
     credits_per_1000_characters: ClassVar[Mapping[str, float | None]]
+    #: The characters one request may speak, per kind, as ``(minimum, maximum)``: the one place the
+    #: long-text operators (:mod:`airflow_provider_tts.longtext`) take the size of a part from. A
+    #: kind absent here is not split (a sound prompt, an SRT file).
+    text_limits: ClassVar[Mapping[str, tuple[int, int]]] = {}
 
     def __init__(self, settings: ConnectionSettings) -> None:
         self.settings = settings

@@ -208,6 +208,10 @@ class CambAi(Vendor):
     credits_per_1000_characters: ClassVar[Mapping[str, float | None]] = {
         "tts": None, "text-to-sound": None, "tts-stream": None,
     }  # fmt: skip
+    #: ``/tts-stream``: 3-3,000 characters, as documented. ``/tts`` documents no limit but ends long
+    #: texts in ``TIMEOUT`` and tells to split them; 3,000 is the only size Camb documents for one
+    #: synthesis (its recommended endpoint's), so a ``/tts`` part stays within what it speaks at once.
+    text_limits: ClassVar[Mapping[str, tuple[int, int]]] = {"tts": (1, 3000), "tts-stream": (3, 3000)}
 
     def status_request(self, kind: Kind, tts_task_id: str) -> ApiRequest:
         path = _PATHS[kind][0]

@@ -120,6 +120,10 @@ class RevidTts(Vendor):
     spoken_fields: ClassVar[Mapping[str, str]] = {"tts": "text", "srt-to-speech": "subtitles"}
     #: RevidAPI's text-to-speech page: 10 credits per 1,000 characters (SRT: the cues' spoken text).
     credits_per_1000_characters: ClassVar[Mapping[str, float | None]] = {"tts": 10.0, "srt-to-speech": 10.0}
+    #: RevidAPI publishes no limit. 2,000 characters (about two minutes of speech) is a conservative
+    #: part: well inside what its status page says usually finishes in 30-60 s, and a failed part
+    #: costs little to redo. ``max_part_characters`` on the long-text operator overrides it.
+    text_limits: ClassVar[Mapping[str, tuple[int, int]]] = {"tts": (1, 2000)}
     default_status_base_url = "https://tts.revidapi.com/api"
 
     def status_request(self, kind: Kind, tts_task_id: str) -> ApiRequest:
