@@ -25,6 +25,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+# FastAPI reads the routes' annotations from this module's globals: what they name is imported here.
+# This module is imported only by the api-server, on the first request to the view (see ``plugin``).
+from airflow.api_fastapi.common.db.common import SessionDep
+from fastapi import Query, Request
+from fastapi.responses import Response
+
 from airflow_provider_tts.ui.entries import (
     DEFAULT_PER_PAGE,
     FAILED_STATES,
@@ -49,6 +55,7 @@ log = logging.getLogger(__name__)
 
 #: The largest manifest the view reads (a 10,000-item manifest is about 4 MB).
 MANIFEST_LIMIT = 64 * 1024 * 1024
+STATUS_PATTERN = "^(" + "|".join(FILTERS) + ")$"
 PAGE = Path(__file__).resolve().parent / "static" / "audio.html"
 
 
@@ -145,10 +152,9 @@ def create_app() -> FastAPI:
     """Build the app. Called by the api-server on the first request (see :mod:`~.plugin`), not at import."""
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-    from airflow.api_fastapi.common.db.common import SessionDep
     from airflow.api_fastapi.core_api.security import requires_access_dag
-    from fastapi import Depends, FastAPI, HTTPException, Query, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+    from fastapi import Depends, FastAPI, HTTPException
+    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
     from airflow_provider_tts.exceptions import TtsConfigError
     from airflow_provider_tts.ui import streaming
@@ -171,7 +177,7 @@ def create_app() -> FastAPI:
         run_id: str,
         task_id: str | None = None,
         map_index: int | None = None,
-        status: Annotated[str, Query(pattern="^(" + "|".join(FILTERS) + ")$")] = "all",
+        status: Annotated[str, Query(pattern=STATUS_PATTERN)] = "all",
         page: Annotated[int, Query(ge=1)] = 1,
         per_page: Annotated[int, Query(ge=1, le=500)] = DEFAULT_PER_PAGE,
     ) -> Response:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 from airflow_provider_tts.get_provider_info import get_provider_info
 from airflow_provider_tts.ui import plugin
@@ -14,6 +16,13 @@ def test_the_provider_registers_the_plugin() -> None:
     module, _, name = entry["plugin-class"].rpartition(".")
     assert (module, name) == (plugin.__name__, plugin.TtsAudioViewPlugin.__name__)
     assert plugin.TtsAudioViewPlugin.name == entry["name"]
+
+
+def test_an_entry_point_loads_the_plugin_in_every_deployment() -> None:
+    """Airflow loads a provider info's plugins only with ``lazy_discover_providers = False``."""
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    entry = pyproject["project"]["entry-points"]["airflow.plugins"]["tts_audio_view"]
+    assert entry == f"{plugin.__name__}:{plugin.TtsAudioViewPlugin.__name__}"
 
 
 def test_views_on_a_run_and_a_task_instance_or_nothing_on_3_0() -> None:
