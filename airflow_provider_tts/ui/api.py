@@ -59,16 +59,31 @@ STATUS_PATTERN = "^(" + "|".join(FILTERS) + ")$"
 PAGE = Path(__file__).resolve().parent / "static" / "audio.html"
 
 
+def resolve_run_id(session: Session, dag_id: str, run_id: str) -> str | None:
+    """The id of the run the browser means; None when there is none.
+
+    Airflow 3.1's UI puts the run id into the Audio tab's URL without encoding it, so the ``+`` of a
+    manual run's id (``manual__2026-01-01T00:00:00+00:00``) arrives as a space: when no run has the
+    id as given, the same id with its spaces read as ``+`` is tried.
+    """
+    from airflow.models.dagrun import DagRun
+    from sqlalchemy import select
+
+    for candidate in dict.fromkeys((run_id, run_id.replace(" ", "+"))):
+        if session.scalar(select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == candidate)) is not None:
+            return candidate
+    return None
+
+
 def load_outputs(
     session: Session, dag_id: str, run_id: str, task_id: str | None = None, map_index: int | None = None
 ) -> list[TaskOutput] | None:
     """The storing operators' task instances of a run with their results; None when the run does not exist."""
-    from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.xcom import XComModel
     from sqlalchemy import select
 
-    if session.scalar(select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)) is None:
+    if resolve_run_id(session, dag_id, run_id) != run_id:
         return None
     query = select(TaskInstance.task_id, TaskInstance.map_index, TaskInstance.operator, TaskInstance.state).where(
         TaskInstance.dag_id == dag_id,
@@ -181,6 +196,7 @@ def create_app() -> FastAPI:
         page: Annotated[int, Query(ge=1)] = 1,
         per_page: Annotated[int, Query(ge=1, le=500)] = DEFAULT_PER_PAGE,
     ) -> Response:
+        run_id = resolve_run_id(session, dag_id, run_id) or ""
         outputs = load_outputs(session, dag_id, run_id, task_id or None, map_index)
         if outputs is None:
             raise HTTPException(404, "no such DAG run")
@@ -193,6 +209,7 @@ def create_app() -> FastAPI:
         request: Request, session: SessionDep, dag_id: str, run_id: str, task_id: str, map_index: int = -1,
         index: int = -1,
     ) -> Response:  # fmt: skip
+        run_id = resolve_run_id(session, dag_id, run_id) or ""
         outputs = load_outputs(session, dag_id, run_id, task_id, map_index) or []
         out = next((o for o in outputs if o.map_index == map_index), None)
         if out is None:

@@ -37,7 +37,7 @@ class CdpError(RuntimeError):
 class Chromium:
     """One headless Chromium process with one page, closed on exit."""
 
-    def __init__(self, executable: str, profile: Path, *, width: int = 1400, height: int = 760) -> None:
+    def __init__(self, executable: str, profile: Path, *, width: int = 1600, height: int = 900) -> None:
         self.profile = profile
         self._ids = itertools.count(1)
         self._proc = subprocess.Popen(

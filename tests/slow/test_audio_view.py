@@ -30,7 +30,7 @@ import requests
 from airflow_provider_tts.emulator import Emulator, EmulatorConfig
 from airflow_provider_tts.ui.plugin import HAS_EXTERNAL_VIEWS
 from tests.conftest import TEST_KEY
-from tests.slow.cdp import Chromium, chromium_executable
+from tests.slow.cdp import CdpError, Chromium, chromium_executable
 from tools.local_airflow import LocalAirflow
 
 pytestmark = [
@@ -193,6 +193,10 @@ def test_the_rows_and_totals_are_the_runs(run: dict[str, Any]) -> None:
     assert [(e["task_id"], e["index"]) for e in only_failed["entries"]] == [("speak_all", 2)]
     paged = _get(run, "entries", "admin", per_page=3, page=3).json()
     assert (paged["total_entries"], len(paged["entries"]), paged["totals"]) == (8, 2, totals)
+    # Airflow 3.1's UI fills the run id into the tab's URL unencoded: its "+" arrives as a space.
+    assert "+" in run["run_id"]
+    spaced = _get(run, "entries", "admin", run_id=run["run_id"].replace("+", " ")).json()
+    assert (spaced["run_id"], spaced["total_entries"]) == (run["run_id"], 8)
     one_task = _get(run, "entries", "admin", task_id="stream_mapped", map_index=1).json()
     assert [(e["task_id"], e["map_index"]) for e in one_task["entries"]] == [("stream_mapped", 1)]
 
@@ -240,6 +244,7 @@ def test_a_browser_plays_a_file_from_the_view(run: dict[str, Any], tmp_path: Pat
         pytest.skip("no chromium on this machine (apt-get install chromium); CI installs it")
     api = run["airflow"].api_url
     with Chromium(executable, tmp_path / "profile") as browser:
+        browser.send("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1, mobile=False)
         browser.send("Network.enable")
         # The UI's session cookie, as Airflow's login sets it; the page's requests carry it.
         browser.send("Network.setCookie", name="_token", value=run["admin"], url=api, path="/", httpOnly=False)
@@ -267,6 +272,25 @@ def test_a_browser_plays_a_file_from_the_view(run: dict[str, Any], tmp_path: Pat
         )
         assert played["duration"] > 0
         assert played["at"] > 0
+        # The same page as Airflow's UI shows it: the run's Audio tab, the view in its frame.
+        run_id = requests.utils.quote(run["run_id"], safe="")
+        browser.send("Page.navigate", url=f"{api}/dags/{DAG_ID}/runs/{run_id}/plugin/tts-audio-run")
+        try:
+            browser.wait_for(FRAME_LOADED, timeout=90)
+        except CdpError:
+            browser.screenshot(tmp_path / "ui-failure.png")
+            print(f"the UI as it was: {tmp_path / 'ui-failure.png'}; at {browser.evaluate('location.href')}")
+            raise
+        time.sleep(1)  # let the UI finish drawing around the frame
         browser.screenshot(tmp_path / "audio-view.png")
     if os.environ.get("TTS_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(tmp_path / "audio-view.png", SCREENSHOT)
+
+
+#: True once the UI's Audio tab holds the view in a frame and the view has drawn its rows.
+FRAME_LOADED = """(() => {
+  const frame = [...document.querySelectorAll('iframe')].find((f) => f.src.includes('/tts-audio/view'));
+  const doc = frame && frame.contentDocument;
+  const drawn = doc && doc.body && doc.body.dataset.loaded === 'true';
+  return Boolean(drawn && doc.querySelectorAll('#rows tr').length === 8);
+})()"""
