@@ -193,6 +193,8 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             },
         ],
+        # The Audio view (Airflow 3.1+; nothing on 3.0): airflow_provider_tts/ui/plugin.py.
+        "plugins": [{"name": "tts_audio_view", "plugin-class": "airflow_provider_tts.ui.plugin.TtsAudioViewPlugin"}],
         "extra-links": [
             "airflow_provider_tts.links.StoredAudioLink",
             "airflow_provider_tts.links.BatchManifestLink",

@@ -88,12 +88,14 @@ def make_conn(emu: Any, monkeypatch: pytest.MonkeyPatch) -> ConnFactory:
 #: every operator family through one retry on a real deployment and under ``airflow dags test``
 #: (``tests/slow/test_operator_families.py``), and a worker SIGKILLed after the create or mid-create with
 #: the Variable ledger, the below-3.3 mechanism (the retry does not pay twice), and the extra links the
-#: api-server serves for every storing operator (``tests/slow/test_links.py``). Node id prefixes, so the
-#: test files themselves need no marker.
+#: api-server serves for every storing operator (``tests/slow/test_links.py``), and the Audio view on the
+#: api-server, its auth and a browser (``tests/slow/test_audio_view.py``; skipped on 3.0, which has no UI
+#: plugins). Node id prefixes, so the test files themselves need no marker.
 MATRIX_TESTS = (
     "tests/compat/",
     "tests/slow/test_operator_families.py",
     "tests/slow/test_links.py",
+    "tests/slow/test_audio_view.py",
     "tests/reliability/test_restarts.py::test_worker_killed_while_waiting_after_submit_does_not_pay_twice[variable]",
     "tests/reliability/test_restarts.py::test_worker_killed_mid_submit_does_not_pay_twice[variable]",
 )
