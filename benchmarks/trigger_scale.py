@@ -118,11 +118,16 @@ def run_plan(args: argparse.Namespace) -> list[tuple[int, str, float]]:
     return plan
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--sizes", default="1000,5000,10000", help="comma-separated numbers of concurrent waits")
+def add_wait_arguments(parser: argparse.ArgumentParser, sizes: str, what: str) -> None:
+    """The wait's options, shared with ``batch_trigger_scale.py`` so both benchmarks' tasks and polls compare."""
+    parser.add_argument("--sizes", default=sizes, help=f"comma-separated numbers of {what}")
     parser.add_argument("--task-seconds", type=float, default=30.0, help="how long each task stays pending")
     parser.add_argument("--poll-interval", type=float, default=5.0, help="the triggers' poll_interval")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    add_wait_arguments(parser, "1000,5000,10000", "concurrent waits")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated subset of: %(default)s")
     parser.add_argument("--poke-seconds", type=float, default=20.0, help="length of the poke-mode sensor's wait")
     parser.add_argument("--no-poke", action="store_true", help="skip the poke-mode sensor process")
