@@ -12,17 +12,16 @@ import asyncio
 import contextlib
 import json
 import os
-import random
-import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import aiohttp
 import psutil
@@ -35,10 +34,11 @@ CONN_ID = "trigger_scale_bench"
 #: File descriptors for both processes: one session per trigger at 10,000 waits needs one socket each.
 NOFILE = 65536
 
+T = TypeVar("T")
 
 _CHILDREN: list[subprocess.Popen[Any]] = []
 #: Trigger and sensor processes (asyncio subprocesses); killed by pid on the way out if still running.
-_ASYNC_CHILDREN: list[asyncio.subprocess.Process] = []
+ASYNC_CHILDREN: list[asyncio.subprocess.Process] = []
 #: Where the child processes import the provider from (``--src``).
 SRC = [str(ROOT)]
 
@@ -87,12 +87,33 @@ def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGINT, timeout: float =
 
 
 def stop_all() -> None:
-    for child in _ASYNC_CHILDREN:
+    for child in ASYNC_CHILDREN:
         if child.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGKILL)
     for proc in list(_CHILDREN):
         stop(proc, signal.SIGTERM, timeout=5)
+
+
+def run_driver(main: Coroutine[Any, Any, T], workdir: Path, keep_logs: bool) -> T | None:
+    """Run a benchmark driver's event loop; None when interrupted.
+
+    Whatever happens (Ctrl-C, SIGTERM, an exception), every process the driver started is ended by
+    its pid on the way out and the work directory is removed unless ``keep_logs``: a benchmark left
+    behind would go on loading the machine that other work shares.
+    """
+    raise_nofile()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
+    try:
+        return asyncio.run(main)
+    except KeyboardInterrupt:
+        log("interrupted; ending every process this benchmark started")
+        return None
+    finally:
+        stop_all()
+        if not keep_logs:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -231,6 +252,7 @@ class RunResult:
     late_p50: float = float("nan")
     late_p99: float = float("nan")
     late_max: float = float("nan")
+    last_late: float = float("nan")  # last event minus last completion: when the whole set was known to be done
     events: int = 0
     missing: int = 0
     wrong: int = 0
@@ -264,165 +286,6 @@ class RunResult:
     @property
     def wrong_events(self) -> int:
         return self.wrong + self.early
-
-
-class Worker:
-    """One trigger process: JSON lines on its stdout, commands on its stdin."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    async def read(self, expected: str, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError(f"the trigger process exited before '{expected}' (code {await self.proc.wait()})")
-        message: dict[str, Any] = json.loads(line)
-        if message.get("event") != expected:
-            raise RuntimeError(f"expected '{expected}' from the trigger process, got {message!r:.200}")
-        return message
-
-    def send(self, payload: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(payload) + "\n").encode())
-
-
-async def run_one(
-    emulator: Emulator,
-    n: int,
-    strategy: str,
-    spread: float,
-    args: argparse.Namespace,
-    workdir: Path,
-    lead: dict[str, float],
-) -> RunResult:
-    result = RunResult(n=n, strategy=strategy, spread=spread)
-    url = emulator.url
-    interval = args.poll_interval
-    rng = random.Random(n * 7919 + len(strategy))
-    log_file = workdir / f"triggers-{n}-{strategy}-{spread:g}.log"
-    log_file.unlink(missing_ok=True)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as control:
-        async with control.post(f"{url}/_emulator/reset") as resp:
-            resp.raise_for_status()
-        env = _worker_env(emulator, workdir)
-        cmd = [
-            sys.executable,
-            str(ROOT / "benchmarks" / "trigger_scale_worker.py"),
-            "--strategy",
-            strategy,
-            "--conn-id",
-            CONN_ID,
-            "--poll-interval",
-            str(interval),
-            "--log-file",
-            str(log_file),
-            "--nofile",
-            str(nofile_limit()),
-        ]
-        proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-            preexec_fn=raise_nofile,
-            limit=64 << 20,
-        )
-        _ASYNC_CHILDREN.append(proc)
-        worker = Worker(proc)
-        try:
-            # The tasks are created while the trigger process imports Airflow. Each completes
-            # task_seconds after the planned start of the triggers plus a random phase within one
-            # poll interval, so completions are spread over the poll schedule like real ones.
-            began = time.time()
-            plan_start = began + max(lead["ready"], n / lead["rate"]) + 1.5
-            # With a spread, trigger i starts polling i/N of the spread later, and its task is due that
-            # much later too: waits deferred at different times, out of step with each other.
-            offsets = [spread * i / n for i in range(n)]
-            completions = [plan_start + o + args.task_seconds + rng.uniform(0, interval) for o in offsets]
-            tasks = await create_tasks(control, url, completions)
-            for row, offset in zip(tasks, offsets, strict=True):
-                row.append(offset)
-            lead["rate"] = max(200.0, 0.8 * n / (time.time() - began))
-            ready = await worker.read("ready", timeout=120)
-            lead["ready"] = max(lead["ready"] * 0.5, time.time() - began)
-            task_file = workdir / f"tasks-{n}-{strategy}-{spread:g}.json"
-            task_file.write_text(json.dumps(tasks))
-            await asyncio.sleep(max(0.0, plan_start - time.time()))
-            if time.time() > plan_start + 1:
-                result.notes.append(f"triggers started {time.time() - plan_start:.1f} s after plan")
-            before = await emulator_stats(control, url)
-            ps_worker = psutil.Process(proc.pid)
-            assert emulator.proc is not None
-            ps_emulator = psutil.Process(emulator.proc.pid)
-            last_completion = max(row[1] for row in tasks)
-            run_timeout = last_completion - time.time() + 4 * interval + 60
-            worker.send({"task_file": str(task_file), "run_timeout": run_timeout})
-            started = await worker.read("started", timeout=120)
-            log(
-                f"  {n:,} triggers ({strategy}) created in {started['create_seconds']:.2f} s; "
-                f"baseline RSS {ready['baseline_rss'] / 2**20:.0f} MB; tasks finish in "
-                f"{min(row[1] for row in tasks) - time.time():.0f}-{last_completion - time.time():.0f} s"
-            )
-            samples: list[Sample] = []
-            sampler = asyncio.create_task(sample(control, url, ps_worker, ps_emulator, samples))
-            try:
-                done = await worker.read("done", timeout=run_timeout + 120)
-            finally:
-                sampler.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sampler
-            after = await emulator_stats(control, url)
-            await asyncio.wait_for(proc.wait(), 30)
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-
-    result.polls = after["polls_total"] - before["polls_total"]
-    result.connections = after["connections"] - before["connections"]
-    statuses = {
-        k: after["requests_by_status"].get(k, 0) - before["requests_by_status"].get(k, 0)
-        for k in after["requests_by_status"]
-    }
-    result.bad_responses = sum(v for k, v in statuses.items() if k != "200")
-    result.cpu_seconds = done["cpu_seconds"]
-    result.wall_seconds = done["wall_seconds"]
-    result.baseline_rss = done["baseline_rss"]
-    result.peak_rss = done["peak_rss"]
-    result.events = done["events"]
-    result.missing = done["missing"]
-    result.wrong = done["wrong_count"]
-    result.error_events = done["error_count"]
-    result.gc_collections = done["gc_collections"]
-    result.gc_seconds = done["gc_seconds"]
-    result.lag_p99 = done["loop_lag_p99"] if done["loop_lag_p99"] is not None else float("nan")
-    result.lag_max = done["loop_lag_max"] if done["loop_lag_max"] is not None else float("nan")
-    for message in done["wrong"][:3] + done["errors"][:3]:
-        result.notes.append(message)
-    lateness = []
-    for (_task_id, completion, earliest, _offset), got in zip(tasks, done["received"], strict=True):
-        if got is None:
-            continue
-        if got < earliest - 0.001:
-            result.early += 1
-        lateness.append(got - completion)
-    result.late_p50 = percentile(lateness, 50)
-    result.late_p99 = percentile(lateness, 99)
-    result.late_max = max(lateness) if lateness else float("nan")
-    text = log_file.read_text(errors="replace") if log_file.exists() else ""
-    warnings = re.findall(r"\[(?:warning|error|critical)\s*\]\s*(.*)", text)
-    result.log_warnings = len(warnings)
-    if warnings:
-        # What went wrong, once per kind: task ids masked so that repeats of one message count together.
-        masked = (re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "<id>", w) for w in warnings)
-        kinds = Counter(re.sub(r"\b(Poll|retry) \d+", r"\1 <n>", w)[:160] for w in masked)
-        result.notes += [f"{count:,} log lines like: {kind}" for kind, count in kinds.most_common(2)]
-    steady_state(result, samples, started["time"], min(row[1] for row in tasks), interval, before["polls_total"])
-    if len(samples) >= 2:
-        result.other_cores = (samples[-1].others - samples[0].others) / (samples[-1].t - samples[0].t)
-    return result
 
 
 def connection_json(emulator: Emulator) -> str:
@@ -519,7 +382,7 @@ def steady_state(
 # ------------------------------------------------------------------------------------------- poke
 
 
-def _worker_env(emulator: Emulator, workdir: Path) -> dict[str, str]:
+def worker_env(emulator: Emulator, workdir: Path) -> dict[str, str]:
     """The environment of a measured subprocess: its own Airflow home and the emulator's connection."""
     return dict(
         os.environ,
@@ -531,7 +394,7 @@ def _worker_env(emulator: Emulator, workdir: Path) -> dict[str, str]:
 
 async def measure_poke(emulator: Emulator, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """One poke-mode sensor task process: its RSS while it waits, and its CPU per poll."""
-    env = _worker_env(emulator, workdir)
+    env = worker_env(emulator, workdir)
     cmd = [
         sys.executable,
         str(ROOT / "benchmarks" / "trigger_scale_poke.py"),
@@ -545,7 +408,7 @@ async def measure_poke(emulator: Emulator, args: argparse.Namespace, workdir: Pa
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, preexec_fn=raise_nofile
     )
-    _ASYNC_CHILDREN.append(proc)
+    ASYNC_CHILDREN.append(proc)
     assert proc.stdout is not None
     assert proc.stdin is not None
     rss: list[int] = []

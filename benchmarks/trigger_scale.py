@@ -29,8 +29,6 @@ finished), peak RSS and RSS per wait, TCP connections the emulator accepted, lat
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 import tempfile
 import time
@@ -40,6 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks._report import write_section  # noqa: E402
+from benchmarks._trigger_scale_drive import run_one  # noqa: E402
 from benchmarks._trigger_scale_report import mb, report  # noqa: E402
 from benchmarks._trigger_scale_runs import (  # noqa: E402
     SRC,
@@ -47,9 +46,7 @@ from benchmarks._trigger_scale_runs import (  # noqa: E402
     RunResult,
     log,
     measure_poke,
-    raise_nofile,
-    run_one,
-    stop_all,
+    run_driver,
 )
 from benchmarks.trigger_scale_variants import STRATEGIES  # noqa: E402
 
@@ -121,11 +118,16 @@ def run_plan(args: argparse.Namespace) -> list[tuple[int, str, float]]:
     return plan
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--sizes", default="1000,5000,10000", help="comma-separated numbers of concurrent waits")
+def add_wait_arguments(parser: argparse.ArgumentParser, sizes: str, what: str) -> None:
+    """The wait's options, shared with ``batch_trigger_scale.py`` so both benchmarks' tasks and polls compare."""
+    parser.add_argument("--sizes", default=sizes, help=f"comma-separated numbers of {what}")
     parser.add_argument("--task-seconds", type=float, default=30.0, help="how long each task stays pending")
     parser.add_argument("--poll-interval", type=float, default=5.0, help="the triggers' poll_interval")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    add_wait_arguments(parser, "1000,5000,10000", "concurrent waits")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated subset of: %(default)s")
     parser.add_argument("--poke-seconds", type=float, default=20.0, help="length of the poke-mode sensor's wait")
     parser.add_argument("--no-poke", action="store_true", help="skip the poke-mode sensor process")
@@ -174,21 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.began = time.time()
     SRC[0] = str(Path(args.src).resolve())
-    raise_nofile()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     workdir = Path(tempfile.mkdtemp(prefix="trigger-scale-"))
     started = time.time()
     log(f"work directory {workdir}; sizes {args.sizes}; strategies {args.strategies}; tasks {args.task_seconds:g} s")
-    try:
-        results, poke = asyncio.run(main_async(args, workdir))
-    except KeyboardInterrupt:
-        log("interrupted; ending every process this benchmark started")
+    outcome = run_driver(main_async(args, workdir), workdir, args.keep_logs)
+    if outcome is None:
         return 130
-    finally:
-        stop_all()
-        if not args.keep_logs:
-            cleanup(workdir)
+    results, poke = outcome
     body, all_met = report(results, poke, args)
     print()
     print(body)
@@ -217,12 +211,6 @@ def command_line(args: argparse.Namespace) -> str:
     if Path(args.src).resolve() != Path(defaults.src).resolve():
         extra.append(f"--src {args.src}")
     return " ".join([COMMAND, *extra])
-
-
-def cleanup(workdir: Path) -> None:
-    import shutil
-
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,14 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _protocol_channel(log_file: str) -> Any:
+def protocol_channel(log_file: str) -> Any:
     """Keep the real stdout for the driver; send everything else written to fd 1/2 to ``log_file``."""
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -40,19 +41,18 @@ def _protocol_channel(log_file: str) -> Any:
     return channel
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--strategy", required=True)
-    parser.add_argument("--conn-id", required=True)
-    parser.add_argument("--poll-interval", type=float, required=True)
-    parser.add_argument("--log-file", required=True)
-    parser.add_argument("--nofile", type=int, default=0)
-    args = parser.parse_args()
-    if args.nofile:  # also set by the driver's preexec_fn; the soft limit, up to the hard one
+def get_ready(conn_id: str, log_file: str, nofile: int) -> Callable[..., None]:
+    """Set up a trigger process as a triggerer would be once its first trigger ran; say ``ready``.
+
+    Shared with ``batch_trigger_scale_worker.py`` so both kinds of trigger process start from the
+    same baseline (the RSS in ``ready`` includes Airflow, aiohttp and one resolved connection).
+    Returns the function that sends one protocol message to the driver.
+    """
+    if nofile:  # also set by the driver's preexec_fn; the soft limit, up to the hard one
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        soft = args.nofile if hard == resource.RLIM_INFINITY else min(args.nofile, hard)
+        soft = nofile if hard == resource.RLIM_INFINITY else min(nofile, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    channel = _protocol_channel(args.log_file)
+    channel = protocol_channel(log_file)
 
     def send(**payload: Any) -> None:
         channel.write(json.dumps(payload) + "\n")
@@ -63,18 +63,29 @@ def main() -> int:
     import psutil
 
     from airflow_provider_tts.hooks.tts import TtsHook
-    from benchmarks.trigger_scale_variants import STRATEGIES
-
-    trigger_class = STRATEGIES[args.strategy]
 
     async def warm_up() -> None:
-        hook = TtsHook(tts_conn_id=args.conn_id)
+        hook = TtsHook(tts_conn_id=conn_id)
         await hook.avendor()  # resolves the connection: secrets backends, vendor module, masker
 
     asyncio.run(warm_up())
     gc.collect()
     send(event="ready", baseline_rss=psutil.Process().memory_info().rss)
+    return send
 
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--strategy", required=True)
+    parser.add_argument("--conn-id", required=True)
+    parser.add_argument("--poll-interval", type=float, required=True)
+    parser.add_argument("--log-file", required=True)
+    parser.add_argument("--nofile", type=int, default=0)
+    args = parser.parse_args()
+    send = get_ready(args.conn_id, args.log_file, args.nofile)
+    from benchmarks.trigger_scale_variants import STRATEGIES
+
+    trigger_class = STRATEGIES[args.strategy]
     command = json.loads(sys.stdin.readline())
     tasks: list[list[Any]] = json.loads(Path(command["task_file"]).read_text())
     run_timeout = float(command["run_timeout"])
@@ -90,27 +101,66 @@ def main() -> int:
     return 0
 
 
-async def run(trigger_class: Any, tasks: list[list[Any]], args: Any, run_timeout: float, send: Any) -> None:
-    import psutil
+class Probe:
+    """What one run costs its process: CPU and wall time, peak RSS, GC passes and time, event-loop lag.
 
+    Created just before the triggers, so the figures are the run's and not the imports'; shared
+    with ``batch_trigger_scale_worker.py`` so per-item and batch runs are measured alike.
+    """
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.gc_before = [s["collections"] for s in gc.get_stats()]
+        self.gc_time = [0.0, 0.0]  # seconds spent in the cyclic garbage collector; start of the current pass
+        gc.callbacks.append(self._on_gc)
+        self.baseline_rss = psutil.Process().memory_info().rss
+        self.lags: list[float] = []
+        self.cpu0 = time.process_time()
+        self.wall0 = time.time()
+        self._watcher = asyncio.create_task(self._watch_loop())
+
+    def _on_gc(self, phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.gc_time[1] = time.process_time()
+        else:
+            self.gc_time[0] += time.process_time() - self.gc_time[1]
+
+    async def _watch_loop(self) -> None:
+        """How late a 100 ms timer fires: the event loop's responsiveness (GC pauses included)."""
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.1)
+            self.lags.append(time.perf_counter() - before - 0.1)
+
+    def figures(self) -> dict[str, Any]:
+        """The run's figures so far, as the ``done`` message carries them; stops the lag watcher."""
+        import psutil
+
+        cpu1, wall1 = time.process_time(), time.time()
+        self._watcher.cancel()
+        lags = sorted(self.lags)
+        gc_after = [s["collections"] for s in gc.get_stats()]
+        return {
+            "cpu_seconds": cpu1 - self.cpu0,
+            "wall_seconds": wall1 - self.wall0,
+            "baseline_rss": self.baseline_rss,
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "end_rss": psutil.Process().memory_info().rss,
+            "gc_collections": [a - b for a, b in zip(gc_after, self.gc_before, strict=True)],
+            "gc_seconds": self.gc_time[0],
+            "loop_lag_p99": lags[int(0.99 * (len(lags) - 1))] if lags else None,
+            "loop_lag_max": lags[-1] if lags else None,
+        }
+
+
+async def run(trigger_class: Any, tasks: list[list[Any]], args: Any, run_timeout: float, send: Any) -> None:
     n = len(tasks)
     received: list[float | None] = [None] * n
     events = [0] * n
     wrong: list[str] = []
     errors: list[str] = []
-    gc_before = [s["collections"] for s in gc.get_stats()]
-    gc_time = [0.0, 0.0]  # seconds spent in the cyclic garbage collector; start of the current pass
-
-    def on_gc(phase: str, _info: dict[str, Any]) -> None:
-        if phase == "start":
-            gc_time[1] = time.process_time()
-        else:
-            gc_time[0] += time.process_time() - gc_time[1]
-
-    gc.callbacks.append(on_gc)
-    baseline_rss = psutil.Process().memory_info().rss
-    cpu0 = time.process_time()
-    wall0 = time.time()
+    probe = Probe()
 
     async def consume(i: int, trigger: Any) -> None:
         task_id = tasks[i][0]
@@ -139,16 +189,6 @@ async def run(trigger_class: Any, tasks: list[list[Any]], args: Any, run_timeout
         except Exception as exc:
             errors.append(f"{task_id}: {type(exc).__name__}: {exc}"[:300])
 
-    lags: list[float] = []
-
-    async def watch_loop() -> None:
-        """How late a 100 ms timer fires: the event loop's responsiveness (GC pauses included)."""
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(0.1)
-            lags.append(time.perf_counter() - before - 0.1)
-
-    watcher = asyncio.create_task(watch_loop())
     # As the triggerer does: build the trigger objects, then run each in its own asyncio task.
     triggers = [
         trigger_class(tts_conn_id=args.conn_id, tts_task_id=task_id, poll_interval=args.poll_interval)
@@ -156,17 +196,12 @@ async def run(trigger_class: Any, tasks: list[list[Any]], args: Any, run_timeout
     ]
     running = [asyncio.create_task(consume(i, trigger)) for i, trigger in enumerate(triggers)]
     del triggers
-    send(event="started", time=time.time(), create_seconds=time.time() - wall0, baseline_rss=baseline_rss)
+    send(event="started", time=time.time(), create_seconds=time.time() - probe.wall0, baseline_rss=probe.baseline_rss)
     _done, pending = await asyncio.wait(running, timeout=run_timeout)
     for task in pending:
         task.cancel()
     if pending:
         await asyncio.wait(pending, timeout=30)
-    cpu1 = time.process_time()
-    wall1 = time.time()
-    watcher.cancel()
-    lags.sort()
-    gc_after = [s["collections"] for s in gc.get_stats()]
     send(
         event="done",
         received=received,
@@ -177,15 +212,7 @@ async def run(trigger_class: Any, tasks: list[list[Any]], args: Any, run_timeout
         wrong_count=len(wrong),
         errors=errors[:20],
         error_count=len(errors),
-        cpu_seconds=cpu1 - cpu0,
-        wall_seconds=wall1 - wall0,
-        baseline_rss=baseline_rss,
-        peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        end_rss=psutil.Process().memory_info().rss,
-        gc_collections=[a - b for a, b in zip(gc_after, gc_before, strict=True)],
-        gc_seconds=gc_time[0],
-        loop_lag_p99=lags[int(0.99 * (len(lags) - 1))] if lags else None,
-        loop_lag_max=lags[-1] if lags else None,
+        **probe.figures(),
     )
 
 
