@@ -54,11 +54,11 @@ async def wait_for_all(
     ``max_consecutive_errors`` polls in a row is done as an error; a refused key ends the whole
     wait. None only when ``stopped()`` (the trigger was killed).
 
-    **A round sweeps oldest first and stops at the first group still waiting.** The wait ends when
+    **A round sweeps oldest first and stops at the first task still waiting.** The wait ends when
     the last task ends, so polling a task again and again while an older one is still pending
     buys nothing: each round polls the oldest waiting task, and only once it ended the next ones
-    in submission order, ``concurrency`` at a time, going on to the next group only when every
-    task of the group ended. While the vendor works a round costs one request, and every task is
+    in submission order, ``concurrency`` in flight at a time, sending no new poll once one
+    answered "still waiting". While the vendor works a round costs one request, and every task is
     polled about once after it finished, instead of once per round for the whole wait. Progress
     lines count what has been seen to end; before the deadline passes, one full round checks
     every task.
@@ -89,22 +89,38 @@ async def wait_for_all(
             verdict = policy.verdict(status, time.time() - waiting[task_id])
             return task_id, verdict
 
+    def ended(task_id: str, verdict: str) -> bool:
+        """Count a poll's verdict; whether the task ended."""
+        if verdict == "wait":
+            return False
+        counts[verdict] += 1
+        del waiting[task_id]
+        return True
+
     async def sweep(full: bool) -> None:
-        """One round: the oldest waiting task, then groups of the next ones, until one still waits."""
-        order = list(waiting)
-        first, size = 0, 1 if not full else group
-        while first < len(order):
-            outcomes = await asyncio.gather(*(poll(task_id) for task_id in order[first : first + size]))
-            first, size = first + size, group
-            still = False
-            for task_id, verdict in outcomes:
-                if verdict == "wait":
-                    still = True
-                else:
-                    counts[verdict] += 1
-                    del waiting[task_id]
-            if (still and not full) or stopped():
+        """One round: the oldest waiting task alone, then the next ones in submission order with
+        ``concurrency`` polls in flight (a sliding window, not groups that wait for their slowest),
+        sending no new poll once one answered "still waiting"."""
+        order = iter(list(waiting))
+        if not full:
+            oldest = next(order, None)
+            if oldest is None or not ended(*await poll(oldest)):
                 return
+        in_flight: set[asyncio.Future[tuple[str, str]]] = set()
+        blocked = False
+        try:
+            while True:
+                while not blocked and len(in_flight) < group and (task_id := next(order, None)) is not None:
+                    in_flight.add(asyncio.ensure_future(poll(task_id)))
+                if not in_flight or stopped():
+                    return
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    if not ended(*finished.result()) and not full:
+                        blocked = True
+        finally:
+            for pending_poll in in_flight:  # a refused key ends the wait: the other polls go too
+                pending_poll.cancel()
 
     while waiting and not stopped():
         round_started = time.time()

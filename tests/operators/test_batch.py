@@ -420,3 +420,37 @@ def test_the_wait_polls_oldest_first_so_each_task_is_asked_about_once_after_it_e
     # Each task: about one poll after it ended in the wait, one more for its fresh audio URL at
     # store time; plus one poll of the oldest per round while it was pending (about 10 rounds).
     assert polls <= 2 * 40 + 15, polls
+
+
+def test_one_slow_answer_does_not_hold_back_the_polls_of_the_other_items(emu: Any, make_conn: ConnFactory) -> None:
+    """After the oldest ended, polls go out with ``concurrency`` in flight as a sliding window: one
+    answer that takes 1.5 s (the vendor's, simulated around the real hook) holds back no other poll.
+    In groups that waited for their slowest, 15 of these 20 polls waited for it."""
+    from airflow_provider_tts.batch.trigger import wait_for_all
+    from airflow_provider_tts.hooks.tts import TtsHook
+    from airflow_provider_tts.waiting import WaitPolicy
+
+    ids = [emu.create_task("camb_ai", "tts", delay=0) for _ in range(20)]
+    slow = ids[2]
+    asked: dict[str, float] = {}
+
+    class SlowOnce(TtsHook):
+        async def aget_task_status(self, tts_task_id: str, kind: str = "tts") -> Any:
+            asked[tts_task_id] = asyncio.get_running_loop().time()
+            if tts_task_id == slow:
+                await asyncio.sleep(1.5)
+            return await super().aget_task_status(tts_task_id, kind)
+
+    async def run() -> dict[str, Any] | None:
+        hook = SlowOnce(make_conn("camb_ai"))
+        try:
+            return await wait_for_all(hook, "tts", {tid: float(n) for n, tid in enumerate(ids)},
+                                      policy=WaitPolicy(poll_interval=0.1), started_at=0.0, deadline=None,
+                                      concurrency=4, log=SimpleNamespace(info=print, warning=print))  # fmt: skip
+        finally:
+            await hook.aclose()
+
+    event = asyncio.run(run())
+    assert event == {"status": "done", "pending": 0, "succeeded": 20, "failed": 0, "errors": 0}
+    late = [tid for tid in ids if asked[tid] - asked[slow] >= 1.0]
+    assert late == []
