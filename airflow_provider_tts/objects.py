@@ -10,7 +10,8 @@ What each costs, per scheme:
 operation          local disk              S3 (``s3://``)              other fsspec stores
 =================  ======================  ==========================  ==============================
 write whole        temporary + rename      one ``PutObject``           one write (``pipe_file``)
-create if absent   temporary + hard link   ``PutObject If-None-Match``  exists check + write (not atomic)
+create if absent   temporary + hard link   ``PutObject If-None-Match``  GCS, Azure: one conditional write;
+                                                                       others: exists check + write
 content check      read and hash the file  one ``HEAD`` (ETag)         one ``info`` (its checksum),
                                                                        else read and hash
 =================  ======================  ==========================  ==============================
@@ -26,7 +27,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tts import metrics
-from airflow_provider_tts.storage import is_local, s3_call, scheme_of
+from airflow_provider_tts.storage import AZURE_SCHEMES, GCS_SCHEMES, SHA256_METADATA, is_local, s3_call, scheme_of
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -66,9 +67,11 @@ def write_small(path: ObjectStoragePath, data: bytes) -> None:
 def create_small(path: ObjectStoragePath, data: bytes) -> bool:
     """Create ``path`` holding ``data`` only if nothing is there; False when something already was.
 
-    Atomic on a local disk (a hard link of a complete temporary fails if the name exists) and on S3
-    (``If-None-Match: *``): of two callers at once exactly one gets True. Elsewhere an existence
-    check precedes the write, so two callers within that moment may both get True.
+    Atomic on a local disk (a hard link of a complete temporary fails if the name exists), on S3
+    (``If-None-Match: *``), on GCS (``ifGenerationMatch=0``) and on Azure Blob (``If-None-Match: *``),
+    the last two through their filesystems' ``pipe_file(mode="create")``: of two callers at once
+    exactly one gets True. Elsewhere an existence check precedes the write, so two callers within
+    that moment may both get True.
     """
     if is_local(path):
         try:
@@ -86,6 +89,12 @@ def create_small(path: ObjectStoragePath, data: bytes) -> bool:
             if _precondition_failed(exc):
                 return False
             raise
+    if scheme_of(path) in GCS_SCHEMES | AZURE_SCHEMES:
+        try:
+            path.fs.pipe_file(path.path, data, mode="create")
+            return True
+        except FileExistsError:
+            return False
     if path.fs.exists(path.path):
         return False
     path.fs.pipe_file(path.path, data)
@@ -130,8 +139,9 @@ def content_matches(path: ObjectStoragePath, *, size: int, sha256: str, etag: st
 
     Local: the file is read and hashed. S3: one HEAD; its ETag (S3's own digest of the bytes) must
     equal the one recorded when the object was written. Other stores: their ``info`` checksum, when
-    one was recorded; else the object is read and hashed. Anything that cannot be confirmed is a
-    mismatch: the caller then pays for fresh audio rather than trust bytes it cannot vouch for.
+    one was recorded, or the sha256 in its metadata; else the object is read and hashed. Anything
+    that cannot be confirmed is a mismatch: the caller then pays for fresh audio rather than trust
+    bytes it cannot vouch for.
     """
     try:
         if is_local(path):
@@ -153,6 +163,10 @@ def content_matches(path: ObjectStoragePath, *, size: int, sha256: str, etag: st
         token = info_checksum(info)
         if etag is not None and token is not None:
             return token == etag.strip('"')
+        # GCS and Azure hand back the sha256 metadata the writer recorded with the same request.
+        recorded = {str(k).lower(): v for k, v in (info.get("metadata") or {}).items()}.get(SHA256_METADATA)
+        if recorded:
+            return bool(recorded == sha256)
         return _sha256_remote(path) == sha256
     except FileNotFoundError:
         return False

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from airflow_provider_tts.compat import conn_id_of
 from airflow_provider_tts.storage.schemes import S3_SCHEMES, scheme_of
-from airflow_provider_tts.storage.writers import UPLOAD_BLOCK_BYTES, Existing, Writer
+from airflow_provider_tts.storage.writers import SHA256_METADATA, UPLOAD_BLOCK_BYTES, Existing, Writer
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -32,8 +32,6 @@ log = logging.getLogger(__name__)
 #: part is signed, checksummed and acknowledged; a few keep it busy. With :data:`UPLOAD_BLOCK_BYTES`
 #: this bounds a large upload's buffers to ``(PARTS_IN_FLIGHT + 1) * UPLOAD_BLOCK_BYTES``.
 PARTS_IN_FLIGHT = 3
-#: Key of the object metadata (``x-amz-meta-sha256``) holding the sha256 of the bytes written.
-SHA256_METADATA = "sha256"
 
 #: An S3 API call: ``call("put_object", Bucket=..., ...)`` returns the parsed response; S3's errors
 #: arrive as :class:`OSError` subclasses (``FileNotFoundError`` for a missing key or bucket,
@@ -46,7 +44,8 @@ _S3Call = Callable[..., dict[str, Any]]
 #: filesystem cache (one per scheme and connection id), it lives as long as the process.
 _CLIENTS: dict[str | None, Any] = {}
 _CLIENTS_LOCK = threading.Lock()
-#: ``(connection id, bucket)`` pairs this process has seen exist. Knowing a bucket exists saves the
+#: ``(connection id, bucket)`` pairs this process has seen exist (``scheme://bucket`` for stores
+#: other than S3, whose bucket names live in other namespaces). Knowing a bucket exists saves the
 #: check's request for every further file into a folder of it; a bucket deleted since then makes the
 #: write itself fail (nothing becomes visible) and is forgotten here (see :func:`forget_bucket`).
 KNOWN_BUCKETS: set[tuple[str | None, str]] = set()
@@ -104,7 +103,10 @@ def _boto_call(client: Any, operation: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def forget_bucket(path: ObjectStoragePath) -> None:
-    KNOWN_BUCKETS.discard((conn_id_of(path), path.path.partition("/")[0]))
+    """Ask again whether ``path``'s bucket exists, next time (it was perhaps deleted since)."""
+    bucket = path.path.partition("/")[0]
+    KNOWN_BUCKETS.discard((conn_id_of(path), bucket))
+    KNOWN_BUCKETS.discard((conn_id_of(path), f"{scheme_of(path)}://{bucket}"))
 
 
 #: What a part's upload returns: its entry for ``CompleteMultipartUpload``, its MD5 (when the ETag

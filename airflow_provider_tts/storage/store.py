@@ -21,18 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tts import metrics
 from airflow_provider_tts.exceptions import TtsConfigError, TtsProtocolError
+from airflow_provider_tts.storage.blobs import BlobWriter, blob_existing
 from airflow_provider_tts.storage.content import audio_duration, check_audio_body
 from airflow_provider_tts.storage.destinations import check_destination
-from airflow_provider_tts.storage.s3 import SHA256_METADATA, S3DirectWriter, forget_bucket, s3_call
-from airflow_provider_tts.storage.schemes import WriteMode, scheme_of, write_mode
+from airflow_provider_tts.storage.s3 import S3DirectWriter, forget_bucket, s3_call
+from airflow_provider_tts.storage.schemes import AZURE_SCHEMES, GCS_SCHEMES, WriteMode, scheme_of, write_mode
 from airflow_provider_tts.storage.types import OverwritePolicy, StoredAudio, TtsStorageError, check_overwrite
-from airflow_provider_tts.storage.writers import (
-    UPLOAD_BLOCK_BYTES,
-    Existing,
-    FsspecDirectWriter,
-    TempWriter,
-    Writer,
-)
+from airflow_provider_tts.storage.writers import SHA256_METADATA, UPLOAD_BLOCK_BYTES, Existing, TempWriter, Writer
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -81,6 +76,8 @@ def _existing(path: ObjectStoragePath, mode: WriteMode) -> Existing | None:
             return None
         meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
         return Existing(int(head["ContentLength"]), meta.get(SHA256_METADATA), head.get("ETag"))
+    if scheme_of(path) in GCS_SCHEMES | AZURE_SCHEMES:
+        return blob_existing(path)
     try:
         info = path.fs.info(path.path)
     except FileNotFoundError:
@@ -114,7 +111,9 @@ def _open_writer(
         # The ETag is worth computing only if an object of the same size could be these very bytes.
         want_etag = existing is not None and existing.sha256 is None and size in (existing.size, -1)
         return S3DirectWriter(path, s3, content_type, want_etag)
-    return FsspecDirectWriter(path, content_type)
+    if scheme_of(path) in GCS_SCHEMES | AZURE_SCHEMES:
+        return BlobWriter(path, content_type)
+    return TempWriter(path, temp_name, "copy")  # a direct scheme on a filesystem of unknown kind
 
 
 @dataclass
