@@ -131,7 +131,10 @@ def delete_small(path: ObjectStoragePath) -> None:
         if is_local(path):
             os.unlink(path.path)
         else:
-            path.fs.rm_file(path.path)
+            try:
+                path.fs.rm_file(path.path)
+            except NotImplementedError:  # adlfs before 2026 has only ``rm``
+                path.fs.rm(path.path)
 
 
 def content_matches(path: ObjectStoragePath, *, size: int, sha256: str, etag: str | None) -> bool:

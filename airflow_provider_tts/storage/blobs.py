@@ -11,8 +11,8 @@ What becomes visible, and when:
 
 * Up to :data:`UPLOAD_BLOCK_BYTES` the bytes are held until :meth:`BlobWriter.commit` and sent in the
   store's one-shot upload, carrying their sha256 as object metadata: GCS one multipart upload
-  (``pipe_file``), Azure one ``Put Block`` and its ``Put Block List``. Nothing is sent before the
-  bytes were counted, checked and hashed, so a failed or refused download costs no request at all.
+  (``pipe_file``), Azure one ``Put Blob``. Nothing is sent before the bytes were counted, checked
+  and hashed, so a failed or refused download costs no request at all.
 * Above it the filesystem's own file streams the blocks as they fill: a GCS resumable upload (its
   session publishes nothing until the final chunk), Azure staged blocks (uncommitted blocks are
   invisible and discarded by the service after a week). The commit sends the last block and
@@ -115,13 +115,7 @@ class BlobWriter(Writer):
             if self.gcs:
                 self.fs.pipe_file(self.path.path, bytes(self.buffer), metadata=metadata, content_type=self.content_type)
             else:
-                out = self._open(metadata)
-                try:
-                    out.write(self.buffer)
-                    out.close()  # stages the block and commits the block list: the object appears whole
-                except BaseException:
-                    abandon_file(out)
-                    raise
+                self._put_blob(metadata)
         else:
             out, self.out = self.out, None
             if not self.gcs:
@@ -135,6 +129,24 @@ class BlobWriter(Writer):
                 self.fs.setxattrs(self.path.path, **metadata)
         self.buffer = bytearray()
         self.fs.invalidate_cache(self.path.path)
+
+    def _put_blob(self, metadata: dict[str, str]) -> None:
+        """Azure: one ``Put Blob`` with the metadata and content type (the file object would take two
+        requests, and older adlfs releases drop its content type)."""
+        from azure.storage.blob import ContentSettings
+        from fsspec.asyn import sync
+
+        bucket, _, key = self.path.path.partition("/")
+        settings = ContentSettings(content_type=self.content_type)
+
+        async def put() -> None:
+            async with self.fs.service_client.get_blob_client(container=bucket, blob=key) as blob:
+                await blob.upload_blob(
+                    bytes(self.buffer), overwrite=True, metadata={**metadata, "is_directory": "false"},
+                    content_settings=settings,
+                )  # fmt: skip
+
+        sync(self.fs.loop, put)
 
     def abandon(self) -> None:
         self.buffer = bytearray()

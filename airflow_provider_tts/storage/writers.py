@@ -8,6 +8,7 @@ beside the destination (``rename`` and ``copy`` modes). The object stores' direc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -128,7 +129,8 @@ def abandon_file(out: Any) -> None:
         log.warning("Could not cancel the upload %s", out, exc_info=True)
     finally:
         if callable(discard):
-            out.closed = True
+            with contextlib.suppress(AttributeError):  # io-based files (memory://): a read-only ``closed``
+                out.closed = True
 
 
 def _write_all(out: Any, chunk: bytes, step: int) -> None:
