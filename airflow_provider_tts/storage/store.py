@@ -178,8 +178,8 @@ def store_stream(
     """Stream ``chunks`` into ``path`` atomically; verify length and cap; apply the overwrite policy.
 
     What each policy does when the destination exists (one metadata request finds out: a HEAD on
-    object stores, ``stat`` on a local disk; ``replace`` on S3 asks nothing, the write is its only
-    request):
+    object stores, ``stat`` on a local disk; ``replace`` on an object store asks nothing, the write
+    is its only request):
 
     * ``replace``: the new bytes replace it, whatever they are.
     * ``skip_if_identical``: the new bytes are streamed and hashed first; if their size and sha256
@@ -202,11 +202,11 @@ def store_stream(
     try:
         if not checked and check_destination(path, folder_hint=False):
             raise TtsStorageError(f"destination {path} is a folder; refusing to write onto it")
-        # ``replace`` on S3 needs nothing from the object already there: S3 has no directory to
-        # refuse (a prefix at the name was refused by check_destination) and the new bytes replace
-        # whatever is there, atomically. So no HEAD: the write is the file's only request.
-        replacing_on_s3 = overwrite == "replace" and mode == "direct" and s3_call(path) is not None
-        existing = None if replacing_on_s3 else _existing(path, mode)
+        # ``replace`` on an object store (S3, GCS, Azure) needs nothing from the object already
+        # there: no directory to refuse (a prefix at the name was refused by check_destination) and
+        # the new bytes replace whatever is there, atomically. So no HEAD: the write is the file's
+        # only request.
+        existing = None if overwrite == "replace" and mode == "direct" else _existing(path, mode)
     except OSError as exc:
         raise TtsStorageError(f"checking {path} failed: {type(exc).__name__}: {exc}") from exc
     if existing is not None and overwrite == "fail":

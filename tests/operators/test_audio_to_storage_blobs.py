@@ -167,6 +167,18 @@ def test_replace_rewrites(emu: Any, make_conn: ConnFactory, store: Store) -> Non
     assert store.keys() == ["speech.wav"]
 
 
+def test_replace_into_a_known_folder_is_the_write_and_nothing_else(
+    emu: Any, make_conn: ConnFactory, store: Store
+) -> None:
+    op = _op(make_conn("camb_ai"), emu.create_task("camb_ai", "tts", delay=0), store.uri("audio/"), store,
+             overwrite="replace")  # fmt: skip
+    first = op.execute(ti_context())
+    mark = store.mark()
+    assert op.execute(ti_context()) == first
+    requests = store.requests(mark)
+    assert requests == _writes(requests) and len(requests) == 1, requests
+
+
 def test_fail_policy_raises_before_downloading(emu: Any, make_conn: ConnFactory, store: Store) -> None:
     store.put("speech.flac", b"already here")
     task_id = emu.create_task("camb_ai", "tts", delay=0)
