@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tts import metrics
 from airflow_provider_tts.storage import AZURE_SCHEMES, GCS_SCHEMES, SHA256_METADATA, is_local, s3_call, scheme_of
+from airflow_provider_tts.storage.s3 import precondition_failed
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -86,7 +87,7 @@ def create_small(path: ObjectStoragePath, data: bytes) -> bool:
             s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
             return True
         except OSError as exc:
-            if _precondition_failed(exc):
+            if precondition_failed(exc):
                 return False
             raise
     if scheme_of(path) in GCS_SCHEMES | AZURE_SCHEMES:
@@ -99,15 +100,6 @@ def create_small(path: ObjectStoragePath, data: bytes) -> bool:
         return False
     path.fs.pipe_file(path.path, data)
     return True
-
-
-def _precondition_failed(exc: BaseException) -> bool:
-    """An S3 answer saying the object exists (412), or that a concurrent create is in flight (409)."""
-    cause = exc.__cause__
-    code = str(getattr(cause, "response", {}).get("Error", {}).get("Code", "")) if cause is not None else ""
-    return code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409") or "PreconditionFailed" in str(
-        exc
-    )
 
 
 def read_small(path: ObjectStoragePath, limit: int) -> bytes | None:

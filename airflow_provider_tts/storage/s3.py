@@ -102,6 +102,15 @@ def _boto_call(client: Any, operation: str, **kwargs: Any) -> dict[str, Any]:
         raise OSError(f"{type(exc).__name__}: {exc}") from exc
 
 
+def precondition_failed(exc: BaseException) -> bool:
+    """An S3 answer saying the object exists (412), or that a concurrent create is in flight (409)."""
+    cause = exc.__cause__
+    code = str(getattr(cause, "response", {}).get("Error", {}).get("Code", "")) if cause is not None else ""
+    return code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409") or "PreconditionFailed" in str(
+        exc
+    )
+
+
 def forget_bucket(path: ObjectStoragePath) -> None:
     """Ask again whether ``path``'s bucket exists, next time (it was perhaps deleted since)."""
     bucket = path.path.partition("/")[0]
@@ -211,28 +220,39 @@ class S3DirectWriter(Writer):
 
     def _etag(self) -> str | None:
         """The ETag S3 gives the object this upload makes (unencrypted or SSE-S3); None if unknown."""
-        if self.md5s is None:
-            return None
+        if self.md5s is None and self.upload_id is not None:
+            return None  # the parts' MD5s were not kept
         last = hashlib.md5(memoryview(self.buffer)[: self.filled], usedforsecurity=False).digest()
-        if self.upload_id is None:
+        if self.upload_id is None:  # one PutObject: its bytes are all still here
             return last.hex()
+        assert self.md5s is not None
         md5s = [*self.md5s, last] if self.filled else self.md5s
         return f"{hashlib.md5(b''.join(md5s), usedforsecurity=False).hexdigest()}-{len(md5s)}"
 
     #: S3's ETag of the object :meth:`commit` made (from the completing request itself).
     etag: str | None = None
+    #: A single ``PutObject`` only if nothing is at the key (``If-None-Match: *``): :meth:`commit`
+    #: then raises :class:`FileExistsError` when something is, writing nothing (see ``store_stream``).
+    only_if_absent = False
 
     def commit(self, sha256: str, size: int) -> None:
         if self.upload_id is None:
             del self.buffer[self.filled :]
-            done = self.s3(
-                "put_object",
-                Bucket=self.bucket,
-                Key=self.key,
-                Body=self.buffer,
-                ContentType=self.content_type,
-                Metadata={SHA256_METADATA: sha256},
-            )
+            condition = {"IfNoneMatch": "*"} if self.only_if_absent else {}
+            try:
+                done = self.s3(
+                    "put_object",
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    Body=self.buffer,
+                    ContentType=self.content_type,
+                    Metadata={SHA256_METADATA: sha256},
+                    **condition,
+                )
+            except OSError as exc:
+                if condition and precondition_failed(exc):
+                    raise FileExistsError(f"{self.path} exists") from exc
+                raise
         else:
             if self.filled:
                 self._send_part()
