@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,14 +220,18 @@ def azurite_missing() -> str | None:
     return reason
 
 
-@pytest.fixture(scope="session")
-def gcs_server() -> Iterator[Server]:
-    with tempfile.TemporaryDirectory(prefix="tts-gcs-") as workdir:
-        server = start_gcs(Path(workdir))
+def _serving(start: Callable[[Path], Server], prefix: str) -> Iterator[Server]:
+    with tempfile.TemporaryDirectory(prefix=prefix) as workdir:
+        server = start(Path(workdir))
         try:
             yield server
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[Server]:
+    yield from _serving(start_gcs, "tts-gcs-")
 
 
 @pytest.fixture(scope="session")
@@ -235,12 +239,7 @@ def azurite_server() -> Iterator[Server]:
     reason = azurite_missing()
     if reason:
         pytest.skip(reason)
-    with tempfile.TemporaryDirectory(prefix="tts-azurite-") as workdir:
-        server = start_azurite(Path(workdir))
-        try:
-            yield server
-        finally:
-            server.stop()
+    yield from _serving(start_azurite, "tts-azurite-")
 
 
 #: The schemes under test, each with the connection a user configures and the protocols that share it.

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,9 +23,10 @@ from airflow_provider_tts.operators.batch import CambTtsBatchToStorageOperator
 from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator
 from airflow_provider_tts.storage import TtsStorageError
 from tests.conftest import ConnFactory
-from tests.operators.conftest import run_worker, ti_context, wait_until
+from tests.operators.conftest import kill_when, run_worker, ti_context, without_content_length
 from tests.operators.object_stores import STORES, Store, attach_filesystem, azurite_server, gcs_server, store
 from tests.operators.test_batch import CAMB_DEFAULTS, context, creates
+from tests.operators.test_request_cache import claim_race
 
 __all__ = ["azurite_server", "gcs_server", "store"]  # fixtures, imported for pytest to find
 
@@ -176,7 +175,8 @@ def test_replace_into_a_known_folder_is_the_write_and_nothing_else(
     mark = store.mark()
     assert op.execute(ti_context()) == first
     requests = store.requests(mark)
-    assert requests == _writes(requests) and len(requests) == 1, requests
+    assert requests == _writes(requests), requests
+    assert len(requests) == 1, requests
 
 
 def test_fail_policy_raises_before_downloading(emu: Any, make_conn: ConnFactory, store: Store) -> None:
@@ -211,18 +211,9 @@ def test_failure_after_uploaded_blocks_publishes_nothing(emu: Any, make_conn: Co
     op = _op(make_conn("camb_ai"), task_id, store.uri("x.wav"), store, kind="text-to-sound")
     op.max_bytes = 24 * 1024**2
 
-    from airflow_provider_tts import hooks
-
-    real_open = hooks.tts.TtsHook.open_audio
-
-    def unsized(self: Any, status: Any) -> Any:  # as if the server had sent no Content-Length
-        stream = real_open(self, status)
-        stream.content_length = None
-        return stream
-
     mark = store.mark()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hooks.tts.TtsHook, "open_audio", unsized)
+        without_content_length(mp)
         with pytest.raises(TtsProtocolError, match="exceeded"):
             op.execute(ti_context())
     assert len(_writes(store.requests(mark))) >= 2  # blocks really were sent before the failure
@@ -248,17 +239,11 @@ def test_a_killed_upload_publishes_nothing_and_the_retry_stores(
             "attach": [protocols, store.conn_id, kind, store.server.port],
         }
     )  # fmt: skip
-    try:
-        wait_until(lambda: ready.exists() and len(_writes(store.requests(mark))) >= 2, proc)
+
+    def nothing_visible_yet() -> None:
         assert store.keys() == []
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.output.close()  # type: ignore[attr-defined]
-    assert proc.returncode == -signal.SIGKILL
+
+    kill_when(lambda: ready.exists() and len(_writes(store.requests(mark))) >= 2, proc, nothing_visible_yet)
     assert store.keys() == []  # killed mid-upload: nothing at all is visible
 
     op = _op(conn_id, task_id, store.uri("audio/"), store, kind="text-to-sound")
@@ -308,19 +293,5 @@ def test_of_two_claims_at_once_exactly_one_wins(store: Store) -> None:
     """The request cache's claim is a create-if-absent: GCS ``ifGenerationMatch=0``, Azure ``If-None-Match: *``."""
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_tts.objects import create_small
-
     path = ObjectStoragePath(store.uri("claims/one.json"), conn_id=store.conn_id)
-    wins: list[bool] = []
-    barrier = threading.Barrier(8)
-
-    def claim(n: int) -> None:
-        barrier.wait()
-        wins.append(create_small(path, json.dumps({"claimant": n}).encode()))
-
-    threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(wins) == [False] * 7 + [True]
+    assert sorted(claim_race(path)) == [False] * 7 + [True]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from airflow_provider_tts.exceptions import TtsConfigError, TtsConnectionError, 
 from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator
 from airflow_provider_tts.storage import TtsStorageError
 from tests.conftest import PAIRS, ConnFactory
-from tests.operators.conftest import run_worker, ti_context, wait_until
+from tests.operators.conftest import kill_when, run_worker, ti_context, without_content_length
 
 EXTENSIONS = {"audio/flac": ".flac", "audio/wav": ".wav"}
 
@@ -144,17 +143,8 @@ def test_failure_after_uploaded_parts_aborts_the_upload(
     op = _op(make_conn("camb_ai"), task_id, f"s3://{bucket}/x.wav", "text-to-sound", dest_conn_id=aws_conn)
     op.max_bytes = 24 * 1024**2
 
-    from airflow_provider_tts import hooks
-
-    real_open = hooks.tts.TtsHook.open_audio
-
-    def unsized(self: Any, status: Any) -> Any:  # as if the server had sent no Content-Length
-        stream = real_open(self, status)
-        stream.content_length = None
-        return stream
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hooks.tts.TtsHook, "open_audio", unsized)
+        without_content_length(mp)
         with pytest.raises(TtsProtocolError, match="exceeded"):
             op.execute(ti_context())
     assert _keys(s3, bucket) == []
@@ -229,17 +219,10 @@ def test_killed_upload_leaves_no_object_and_the_retry_cleans_up(
         parts = s3.list_parts(Bucket=bucket, Key=key, UploadId=uploads[0]["UploadId"]).get("Parts", [])
         return len(parts) >= 2
 
-    try:
-        wait_until(parts_uploaded, proc)
+    def nothing_visible_yet() -> None:
         assert _keys(s3, bucket) == []
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.output.close()  # type: ignore[attr-defined]
-    assert proc.returncode == -signal.SIGKILL
+
+    kill_when(parts_uploaded, proc, nothing_visible_yet)
 
     # Killed mid-upload: no object at all; only the unfinished upload, on the destination key itself.
     assert _keys(s3, bucket) == []
