@@ -256,6 +256,22 @@ def _omit_secret_body(value: Any) -> Any:
     return "MaskSecret(body omitted)" if type(value).__name__ == "MaskSecret" else value
 
 
+def attached_fs(scheme: str, conn_id: str | None) -> bool:
+    """Whether a filesystem was attached for ``scheme`` and ``conn_id`` (``attach(..., fs=...)``).
+
+    Airflow resolves an ``ObjectStoragePath`` through the store attached under ``<scheme>-<conn_id>``
+    (``<scheme>`` without a connection) before asking the providers, so a filesystem attached there
+    serves a scheme no installed provider registers (gcsfs without the Google provider, adlfs
+    without the Azure one). Looked up by alias only: ``attach`` then registers nothing new.
+    """
+    attach = _first("attach", "airflow.sdk.io.store", "airflow.io.store")
+    try:
+        store = attach(alias=f"{scheme}-{conn_id}" if conn_id else scheme)
+    except ValueError:
+        return False
+    return "fs" in vars(store)  # given to attach(), not one a provider would still have to build
+
+
 def conn_id_of(path: Any) -> str | None:
     """The connection id an ``ObjectStoragePath`` was made with.
 

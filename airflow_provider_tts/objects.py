@@ -10,7 +10,8 @@ What each costs, per scheme:
 operation          local disk              S3 (``s3://``)              other fsspec stores
 =================  ======================  ==========================  ==============================
 write whole        temporary + rename      one ``PutObject``           one write (``pipe_file``)
-create if absent   temporary + hard link   ``PutObject If-None-Match``  exists check + write (not atomic)
+create if absent   temporary + hard link   ``PutObject If-None-Match``  GCS, Azure: one conditional write;
+                                                                       others: exists check + write
 content check      read and hash the file  one ``HEAD`` (ETag)         one ``info`` (its checksum),
                                                                        else read and hash
 =================  ======================  ==========================  ==============================
@@ -26,7 +27,8 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tts import metrics
-from airflow_provider_tts.storage import is_local, s3_call, scheme_of
+from airflow_provider_tts.storage import AZURE_SCHEMES, GCS_SCHEMES, SHA256_METADATA, is_local, s3_call, scheme_of
+from airflow_provider_tts.storage.s3 import precondition_failed
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -66,9 +68,11 @@ def write_small(path: ObjectStoragePath, data: bytes) -> None:
 def create_small(path: ObjectStoragePath, data: bytes) -> bool:
     """Create ``path`` holding ``data`` only if nothing is there; False when something already was.
 
-    Atomic on a local disk (a hard link of a complete temporary fails if the name exists) and on S3
-    (``If-None-Match: *``): of two callers at once exactly one gets True. Elsewhere an existence
-    check precedes the write, so two callers within that moment may both get True.
+    Atomic on a local disk (a hard link of a complete temporary fails if the name exists), on S3
+    (``If-None-Match: *``), on GCS (``ifGenerationMatch=0``) and on Azure Blob (``If-None-Match: *``),
+    the last two through their filesystems' ``pipe_file(mode="create")``: of two callers at once
+    exactly one gets True. Elsewhere an existence check precedes the write, so two callers within
+    that moment may both get True.
     """
     if is_local(path):
         try:
@@ -83,22 +87,19 @@ def create_small(path: ObjectStoragePath, data: bytes) -> bool:
             s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
             return True
         except OSError as exc:
-            if _precondition_failed(exc):
+            if precondition_failed(exc):
                 return False
             raise
+    if scheme_of(path) in GCS_SCHEMES | AZURE_SCHEMES:
+        try:
+            path.fs.pipe_file(path.path, data, mode="create")
+            return True
+        except FileExistsError:
+            return False
     if path.fs.exists(path.path):
         return False
     path.fs.pipe_file(path.path, data)
     return True
-
-
-def _precondition_failed(exc: BaseException) -> bool:
-    """An S3 answer saying the object exists (412), or that a concurrent create is in flight (409)."""
-    cause = exc.__cause__
-    code = str(getattr(cause, "response", {}).get("Error", {}).get("Code", "")) if cause is not None else ""
-    return code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409") or "PreconditionFailed" in str(
-        exc
-    )
 
 
 def read_small(path: ObjectStoragePath, limit: int) -> bytes | None:
@@ -122,7 +123,10 @@ def delete_small(path: ObjectStoragePath) -> None:
         if is_local(path):
             os.unlink(path.path)
         else:
-            path.fs.rm_file(path.path)
+            try:
+                path.fs.rm_file(path.path)
+            except NotImplementedError:  # adlfs before 2026 has only ``rm``
+                path.fs.rm(path.path)
 
 
 def content_matches(path: ObjectStoragePath, *, size: int, sha256: str, etag: str | None) -> bool:
@@ -130,8 +134,9 @@ def content_matches(path: ObjectStoragePath, *, size: int, sha256: str, etag: st
 
     Local: the file is read and hashed. S3: one HEAD; its ETag (S3's own digest of the bytes) must
     equal the one recorded when the object was written. Other stores: their ``info`` checksum, when
-    one was recorded; else the object is read and hashed. Anything that cannot be confirmed is a
-    mismatch: the caller then pays for fresh audio rather than trust bytes it cannot vouch for.
+    one was recorded, or the sha256 in its metadata; else the object is read and hashed. Anything
+    that cannot be confirmed is a mismatch: the caller then pays for fresh audio rather than trust
+    bytes it cannot vouch for.
     """
     try:
         if is_local(path):
@@ -153,6 +158,10 @@ def content_matches(path: ObjectStoragePath, *, size: int, sha256: str, etag: st
         token = info_checksum(info)
         if etag is not None and token is not None:
             return token == etag.strip('"')
+        # GCS and Azure hand back the sha256 metadata the writer recorded with the same request.
+        recorded = {str(k).lower(): v for k, v in (info.get("metadata") or {}).items()}.get(SHA256_METADATA)
+        if recorded:
+            return bool(recorded == sha256)
         return _sha256_remote(path) == sha256
     except FileNotFoundError:
         return False

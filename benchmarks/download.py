@@ -509,8 +509,9 @@ def describe_small(rows: list[list[object]], n: int) -> str:
         f"Many small files: {n:,} WAV files of 200 KB to 2 MB (sizes drawn with a fixed seed), each stored to "
         f"s3:// on the loopback moto server by 1 or 8 worker processes at once, each storing its share one after "
         f"another. *operator* is `TtsAudioToStorageOperator.execute` per file (folder destination, default "
-        f"`skip_if_identical`, first try): its status poll, download and write (a HEAD, then one PutObject); "
-        f'*operator, `overwrite="replace"`* the same without the HEAD; the anchors download the same URL. '
+        f"`skip_if_identical`, first try): its status poll, download and write (one PutObject sent only if "
+        f"nothing is at the key; a HEAD only when something is); "
+        f'*operator, `overwrite="replace"`* the same, unconditional; the anchors download the same URL. '
         f"files/s runs from the common start to the last worker's end; S3 requests are counted by the moto "
         f"server (`benchmarks/download_moto.py`) per operation and divided by the number of files.\n"
     )

@@ -66,8 +66,9 @@ MINORS = (
 TOOLS_DATE = "2026-12-01"
 
 #: Test-only packages resolved at :data:`TOOLS_DATE` on every minor: the vendor SDK the emulator is
-#: checked against must be the vendor's current one, whatever the Airflow minor.
-NEWER_TOOLS = ("camb-sdk",)
+#: checked against must be the vendor's current one, whatever the Airflow minor; the GCS emulator's
+#: releases before 2026 answer gcsfs's resumable uploads wrongly ("Response looks like upload is over").
+NEWER_TOOLS = ("camb-sdk", "gcp-storage-emulator")
 
 PYTHON = "3.11"
 PLATFORM = "x86_64-unknown-linux-gnu"

@@ -308,7 +308,7 @@ class TtsAudioToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
             folder = check_destination(destination, folder_hint=is_folder(self.destination))
         except OSError as exc:
             raise TtsStorageError(f"cannot prepare {plain_uri(destination)}: {type(exc).__name__}: {exc}") from exc
-        if not folder and self.overwrite == "fail" and destination.exists():
+        if not folder and self.overwrite == "fail" and destination.fs.exists(destination.path):
             raise TtsConfigError(f"destination {plain_uri(destination)} already exists and overwrite='fail'")
         self.__dict__["_destination_checked"] = (repr(self.destination), (destination, folder))
         return destination, folder

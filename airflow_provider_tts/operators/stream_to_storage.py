@@ -228,7 +228,7 @@ class CambTtsStreamToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperat
             hit, _ = requests.find(fingerprint)
             if hit is not None:
                 return self._cached(context, requests, fingerprint, hit, path, named=name is not None or not folder)
-        if self.overwrite == "fail" and path.exists():
+        if self.overwrite == "fail" and path.fs.exists(path.path):
             raise TtsConfigError(f"destination {uri} already exists and overwrite='fail'; nothing was paid for")
         what = f"camb_ai tts-stream request of task {self.task_id!r}"
         characters = vendor.spoken_characters("tts-stream", body)
@@ -273,7 +273,7 @@ class CambTtsStreamToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperat
 
         uri, where = hit.uri, hit.path
         if named and hit.path.path != path.path:
-            if self.overwrite == "fail" and path.exists():
+            if self.overwrite == "fail" and path.fs.exists(path.path):
                 raise TtsConfigError(f"destination {plain_uri(path)} already exists and overwrite='fail'")
             etag = copy_object(hit.path, path)
             uri, where = plain_uri(path), path

@@ -9,8 +9,9 @@ is decided in one place, :func:`write_mode`, per scheme:
     object (or none) until then, never a partial one. The destination key is written directly,
     once: on S3 a single ``PutObject`` below :data:`UPLOAD_BLOCK_BYTES`, a multipart upload above
     it, aborted on any failure so no upload stays open (and never completed when the policy says
-    the object already holds these bytes). Other direct schemes use the filesystem's own
-    uncommitted file (``autocommit=False``), committed at the end or discarded.
+    the object already holds these bytes). On GCS and Azure Blob (:mod:`.blobs`) the store's
+    one-shot upload below that size, sent only once the bytes were checked; above it a GCS
+    resumable upload or Azure staged blocks, published by their final request or discarded.
 ``rename`` (``file``, ``local``)
     A temporary beside the destination, then ``os.replace``: atomic within one filesystem, and it
     refuses to replace a directory.
@@ -28,7 +29,8 @@ would record a temporary nobody reads as an input asset. The destination alone i
 The package is split by concern: :mod:`.types` (result, error, overwrite policies),
 :mod:`.schemes` (the write mode of each scheme), :mod:`.content` (what an audio body is),
 :mod:`.destinations` (validating where audio goes), :mod:`.s3` (S3 clients, the S3 writer, stale
-uploads), :mod:`.writers` (the other writers) and :mod:`.store` (:func:`store_stream`). Every name
+uploads), :mod:`.blobs` (the GCS and Azure writer), :mod:`.writers` (the writer interface, the
+temporary's writer) and :mod:`.store` (:func:`store_stream`). Every name
 is importable from ``airflow_provider_tts.storage`` itself; patch a name in the submodule that
 defines it (patching it here changes nothing the code looks up).
 """
@@ -46,10 +48,12 @@ from airflow_provider_tts.storage.content import (
     sniff_extension,
 )
 from airflow_provider_tts.storage.destinations import check_destination, check_writable, destination_path, is_folder
-from airflow_provider_tts.storage.s3 import PARTS_IN_FLIGHT, SHA256_METADATA, abort_stale_uploads
+from airflow_provider_tts.storage.s3 import PARTS_IN_FLIGHT, abort_stale_uploads
 from airflow_provider_tts.storage.s3 import s3_call as s3_call
 from airflow_provider_tts.storage.schemes import (
+    AZURE_SCHEMES,
     DIRECT_SCHEMES,
+    GCS_SCHEMES,
     LOCAL_SCHEMES,
     RENAME_SCHEMES,
     S3_SCHEMES,
@@ -75,15 +79,17 @@ from airflow_provider_tts.storage.types import (
     TtsStorageError,
     check_overwrite,
 )
-from airflow_provider_tts.storage.writers import LOCAL_WRITE_BYTES, UPLOAD_BLOCK_BYTES
+from airflow_provider_tts.storage.writers import LOCAL_WRITE_BYTES, SHA256_METADATA, UPLOAD_BLOCK_BYTES
 
 __all__ = [
     "ACCEPTED_TYPES",
+    "AZURE_SCHEMES",
     "BEHIND_BYTES",
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_MAX_BYTES",
     "DIRECT_SCHEMES",
     "EXTENSIONS",
+    "GCS_SCHEMES",
     "LOCAL_SCHEMES",
     "LOCAL_WRITE_BYTES",
     "OVERWRITE_POLICIES",

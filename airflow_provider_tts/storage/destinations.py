@@ -9,13 +9,12 @@ unreachable, tells whether the destination is a folder, and creates a local fold
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tts.compat import conn_id_of
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.storage.s3 import KNOWN_BUCKETS, s3_call
-from airflow_provider_tts.storage.schemes import scheme_of, write_mode
+from airflow_provider_tts.storage.schemes import S3_SCHEMES, scheme_of, write_mode
 from airflow_provider_tts.storage.types import TtsStorageError
 
 if TYPE_CHECKING:
@@ -26,7 +25,7 @@ def destination_path(destination: Any, dest_conn_id: str | None) -> ObjectStorag
     """Validate a destination (URI string or ObjectStoragePath) before anything is downloaded or written."""
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_tts.compat import has_fs, omit_secrets_from_dag_test_log
+    from airflow_provider_tts.compat import omit_secrets_from_dag_test_log
 
     omit_secrets_from_dag_test_log()  # the storage connection's secret is masked when it is looked up
     if isinstance(destination, ObjectStoragePath):
@@ -40,21 +39,31 @@ def destination_path(destination: Any, dest_conn_id: str | None) -> ObjectStorag
             raise TtsConfigError(
                 f"destination {raw!r} has no scheme; expected a URI such as file:///data/audio/ or s3://bucket/audio/"
             )
-        _check_scheme(raw, raw.split("://", 1)[0].lower(), has_fs)  # before UPath refuses it less clearly
+        _check_scheme(raw, raw.split("://", 1)[0].lower(), dest_conn_id)  # before UPath refuses it less clearly
         try:
             path = ObjectStoragePath(raw, conn_id=dest_conn_id)
         except ValueError as exc:
             raise TtsConfigError(f"destination {raw!r} is not a usable storage URI: {exc}") from None
-    _check_scheme(raw, scheme_of(path), has_fs)
+    _check_scheme(raw, scheme_of(path), conn_id_of(path))
     return path
 
 
-def _check_scheme(raw: str, scheme: str, has_fs: Callable[[str], bool]) -> None:
-    if not has_fs(scheme):
+def _check_scheme(raw: str, scheme: str, conn_id: str | None) -> None:
+    """A filesystem must serve ``scheme``: one a provider registers, or one attached for the connection."""
+    from airflow_provider_tts.compat import attached_fs, has_fs
+
+    if not has_fs(scheme) and not attached_fs(scheme, conn_id):
         raise TtsConfigError(
             f"destination {raw!r}: no filesystem is registered for scheme {scheme!r}; install the provider "
-            "that handles it (e.g. apache-airflow-providers-amazon for s3://)"
+            "that handles it (e.g. apache-airflow-providers-amazon for s3://, -google for gs://, "
+            "-microsoft-azure for abfs://) or attach one (airflow.sdk.io.attach(protocol, conn_id, fs=...))"
         )
+
+
+def bucket_known(path: ObjectStoragePath) -> tuple[str | None, str]:
+    """The key under which :data:`KNOWN_BUCKETS` remembers ``path``'s bucket (S3: the bucket name alone)."""
+    bucket = path.path.partition("/")[0]
+    return conn_id_of(path), bucket if scheme_of(path) in S3_SCHEMES else f"{scheme_of(path)}://{bucket}"
 
 
 def is_folder(destination: Any) -> bool:
@@ -71,8 +80,9 @@ def check_destination(path: ObjectStoragePath, *, folder_hint: bool) -> bool:
     ``/data/audio`` would move it into the folder under another name. On S3 one request
     (``ListObjectsV2`` under ``key/``, at most one key) tells both that the bucket exists and
     whether the name is a prefix; a destination written as a folder needs only the bucket, whose
-    existence is asked once per process and connection (``HeadBucket``), so every further file into
-    it costs no request here. A local folder (or a file's parent folder) is created.
+    existence is asked once per process and connection (``HeadBucket``; on GCS and Azure the
+    filesystem's ``exists``), so every further file into it costs no request here. A local folder
+    (or a file's parent folder) is created.
     """
     mode = write_mode(path)
     if mode == "rename":
@@ -87,7 +97,7 @@ def check_destination(path: ObjectStoragePath, *, folder_hint: bool) -> bool:
     try:
         s3 = s3_call(path)
         if s3 is not None:
-            known = (conn_id_of(path), bucket)
+            known = bucket_known(path)
             if folder_hint or not key.strip("/"):  # a folder by how it was written: only the bucket matters
                 if known not in KNOWN_BUCKETS:
                     s3("head_bucket", Bucket=bucket)
@@ -100,15 +110,18 @@ def check_destination(path: ObjectStoragePath, *, folder_hint: bool) -> bool:
             return bool(listing.get("KeyCount") or listing.get("Contents"))
         if not getattr(path, "bucket", bucket):  # a filesystem without buckets (sftp, memory): a folder tree
             path.fs.makedirs(path.path if folder_hint else path.parent.path, exist_ok=True)
-            return folder_hint or path.is_dir()
-        exists = path.fs.exists(bucket)
+            return folder_hint or path.fs.isdir(path.path)
+        known = bucket_known(path)
+        exists = known in KNOWN_BUCKETS or path.fs.exists(bucket)
     except FileNotFoundError:
         exists = False
     except Exception as exc:
         raise TtsStorageError(f"cannot reach the destination bucket {where}: {exc}") from exc
     if not exists:
         raise TtsStorageError(f"destination bucket {where} does not exist (or the connection cannot see it)")
-    return folder_hint or not key.strip("/") or path.is_dir()
+    KNOWN_BUCKETS.add(known)
+    # Through the path's own filesystem (``path.is_dir()`` may build another one without a connection).
+    return folder_hint or not key.strip("/") or bool(path.fs.isdir(path.path))
 
 
 def check_writable(path: ObjectStoragePath) -> None:

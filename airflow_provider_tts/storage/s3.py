@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from airflow_provider_tts.compat import conn_id_of
 from airflow_provider_tts.storage.schemes import S3_SCHEMES, scheme_of
-from airflow_provider_tts.storage.writers import UPLOAD_BLOCK_BYTES, Existing, Writer
+from airflow_provider_tts.storage.writers import SHA256_METADATA, UPLOAD_BLOCK_BYTES, Existing, Writer
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -32,8 +32,6 @@ log = logging.getLogger(__name__)
 #: part is signed, checksummed and acknowledged; a few keep it busy. With :data:`UPLOAD_BLOCK_BYTES`
 #: this bounds a large upload's buffers to ``(PARTS_IN_FLIGHT + 1) * UPLOAD_BLOCK_BYTES``.
 PARTS_IN_FLIGHT = 3
-#: Key of the object metadata (``x-amz-meta-sha256``) holding the sha256 of the bytes written.
-SHA256_METADATA = "sha256"
 
 #: An S3 API call: ``call("put_object", Bucket=..., ...)`` returns the parsed response; S3's errors
 #: arrive as :class:`OSError` subclasses (``FileNotFoundError`` for a missing key or bucket,
@@ -46,7 +44,8 @@ _S3Call = Callable[..., dict[str, Any]]
 #: filesystem cache (one per scheme and connection id), it lives as long as the process.
 _CLIENTS: dict[str | None, Any] = {}
 _CLIENTS_LOCK = threading.Lock()
-#: ``(connection id, bucket)`` pairs this process has seen exist. Knowing a bucket exists saves the
+#: ``(connection id, bucket)`` pairs this process has seen exist (``scheme://bucket`` for stores
+#: other than S3, whose bucket names live in other namespaces). Knowing a bucket exists saves the
 #: check's request for every further file into a folder of it; a bucket deleted since then makes the
 #: write itself fail (nothing becomes visible) and is forgotten here (see :func:`forget_bucket`).
 KNOWN_BUCKETS: set[tuple[str | None, str]] = set()
@@ -103,8 +102,20 @@ def _boto_call(client: Any, operation: str, **kwargs: Any) -> dict[str, Any]:
         raise OSError(f"{type(exc).__name__}: {exc}") from exc
 
 
+def precondition_failed(exc: BaseException) -> bool:
+    """An S3 answer saying the object exists (412), or that a concurrent create is in flight (409)."""
+    cause = exc.__cause__
+    code = str(getattr(cause, "response", {}).get("Error", {}).get("Code", "")) if cause is not None else ""
+    return code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409") or "PreconditionFailed" in str(
+        exc
+    )
+
+
 def forget_bucket(path: ObjectStoragePath) -> None:
-    KNOWN_BUCKETS.discard((conn_id_of(path), path.path.partition("/")[0]))
+    """Ask again whether ``path``'s bucket exists, next time (it was perhaps deleted since)."""
+    bucket = path.path.partition("/")[0]
+    KNOWN_BUCKETS.discard((conn_id_of(path), bucket))
+    KNOWN_BUCKETS.discard((conn_id_of(path), f"{scheme_of(path)}://{bucket}"))
 
 
 #: What a part's upload returns: its entry for ``CompleteMultipartUpload``, its MD5 (when the ETag
@@ -209,28 +220,39 @@ class S3DirectWriter(Writer):
 
     def _etag(self) -> str | None:
         """The ETag S3 gives the object this upload makes (unencrypted or SSE-S3); None if unknown."""
-        if self.md5s is None:
-            return None
+        if self.md5s is None and self.upload_id is not None:
+            return None  # the parts' MD5s were not kept
         last = hashlib.md5(memoryview(self.buffer)[: self.filled], usedforsecurity=False).digest()
-        if self.upload_id is None:
+        if self.upload_id is None:  # one PutObject: its bytes are all still here
             return last.hex()
+        assert self.md5s is not None
         md5s = [*self.md5s, last] if self.filled else self.md5s
         return f"{hashlib.md5(b''.join(md5s), usedforsecurity=False).hexdigest()}-{len(md5s)}"
 
     #: S3's ETag of the object :meth:`commit` made (from the completing request itself).
     etag: str | None = None
+    #: A single ``PutObject`` only if nothing is at the key (``If-None-Match: *``): :meth:`commit`
+    #: then raises :class:`FileExistsError` when something is, writing nothing (see ``store_stream``).
+    only_if_absent = False
 
     def commit(self, sha256: str, size: int) -> None:
         if self.upload_id is None:
             del self.buffer[self.filled :]
-            done = self.s3(
-                "put_object",
-                Bucket=self.bucket,
-                Key=self.key,
-                Body=self.buffer,
-                ContentType=self.content_type,
-                Metadata={SHA256_METADATA: sha256},
-            )
+            condition = {"IfNoneMatch": "*"} if self.only_if_absent else {}
+            try:
+                done = self.s3(
+                    "put_object",
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    Body=self.buffer,
+                    ContentType=self.content_type,
+                    Metadata={SHA256_METADATA: sha256},
+                    **condition,
+                )
+            except OSError as exc:
+                if condition and precondition_failed(exc):
+                    raise FileExistsError(f"{self.path} exists") from exc
+                raise
         else:
             if self.filled:
                 self._send_part()

@@ -24,6 +24,10 @@ LOCAL_SCHEMES = frozenset({"file", "local", ""})
 RENAME_SCHEMES = LOCAL_SCHEMES
 #: Schemes served by s3fs, whose S3 calls the direct writer makes itself (to choose PUT vs multipart).
 S3_SCHEMES = frozenset({"s3", "s3a"})
+#: Google Cloud Storage (gcsfs) and Azure Blob Storage (adlfs): written by
+#: :class:`airflow_provider_tts.storage.blobs.BlobWriter` through the filesystem's fsspec methods.
+GCS_SCHEMES = frozenset({"gs", "gcs"})
+AZURE_SCHEMES = frozenset({"abfs", "abfss", "az"})
 
 
 def scheme_of(path: ObjectStoragePath) -> str:

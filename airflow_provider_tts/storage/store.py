@@ -21,18 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tts import metrics
 from airflow_provider_tts.exceptions import TtsConfigError, TtsProtocolError
+from airflow_provider_tts.storage.blobs import BlobWriter, blob_existing
 from airflow_provider_tts.storage.content import audio_duration, check_audio_body
 from airflow_provider_tts.storage.destinations import check_destination
-from airflow_provider_tts.storage.s3 import SHA256_METADATA, S3DirectWriter, forget_bucket, s3_call
-from airflow_provider_tts.storage.schemes import WriteMode, scheme_of, write_mode
+from airflow_provider_tts.storage.s3 import S3DirectWriter, forget_bucket, s3_call
+from airflow_provider_tts.storage.schemes import AZURE_SCHEMES, GCS_SCHEMES, WriteMode, scheme_of, write_mode
 from airflow_provider_tts.storage.types import OverwritePolicy, StoredAudio, TtsStorageError, check_overwrite
-from airflow_provider_tts.storage.writers import (
-    UPLOAD_BLOCK_BYTES,
-    Existing,
-    FsspecDirectWriter,
-    TempWriter,
-    Writer,
-)
+from airflow_provider_tts.storage.writers import SHA256_METADATA, UPLOAD_BLOCK_BYTES, Existing, TempWriter, Writer
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -48,6 +43,10 @@ DEFAULT_CHUNK_BYTES = 256 * 1024
 PROGRESS_LOG_INTERVAL = 5.0
 #: Bytes the helper thread may lag behind the download (at least two chunks).
 BEHIND_BYTES = 1024**2
+#: A file announced at or below this size is hashed in the downloading thread: for the 100 KB-1 MB
+#: files of a batch, starting and feeding a helper thread cost more than the hashing it overlaps
+#: (cProfile, 60 files of 300 KB to moto: about 3 ms a file to start the thread at load 15-20).
+INLINE_BYTES = 2 * 1024**2
 
 
 def check_store_settings(overwrite: Any, max_bytes: Any, chunk_bytes: Any) -> None:
@@ -81,6 +80,8 @@ def _existing(path: ObjectStoragePath, mode: WriteMode) -> Existing | None:
             return None
         meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
         return Existing(int(head["ContentLength"]), meta.get(SHA256_METADATA), head.get("ETag"))
+    if scheme_of(path) in GCS_SCHEMES | AZURE_SCHEMES:
+        return blob_existing(path)
     try:
         info = path.fs.info(path.path)
     except FileNotFoundError:
@@ -114,7 +115,9 @@ def _open_writer(
         # The ETag is worth computing only if an object of the same size could be these very bytes.
         want_etag = existing is not None and existing.sha256 is None and size in (existing.size, -1)
         return S3DirectWriter(path, s3, content_type, want_etag)
-    return FsspecDirectWriter(path, content_type)
+    if scheme_of(path) in GCS_SCHEMES | AZURE_SCHEMES:
+        return BlobWriter(path, content_type)
+    return TempWriter(path, temp_name, "copy")  # a direct scheme on a filesystem of unknown kind
 
 
 @dataclass
@@ -179,8 +182,8 @@ def store_stream(
     """Stream ``chunks`` into ``path`` atomically; verify length and cap; apply the overwrite policy.
 
     What each policy does when the destination exists (one metadata request finds out: a HEAD on
-    object stores, ``stat`` on a local disk; ``replace`` on S3 asks nothing, the write is its only
-    request):
+    object stores, ``stat`` on a local disk; ``replace`` on an object store asks nothing, the write
+    is its only request):
 
     * ``replace``: the new bytes replace it, whatever they are.
     * ``skip_if_identical``: the new bytes are streamed and hashed first; if their size and sha256
@@ -203,11 +206,19 @@ def store_stream(
     try:
         if not checked and check_destination(path, folder_hint=False):
             raise TtsStorageError(f"destination {path} is a folder; refusing to write onto it")
-        # ``replace`` on S3 needs nothing from the object already there: S3 has no directory to
-        # refuse (a prefix at the name was refused by check_destination) and the new bytes replace
-        # whatever is there, atomically. So no HEAD: the write is the file's only request.
-        replacing_on_s3 = overwrite == "replace" and mode == "direct" and s3_call(path) is not None
-        existing = None if replacing_on_s3 else _existing(path, mode)
+        # ``replace`` on an object store (S3, GCS, Azure) needs nothing from the object already
+        # there: no directory to refuse (a prefix at the name was refused by check_destination) and
+        # the new bytes replace whatever is there, atomically. So no HEAD: the write is the file's
+        # only request.
+        # ``skip_if_identical`` for a small file on S3: a nightly batch writes mostly new names, so
+        # the write goes first, as a PutObject only if nothing is there (one request in all); only
+        # when S3 refuses it (something is there) is the object's HEAD asked, and the policy applied.
+        absent_first = (
+            overwrite == "skip_if_identical" and mode == "direct" and content_length is not None
+            and content_length <= UPLOAD_BLOCK_BYTES and s3_call(path) is not None
+        )  # fmt: skip
+        asks_nothing = (overwrite == "replace" and mode == "direct") or absent_first
+        existing = None if asks_nothing else _existing(path, mode)
     except OSError as exc:
         raise TtsStorageError(f"checking {path} failed: {type(exc).__name__}: {exc}") from exc
     if existing is not None and overwrite == "fail":
@@ -223,13 +234,19 @@ def store_stream(
     writer: Writer | None = None
     try:
         writer = _open_writer(path, mode, temp_name, content_type, existing, expected)
+        if absent_first and isinstance(writer, S3DirectWriter):
+            writer.only_if_absent = True
         depth = max(2, BEHIND_BYTES // max(chunk_bytes, 1))
         # Two stages per chunk run side by side (hashlib, socket reads and writes release the GIL):
         # where a write returns at once (a local file, in small writes like curl; an S3 part being
         # filled, uploaded by the writer's own pool) this thread reads and writes while a helper
         # thread hashes; elsewhere a helper thread writes (an upload blocks) while this one hashes.
         foreground: Callable[[bytes], Any]
-        if writer.writes_at_once:
+        behind: _Behind | _Inline
+        if content_length is not None and content_length <= INLINE_BYTES:
+            # A small file: hashing it here costs less than starting and feeding a helper thread.
+            behind, foreground = _Inline(digest.update), writer.write
+        elif writer.writes_at_once:
             behind = _Behind(digest.update, depth, "tts-audio-hash")
             foreground = writer.write
         else:
@@ -270,10 +287,13 @@ def store_stream(
                     "%s held other bytes (%d bytes, sha256 %s); replacing them with %d bytes (sha256 %s)",
                     path, existing.size, existing.sha256 or "not recorded", size, sha256,
                 )  # fmt: skip
-            writer.commit(sha256, size)
-            etag = getattr(writer, "etag", None)
+            written, existing = _commit(writer, path, mode, sha256, size, existing, absent_first)
+            etag = getattr(writer, "etag", None) if written else (existing.etag if existing else None)
+            if not written:
+                writer.abandon()
             writer = None
-            _verify(path, mode, size)
+            if written:
+                _verify(path, mode, size)
         else:
             writer.abandon()
             writer = None
@@ -292,6 +312,41 @@ def store_stream(
     return StoredAudio(str(path), size, sha256, content_type, duration, tts_task_id, written, etag)
 
 
+def _commit(
+    writer: Writer,
+    path: ObjectStoragePath,
+    mode: WriteMode,
+    sha256: str,
+    size: int,
+    existing: Existing | None,
+    absent_first: bool,
+) -> tuple[bool, Existing | None]:
+    """Commit ``writer``: whether it was written, and what was there.
+
+    A write sent only if nothing is there (``absent_first``) that S3 refused because something is:
+    look at it (one HEAD) and apply ``skip_if_identical``, leaving identical bytes as they are.
+    """
+    try:
+        writer.commit(sha256, size)
+        return True, existing
+    except FileExistsError:
+        if not absent_first:
+            raise
+    existing = _existing(path, mode)
+    if existing is not None and existing.size == size and writer.same_as(existing, sha256):
+        log.info("%s already holds these %d bytes (sha256 %s); not rewriting it", path, size, sha256)
+        return False, existing
+    if existing is not None:
+        log.warning(
+            "%s held other bytes (%d bytes, sha256 %s); replacing them with %d bytes (sha256 %s)",
+            path, existing.size, existing.sha256 or "not recorded", size, sha256,
+        )  # fmt: skip
+    if isinstance(writer, S3DirectWriter):
+        writer.only_if_absent = False
+    writer.commit(sha256, size)
+    return True, existing
+
+
 def _verify(path: ObjectStoragePath, mode: WriteMode, size: int) -> None:
     """Check that the destination holds a file of ``size`` bytes before success is reported.
 
@@ -308,6 +363,19 @@ def _verify(path: ObjectStoragePath, mode: WriteMode, size: int) -> None:
         found = None
     if found != size:
         raise TtsStorageError(f"after writing {size} bytes, {path} holds {found if found is not None else 'nothing'}")
+
+
+class _Inline:
+    """:class:`_Behind`'s interface without the thread: ``consume`` runs at once, in the caller's thread."""
+
+    def __init__(self, consume: Callable[[bytes], Any]) -> None:
+        self.put = consume
+
+    def finish(self) -> None:
+        """Nothing is pending."""
+
+    def abort(self) -> None:
+        """Nothing is running."""
 
 
 class _Behind:

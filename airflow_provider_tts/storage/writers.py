@@ -2,12 +2,13 @@
 
 A writer receives the chunks, then either commits them (they become visible at the destination
 at once, whole) or abandons them, leaving nothing behind. :class:`TempWriter` writes a temporary
-beside the destination (``rename`` and ``copy`` modes); :class:`FsspecDirectWriter` writes an
-object store's own uncommitted file. The S3 writer is in :mod:`airflow_provider_tts.storage.s3`.
+beside the destination (``rename`` and ``copy`` modes). The object stores' direct writers are in
+:mod:`airflow_provider_tts.storage.s3` and :mod:`airflow_provider_tts.storage.blobs`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ UPLOAD_BLOCK_BYTES = 8 * 1024**2
 #: page cache from large folios, slower to fault in on VMs that hand memory back to their host
 #: (see BENCHMARKS.md).
 LOCAL_WRITE_BYTES = 16 * 1024
+#: Key of the object metadata holding the sha256 of the bytes written (S3 ``x-amz-meta-sha256``, GCS
+#: and Azure custom metadata): what makes ``skip_if_identical`` one metadata request, no read-back.
+SHA256_METADATA = "sha256"
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,7 @@ class TempWriter(Writer):
     def abandon(self) -> None:
         try:
             if not self.out.closed:
-                _abandon_file(self.out)
+                abandon_file(self.out)
             if self.mode == "rename":
                 os.unlink(self.temp.path)
             else:
@@ -106,42 +110,27 @@ class TempWriter(Writer):
             log.warning("Could not remove the temporary %s", self.temp, exc_info=True)
 
 
-class FsspecDirectWriter(Writer):
-    """``direct`` on object stores other than S3: the filesystem's own file, uncommitted until the end."""
-
-    def __init__(self, path: ObjectStoragePath, content_type: str) -> None:
-        self.path = path
-        self.out = path.fs.open(path.path, "wb", block_size=UPLOAD_BLOCK_BYTES, autocommit=False)
-
-    def write(self, chunk: bytes) -> None:
-        self.out.write(chunk)
-
-    def finish(self) -> None:
-        self.out.close()  # uploads what is buffered; with autocommit=False nothing is visible yet
-
-    def commit(self, sha256: str, size: int) -> None:
-        self.out.commit()
-
-    def abandon(self) -> None:
-        _abandon_file(self.out)
-
-
-def _abandon_file(out: Any) -> None:
+def abandon_file(out: Any) -> None:
     """Give up an fsspec file being written without committing it.
 
-    Closing an object-store file commits it (s3fs completes the multipart upload), which would
-    publish a partial object. ``discard()`` aborts the upload instead; the file object is then marked
-    closed so its finaliser does not try to commit after all. A local file is simply closed.
+    Closing an object-store file commits it (s3fs completes the multipart upload, gcsfs sends the
+    final chunk, adlfs commits the block list), which would publish a partial object. ``discard()``
+    cancels the upload instead where the file has one; the file object is then marked closed, even
+    when the discard failed, so that its finaliser (``__del__`` closes an open file) never commits
+    after all. A local file is simply closed.
     """
+    discard = getattr(out, "discard", None)
     try:
-        discard = getattr(out, "discard", None)
         if callable(discard):
             discard()
-            out.closed = True
         else:
             out.close()
-    except Exception:  # the original error matters more
-        log.warning("Could not abandon the upload %s", out, exc_info=True)
+    except Exception:  # the original error matters more; an unfinished upload publishes nothing
+        log.warning("Could not cancel the upload %s", out, exc_info=True)
+    finally:
+        if callable(discard):
+            with contextlib.suppress(AttributeError):  # io-based files (memory://): a read-only ``closed``
+                out.closed = True
 
 
 def _write_all(out: Any, chunk: bytes, step: int) -> None:

@@ -22,6 +22,10 @@ def main(spec: dict[str, object]) -> None:
     from airflow_provider_tts.transport import AudioStream
     from tests.operators.conftest import ti_context
 
+    if spec.get("attach"):  # a gs:// or abfs:// destination: the filesystem the test attached, here too
+        from tests.operators.object_stores import attach_filesystem
+
+        attach_filesystem(*spec["attach"])  # type: ignore[misc]
     ready = Path(str(spec["ready_file"]))
     pause_after = int(spec["pause_after_bytes"])  # type: ignore[call-overload]
     pause = float(spec["pause_seconds"])  # type: ignore[arg-type]

@@ -215,3 +215,35 @@ def wait_until(condition: Any, proc: subprocess.Popen[str], timeout: float = 240
             err = proc.output.read()  # type: ignore[attr-defined]
             raise AssertionError(f"timed out waiting for the worker; its output:\n{err[-3000:]}")
         time.sleep(0.02)
+
+
+def kill_when(condition: Any, proc: subprocess.Popen[str], before_kill: Any = None) -> None:
+    """Wait until ``condition`` holds in the worker, run ``before_kill``, SIGKILL it; always reap it."""
+    import signal
+
+    try:
+        wait_until(condition, proc)
+        if before_kill is not None:
+            before_kill()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.output.close()  # type: ignore[attr-defined]
+    assert proc.returncode == -signal.SIGKILL
+
+
+def without_content_length(mp: pytest.MonkeyPatch) -> None:
+    """Make every audio stream look as if the server had sent no Content-Length (the cap applies late)."""
+    from airflow_provider_tts.hooks.tts import TtsHook
+
+    real_open = TtsHook.open_audio
+
+    def unsized(self: Any, status: Any) -> Any:
+        stream = real_open(self, status)
+        stream.content_length = None
+        return stream
+
+    mp.setattr(TtsHook, "open_audio", unsized)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import re
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from airflow_provider_tts.status import TtsTaskStatus
 from airflow_provider_tts.storage import TtsStorageError, store_stream
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger
 from tests.conftest import PAIRS, TEST_KEY, ConnFactory
-from tests.operators.conftest import run_worker, ti_context, wait_until
+from tests.operators.conftest import kill_when, run_worker, ti_context
 
 EXTENSIONS = {"audio/flac": ".flac", "audio/wav": ".wav"}
 MAGIC = {"audio/flac": b"fLaC", "audio/wav": b"RIFF"}
@@ -513,17 +512,13 @@ def test_killed_download_leaves_no_destination_and_the_retry_overwrites_its_temp
             "pause_seconds": 2.0,
         }
     )
-    try:
-        wait_until(lambda: ready.exists() and temp.exists() and temp.stat().st_size >= 8 * 1024**2, proc)
+
+    def nothing_visible_yet() -> None:
         assert not final.exists()
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.output.close()  # type: ignore[attr-defined]
-    assert proc.returncode == -signal.SIGKILL
+
+    kill_when(
+        lambda: ready.exists() and temp.exists() and temp.stat().st_size >= 8 * 1024**2, proc, nothing_visible_yet
+    )
 
     # Killed mid-way: no destination; only the temporary, hidden and named for this task instance.
     assert not final.exists()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from airflow_provider_tts.exceptions import TtsConfigError, TtsConnectionError, 
 from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator
 from airflow_provider_tts.storage import TtsStorageError
 from tests.conftest import PAIRS, ConnFactory
-from tests.operators.conftest import run_worker, ti_context, wait_until
+from tests.operators.conftest import kill_when, run_worker, ti_context, without_content_length
 
 EXTENSIONS = {"audio/flac": ".flac", "audio/wav": ".wav"}
 
@@ -144,17 +143,8 @@ def test_failure_after_uploaded_parts_aborts_the_upload(
     op = _op(make_conn("camb_ai"), task_id, f"s3://{bucket}/x.wav", "text-to-sound", dest_conn_id=aws_conn)
     op.max_bytes = 24 * 1024**2
 
-    from airflow_provider_tts import hooks
-
-    real_open = hooks.tts.TtsHook.open_audio
-
-    def unsized(self: Any, status: Any) -> Any:  # as if the server had sent no Content-Length
-        stream = real_open(self, status)
-        stream.content_length = None
-        return stream
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hooks.tts.TtsHook, "open_audio", unsized)
+        without_content_length(mp)
         with pytest.raises(TtsProtocolError, match="exceeded"):
             op.execute(ti_context())
     assert _keys(s3, bucket) == []
@@ -229,17 +219,10 @@ def test_killed_upload_leaves_no_object_and_the_retry_cleans_up(
         parts = s3.list_parts(Bucket=bucket, Key=key, UploadId=uploads[0]["UploadId"]).get("Parts", [])
         return len(parts) >= 2
 
-    try:
-        wait_until(parts_uploaded, proc)
+    def nothing_visible_yet() -> None:
         assert _keys(s3, bucket) == []
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.output.close()  # type: ignore[attr-defined]
-    assert proc.returncode == -signal.SIGKILL
+
+    kill_when(parts_uploaded, proc, nothing_visible_yet)
 
     # Killed mid-upload: no object at all; only the unfinished upload, on the destination key itself.
     assert _keys(s3, bucket) == []
@@ -353,20 +336,21 @@ def test_a_new_file_is_one_put_with_its_sha256_in_metadata(
         result = op.execute(ti_context())
     requests = _requests(caplog, bucket)
     key = f"audio/{TI_NAME}.flac"
-    # One write (the PutObject of the destination key itself: no temporary, no copy, no delete);
-    # one HeadBucket (the bucket exists: asked once per process) and one HEAD (is something there).
+    # One write (the PutObject of the destination key itself, sent only if nothing is there: no
+    # temporary, no copy, no delete, no HEAD first); one HeadBucket (asked once per process).
     assert _writes(requests) == [f"PUT /{bucket}/{key}"], requests
-    assert [r.split("?")[0] for r in requests] == [f"HEAD /{bucket}", f"HEAD /{bucket}/{key}", f"PUT /{bucket}/{key}"]
+    assert [r.split("?")[0] for r in requests] == [f"HEAD /{bucket}", f"PUT /{bucket}/{key}"]
     head = s3.head_object(Bucket=bucket, Key=key)
     assert head["Metadata"] == {"sha256": result["sha256"]}
     assert head["ContentType"] == "audio/flac"
     assert _keys(s3, bucket) == [key]
 
 
-def test_every_further_file_into_a_folder_is_one_head_and_one_put(
+def test_every_further_new_file_into_a_folder_is_one_put(
     emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The bucket is known to exist after the first file: no listing, no HeadBucket for the others.
+    # The bucket is known to exist after the first file: no listing, no HeadBucket for the others;
+    # a new small file under ``skip_if_identical`` is one conditional PutObject, no HEAD.
     conn = make_conn("camb_ai")
     for name in ("one", "two"):
         task_id = emu.create_task("camb_ai", "tts", delay=0)
@@ -374,7 +358,7 @@ def test_every_further_file_into_a_folder_is_one_head_and_one_put(
         with caplog.at_level(logging.INFO, logger="werkzeug"):
             _op(conn, task_id, f"s3://{bucket}/audio/", file_name=name, dest_conn_id=aws_conn).execute(ti_context())
     requests = [r.split("?")[0] for r in _requests(caplog, bucket)]
-    assert requests == [f"HEAD /{bucket}/audio/two.flac", f"PUT /{bucket}/audio/two.flac"]
+    assert requests == [f"PUT /{bucket}/audio/two.flac"]
     assert _keys(s3, bucket) == ["audio/one.flac", "audio/two.flac"]
 
 
@@ -448,10 +432,11 @@ def test_skip_if_identical_costs_one_head_and_no_download(
     requests = _requests(caplog, versioned)
     assert [r for r in requests if r.startswith("HEAD ")] == [f"HEAD /{versioned}/rain.wav"]
     assert not [r for r in requests if r.startswith("GET /" + versioned + "/rain.wav")]  # never read back
-    completed = [
-        r for r in requests if (r.startswith("PUT ") and "partNumber" not in r) or ("uploadId" in r and "POST" in r)
-    ]
-    assert completed == [], requests  # no PutObject, no CompleteMultipartUpload
+    completed = [r for r in requests if "uploadId" in r and "POST" in r]
+    assert completed == [], requests  # no CompleteMultipartUpload
+    # A small file is first sent only if nothing is there (refused here: no version made), then the HEAD.
+    puts = [r.split("?")[0] for r in requests if r.startswith("PUT ") and "partNumber" not in r]
+    assert puts == ([f"PUT /{versioned}/rain.wav"] if size <= 8 * 1024**2 else []), requests
     assert _versions(s3, versioned, "rain.wav") == 1
     assert _uploads(s3, versioned) == []  # a multipart upload of the same bytes was aborted, not completed
 

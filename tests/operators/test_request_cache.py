@@ -378,23 +378,28 @@ def test_of_two_claims_at_once_exactly_one_wins(scheme: str, tmp_path: Path, req
     """The claim is a create-if-absent: a hard link locally, ``If-None-Match: *`` on S3."""
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_tts.objects import create_small
-
     if scheme == "s3":
         bucket, aws_conn = request.getfixturevalue("bucket"), request.getfixturevalue("aws_conn")
         path = ObjectStoragePath(f"s3://{bucket}/claims/one.json", conn_id=aws_conn)
     else:
         path = ObjectStoragePath(f"file://{tmp_path}/claims/one.json")
+    assert sorted(claim_race(path)) == [False] * 7 + [True]
+
+
+def claim_race(path: Any, claimants: int = 8) -> list[bool]:
+    """What ``create_small`` answered each of ``claimants`` threads claiming ``path`` at the same moment."""
+    from airflow_provider_tts.objects import create_small
+
     wins: list[bool] = []
-    barrier = threading.Barrier(8)
+    barrier = threading.Barrier(claimants)
 
     def claim(n: int) -> None:
         barrier.wait()
         wins.append(create_small(path, json.dumps({"claimant": n}).encode()))
 
-    threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(claimants)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(wins) == [False] * 7 + [True]
+    return wins
