@@ -66,28 +66,26 @@ async def wait_for_all(
     waiting = dict(sorted(pending.items(), key=lambda item: (item[1], item[0])))  # oldest first
     counts = {"succeeded": 0, "failed": 0, "errors": 0}
     errors: dict[str, int] = {}
-    group = max(int(concurrency), 1)
-    semaphore = asyncio.Semaphore(group)
+    group = max(int(concurrency), 1)  # polls in flight at once: the sweep's window
     total = len(waiting)
     last_progress = time.monotonic()
 
     async def poll(task_id: str) -> tuple[str, str]:
-        async with semaphore:
-            if stopped():
-                return task_id, "wait"
-            try:
-                status = await hook.aget_task_status(task_id, kind)
-            except (TtsAuthError, TtsConfigError):
-                raise
-            except Exception as exc:
-                errors[task_id] = errors.get(task_id, 0) + 1
-                if errors[task_id] > policy.max_consecutive_errors:
-                    log.warning("Giving up on task %s after %d failed polls: %s", task_id, errors[task_id], exc)
-                    return task_id, "errors"
-                return task_id, "wait"
-            errors.pop(task_id, None)
-            verdict = policy.verdict(status, time.time() - waiting[task_id])
-            return task_id, verdict
+        if stopped():
+            return task_id, "wait"
+        try:
+            status = await hook.aget_task_status(task_id, kind)
+        except (TtsAuthError, TtsConfigError):
+            raise
+        except Exception as exc:
+            errors[task_id] = errors.get(task_id, 0) + 1
+            if errors[task_id] > policy.max_consecutive_errors:
+                log.warning("Giving up on task %s after %d failed polls: %s", task_id, errors[task_id], exc)
+                return task_id, "errors"
+            return task_id, "wait"
+        errors.pop(task_id, None)
+        verdict = policy.verdict(status, time.time() - waiting[task_id])
+        return task_id, verdict
 
     def ended(task_id: str, verdict: str) -> bool:
         """Count a poll's verdict; whether the task ended."""
