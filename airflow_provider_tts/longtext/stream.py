@@ -29,6 +29,7 @@ from airflow_provider_tts.hooked import TtsHookMixin
 from airflow_provider_tts.lineage import default_outlet
 from airflow_provider_tts.links import StoredAudioLink
 from airflow_provider_tts.longtext.output import LongTextOutput
+from airflow_provider_tts.operators.stream_to_storage import STREAM_FIELDS, STREAM_TEMPLATE_FIELDS
 from airflow_provider_tts.renames import request_retry_overrides
 from airflow_provider_tts.storage import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_BYTES, OverwritePolicy, check_destination
 from airflow_provider_tts.storing import plain_uri
@@ -67,10 +68,7 @@ class CambTtsStreamLongTextToStorageOperator(LongTextOutput, TtsHookMixin, BaseO
     parts (None when a part's answer did not say).
     """
 
-    template_fields: Sequence[str] = (
-        "text", "language", "voice_id", "speech_model", "user_instructions", "destination", "file_name",
-        "tts_conn_id", "dest_conn_id",
-    )  # fmt: skip
+    template_fields: Sequence[str] = STREAM_TEMPLATE_FIELDS
     ui_color = "#d9ecf2"
     operator_extra_links = (StoredAudioLink(),)
 
@@ -150,8 +148,6 @@ class CambTtsStreamLongTextToStorageOperator(LongTextOutput, TtsHookMixin, BaseO
 
     @staticmethod
     def _shared_fields() -> tuple[str, ...]:
-        from airflow_provider_tts.operators.stream_to_storage import STREAM_FIELDS
-
         return tuple(name for name in STREAM_FIELDS if name != "text")
 
     def _bodies(self) -> list[dict[str, Any]]:

@@ -49,6 +49,12 @@ STREAM_FIELDS: tuple[str, ...] = (
     "output_configuration", "voice_settings", "inference_options",
 )  # fmt: skip
 
+#: What every ``/tts-stream`` storing operator templates (the one-text one and the long-text one).
+STREAM_TEMPLATE_FIELDS: tuple[str, ...] = (
+    "text", "language", "voice_id", "speech_model", "user_instructions", "destination", "file_name",
+    "tts_conn_id", "dest_conn_id",
+)  # fmt: skip
+
 
 class CambTtsStreamToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
     """Synthesise speech with Camb.ai's ``/tts-stream`` and stream it straight into object storage.
@@ -112,10 +118,7 @@ class CambTtsStreamToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperat
     ``requests`` 1 (0 on a cache hit).
     """
 
-    template_fields: Sequence[str] = (
-        "text", "language", "voice_id", "speech_model", "user_instructions", "destination", "file_name",
-        "tts_conn_id", "dest_conn_id",
-    )  # fmt: skip
+    template_fields: Sequence[str] = STREAM_TEMPLATE_FIELDS
     ui_color = "#d9ecf2"
     operator_extra_links = (StoredAudioLink(),)
 
