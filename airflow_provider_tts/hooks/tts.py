@@ -28,10 +28,10 @@ from airflow_provider_tts.exceptions import (
 )
 from airflow_provider_tts.hooks.connections import RESOLVED_CONNECTIONS
 from airflow_provider_tts.renames import REQUEST_RETRY_KEYS, request_retry_overrides
-from airflow_provider_tts.status import TtsTaskStatus
+from airflow_provider_tts.status import Kind, TtsTaskStatus
 from airflow_provider_tts.transport import PACERS, AsyncTransport, AudioStream, Pacer, SyncTransport
 from airflow_provider_tts.vendors import vendor_class
-from airflow_provider_tts.vendors.base import ApiRequest, Submission, Vendor, validate_task_id
+from airflow_provider_tts.vendors.base import ApiRequest, ApiResponse, Submission, Vendor, validate_task_id
 
 if TYPE_CHECKING:
     import requests
@@ -49,6 +49,39 @@ def _mask(secret: str) -> None:
     from airflow_provider_tts.compat import mask_secret
 
     mask_secret(secret)
+
+
+class StatusPoll:
+    """One task's status request and parser, kept by the hook from one poll to the next.
+
+    A wait polls the same task for minutes and the vendor answers the same bytes until the task
+    moves on, so the request is built and its arguments checked once, and an answer identical to
+    the last one (HTTP status and body) returns the status parsed from it before: a pending poll
+    then costs no JSON decoding and no model validation. Only the body and the status decide what
+    a successful parse returns (headers and URL only shape error messages), errors are never kept,
+    and :class:`TtsTaskStatus` is frozen, so handing out the same object is safe.
+    """
+
+    __slots__ = ("_answer", "_kind", "_status", "_task_id", "request", "vendor")
+
+    #: Polls a hook keeps at most (the newest): one per wait, a sliding window's worth for a batch.
+    KEPT = 256
+
+    def __init__(self, vendor: Vendor, kind: Kind, tts_task_id: str) -> None:
+        self.vendor = vendor
+        self._kind = kind
+        self._task_id = tts_task_id
+        self.request = vendor.status_request(kind, tts_task_id)
+        self._answer: tuple[int, bytes] | None = None
+        self._status: TtsTaskStatus | None = None
+
+    def parse(self, resp: ApiResponse) -> TtsTaskStatus:
+        answer = (resp.status, resp.body)
+        if answer == self._answer and self._status is not None:
+            return self._status
+        status = self.vendor.parse_status(self._kind, self._task_id, resp)
+        self._answer, self._status = answer, status
+        return status
 
 
 class TtsHook(BaseHook):
@@ -94,6 +127,7 @@ class TtsHook(BaseHook):
         # Tasks a vendor finished synchronously at submit time: their audio must not be lost even
         # if the status endpoint has not caught up yet.
         self._finished_at_submit: dict[tuple[str, str], TtsTaskStatus] = {}
+        self._status_polls: dict[tuple[str, str], StatusPoll] = {}
 
     # ----------------------------------------------------------------------- connection and setup
 
@@ -204,21 +238,24 @@ class TtsHook(BaseHook):
 
     # --------------------------------------------------------------------------------- statuses
 
-    def _status_call(self, vendor: Vendor, tts_task_id: str, kind: str) -> tuple[ApiRequest, Any]:
-        checked_kind = vendor.check_kind(kind)
-        task_id = validate_task_id(tts_task_id)
-        return vendor.status_request(checked_kind, task_id), (
-            lambda resp: vendor.parse_status(checked_kind, task_id, resp)
-        )
+    def _status_poll(self, vendor: Vendor, tts_task_id: str, kind: str) -> StatusPoll:
+        """The kept :class:`StatusPoll` of a task, made (and its arguments checked) on its first poll."""
+        key = (kind, tts_task_id)
+        poll = self._status_polls.get(key)
+        if poll is None or poll.vendor is not vendor:
+            if len(self._status_polls) >= StatusPoll.KEPT:  # a batch polls thousands: keep the newest
+                del self._status_polls[next(iter(self._status_polls))]
+            poll = self._status_polls[key] = StatusPoll(vendor, vendor.check_kind(kind), validate_task_id(tts_task_id))
+        return poll
 
     def get_task_status(self, tts_task_id: str, kind: str = "tts") -> TtsTaskStatus:
         """Poll a task once (retrying transient failures) and return its normalised status."""
         vendor = self.vendor
         if known := self._finished_at_submit.get((kind, tts_task_id)):
             return known
-        req, parse = self._status_call(vendor, tts_task_id, kind)
+        poll = self._status_poll(vendor, tts_task_id, kind)
         with metrics.timed(vendor.api, kind, "status"):
-            status: TtsTaskStatus = self._sync.call(req, parse)
+            status: TtsTaskStatus = self._sync.call(poll.request, poll.parse)
         metrics.polled(status)
         return status
 
@@ -227,9 +264,9 @@ class TtsHook(BaseHook):
         vendor = await self.avendor()
         if known := self._finished_at_submit.get((kind, tts_task_id)):
             return known
-        req, parse = self._status_call(vendor, tts_task_id, kind)
+        poll = self._status_poll(vendor, tts_task_id, kind)
         with metrics.timed(vendor.api, kind, "status"):
-            status: TtsTaskStatus = await (await self._async()).call(req, parse)
+            status: TtsTaskStatus = await (await self._async()).call(poll.request, poll.parse)
         metrics.polled(status)
         return status
 

@@ -167,6 +167,26 @@ class SessionPool:
 SESSION_POOL = SessionPool()
 
 
+async def _body(resp: aiohttp.ClientResponse, req: ApiRequest) -> bytes:
+    """A JSON answer's body, refused past :data:`MAX_JSON_BODY` bytes.
+
+    An uncompressed answer that states its length is read in one call (a poll's few hundred
+    bytes); any other (chunked, or compressed, whose stated length says nothing about what it
+    inflates to) is read piece by piece and refused as soon as it grows too big.
+    """
+    length = resp.content_length
+    if length is not None and "Content-Encoding" not in resp.headers:
+        if length > MAX_JSON_BODY:
+            raise too_big(req, str(resp.url))
+        return await resp.read()
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            raise too_big(req, str(resp.url))
+    return bytes(body)
+
+
 class AsyncTransport:
     """Non-blocking HTTP through a reused ``aiohttp.ClientSession``.
 
@@ -194,6 +214,7 @@ class AsyncTransport:
         self._checked_url: str | None = None
         self._shown_url: tuple[str, str] = ("", "")  # the last answer's URL and its safe_url()
         self._checked_on_api_origin = False
+        self._last_prepared: tuple[ApiRequest, str, Any, dict[str, str]] | None = None
         self._storage_sessions: dict[str, aiohttp.ClientSession] = {}
         #: The connection's pacer, shared with its other transports in this process (see :class:`Pacer`).
         self.pacer: Pacer | None = None
@@ -236,6 +257,24 @@ class AsyncTransport:
             self._shown_url = (url, safe_url(url))
         return self._shown_url[1]
 
+    def _prepared(self, req: ApiRequest, url: str) -> tuple[Any, dict[str, str]]:
+        """The URL object and headers to send ``req`` to ``url`` with, kept for the last request.
+
+        A wait sends the same request object to the same URL poll after poll; building the headers
+        (the origin check, the key) and letting aiohttp parse the URL string again each time is
+        per-poll work with the same result. Kept only for the exact request object and URL, and
+        the headers are never handed to anything that modifies them (aiohttp copies them).
+        """
+        last = self._last_prepared
+        if last is not None and last[0] is req and last[1] == url:
+            return last[2], last[3]
+        from yarl import URL
+
+        target_url = URL(url)
+        headers = {"Accept": "application/json", **self.key_headers(req, url)}
+        self._last_prepared = (req, url, target_url, headers)
+        return target_url, headers
+
     def key_headers(self, req: ApiRequest, url: str) -> dict[str, str]:
         """:func:`key_headers` with the remembered origin check."""
         if not req.authenticated:
@@ -253,30 +292,25 @@ class AsyncTransport:
             else:  # a redirect to storage (polls start on an API origin)
                 precheck_storage_url(self.settings, req, url)
                 session, gate = self._storage_client(urlsplit(url).scheme), contextlib.nullcontext()
-            headers = {"Accept": "application/json", **self.key_headers(req, url)}
+            target_url, headers = self._prepared(req, url)
             failure: TtsError | None = None
             try:
                 async with (
                     gate,
                     session.request(
                         req.method,
-                        url,
+                        target_url,
                         params=req.params if hop == 0 else None,
                         json=req.json,
                         headers=headers,
                         allow_redirects=False,
                     ) as resp,
                 ):
-                    resp_url = str(resp.url)
+                    resp_url = url if resp.url is target_url else str(resp.url)
                     target = next_hop(req, resp_url, resp.status, resp.headers.get("location"), hop)
                     if target is None:
-                        body = bytearray()
-                        async for chunk in resp.content.iter_chunked(65536):
-                            body += chunk
-                            if len(body) > MAX_JSON_BODY:
-                                raise too_big(req, resp_url)
                         headers_lc = {k.lower(): v for k, v in resp.headers.items()}
-                        return ApiResponse(resp.status, headers_lc, bytes(body), self._safe(resp_url))
+                        return ApiResponse(resp.status, headers_lc, await _body(resp, req), self._safe(resp_url))
             except TtsError:
                 raise
             except HostRefused as refused:

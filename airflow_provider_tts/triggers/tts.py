@@ -165,9 +165,12 @@ class TtsTaskTrigger(BaseTrigger):
         while not self._killed:
             try:
                 # One poll may retry for a while (the hook's policy); it must not outlive the deadline.
-                event = waiter.on_status(
-                    await asyncio.wait_for(hook.aget_task_status(self.tts_task_id, self.kind), self._poll_budget())
-                )
+                # ``asyncio.timeout`` rather than ``wait_for``: the poll runs in this task, where
+                # ``wait_for`` would wrap every poll of every wait in a task of its own (an object
+                # graph and extra loop turns per poll, the triggerer's hot path).
+                async with asyncio.timeout(self._poll_budget()):
+                    status = await hook.aget_task_status(self.tts_task_id, self.kind)
+                event = waiter.on_status(status)
             except TimeoutError:
                 event = None  # the deadline passed mid-poll: next_delay() ends the wait with a timeout
             except Exception as exc:  # a bug must end the wait with an event, not crash the triggerer

@@ -268,7 +268,10 @@ def test_cancellation_closes_the_session(emu: Any, make_conn: ConnFactory) -> No
 
 
 def test_many_triggers_share_a_bounded_pool(emu: Any, make_conn: ConnFactory) -> None:
-    conn_id = make_conn("revid_tts")
+    # A generous read timeout: the claim is about pooling. On a loaded machine the in-process
+    # emulator can take over the default 5 s to answer 200 waits, and each read timeout rightly
+    # discards its connection, which would count as pool growth here.
+    conn_id = make_conn("revid_tts", read_timeout=60)
     ids = [emu.create_task("revid_tts", "tts", delay=0.3) for _ in range(200)]
 
     async def all_of_them() -> list[list[dict[str, Any]]]:
