@@ -9,9 +9,9 @@ then the manifest) is wrapped to take its wall time and this process's CPU time 
 threads; the servers are other processes). Submitting and waiting run before it, unmeasured.
 
 The anchor then stores the same finished tasks' audio the way a user would by hand: boto3
-``upload_fileobj`` from a ``requests`` stream, 8 threads, one client and one session shared, the
-audio URLs known in advance (no status request: the batch's status request per item is part of
-what it pays, and the table says so).
+``upload_fileobj`` from a ``requests`` stream, 8 threads, one boto3 client shared and one
+``requests`` session per thread, the audio URLs known in advance (no status request: the batch's
+status request per item is part of what it pays, and the table says so).
 
     .venv/bin/python benchmarks/batch_store.py                 # 1,000 and 10,000; BENCHMARKS.md section
     .venv/bin/python benchmarks/batch_store.py --items 200     # a smoke run, BENCHMARKS.md untouched
@@ -153,6 +153,12 @@ def run_anchor(urls: list[tuple[str, str]], prefix: str) -> dict[str, Any]:
             "load_before": load_before, "load": os.getloadavg()[0]}  # fmt: skip
 
 
+def how_measured() -> str:
+    """The module docstring's method paragraphs as one Markdown paragraph (for BENCHMARKS.md)."""
+    paragraphs = (__doc__ or "").split("\n\n")[1:3]
+    return " ".join(" ".join(p.split()) for p in paragraphs).replace("``", "`")
+
+
 #: The moto server's endpoint, once started.
 MOTO: list[str] = [""]
 
@@ -219,7 +225,7 @@ def main() -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     body = (
         table(HEADERS, rows) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n\n"
-        f"How it was measured: {__doc__.split(chr(10) + chr(10))[1]} *S3 requests* are counted by the moto "
+        f"How it was measured: {how_measured()} *S3 requests* are counted by the moto "
         f"server per operation (the batch's include its request cache and manifest writes). *CPU ms per item* "
         f"is this process's user + system time over the phase, divided by the items: the figure a busy "
         f"machine disturbs least. The machine is shared (2 CPUs for the emulator, moto and the store); "
