@@ -48,6 +48,7 @@ from urllib.parse import quote, urlencode
 from airflow.sdk import BaseOperatorLink
 
 from airflow_provider_tts.compat import conn_id_of
+from airflow_provider_tts.storage.s3 import known_console_facts
 from airflow_provider_tts.storage.schemes import LOCAL_SCHEMES, S3_SCHEMES, plain_uri, scheme_of
 
 if TYPE_CHECKING:
@@ -115,8 +116,13 @@ def s3_console_facts(conn_id: str | None) -> tuple[str | None, str | None]:
     """``(region, endpoint_url)`` of an S3 connection, read as Airflow's s3fs filesystem reads them.
 
     ``(None, None)`` when the Amazon provider is missing or the connection cannot be read: the link
-    is then the global console's, which finds the bucket's region itself.
+    is then the global console's, which finds the bucket's region itself. Read from the storage
+    layer when it built the connection's S3 client in this process (the file was just written
+    through it), so a stored file costs no second connection lookup.
     """
+    known = known_console_facts(conn_id)
+    if known is not None:
+        return known
     try:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 

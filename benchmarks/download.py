@@ -178,6 +178,11 @@ def main() -> None:
         "--small", type=int, default=None, help="files in the many-small-files rows (default 1000; 0: none)"
     )
     parser.add_argument("--no-large", action="store_true", help="only the many-small-files rows (no BENCHMARKS.md)")
+    parser.add_argument("--rounds", type=int, default=10, help="paired rounds of the many-small-files rows")
+    parser.add_argument("--parallel", default="1,8", help="workers per method in the many-small-files rows")
+    parser.add_argument(
+        "--profile", default="", help="cProfile file of one operator worker's last round (1 in parallel)"
+    )
     args = parser.parse_args()
     sizes = [8 * MiB, 32 * MiB] if args.quick else [512 * MiB, 2048 * MiB]
     if args.sizes:
@@ -194,6 +199,7 @@ def main() -> None:
     env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     rows: list[list[object]] = []
     small_rows: list[list[object]] = []
+    small_notes: list[str] = []
     checks: list[str] = []
     try:
         emulator_cmd = [sys.executable, "-m", "airflow_provider_tts.emulator", "--port", "0", "--delay", "0"]
@@ -243,7 +249,10 @@ def main() -> None:
                 rows += bench_size(size, task["task_id"], url, env, scratch, s3, repeat, checks, moto["endpoint"])
                 print(table(HEADERS, rows[-5:]), flush=True)
             if small:
-                small_rows = bench_small(small, emu, env, scratch, s3, moto["endpoint"])
+                parallels = tuple(int(p) for p in args.parallel.split(","))
+                small_rows, small_notes = bench_small(
+                    small, args.rounds, emu, env, scratch, s3, moto["endpoint"], args.profile, parallels
+                )
                 print(table(SMALL_HEADERS, small_rows), flush=True)
             s3.delete_bucket(Bucket=BUCKET)
     except BaseException:
@@ -256,7 +265,7 @@ def main() -> None:
 
     body = describe(rows, checks, repeat, filesystem_of(REPO))
     if small_rows:
-        body += "\n" + describe_small(small_rows, small)
+        body += "\n" + describe_small(small_rows, small_notes)
     print(body)
     if not (args.quick or args.sizes or args.no_large):
         cmd = ".venv/bin/python benchmarks/download.py"
@@ -394,11 +403,12 @@ SMALL_HEADERS = [
     "files",
     "in parallel",
     "method",
-    "files/s",
-    "MiB/s",
+    "files/s (median round)",
+    "vs in memory",
+    "vs upload_fileobj",
+    "CPU ms per file",
     "S3 requests per file",
     "writes per file",
-    "note",
 ]
 SMALL_METHODS = {
     "operator": "operator",
@@ -406,22 +416,70 @@ SMALL_METHODS = {
     "in_memory_s3": "in memory (HttpToS3Operator)",
     "upload_fileobj_s3": "boto3 `upload_fileobj` from the stream",
 }
-#: Seconds the many-files workers get to start (import Airflow, build clients) before the common start.
-SMALL_WARMUP_SECONDS = 60.0
+#: Seconds between sending a method's workers their lists and their common start (the lists are
+#: read and parsed before it, so the start is the same for every worker).
+SMALL_START_SECONDS = 0.5
 
 
-def bench_small(
-    n: int, emu: dict[str, Any], env: dict[str, str], scratch: Path, s3: Any, moto: str
-) -> list[list[object]]:
-    """``n`` files of 200 KB-2 MB to s3://, 1 and 8 workers at a time, the operator against both anchors."""
+class _Workers:
+    """Warm ``download_worker.py serve`` processes, ``parallel`` per method; stopped (closed stdin) at the end."""
+
+    def __init__(self, methods: list[str], parallel: int, first_dest: dict[str, str], env: dict[str, str]) -> None:
+        self.procs: dict[str, list[subprocess.Popen[str]]] = {}
+        for method in methods:
+            cmd = [sys.executable, str(REPO / "benchmarks" / "download_worker.py"), "serve", "--inner", method]
+            cmd += ["--dest", first_dest[method], "--dest-conn-id", AWS_CONN_ID, "--tts-conn-id", TTS_CONN_ID]
+            self.procs[method] = [
+                subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+                for _ in range(parallel)
+            ]
+        for procs in self.procs.values():
+            for proc in procs:
+                self._line(proc, "READY")
+
+    def run(self, method: str, lists: list[Path], profile: str = "") -> tuple[float, list[dict[str, Any]]]:
+        """Every worker of ``method`` stores its list from one common start; returns the start and results."""
+        start_at = time.time() + SMALL_START_SECONDS
+        procs = self.procs[method]
+        for i, (proc, path) in enumerate(zip(procs, lists, strict=True)):
+            assert proc.stdin is not None
+            order = {"list": str(path), "start_at": start_at, "profile": profile if i == 0 else ""}
+            proc.stdin.write(json.dumps(order) + "\n")
+            proc.stdin.flush()
+        results = [json.loads(self._line(proc, "RESULT ")[len("RESULT ") :]) for proc in procs]
+        return start_at, results
+
+    @staticmethod
+    def _line(proc: subprocess.Popen[str], prefix: str) -> str:
+        """The worker's next stdout line starting with ``prefix`` (logging may print others before it)."""
+        assert proc.stdout is not None
+        while line := proc.stdout.readline():
+            if line.startswith(prefix):
+                return line
+        raise RuntimeError(f"worker {proc.args[3:5]} ended (exit {proc.poll()}) before {prefix.strip()}")
+
+    def close(self) -> None:
+        for procs in self.procs.values():
+            for proc in procs:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+        for procs in self.procs.values():
+            for proc in procs:
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def small_tasks(n: int, emu: dict[str, Any], seed: int = 13) -> list[tuple[str, str, int]]:
+    """``n`` finished emulator tasks of 150 KB-1 MB WAVs (sizes drawn with a fixed seed): task id, URL, size."""
     import random
 
-    from benchmarks.download_moto import WRITES
-
-    rng = random.Random(13)
+    rng = random.Random(seed)
     tasks = []
     for _ in range(n):
-        size = rng.randint(200_000, 2_000_000)
+        size = rng.randint(150_000, 1_000_000)
         task = http_json(
             "POST",
             f"{emu['control_url']}/tasks",
@@ -430,90 +488,125 @@ def bench_small(
         run_id = http_json("GET", f"{emu['camb_base_url']}/text-to-sound/{task['task_id']}")["run_id"]
         url = f"{emu['camb_base_url']}/text-to-sound-result/{run_id}?output_type=raw_bytes"
         tasks.append((task["task_id"], url, size))
-    total_bytes = sum(size for _, _, size in tasks)
+    return tasks
+
+
+def remove_prefix(s3: Any, prefix: str) -> int:
+    """Delete every object under ``prefix``; how many there were."""
+    keys: list[str] = []
+    token: dict[str, str] = {}
+    while True:
+        stored = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix, MaxKeys=1000, **token)
+        keys += [o["Key"] for o in stored.get("Contents", [])]
+        if not stored.get("IsTruncated"):
+            break
+        token = {"ContinuationToken": stored["NextContinuationToken"]}
+    for start in range(0, len(keys), 1000):
+        s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]})
+    return len(keys)
+
+
+def bench_small(
+    n: int, rounds: int, emu: dict[str, Any], env: dict[str, str], scratch: Path, s3: Any, moto: str,
+    profile: str = "", parallels: tuple[int, ...] = (1, 8),
+) -> tuple[list[list[object]], list[str]]:  # fmt: skip
+    """``n`` files per method to s3:// in ``rounds`` paired rounds, by 1 and 8 workers per method.
+
+    A busy shared machine changes speed from one minute to the next (the load average here moves
+    between 1 and 10 within a run), so the methods are not run one after another: each round gives
+    every method the next ``n / rounds`` files, methods back to back (their order rotated every
+    round), and a method's rate is compared with the anchors' rates *of the same round*. The figure
+    reported is the median of those per-round ratios, beside the CPU time per file of the workers
+    themselves (user + system, all threads), which the load disturbs much less than a rate.
+    """
+    from benchmarks.download_moto import WRITES
+
+    warm = 8  # files per method stored before the first round, not counted: first-use imports and caches
+    tasks = small_tasks(n + warm, emu)
+    warm_share, tasks = tasks[:warm], tasks[warm:]
+    methods = list(SMALL_METHODS)
+    per_round = max(1, n // rounds)
     rows: list[list[object]] = []
-    for parallel in (1, 8):
+    notes: list[str] = []
+    for parallel in parallels:
+        first = {m: f"s3://{BUCKET}/small-{m}-{parallel}/" for m in methods}
+        workers = _Workers(methods, parallel, first, env)
+        rates: dict[str, list[float]] = {m: [] for m in methods}
+        cpus: dict[str, list[float]] = {m: [] for m in methods}
+        counts: dict[str, dict[str, int]] = {m: {} for m in methods}
+        loads: list[float] = []
+        try:
+            for r in range(-1, rounds):  # round -1: the warm-up
+                share = warm_share if r < 0 else tasks[r * per_round : (r + 1) * per_round]
+                order = methods[r % len(methods) :] + methods[: r % len(methods)]
+                for method in order:
+                    entries = [
+                        {"task_id": t, "url": u,
+                         "dest": first[method] + ("" if method.startswith("operator") else f"{t}.wav")}
+                        for t, u, _ in share
+                    ]  # fmt: skip
+                    lists = []
+                    for i in range(parallel):
+                        path = scratch / f"list-{method}-{parallel}-{i}.json"
+                        path.write_text(json.dumps(entries[i::parallel]))
+                        lists.append(path)
+                    s3_requests(moto, reset=True)
+                    want = profile if (profile and method == "operator" and parallel == 1 and r == rounds - 1) else ""
+                    start_at, results = workers.run(method, lists, want)
+                    if r < 0:
+                        continue
+                    for op, c in s3_requests(moto).items():
+                        counts[method][op] = counts[method].get(op, 0) + c
+                    elapsed = max(x["ended_at"] for x in results) - start_at
+                    rates[method].append(len(share) / elapsed)
+                    cpus[method].append(sum(x["cpu"] for x in results) / len(share))
+                    loads.append(os.getloadavg()[0])
+                if r < 0:
+                    continue
+                print(
+                    f"  round {r + 1}/{rounds} x{parallel}: "
+                    + ", ".join(f"{m} {rates[m][-1]:.1f}/s {1000 * cpus[m][-1]:.0f} ms" for m in methods)
+                    + f", load {loads[-1]:.1f}",
+                    flush=True,
+                )
+        finally:
+            workers.close()
+        done = per_round * rounds
+        for method in methods:
+            stored = remove_prefix(s3, first[method].removeprefix(f"s3://{BUCKET}/"))
+            assert stored == done + warm, f"{method}: {stored} objects stored, expected {done + warm}"
         for method, label in SMALL_METHODS.items():
-            prefix = f"small-{method}-{parallel}/"
-            entries = [
-                {
-                    "task_id": t,
-                    "url": u,
-                    "dest": f"s3://{BUCKET}/{prefix}" + ("" if method.startswith("operator") else f"{t}.wav"),
-                }
-                for t, u, _ in tasks
-            ]
-            lists = []
-            for i in range(parallel):
-                path = scratch / f"list-{method}-{parallel}-{i}.json"
-                path.write_text(json.dumps(entries[i::parallel]))
-                lists.append(path)
-            s3_requests(moto, reset=True)
-            start_at = time.time() + SMALL_WARMUP_SECONDS
-            procs = [
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        str(REPO / "benchmarks" / "download_worker.py"),
-                        "many",
-                        "--inner",
-                        method,
-                        "--list",
-                        str(path),
-                        "--dest-conn-id",
-                        AWS_CONN_ID,
-                        "--tts-conn-id",
-                        TTS_CONN_ID,
-                        "--start-at",
-                        str(start_at),
-                    ],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    env=env,
-                    cwd=REPO,
-                )
-                for i, path in enumerate(lists)
-            ]
-            results = []
-            for proc in procs:
-                out, err = proc.communicate()
-                line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
-                if proc.returncode != 0 or line is None:
-                    raise RuntimeError(f"many {method} failed ({proc.returncode}):\n{out[-2000:]}\n{err[-3000:]}")
-                results.append(json.loads(line[len("RESULT ") :]))
-            counts = s3_requests(moto)
-            elapsed = max(r["ended_at"] for r in results) - start_at
-            stored = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix, MaxKeys=1000)
-            keys = [o["Key"] for o in stored.get("Contents", [])]
-            while stored.get("IsTruncated"):
-                stored = s3.list_objects_v2(
-                    Bucket=BUCKET, Prefix=prefix, ContinuationToken=stored["NextContinuationToken"]
-                )
-                keys += [o["Key"] for o in stored.get("Contents", [])]
-            assert len(keys) == n, f"{method}: {len(keys)} objects stored, expected {n}"
-            for start in range(0, len(keys), 1000):
-                s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]})
-            writes = sum(v for k, v in counts.items() if k in WRITES)
-            late = max(r["late"] for r in results)
-            note = f"started {late:.0f} s late (warm-up longer than {SMALL_WARMUP_SECONDS:g} s)" if late > 1 else ""
-            rows.append([f"{n:,}", parallel, label, f"{n / elapsed:,.1f}", f"{total_bytes / MiB / elapsed:,.1f}",
-                         describe_requests(counts, n), f"{writes / n:g}", note])  # fmt: skip
-            print(f"  many {method} x{parallel}: {n / elapsed:.1f} files/s; {describe_requests(counts, n)}", flush=True)
-    return rows
+            vs_mem = [a / b for a, b in zip(rates[method], rates["in_memory_s3"], strict=True)]
+            vs_fileobj = [a / b for a, b in zip(rates[method], rates["upload_fileobj_s3"], strict=True)]
+            writes = sum(v for k, v in counts[method].items() if k in WRITES)
+            rows.append([f"{done:,}", parallel, label, f"{statistics.median(rates[method]):,.1f}",
+                         f"{statistics.median(vs_mem):.2f}x", f"{statistics.median(vs_fileobj):.2f}x",
+                         f"{1000 * statistics.median(cpus[method]):.1f}",
+                         describe_requests(counts[method], done), f"{writes / done:g}"])  # fmt: skip
+        notes.append(
+            f"{parallel} in parallel: {rounds} rounds of {per_round} files per method; 1-minute load average "
+            f"{min(loads):.1f} to {max(loads):.1f}; operator/in-memory ratio per round: "
+            + ", ".join(f"{a / b:.2f}" for a, b in zip(rates["operator"], rates["in_memory_s3"], strict=True))
+        )
+    return rows, notes
 
 
-def describe_small(rows: list[list[object]], n: int) -> str:
+def describe_small(rows: list[list[object]], notes: list[str]) -> str:
     return (
-        table(SMALL_HEADERS, rows) + "\n"
-        f"Many small files: {n:,} WAV files of 200 KB to 2 MB (sizes drawn with a fixed seed), each stored to "
-        f"s3:// on the loopback moto server by 1 or 8 worker processes at once, each storing its share one after "
-        f"another. *operator* is `TtsAudioToStorageOperator.execute` per file (folder destination, default "
-        f"`skip_if_identical`, first try): its status poll, download and write (one PutObject sent only if "
-        f"nothing is at the key; a HEAD only when something is); "
-        f'*operator, `overwrite="replace"`* the same, unconditional; the anchors download the same URL. '
-        f"files/s runs from the common start to the last worker's end; S3 requests are counted by the moto "
-        f"server (`benchmarks/download_moto.py`) per operation and divided by the number of files.\n"
+        table(SMALL_HEADERS, rows) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n\n"
+        "Many small files: WAV files of 150 KB to 1 MB (sizes drawn with a fixed seed), stored to s3:// on "
+        "the loopback moto server by 1 or 8 warm worker processes per method (`download_worker.py serve`), "
+        "each storing its share one after another. *operator* is `TtsAudioToStorageOperator.execute` per "
+        "file (a new operator each, folder destination, default `skip_if_identical`, first try): its status "
+        "poll, download and write (one PutObject sent only if nothing is at the key; a HEAD only when "
+        'something is); *operator, `overwrite="replace"`* the same, unconditional; the anchors download the '
+        "same URLs. Paired rounds: each round every method stores the next share of files, methods back to "
+        "back in a rotating order; *files/s* is the median over rounds (common start to the last worker's "
+        "end), *vs in memory* and *vs upload_fileobj* the medians of the per-round ratios (both methods "
+        "measured within the same minute), *CPU ms per file* the median over rounds of the workers' own "
+        "user + system time divided by the files (the servers' CPU excluded: the same files for every "
+        "method). S3 requests are counted by the moto server (`benchmarks/download_moto.py`) per operation "
+        "and divided by the number of files.\n"
     )
 
 

@@ -9,10 +9,12 @@ Methods:
   (the whole body in memory), then ``S3Hook.load_bytes``.
 * ``upload_fileobj_s3`` — ``aws s3 cp``-style streaming: boto3 ``upload_fileobj`` reading straight
   from the HTTP response (``requests`` with ``stream=True``), its default transfer settings.
-* ``many`` — ``--inner`` (``operator``, ``operator_replace`` — the operator with ``overwrite="replace"``
-  —, ``in_memory_s3`` or ``upload_fileobj_s3``) once per entry of
-  ``--list`` (a JSON file of ``{"task_id", "url", "dest"}``), one after another, in this one process;
-  ``benchmarks/download.py`` starts 1 or 8 of these at the same moment for the many-small-files rows.
+* ``serve`` — a warm worker for the many-small-files rows: ``--inner`` (``operator``,
+  ``operator_replace`` — the operator with ``overwrite="replace"`` —, ``in_memory_s3`` or
+  ``upload_fileobj_s3``) once per entry of each list it is sent on stdin (a JSON file of
+  ``{"task_id", "url", "dest"}``), one after another; ``benchmarks/download.py`` keeps 1 or 8 of these
+  per method and sends each method's workers a list at the same moment, method after method, round
+  after round.
 * ``curl`` — ``curl -s -o FILE`` as a child process (the practical limit for ``file://``); its
   peak RSS is read from ``RUSAGE_CHILDREN`` of this wrapper, which has no other children.
 
@@ -211,13 +213,12 @@ def run_upload_fileobj_s3(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_many(args: argparse.Namespace) -> dict[str, Any]:
-    """Store every entry of ``--list`` with ``--inner``, one after another; time from the common start."""
+def prepare_many(args: argparse.Namespace, first_dest: str) -> Any:
+    """Warm ``--inner`` up (imports, clients, the first operator's construction); return its per-file call."""
     from types import SimpleNamespace
 
     import requests
 
-    entries = json.loads(Path(args.list).read_text())
     one: Any
     if args.inner in ("operator", "operator_replace"):
         from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator
@@ -225,7 +226,7 @@ def run_many(args: argparse.Namespace) -> dict[str, Any]:
 
         # The storage client built, like the anchors' (not the bucket check: that is the operator's
         # first request into the bucket, counted).
-        s3_call(destination_path(entries[0]["dest"], args.dest_conn_id))
+        s3_call(destination_path(first_dest, args.dest_conn_id))
 
         def build(entry: dict[str, str]) -> TtsAudioToStorageOperator:
             return TtsAudioToStorageOperator(
@@ -238,7 +239,7 @@ def run_many(args: argparse.Namespace) -> dict[str, Any]:
 
         # Warm-up, like the anchors' client set-up: an operator's first construction loads Airflow's
         # provider registry (its default outlet is an Asset, whose URI is normalised by the providers).
-        build(entries[0])
+        build({"task_id": "warm-up", "dest": first_dest})
 
         def one(entry: dict[str, str]) -> int:
             op = build(entry)
@@ -260,11 +261,47 @@ def run_many(args: argparse.Namespace) -> dict[str, Any]:
         def one(entry: dict[str, str]) -> int:
             return upload_fileobj_one(client, session, entry["url"], entry["dest"], args.key)
 
-    late = wait_for_start()
+    return one
+
+
+def store_list(one: Any, entries: list[dict[str, str]], start_at: float, profile: str = "") -> dict[str, Any]:
+    """Store ``entries`` one after another from ``start_at``; files, bytes, CPU-s, end time (optionally profiled)."""
+    delay = start_at - time.time()
+    if delay > 0:
+        time.sleep(delay)
+    late = max(0.0, -delay)
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile(time.process_time)  # CPU time: what a busy machine disturbs least
+        profiler.enable()
     cpu0 = cpu_seconds()
     total = sum(one(entry) for entry in entries)
-    return {"files": len(entries), "bytes": total, "ended_at": time.time(), "late": late, "cpu": cpu_seconds() - cpu0,
-            "seconds": time.time() - START_AT, "peak": peak_bytes()}  # fmt: skip
+    cpu = cpu_seconds() - cpu0
+    ended = time.time()
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile)
+    return {"files": len(entries), "bytes": total, "ended_at": ended, "late": late, "cpu": cpu, "peak": peak_bytes()}
+
+
+def run_serve(args: argparse.Namespace) -> dict[str, Any]:
+    """Warm up once, print ``READY``, then store one list per stdin line, printing a ``RESULT`` line each.
+
+    A stdin line is ``{"list": PATH, "start_at": EPOCH, "profile": PATH or ""}``; end of input ends the
+    worker. One warm process per method serves every round of ``benchmarks/download.py``'s
+    many-small-files rows, so the rounds can interleave the methods without paying an Airflow import
+    each time.
+    """
+    one = prepare_many(args, args.dest)
+    print("READY", flush=True)
+    for line in sys.stdin:
+        order = json.loads(line)
+        entries = json.loads(Path(order["list"]).read_text())
+        result = store_list(one, entries, float(order["start_at"]), order.get("profile", ""))
+        print("RESULT " + json.dumps(result), flush=True)
+    return {"done": True}
 
 
 def run_curl(args: argparse.Namespace) -> dict[str, Any]:
@@ -286,9 +323,8 @@ def run_curl(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("method", choices=("operator", "in_memory_s3", "upload_fileobj_s3", "many", "curl"))
-    parser.add_argument("--inner", default="operator", help="with many: the method used for each file")
-    parser.add_argument("--list", help="with many: a JSON file of {task_id, url, dest} entries")
+    parser.add_argument("method", choices=("operator", "in_memory_s3", "upload_fileobj_s3", "serve", "curl"))
+    parser.add_argument("--inner", default="operator", help="with serve: the method used for each file")
     parser.add_argument("--dest", default="")
     parser.add_argument("--dest-conn-id")
     parser.add_argument("--tts-conn-id", default="camb_bench")
@@ -306,7 +342,7 @@ def main() -> None:
         "operator": run_operator,
         "in_memory_s3": run_in_memory_s3,
         "upload_fileobj_s3": run_upload_fileobj_s3,
-        "many": run_many,
+        "serve": run_serve,
         "curl": run_curl,
     }[args.method]
     result = runner(args)

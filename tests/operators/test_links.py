@@ -243,7 +243,7 @@ def test_stream_operator_links_the_stored_file_and_the_cache_hit(
 
 
 def test_audio_to_storage_operator_links_an_s3_object_without_credentials(
-    emu: Any, make_conn: ConnFactory, aws_conn: str, bucket: str
+    emu: Any, make_conn: ConnFactory, aws_conn: str, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     conn = make_conn("camb_ai")
     task_id = emu.create_task("camb_ai", "tts", delay=0)
@@ -256,6 +256,11 @@ def test_audio_to_storage_operator_links_an_s3_object_without_credentials(
     assert ti.pushed == {"tts_link_stored_audio": result["uri"]}
     assert result["uri"].startswith(f"s3://{bucket}/audio/")
     assert aws_conn not in result["uri"]
+    # The region and endpoint were read once, with the storage client: a link never reads the connection again.
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    monkeypatch.setattr(S3Hook, "conn_config", property(lambda _: pytest.fail("the connection was read again")))
+    assert link_for(ObjectStoragePath(result["uri"], conn_id=aws_conn)) == result["uri"]
 
 
 def test_batch_operator_links_its_folder_and_its_manifest(emu: Any, make_conn: ConnFactory, tmp_path: Path) -> None:

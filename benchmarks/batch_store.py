@@ -1,0 +1,242 @@
+"""The batch's store phase to s3:// at 1,000 and 10,000 items, beside boto3 ``upload_fileobj`` in a thread pool.
+
+A batch (``CambTtsBatchToStorageOperator``, ``deferrable=False``, ``max_active_requests`` 8) runs in
+this process against the emulator (its own process, ``--delay 0``: every task is finished at its
+first poll) and a moto S3 server (``benchmarks/download_moto.py``, its own process, counting
+requests). Only the store phase is measured: ``StorePhase._finish`` (the code of
+``airflow_provider_tts/batch/store.py``: per item a fresh status, the download and the atomic write,
+then the manifest) is wrapped to take its wall time and this process's CPU time (user + system, all
+threads; the servers are other processes). Submitting and waiting run before it, unmeasured.
+
+The anchor then stores the same finished tasks' audio the way a user would by hand: boto3
+``upload_fileobj`` from a ``requests`` stream, 8 threads, one boto3 client shared and one
+``requests`` session per thread, the audio URLs known in advance (no status request: the batch's
+status request per item is part of what it pays, and the table says so).
+
+    .venv/bin/python benchmarks/batch_store.py                 # 1,000 and 10,000; BENCHMARKS.md section
+    .venv/bin/python benchmarks/batch_store.py --items 200     # a smoke run, BENCHMARKS.md untouched
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._report import table, write_section
+from benchmarks.download import (
+    API_KEY,
+    AWS_CONN_ID,
+    AWS_ENV,
+    BUCKET,
+    TTS_CONN_ID,
+    describe_requests,
+    process,
+    remove_prefix,
+    s3_requests,
+    scratch_dir,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+THREADS = 8
+HEADERS = ["items", "method", "files/s", "CPU ms per item", "vs upload_fileobj (files/s)", "S3 requests per item",
+           "load (1 min)"]  # fmt: skip
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def texts(n: int, seed: int) -> list[str]:
+    """``n`` distinct texts of 40-280 characters: 2.4-17 s of the emulator's tones, 120 KB-800 KB of audio."""
+    rng = random.Random(seed)
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "stars"]
+    out = []
+    for i in range(n):
+        length = rng.randint(40, 280)
+        text = f"Item {seed}-{i}."
+        while len(text) < length:
+            text += " " + rng.choice(words)
+        out.append(text[:length].rstrip() + ".")
+    return out
+
+
+def run_batch(n: int, folder: str, seed: int) -> dict[str, Any]:
+    """One batch of ``n`` items into ``folder``; its store phase's wall and CPU time, and its manifest rows."""
+    from airflow_provider_tts.batch.store import StorePhase
+    from airflow_provider_tts.operators.batch import CambTtsBatchToStorageOperator
+
+    op = CambTtsBatchToStorageOperator(
+        task_id="speak_all", tts_conn_id=TTS_CONN_ID, destination=folder, dest_conn_id=AWS_CONN_ID,
+        items=texts(n, seed), defaults={"voice_id": 20303, "language": 1},
+        deferrable=False, poll_interval=0.05, max_active_requests=THREADS, manifest_task_ids=True,
+    )  # fmt: skip
+    measured: dict[str, Any] = {}
+    finish = StorePhase._finish
+
+    def timed(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        measured["load_before"] = os.getloadavg()[0]
+        measured["requests_before"] = s3_requests(MOTO[0], reset=True)
+        cpu0, began = cpu_seconds(), time.perf_counter()
+        try:
+            return finish(op, *args, **kwargs)
+        finally:
+            measured["seconds"] = time.perf_counter() - began
+            measured["cpu"] = cpu_seconds() - cpu0
+            measured["requests"] = s3_requests(MOTO[0])
+            measured["load"] = os.getloadavg()[0]
+
+    op._finish = timed  # type: ignore[method-assign]
+    ti = SimpleNamespace(dag_id="bench", task_id="speak_all", run_id=f"bench-{n}-{seed}", map_index=-1, try_number=1)
+    began = time.perf_counter()
+    summary = op.execute({"ti": ti})  # type: ignore[arg-type]
+    measured["total_seconds"] = time.perf_counter() - began
+    assert summary["stored"] == n, {k: v for k, v in summary.items() if k != "files"}
+    measured["summary"] = summary
+    return measured
+
+
+def task_urls(manifest_key: str, s3: Any) -> list[tuple[str, str]]:
+    """The finished tasks of a manifest, as (task id, audio URL): what the anchor downloads (not timed)."""
+    from airflow_provider_tts.hooks.tts import TtsHook
+
+    hook = TtsHook(tts_conn_id=TTS_CONN_ID)
+    body = s3.get_object(Bucket=BUCKET, Key=manifest_key)["Body"].read().decode()
+    rows = [json.loads(line) for line in body.splitlines() if line.strip()]
+    out = []
+    for row in rows:
+        status = hook.get_task_status(row["tts_task_id"], "tts")
+        req = hook.vendor.audio_request(status)
+        query = "&".join(f"{k}={v}" for k, v in (req.params or {}).items())
+        out.append((row["tts_task_id"], f"{req.url}?{query}" if query else req.url))
+    return out
+
+
+def run_anchor(urls: list[tuple[str, str]], prefix: str) -> dict[str, Any]:
+    """``upload_fileobj`` from a ``requests`` stream per item, ``THREADS`` at once, shared client and session."""
+    import requests
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    client = S3Hook(aws_conn_id=AWS_CONN_ID).get_conn()
+    local = threading.local()
+
+    def one(entry: tuple[str, str]) -> int:
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+        task_id, url = entry
+        with session.get(url, headers={"x-api-key": API_KEY}, timeout=(10, 300), stream=True) as response:
+            response.raise_for_status()
+            response.raw.decode_content = False
+            client.upload_fileobj(response.raw, BUCKET, f"{prefix}{task_id}.wav")
+            return int(response.headers["content-length"])
+
+    load_before = os.getloadavg()[0]
+    s3_requests(MOTO[0], reset=True)
+    cpu0, began = cpu_seconds(), time.perf_counter()
+    with ThreadPoolExecutor(THREADS) as pool:
+        total = sum(pool.map(one, urls))
+    seconds, cpu = time.perf_counter() - began, cpu_seconds() - cpu0
+    return {"seconds": seconds, "cpu": cpu, "bytes": total, "requests": s3_requests(MOTO[0]),
+            "load_before": load_before, "load": os.getloadavg()[0]}  # fmt: skip
+
+
+def how_measured() -> str:
+    """The module docstring's method paragraphs as one Markdown paragraph (for BENCHMARKS.md)."""
+    paragraphs = (__doc__ or "").split("\n\n")[1:3]
+    return " ".join(" ".join(p.split()) for p in paragraphs).replace("``", "`")
+
+
+#: The moto server's endpoint, once started.
+MOTO: list[str] = [""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", default="1000,10000", help="comma-separated batch sizes (default 1000,10000)")
+    args = parser.parse_args()
+    sizes = [int(x) for x in args.items.split(",")]
+    scratch = scratch_dir()
+    env = dict(os.environ, **AWS_ENV, PYTHONPATH=str(REPO))
+    os.environ.update(AWS_ENV)
+    os.environ.setdefault("AIRFLOW_HOME", str(scratch / "airflow-home"))
+    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    rows: list[list[object]] = []
+    notes: list[str] = []
+    try:
+        emulator_cmd = [sys.executable, "-m", "airflow_provider_tts.emulator", "--port", "0", "--delay", "0"]
+        emulator_cmd += ["--audio-engine", "tones", "--print-json"]
+        moto_cmd = [sys.executable, str(REPO / "benchmarks" / "download_moto.py")]
+        with (
+            process(emulator_cmd, env, "the emulator", scratch / "emulator.log") as (_, emu),
+            process(moto_cmd, dict(env, TMPDIR=str(scratch)), "the moto server", scratch / "moto.log") as (_, moto),
+        ):
+            MOTO[0] = moto["endpoint"]
+            os.environ[f"AIRFLOW_CONN_{TTS_CONN_ID.upper()}"] = json.dumps(
+                {"conn_type": "camb_ai", "host": emu["camb_base_url"], "password": API_KEY}
+            )
+            os.environ[f"AIRFLOW_CONN_{AWS_CONN_ID.upper()}"] = json.dumps(
+                {"conn_type": "aws", "login": "testing", "password": "testing",
+                 "extra": {"endpoint_url": moto["endpoint"], "region_name": "us-east-1"}}
+            )  # fmt: skip
+            import boto3
+
+            s3 = boto3.client("s3", endpoint_url=moto["endpoint"], region_name="us-east-1")
+            s3.create_bucket(Bucket=BUCKET)
+            for n in sizes:
+                folder = f"batch-{n}/"
+                print(f"batch of {n:,}: submitting and waiting (not measured), then the store phase", flush=True)
+                batch = run_batch(n, f"s3://{BUCKET}/{folder}", seed=n)
+                urls = task_urls(f"{folder}manifest.jsonl", s3)
+                anchor = run_anchor(urls, f"anchor-{n}/")
+                assert remove_prefix(s3, f"anchor-{n}/") == n
+                stored = remove_prefix(s3, folder)
+                size = anchor["bytes"] / n
+                b_rate, a_rate = n / batch["seconds"], n / anchor["seconds"]
+                rows.append([f"{n:,}", "batch store phase (`batch/store.py`)", f"{b_rate:,.1f}",
+                             f"{1000 * batch['cpu'] / n:.1f}", f"{b_rate / a_rate:.2f}x",
+                             describe_requests(batch["requests"], n),
+                             f"{batch['load_before']:.1f} → {batch['load']:.1f}"])  # fmt: skip
+                rows.append([f"{n:,}", f"boto3 `upload_fileobj`, {THREADS} threads", f"{a_rate:,.1f}",
+                             f"{1000 * anchor['cpu'] / n:.1f}", "1.00x", describe_requests(anchor["requests"], n),
+                             f"{anchor['load_before']:.1f} → {anchor['load']:.1f}"])  # fmt: skip
+                notes.append(
+                    f"{n:,} items: mean audio {size / 1000:,.0f} KB; the whole batch (submit, wait, store) took "
+                    f"{batch['total_seconds']:,.1f} s, its store phase {batch['seconds']:,.1f} s; the anchor "
+                    f"{anchor['seconds']:,.1f} s; {stored - n} other objects (manifest, request cache) removed "
+                    "with the folder."
+                )
+                print(table(HEADERS, rows[-2:]), flush=True)
+            s3.delete_bucket(Bucket=BUCKET)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    body = (
+        table(HEADERS, rows) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n\n"
+        f"How it was measured: {how_measured()} *S3 requests* are counted by the moto "
+        f"server per operation (the batch's include its request cache and manifest writes). *CPU ms per item* "
+        f"is this process's user + system time over the phase, divided by the items: the figure a busy "
+        f"machine disturbs least. The machine is shared (2 CPUs for the emulator, moto and the store); "
+        f"load average at the end: {load}.\n"
+    )
+    print(body)
+    if args.items == parser.get_default("items"):
+        title = "The batch's store phase to s3:// at 1,000 and 10,000 items"
+        write_section("batch-store", title, ".venv/bin/python benchmarks/batch_store.py", body)
+        print("Section 'batch-store' written to BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
