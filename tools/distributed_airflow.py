@@ -488,8 +488,12 @@ class DistributedAirflow(LocalAirflow):
         return downtime
 
     def dead_components(self) -> list[str]:
-        """Components that were meant to be running and exited on their own (a supervisor would restart them)."""
-        return [c for c, p in self._procs.items() if p.expected_alive and not p.running()]
+        """Components whose current process is not running (a supervisor would restart them).
+
+        Includes one that :meth:`kill` ended and nobody restarted yet, and one whose death another call
+        already reported (``_check_alive`` marks it as expected to be down when it raises).
+        """
+        return [c for c, p in self._procs.items() if not p.running()]
 
     def _check_server(self, name: str) -> None:
         server = self._servers[name]
