@@ -86,8 +86,15 @@ DEPLOYMENT_ENV = {
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
     # Messages lost with a worker (prefetched) or with Redis leave their tasks queued: re-queued after this.
-    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "90",
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120",
+    # ... but only twice by default, then Airflow FAILS the task without using its retries (found by the
+    # first full run: 13 tasks failed so). Under continuous chaos every kill loses prefetched messages, so a
+    # task can be lost more than twice; a deployment that loses workers often needs this higher.
+    "AIRFLOW__SCHEDULER__NUM_STUCK_IN_QUEUED_RETRIES": "10",
     "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "15",
+    # 16 task processes parsing the DAG file at once on 2 busy cores can pass the 30 s default, which
+    # reschedules the task ("Dag not found during start up"): slow, not wrong, and not what is tested.
+    "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
 }
 
 
@@ -371,7 +378,9 @@ def run_chaos(config: ChaosConfig, work: Path, log: Callable[[str], None] = _log
         env |= {"CHAOS_OUTPUT": f"s3://{BUCKET}/", "CHAOS_DEST_CONN_ID": "aws_chaos", "CHAOS_ITEMS": items.as_uri(),
                 "CHAOS_RETRIES": str(config.retries)}  # fmt: skip
         af = DistributedAirflow(work / "deployment", dags, workers=2, triggerers=2,
-                                worker_concurrency=config.worker_concurrency, parallelism=32, env=env, log=log,
+                                worker_concurrency=config.worker_concurrency,
+                                # no more queued than the workers' slots: "queued" then means "lost", not "waiting"
+                                parallelism=2 * config.worker_concurrency, env=env, log=log,
                                 stop_grace=5)  # fmt: skip
         injector = CreateFaults(emu, config.faults, seed=config.seed)
         with af:
