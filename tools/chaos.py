@@ -246,18 +246,33 @@ class Served:
         return resp.content
 
 
-def check_storage(s3: Any, emu: Emulator, texts: dict[str, list[str]], problems: list[str]) -> dict[str, int]:
-    """Every text stored once, byte-identical to what the emulator serves, nothing else left behind."""
+def check_storage(
+    s3: Any, emu: Emulator, texts: dict[str, list[str]], problems: list[str], forms: set[str]
+) -> dict[str, int]:
+    """Every text of ``forms`` stored once, byte-identical to what the emulator serves, nothing else left behind.
+
+    A form whose run did not succeed has no manifest: its folder must still hold nothing but audio (at most
+    one object per text) and request-cache entries.
+    """
     served = Served(emu)
     stored_count: dict[str, int] = {}
     sha = lambda data: hashlib.sha256(data).hexdigest()  # noqa: E731
+    for form in set(texts) - forms:
+        keys = _bucket_keys(s3, f"{form}/")
+        audio = [k for k in keys if not k.startswith(f"{form}/.tts-cache/")]
+        if len(audio) > len(texts[form]) or any(not k.endswith((".wav", ".flac", ".mp3")) for k in audio):
+            problems.append(f"{form}: {len(audio)} objects besides the cache for {len(texts[form])} texts: {audio[:5]}")
+        stored_count[form] = len(audio)
     # batch: manifest.jsonl, one row per text (its file relative to the folder or a URI)
     folder = "batch/"
-    keys = _bucket_keys(s3, folder)
-    rows = [json.loads(line) for line in _get(s3, f"{folder}manifest.jsonl").decode().splitlines() if line.strip()]
+    if "batch" not in forms:
+        folder = ""
+    keys = _bucket_keys(s3, folder) if folder else []
+    lines = _get(s3, f"{folder}manifest.jsonl").decode().splitlines() if folder else []
+    rows = [json.loads(line) for line in lines if line.strip()]
     listed: set[str] = set()
     by_index = {int(r["index"]): r for r in rows}
-    if sorted(by_index) != list(range(1, len(texts["batch"]) + 1)):
+    if folder and sorted(by_index) != list(range(1, len(texts["batch"]) + 1)):
         problems.append(f"batch manifest: rows {len(rows)} for {len(texts['batch'])} texts")
     for row in rows:
         if row.get("status") not in ("stored", "cached"):
@@ -270,12 +285,12 @@ def check_storage(s3: Any, emu: Emulator, texts: dict[str, list[str]], problems:
         want = served.revid(text, Path(key).suffix)
         if not sha(data) == row.get("sha256") == sha(want):
             problems.append(f"batch: {key} differs from what the emulator served for {text!r}")
-    problems += [
-        f"batch: left behind {k}" for k in _folder_leftovers(keys, folder, listed, {f"{folder}manifest.jsonl"})
-    ]
-    stored_count["batch"] = len(listed)
+    if folder:
+        leftovers = _folder_leftovers(keys, folder, listed, {f"{folder}manifest.jsonl"})
+        problems += [f"batch: left behind {k}" for k in leftovers]
+        stored_count["batch"] = len(listed)
     # one-task and stream: manifest.json written by the DAG from each task's result
-    for form in ("one-task", "stream"):
+    for form in sorted({"one-task", "stream"} & forms):
         folder = f"{form}/"
         keys = _bucket_keys(s3, folder)
         manifest = json.loads(_get(s3, f"{folder}manifest.json"))
@@ -407,19 +422,25 @@ def run_chaos(config: ChaosConfig, work: Path, log: Callable[[str], None] = _log
             with contextlib.suppress(Exception):
                 loop.supervise()  # the audits below read the servers; the components may be down
             figures = _figures(af, emu, runs, states, loop, wall, texts, config)
+            uncertain, other_failures = _failed_tasks(af, runs)
+            figures["uncertain_submits"] = {form: len(v) for form, v in uncertain.items() if v}
             for form, state in states.items():
-                if state != "success":
+                if state != "success" and (other_failures.get(form) or not uncertain.get(form)):
                     problems.append(f"{form} run ended {state}: {af._safe_describe(DAGS[form], runs[form])}")
+                elif state != "success":
+                    log(f"chaos: {form} failed only by uncertain submits (R5', by design): {uncertain[form]}")
             for form, counts in figures["creates_per_text"].items():
-                if set(counts) != {"1"}:
-                    problems.append(f"{form}: creates per text {counts} (must be exactly 1 for every text)")
+                allowed_missing = len(uncertain.get(form, ()))
+                if any(int(n) > 1 for n in counts) or counts.get("0", 0) > allowed_missing:
+                    problems.append(f"{form}: creates per text {counts} (exactly 1 for every text; 0 only for "
+                                    f"{allowed_missing} uncertain submits)")  # fmt: skip
             problems += [f"storage host saw the key: {leak}" for leak in emu.storage_key_leaks()]
             emu.set_faults(rate=0.0)
-            if all(state == "success" for state in states.values()):
-                try:
-                    figures["stored"] = check_storage(s3, emu, texts, problems)
-                except Exception as exc:
-                    problems.append(f"storage check failed: {type(exc).__name__}: {exc}")
+            try:
+                succeeded = {form for form, state in states.items() if state == "success"}
+                figures["stored"] = check_storage(s3, emu, texts, problems, succeeded)
+            except Exception as exc:
+                problems.append(f"storage check failed: {type(exc).__name__}: {exc}")
             pg_findings, pg_summary = audit_postgres(af, KEY, work / "airflow.sql")
             redis_findings, redis_keys = audit_redis(af, KEY)
             file_summary: dict[str, int] = {}
@@ -428,6 +449,30 @@ def run_chaos(config: ChaosConfig, work: Path, log: Callable[[str], None] = _log
             figures["key_audit"] = {"postgres": pg_summary, "redis_keys": redis_keys, "files": file_summary}
     figures["problems"] = problems
     return figures
+
+
+def _failed_tasks(af: DistributedAirflow, runs: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Failed task instances per form: those whose last try raised ``TtsSubmitUncertainError``, and the others.
+
+    A worker killed while a create call is in flight leaves it unknown whether the vendor created (and
+    billed) the task; neither vendor has an idempotency key or a way to look a task up by the caller's
+    reference, so the retry refuses to send it again (R5') and the task fails for a human to look at: pay
+    at most once wins over finishing. Those are counted apart; any other failure is a problem.
+    """
+    uncertain: dict[str, list[str]] = {}
+    other: dict[str, list[str]] = {}
+    for form, run_id in runs.items():
+        for ti in af.task_instances(DAGS[form], run_id):
+            if ti["state"] != "failed":
+                continue
+            name = f"{ti['task_id']}[{ti.get('map_index', -1)}]"
+            folder = af.home / "logs" / f"dag_id={DAGS[form]}" / f"run_id={run_id}" / f"task_id={ti['task_id']}"
+            if int(ti.get("map_index", -1)) >= 0:
+                folder = folder / f"map_index={ti['map_index']}"
+            log_file = folder / f"attempt={ti['try_number']}.log"
+            text = log_file.read_text(errors="replace") if log_file.exists() else ""
+            (uncertain if "TtsSubmitUncertainError" in text else other).setdefault(form, []).append(name)
+    return uncertain, other
 
 
 def _wait_for_runs(
