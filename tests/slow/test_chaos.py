@@ -4,9 +4,10 @@
 operators and 10 mapped ``/tts-stream`` texts, triggered together on CeleryExecutor + PostgreSQL + Redis
 (2 workers, 2 triggerers) with 20 % injected vendor faults, while a chaos loop SIGKILLs a random worker
 or triggerer three times (20 s apart, each restarted), PostgreSQL restarts (fast shutdown) and Redis
-restarts (its queues lost). Every run must succeed (or fail only because a kill landed while a create
-call was in flight, which by design, R5', is left to a human rather than paid twice), every text be created once at the vendor and stored
-once byte-identical, nothing be left behind, and the key be nowhere: the end checks are
+restarts (its queues lost). Every run must succeed (or fail only because a kill landed while a
+create call was in flight, which by design, R5', is left to a human rather than paid twice), every text
+be created once at the vendor and stored once byte-identical, nothing be left behind, and the key be
+nowhere: the end checks are
 ``run_chaos``'s, the same as the full run's. The seed is fixed, so a failure replays with
 ``tools/chaos.py --batch 60 --one-task 20 --stream 10 --max-kills 3 --kill-every 20 --postgres-at 35
 --redis-at 55 --seed 20261207``.
