@@ -16,7 +16,7 @@ NEWEST := 3.3
 MATRIX := 3.0 3.1 3.2
 MINORS := $(MATRIX) $(NEWEST)
 
-.PHONY: run test lint typecheck pytest bench emulator clean soak matrix lock lock-check \
+.PHONY: run test lint typecheck pytest bench chaos emulator clean soak matrix lock lock-check \
 	$(addprefix test-af,$(MATRIX))
 
 # install(venv, minor): a new virtualenv holding exactly the constraints file and this package (no
@@ -69,6 +69,13 @@ BENCHMARKS := $(shell grep -l write_section benchmarks/[a-z]*.py)
 
 bench: $(STAMP)  ## every benchmark; each writes its section of BENCHMARKS.md
 	@for b in $(BENCHMARKS); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Issue 26: 1,000-text batch + 300 one-task operators + 50 /tts-stream texts on the distributed engine while
+# workers and triggerers are SIGKILLed every 30 s and PostgreSQL and Redis restart once (RELIABILITY D2).
+# CHAOS_ARGS changes sizes, seed or timing (tools/chaos.py --help), e.g. CHAOS_ARGS="--seed 7".
+CHAOS_ARGS ?=
+chaos: $(STAMP)  ## kill anything at any time on the distributed engine; every text paid once, stored once
+	$(BIN)/python tools/chaos.py $(CHAOS_ARGS)
 
 emulator: $(STAMP)  ## serve both vendor APIs on a local port
 	$(BIN)/python -m airflow_provider_tts.emulator

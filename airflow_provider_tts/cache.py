@@ -40,6 +40,7 @@ never a silent miss: a miss there would pay twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -203,18 +204,19 @@ class RequestCache:
             etag=etag,
         )
 
-    def find(self, fingerprint: str) -> tuple[CachedAudio | None, dict[str, Any] | None]:
+    def find(self, fingerprint: str, *, absent: bool = False) -> tuple[CachedAudio | None, dict[str, Any] | None]:
         """``(confirmed stored audio or None, the entry or None)`` for one request.
 
         A request with no entry is looked up among the folder's 0.1 sidecars; a match is adopted
-        (its entry written) so the next run finds it directly.
+        (its entry written) so the next run finds it directly. ``absent``: a listing just showed
+        there is no entry, so it is not read.
         """
-        found, entry = self._find(fingerprint)
+        found, entry = self._find(fingerprint, absent=absent)
         metrics.cache("miss" if found is None else "hit", vendor=self.endpoint.api)
         return found, entry
 
-    def _find(self, fingerprint: str) -> tuple[CachedAudio | None, dict[str, Any] | None]:
-        entry = self.read(fingerprint)
+    def _find(self, fingerprint: str, *, absent: bool = False) -> tuple[CachedAudio | None, dict[str, Any] | None]:
+        entry = None if absent else self.read(fingerprint)
         if entry is None and self.legacy:
             adopted = self._adopt_legacy(fingerprint)
             if adopted is not None:
@@ -222,12 +224,39 @@ class RequestCache:
         return self.hit(fingerprint, entry), entry
 
     def find_all(self, fingerprints: Iterable[str], threads: int = 8) -> dict[str, tuple[CachedAudio | None, Any]]:
-        """:meth:`find` for many requests at once (each is a GET, a HEAD or a local hash)."""
+        """:meth:`find` for many requests at once: one LIST of the entries, then a GET per entry that exists.
+
+        A request without an entry costs nothing more. Reading every entry instead (a GET each, most
+        answered 404 on a first run) took 105 s for a 1,000-text batch on a busy machine before its first
+        create, longer than a worker lived in the chaos run (RELIABILITY D3), so a batch killed every
+        minute never paid for anything. An entry written after the LIST is not lost: claiming it is
+        conditional, and a claim that finds an entry returns it instead of paying.
+        """
         unique = list(dict.fromkeys(fingerprints))
         if self.legacy and unique:
             self._legacy()  # one LIST before the threads, not one per thread
+        present = self._entry_names() if unique else None
+
+        def one(fingerprint: str) -> tuple[CachedAudio | None, Any]:
+            absent = present is not None and self.entry_path(fingerprint).name not in present
+            return self.find(fingerprint, absent=absent)
+
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="tts-cache") as pool:
-            return dict(zip(unique, pool.map(self.find, unique), strict=True))
+            return dict(zip(unique, pool.map(one, unique), strict=True))
+
+    def _entry_names(self) -> set[str] | None:
+        """File names in ``.tts-cache/`` (one fresh LIST), or None when it cannot be listed (then each is read)."""
+        folder = self.folder / CACHE_FOLDER
+        fs = folder.fs
+        try:
+            with contextlib.suppress(Exception):
+                fs.invalidate_cache(folder.path)  # a listing cached earlier in this process may be stale
+            return {os.path.basename(str(n).rstrip("/")) for n in fs.ls(folder.path, detail=False)}
+        except FileNotFoundError:
+            return set()
+        except Exception:
+            log.warning("Could not list %s; reading each entry instead", folder, exc_info=True)
+            return None
 
     # ------------------------------------------------------------------------------ writing
 

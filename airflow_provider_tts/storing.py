@@ -26,6 +26,11 @@ from airflow_provider_tts.naming import check_file_name
 from airflow_provider_tts.storage import OverwritePolicy, abort_stale_uploads, store_stream
 from airflow_provider_tts.storage import plain_uri as plain_uri
 
+#: Downloads of one paid task's audio within one Airflow try, each after the transport's own retries: a
+#: 200 maintenance page or a garbled answer at download time is tried again in place, with a fresh status
+#: (and URL), because the vendor task is paid and done; only then does the try fail (batch and one-task alike).
+STORE_ATTEMPTS = 3
+
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context, ObjectStoragePath

@@ -461,6 +461,40 @@ class DistributedAirflow(LocalAirflow):
                     raise LocalAirflowError(f"Redis not up in time: {exc}") from exc
                 time.sleep(0.1)
 
+    def restart_server(self, name: str, sig: int = signal.SIGTERM, timeout: float = 120.0) -> float:
+        """Stop ``postgres`` or ``redis`` with ``sig``, start it again on the same port and data; return the downtime.
+
+        What a database failover or a broker restart looks like to Airflow: every open connection breaks at
+        once, the port refuses connections until the new process accepts them, and the components must
+        reconnect on their own. PostgreSQL keeps its data directory (``SIGTERM``: smart shutdown, which
+        waits for clients, so it is sent as ``SIGINT``, PostgreSQL's fast shutdown; ``SIGKILL``: a crash,
+        recovered from the WAL on start). Redis has no persistence here, so a restart loses every message
+        in its queues, as a broker without AOF does: Airflow must notice the lost tasks by itself.
+        """
+        if name not in ("postgres", "redis"):
+            raise ValueError(f"unknown server {name!r}; known: postgres, redis")
+        server = self._servers.pop(name)
+        t0 = time.monotonic()
+        if name == "postgres" and sig == signal.SIGTERM:
+            sig = signal.SIGINT  # PostgreSQL's SIGTERM waits for every client to leave: never, here
+        server.stop(sig, 30)
+        deadline = time.monotonic() + timeout
+        if name == "postgres":
+            self._run_postgres(deadline)
+        else:
+            self._start_redis(deadline)
+        downtime = time.monotonic() - t0
+        self._log(f"local-airflow: {name} restarted after {signal.Signals(sig).name}, down {downtime:.1f}s")
+        return downtime
+
+    def dead_components(self) -> list[str]:
+        """Components whose current process is not running (a supervisor would restart them).
+
+        Includes one that :meth:`kill` ended and nobody restarted yet, and one whose death another call
+        already reported (``_check_alive`` marks it as expected to be down when it raises).
+        """
+        return [c for c, p in self._procs.items() if not p.running()]
+
     def _check_server(self, name: str) -> None:
         server = self._servers[name]
         if server.popen.poll() is not None:

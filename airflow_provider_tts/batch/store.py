@@ -30,6 +30,7 @@ from airflow_provider_tts.naming import has_audio_extension, same_file, with_ext
 from airflow_provider_tts.objects import copy_object
 from airflow_provider_tts.results import batch_result
 from airflow_provider_tts.storage import StoredAudio, check_audio_body, peek
+from airflow_provider_tts.storing import STORE_ATTEMPTS as STORE_ATTEMPTS
 from airflow_provider_tts.storing import plain_uri, stream_audio_into
 
 if TYPE_CHECKING:
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
     from airflow_provider_tts.cache import CachedAudio
     from airflow_provider_tts.status import TtsTaskStatus
 
-#: Downloads of one item within one try (each after the transport's own retries) before it is a failed row.
-STORE_ATTEMPTS = 3
 #: What the batch's asset event carries in its ``extra``: where the manifest is and the counts.
 EVENT_KEYS = ("manifest", "items", "stored", "cached", "failed")
 

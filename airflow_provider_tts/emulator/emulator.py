@@ -412,6 +412,10 @@ class Emulator:
         if unknown:
             raise KeyError(f"no emulator task with id {', '.join(unknown)}")
 
+    def streams(self) -> dict[str, int]:
+        """``{text: /tts-stream answers sent whole}``: a stream creates no task, so this is its create count."""
+        return self._state.streams()
+
     def tasks(self) -> list[dict[str, Any]]:
         config = self._state.config
         return [task.info(config) for task in self._state.tasks()]

@@ -472,6 +472,7 @@ class EmulatorServer:
         for start in range(0, len(data), STREAM_CHUNK_BYTES):
             await resp.write(view[start : start + STREAM_CHUNK_BYTES])
         await resp.write_eof()
+        self.state.count_stream(str(body["text"]))
         return resp
 
     # -- RevidAPI ----------------------------------------------------------------------------

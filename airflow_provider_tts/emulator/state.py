@@ -109,6 +109,8 @@ class _Counters:
     by_status: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     creates: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: ``/tts-stream`` answers sent whole, per text: a stream has no task, and it is paid when answered.
+    streams: Counter[str] = field(default_factory=Counter)
     polls_unknown: int = 0
     max_concurrent: int = 0
     connections: int = 0
@@ -226,6 +228,16 @@ class State:
                 queue.popleft()
             self._counters.creates[(api, kind)] += 1
             return self._new_task(api, kind, spec, source, "http", body, caller_id)
+
+    def count_stream(self, text: str) -> None:
+        """A ``/tts-stream`` answer was sent whole for ``text`` (what the vendor charges for)."""
+        with self._lock:
+            self._counters.streams[text] += 1
+
+    def streams(self) -> dict[str, int]:
+        """``{text: /tts-stream answers sent whole}`` since the start (or the last reset)."""
+        with self._lock:
+            return dict(self._counters.streams)
 
     def script(self, api: object, kind: object, values: Mapping[str, object]) -> int:
         """Queue a spec for the next vendor create of (api, kind); returns the queue length."""

@@ -13,6 +13,7 @@ with a submit in front.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -21,7 +22,7 @@ from airflow.sdk import AssetAlias, BaseOperator
 
 from airflow_provider_tts.compat import conf
 from airflow_provider_tts.confinement import DESTINATIONS, confine
-from airflow_provider_tts.exceptions import TtsConfigError
+from airflow_provider_tts.exceptions import TtsConfigError, TtsProtocolError, TtsTransientApiError
 from airflow_provider_tts.hooked import TtsHookMixin
 from airflow_provider_tts.lineage import default_outlet
 from airflow_provider_tts.links import StoredAudioLink
@@ -50,7 +51,7 @@ from airflow_provider_tts.storage import (
     is_folder,
     peek,
 )
-from airflow_provider_tts.storing import StoredAudioOutput, plain_uri, stream_audio_into
+from airflow_provider_tts.storing import STORE_ATTEMPTS, StoredAudioOutput, plain_uri, stream_audio_into
 from airflow_provider_tts.templating import rendered_later, templated
 from airflow_provider_tts.waiting import Waiter, WaitPolicy, wait_sync, wait_timeout
 
@@ -314,6 +315,30 @@ class TtsAudioToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
         return destination, folder
 
     def _store(self, context: Context, status: TtsTaskStatus) -> dict[str, Any]:
+        """Download the finished task's audio into the destination, trying a glitched download again in place.
+
+        The task is paid and done: a 200 maintenance page where the audio should be, a garbled result
+        answer or a 5xx outliving the transport's retries says nothing about the audio, so it is fetched
+        again (with a fresh status, whose URL may be new) up to ``STORE_ATTEMPTS`` times before the try
+        fails, as the batch does per item. Spending an Airflow retry on it would make a worker loss and
+        a glitch share one budget (found by the chaos run, RELIABILITY D3). Nothing is written by a
+        failed attempt: the body is checked before the write starts and a cut write is discarded.
+        """
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                return self._store_once(context, status)
+            except (TtsProtocolError, TtsTransientApiError) as exc:
+                if attempt == STORE_ATTEMPTS:
+                    raise
+                self.log.warning("Task %s: %s; downloading it again (attempt %d of %d)", status.tts_task_id, exc,
+                                 attempt + 1, STORE_ATTEMPTS)  # fmt: skip
+                with contextlib.suppress(Exception):  # a status glitch too: keep the one we have
+                    fresh = self.hook.get_task_status(status.tts_task_id, self.kind)
+                    if fresh.state == status.state:
+                        status = fresh
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _store_once(self, context: Context, status: TtsTaskStatus) -> dict[str, Any]:
         destination, folder = self._checked_destination(reuse=True)
         ti = context.get("ti")
         try_number = getattr(ti, "try_number", None)

@@ -85,3 +85,14 @@ def test_injected_status_faults_answer_instead_of_streaming(emu: Any) -> None:
     emu.inject("503", endpoint="stream")
     assert _post(emu, BODY).status_code == 503
     assert _post(emu, BODY).status_code == 200
+
+
+def test_streams_counts_whole_answers_per_text(emu: Any) -> None:
+    """A stream has no vendor task, so ``streams()`` is its create count: answers sent whole, per text."""
+    emu.inject("503", endpoint="stream")
+    assert _post(emu, BODY).status_code == 503  # refused before any audio: not paid
+    assert emu.streams() == {}
+    assert _post(emu, BODY).status_code == 200
+    assert _post(emu, {**BODY, "text": "Another text."}).status_code == 200
+    assert _post(emu, {**BODY, "voice_id": "x"}).status_code == 422
+    assert emu.streams() == {BODY["text"]: 1, "Another text.": 1}

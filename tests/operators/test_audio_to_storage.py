@@ -35,6 +35,7 @@ from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator
 from airflow_provider_tts.sensors.tts import TtsTaskSensor
 from airflow_provider_tts.status import TtsTaskStatus
 from airflow_provider_tts.storage import TtsStorageError, store_stream
+from airflow_provider_tts.storing import STORE_ATTEMPTS
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger
 from tests.conftest import PAIRS, TEST_KEY, ConnFactory
 from tests.operators.conftest import kill_when, run_worker, ti_context
@@ -835,11 +836,31 @@ def test_an_html_page_with_status_200_is_not_stored(
     emu: Any, make_conn: ConnFactory, tmp_path: Path, api: str, endpoint: str
 ) -> None:
     task_id = emu.create_task(api, "tts", delay=0)
-    emu.inject("html_200", 1, endpoint=endpoint)
+    emu.inject("html_200", STORE_ATTEMPTS, endpoint=endpoint)  # every download of the try: a page, never stored
     with pytest.raises(TtsProtocolError, match=r"got text/html starting with '<!DOCTYPE html>") as info:
         _op(make_conn(api), task_id, f"file://{tmp_path}/out/").execute(ti_context())
     assert "nothing was stored" in str(info.value)
     assert _all_files(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize(
+    ("api", "endpoint", "kind"),
+    [("camb_ai", "result", "html_200"), ("camb_ai", "result", "malformed_json"), ("revid_tts", "storage", "html_200")],
+)
+def test_one_glitched_download_is_tried_again_in_the_same_try(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path, api: str, endpoint: str, kind: str
+) -> None:
+    """The task is paid and done: a maintenance page or garbled answer at download time costs no Airflow retry.
+
+    Found by the chaos run (RELIABILITY D3): with every transient fault kind, one-task operators failed
+    tries on a 200 maintenance page at the result URL, sharing the retry budget with worker losses.
+    """
+    task_id = emu.create_task(api, "tts", delay=0)
+    emu.inject(kind, 1, endpoint=endpoint)
+    result = _op(make_conn(api), task_id, f"file://{tmp_path}/out/").execute(ti_context())
+    assert result["tts_task_id"] == task_id
+    assert _all_files(tmp_path / "out") == [Path(result["uri"]).name]
+    assert emu.stats()["creates_total"] == 0  # nothing paid again: the download alone was repeated
 
 
 @pytest.mark.parametrize("content_type", ["text/html", "text/plain", "application/octet-stream", "application/xml"])

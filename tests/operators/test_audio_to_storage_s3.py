@@ -21,6 +21,7 @@ from airflow.sdk.execution_time.context import OutletEventAccessors
 from airflow_provider_tts.exceptions import TtsConfigError, TtsConnectionError, TtsProtocolError
 from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator
 from airflow_provider_tts.storage import TtsStorageError
+from airflow_provider_tts.storing import STORE_ATTEMPTS
 from tests.conftest import PAIRS, ConnFactory
 from tests.operators.conftest import kill_when, run_worker, ti_context, without_content_length
 
@@ -515,7 +516,7 @@ def test_an_html_page_with_status_200_is_not_stored(
     emu: Any, make_conn: ConnFactory, aws_conn: str, s3: Any, bucket: str, api: str, endpoint: str
 ) -> None:
     task_id = emu.create_task(api, "tts", delay=0)
-    emu.inject("html_200", 1, endpoint=endpoint)
+    emu.inject("html_200", STORE_ATTEMPTS, endpoint=endpoint)  # every download of the try: a page, never stored
     with pytest.raises(TtsProtocolError, match=r"got text/html starting with '<!DOCTYPE html>") as info:
         _op(make_conn(api), task_id, f"s3://{bucket}/audio/", dest_conn_id=aws_conn).execute(ti_context())
     assert "nothing was stored" in str(info.value)

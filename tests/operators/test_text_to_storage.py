@@ -26,6 +26,7 @@ from airflow_provider_tts.operators.text_to_storage import (
     RevidSrtToSpeechToStorageOperator,
     RevidTtsToStorageOperator,
 )
+from airflow_provider_tts.storing import STORE_ATTEMPTS
 from airflow_provider_tts.triggers.tts import TtsTaskTrigger
 from tests.conftest import FIELDS, ConnFactory
 from tests.operators.test_submit import SRT, FakeTI, Ledger, StateStore
@@ -108,7 +109,8 @@ def test_a_retry_after_a_failed_store_reattaches_and_pays_once(
     emu: Any, make_conn: ConnFactory, tmp_path: Path, ledger: Ledger
 ) -> None:
     conn_id = make_conn("camb_ai", max_retries=0)
-    emu.inject("502", count=1, endpoint="result", api="camb_ai")  # the first try's download fails
+    # every download of the first try fails (a glitch alone is downloaded again within the try)
+    emu.inject("502", count=STORE_ATTEMPTS, endpoint="result", api="camb_ai")
     first = _op(CambTtsToStorageOperator, conn_id, f"file://{tmp_path}/", **FIELDS["camb_ai/tts"])
     with pytest.raises(TtsError):
         first.execute(ledger.context())

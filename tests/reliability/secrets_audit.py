@@ -6,7 +6,10 @@ all the rest: nothing is skipped because it seems unlikely), zlib- or gzip-compr
 included, then the raw database files (free pages and journals too), then every other file under
 the home: task logs, triggerer and scheduler logs, DAG bundles. ``audit_emulator(emulator, key)``
 checks what the emulator recorded: no request to the storage ("audio") host carried the key, and
-no URL of any request contained it. Both return one line per finding, so ``[]`` means clean.
+no URL of any request contained it. ``audit_postgres`` and ``audit_redis`` search the distributed
+deployment's servers (``tools/distributed_airflow.py``): every column of every table and a ``pg_dump``,
+and every key of the broker with the Celery message bodies decoded. Both return one line per finding,
+so ``[]`` means clean.
 
 The key legitimately lives in the connection (the ``connection`` table, if the connection is stored
 there rather than in an environment variable) and in the ``x-api-key`` header of requests to the
@@ -17,7 +20,9 @@ example DAG ran on a real deployment, and unit-tested on a synthetic home in ``t
 from __future__ import annotations
 
 import base64
+import binascii
 import gzip
+import json
 import sqlite3
 import zlib
 from collections.abc import Iterable
@@ -25,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["audit_deployment", "audit_emulator", "needles"]
+__all__ = ["audit_deployment", "audit_emulator", "audit_postgres", "audit_redis", "needles"]
 
 #: Tables where the key may legitimately be (a connection stored in the metadata DB).
 ALLOWED_TABLES = frozenset({"connection"})
@@ -161,3 +166,74 @@ def audit_emulator(emulator: Any, key: str) -> list[str]:
         if any(k in entry["path"] for k in keys):
             findings.append(f"emulator: the key is in the URL of {entry['method']} {entry['endpoint']} request")
     return findings
+
+
+def audit_postgres(af: Any, key: str, dump: Path) -> tuple[list[str], dict[str, int]]:
+    """Where ``key`` is in a :class:`~tools.distributed_airflow.DistributedAirflow`'s metadata DB.
+
+    Reads the ``pg_dump`` written to ``dump`` (bytea columns appear hex-encoded there) and every column
+    of every table, compressed values included. Returns the findings and what was scanned.
+    """
+    keys = needles(key)
+    keys_hex = [k.hex().encode() for k in keys]
+    findings: list[str] = []
+    data = af.pg_dump(dump).read_bytes()
+    if any(k in data for k in keys + keys_hex):
+        findings.append(f"pg_dump {dump.name}")
+    summary = {"tables": 0, "rows": 0, "dump_bytes": len(data)}
+    tables = [r[0] for r in af.pg_query("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
+    conn = af.pg_connect()
+    try:
+        with conn, conn.cursor() as cur:
+            for table in tables:
+                cur.execute(f'SELECT * FROM "{table}"')  # names from pg_tables
+                columns = [c.name for c in cur.description]
+                summary["tables"] += 1
+                for number, row in enumerate(cur, 1):
+                    summary["rows"] += 1
+                    for column, value in zip(columns, row, strict=True):
+                        if value is None:
+                            continue
+                        if isinstance(value, (bytes, memoryview)):
+                            raw = bytes(value)
+                        else:
+                            raw = (value if isinstance(value, str) else json.dumps(value, default=str)).encode()
+                        if _hit(raw, keys):
+                            findings.append(f"postgres: table {table}, column {column}, row {number}")
+    finally:
+        conn.close()
+    return findings, summary
+
+
+def audit_redis(af: Any, key: str) -> tuple[list[str], int]:
+    """Where ``key`` is in the broker's keyspace (Celery message bodies base64-decoded); findings, keys scanned."""
+    keys = needles(key)
+    client = af.redis_client()
+    findings: list[str] = []
+    count = 0
+    for name in client.scan_iter(count=1000):
+        count += 1
+        kind = client.type(name).decode()
+        values: list[bytes] = [name]
+        if kind == "string":
+            values.append(client.get(name) or b"")
+        elif kind == "list":
+            values += client.lrange(name, 0, -1)
+        elif kind == "hash":
+            for field, value in client.hgetall(name).items():
+                values += [field, value]
+        elif kind == "set":
+            values += list(client.smembers(name))
+        elif kind == "zset":
+            values += [member for member, _ in client.zrange(name, 0, -1, withscores=True)]
+        for value in values:
+            decoded = [value]
+            try:
+                body = json.loads(value).get("body")
+                if isinstance(body, str):
+                    decoded.append(base64.b64decode(body))
+            except (ValueError, AttributeError, TypeError, binascii.Error):
+                pass
+            if any(k in d for d in decoded for k in keys):
+                findings.append(f"redis: key {name!r} ({kind})")
+    return findings, count

@@ -21,8 +21,6 @@ compressed values included), in the Redis keyspace, or in any log or file of the
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import os
@@ -38,7 +36,7 @@ import requests
 from airflow_provider_tts.emulator import Emulator, EmulatorConfig, FaultConfig
 from tests.conftest import TEST_KEY
 from tests.operators.conftest import AWS_ENV
-from tests.reliability.secrets_audit import _expansions, audit_deployment, needles
+from tests.reliability.secrets_audit import audit_deployment, audit_postgres, audit_redis
 from tests.slow.test_example_dags import EXAMPLES
 from tools.distributed_airflow import DistributedAirflow
 
@@ -209,69 +207,6 @@ def _kill_a_worker_mid_download(af: DistributedAirflow, emulator: Emulator, run_
     return {"victim": victim, "interrupted": interrupted, "held_downloads": held}
 
 
-def _audit_postgres(af: DistributedAirflow, dump: Path) -> tuple[list[str], dict[str, int]]:
-    keys = needles(TEST_KEY)
-    keys_hex = [k.hex().encode() for k in keys]  # bytea columns in a plain pg_dump are hex
-    findings: list[str] = []
-    data = dump.read_bytes()
-    if any(k in data for k in keys + keys_hex):
-        findings.append(f"pg_dump {dump.name}")
-    summary = {"tables": 0, "rows": 0, "dump_bytes": len(data)}
-    tables = [r[0] for r in af.pg_query("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
-    with af.pg_connect() as conn, conn.cursor() as cur:
-        for table in tables:
-            cur.execute(f'SELECT * FROM "{table}"')  # names from pg_tables
-            columns = [c.name for c in cur.description]
-            summary["tables"] += 1
-            for number, row in enumerate(cur, 1):
-                summary["rows"] += 1
-                for column, value in zip(columns, row, strict=True):
-                    if isinstance(value, (bytes, memoryview)):
-                        raw = bytes(value)
-                    elif value is None:
-                        continue
-                    else:
-                        raw = (value if isinstance(value, str) else json.dumps(value, default=str)).encode()
-                    if any(k in v for v in _expansions(raw) for k in keys):
-                        findings.append(f"postgres: table {table}, column {column}, row {number}")
-    conn.close()
-    return findings, summary
-
-
-def _audit_redis(af: DistributedAirflow) -> tuple[list[str], int]:
-    keys = needles(TEST_KEY)
-    client = af.redis_client()
-    findings: list[str] = []
-    count = 0
-    for name in client.scan_iter(count=1000):
-        count += 1
-        kind = client.type(name).decode()
-        values: list[bytes] = [name]
-        if kind == "string":
-            values.append(client.get(name) or b"")
-        elif kind == "list":
-            values += client.lrange(name, 0, -1)
-        elif kind == "hash":
-            for field, value in client.hgetall(name).items():
-                values += [field, value]
-        elif kind == "set":
-            values += list(client.smembers(name))
-        elif kind == "zset":
-            values += [member for member, _ in client.zrange(name, 0, -1, withscores=True)]
-        for value in values:
-            decoded = [value]
-            # Celery message bodies are base64 inside JSON: decode every base64-looking "body".
-            try:
-                body = json.loads(value).get("body")
-                if isinstance(body, str):
-                    decoded.append(base64.b64decode(body))
-            except (ValueError, AttributeError, TypeError, binascii.Error):
-                pass
-            if any(k in d for d in decoded for k in keys):
-                findings.append(f"redis: key {name!r} ({kind})")
-    return findings, count
-
-
 def test_batch_on_the_distributed_engine_survives_a_triggerer_and_a_worker_killed(
     airflow: DistributedAirflow, emulator: Emulator, s3_client: Any, tmp_path: Path
 ) -> None:
@@ -341,8 +276,8 @@ def test_batch_on_the_distributed_engine_survives_a_triggerer_and_a_worker_kille
         assert len(stored) == item["size_bytes"]
 
     # The key: nowhere in PostgreSQL, Redis, logs or any file of the deployment, nor at the storage host.
-    pg_findings, pg_summary = _audit_postgres(af, af.pg_dump(tmp_path / "airflow.sql"))
-    redis_findings, redis_keys = _audit_redis(af)
+    pg_findings, pg_summary = audit_postgres(af, TEST_KEY, tmp_path / "airflow.sql")
+    redis_findings, redis_keys = audit_redis(af, TEST_KEY)
     file_summary: dict[str, int] = {}
     file_findings = audit_deployment(af.home, TEST_KEY, summary=file_summary)
     _log(
