@@ -19,12 +19,12 @@ with DAG(
 ):
     CambTtsBatchToStorageOperator(
         task_id="speak_all",
-        # The emulator's own marker keeps the last two pending 30 s; the others end after 2 s.
-        items=[f"Split line {n}." for n in range(4)] + [f"Split slow line {n}. [emu:delay=30]" for n in range(2)],
+        # The emulator's own marker keeps the last two pending 12 s; the others end after 2 s.
+        items=[f"Split line {n}." for n in range(4)] + [f"Split slow line {n}. [emu:delay=12]" for n in range(2)],
         defaults={"voice_id": 20303, "language": 1},
         destination=os.environ.get("TTS_RERUN_OUTPUT", "file:///tmp/tts-reruns/out/") + "split/",
         max_active_requests=1,  # one create at a time: the quick lines are the oldest
         deferrable=True,
-        wait_before_defer=10,
+        wait_before_defer=4,
         poll_interval=1,
     )
