@@ -199,8 +199,14 @@ class StorePhase(PlanPhase):
         items: dict[str, list[BatchItem]] = {}
         for item in plan.items:
             items.setdefault(item.fingerprint, []).append(item)
-        # The entries as the submit phase left them (owner, reported credits), before storing replaces them.
-        found = await asyncio.to_thread(plan.cache.find_all, list(waits), threads=self.max_active_requests)
+        # What spent() reads of each entry as the submit phase left it (owner, reported credits), before
+        # storing replaces it; only those two fields are kept through the wait (10,000 entries would not).
+        found = {
+            fp: {k: entry.get(k) for k in ("owner", "credits")} if isinstance(entry, Mapping) else entry
+            for fp, (_, entry) in (
+                await asyncio.to_thread(plan.cache.find_all, list(waits), threads=self.max_active_requests)
+            ).items()
+        }
         retried = _retried(context)
         rows: dict[str, Future[dict[str, Any]]] = {}
         ended_fps: set[str] = set()
@@ -208,7 +214,7 @@ class StorePhase(PlanPhase):
 
         def row(item: BatchItem, status: TtsTaskStatus | None) -> dict[str, Any]:
             made = self._row(context, plan, item, None, waits, failed, retried, status)
-            return {**made, **spent(plan, item, made, found[item.fingerprint][1])}
+            return {**made, **spent(plan, item, made, found[item.fingerprint])}
 
         def ended(task_id: str, status: TtsTaskStatus | None) -> None:
             fp = owner.get(task_id)
