@@ -131,6 +131,51 @@ def creates_per_text(emu: Emulator, known: set[str], all_texts: list[str]) -> Co
     return counts
 
 
+def timeline(emu: Emulator, known: set[str], t0: float, end: float, pending: float) -> dict[str, Any]:
+    """Where a form's wall time went, from the emulator's own clock (seconds after the trigger call).
+
+    The floor no design can beat is the slowest item's own time: its vendor task's pending time
+    (create to ready, the emulator's delay) plus its download (the last successful storage request
+    for it, start to answer). ``excess_s`` is the wall time over that floor (target: <= 10 s).
+    Phases: ``first_create``/``last_create`` (submit), ``last_ready`` (the last vendor task could
+    answer done), ``first_download``/``last_download`` (store) and ``end`` (the run's end).
+    """
+    now = time.time()
+    tasks = [task for task in emu.tasks() if task["task_id"] not in known]
+    created = {task["task_id"]: now - float(task["age_seconds"]) for task in tasks}
+    delay = {task["task_id"]: (task["spec"].get("delay") if task["spec"].get("delay") is not None else pending)
+             for task in tasks}  # fmt: skip
+    starts: dict[str, float] = {}
+    for entry in emu.storage_requests():
+        if entry["time"] >= t0:
+            starts[Path(str(entry["path"]).split("?")[0]).stem] = float(entry["time"])
+    downloads: dict[str, float] = {}
+    ends: list[float] = []
+    for entry in emu.requests():
+        if entry["endpoint"] != "storage" or entry["time"] < t0 or entry["status"] != 200:
+            continue
+        name = Path(str(entry["path"]).split("?")[0]).stem
+        ends.append(float(entry["time"]))
+        if name in starts:
+            downloads[name] = max(float(entry["time"]) - starts[name], 0.0)
+    floor = max((float(delay[t]) + downloads.get(t, 0.0) for t in created), default=0.0)
+    ready = [created[t] + float(delay[t]) for t in created]
+
+    def at(value: float | None) -> float | None:
+        return None if value is None else round(value - t0, 1)
+
+    return {
+        "floor_s": round(floor, 1),
+        "excess_s": round(end - t0 - floor, 1),
+        "first_create": at(min(created.values(), default=None)),
+        "last_create": at(max(created.values(), default=None)),
+        "last_ready": at(max(ready, default=None)),
+        "first_download": at(min(starts.values(), default=None)),
+        "last_download": at(max(ends, default=None)),
+        "end": at(end),
+    }
+
+
 def measure(
     af: DistributedAirflow, emu: Emulator, form: str, all_texts: list[str], work: Path, timeout: float
 ) -> dict[str, Any]:
@@ -148,6 +193,7 @@ def measure(
         "triggerers": [af.pid(t) for t in af.triggerers],
     }
     known = {task["task_id"] for task in emu.tasks()}
+    pending = float(emu.config.default_delay)
     stats0 = emu.stats()
     time.sleep(1.5)  # pg_stat_database lags by up to its flush interval
     db0 = _db_counters(af)
@@ -173,6 +219,7 @@ def measure(
     stats1 = emu.stats()
     end = _parse_time(run.get("end_date"))
     wall = (end.timestamp() if end else time.time()) - t0
+    phases = timeline(emu, known, t0, t0 + wall, pending)
     tis = af.task_instances(dag_id, run_id)
     creates = creates_per_text(emu, known, all_texts)
     hashes, manifest_mismatches, failed_rows = stored_audio(form, destination, len(all_texts))
@@ -205,6 +252,7 @@ def measure(
         "texts_with_one_create": sum(1 for i in range(n) if creates.get(i) == 1),
         "creates": sum(creates.values()),
         "load_5min": round(os.getloadavg()[1], 1),
+        "phases": phases,
         "_hashes": hashes,
     }
 
@@ -238,11 +286,13 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, injected: in
         rows.append([
             r["form"], r["state"], r["task_instances"], r["tries"], r["wall_s"], r["cpu_s"]["workers"],
             r["cpu_s"]["scheduler"], r["cpu_s"]["triggerers"], _rows(r), r["db"]["transactions"],
-            round(r["requests"] / n, 2), f"{r['peak_workers_rss_mb']} / {r['peak_process_rss_mb']}",
+            round(r["requests"] / n, 2), r["phases"]["floor_s"], r["phases"]["excess_s"],
+            f"{r['peak_workers_rss_mb']} / {r['peak_process_rss_mb']}",
             f"{r['files']}/{n}", f"{r['texts_with_one_create']}/{n}",
         ])  # fmt: skip
     headers = ["form", "run", "task instances", "task tries", "wall s", "workers CPU s", "scheduler CPU s",
                "triggerers CPU s", "DB rows written", "DB transactions", "vendor requests / text",
+               "slowest item's own s (vendor + download)", "wall over it s",
                "peak worker RSS MB (all / largest process)", "files", "texts with exactly 1 create"]  # fmt: skip
     lines = [
         f"{n} texts, vendor tasks pending {args.pending:g} s, {args.faults:.0%} transient faults on status, "
@@ -259,6 +309,14 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, injected: in
         "",
         table(headers, rows),
     ]
+    lines.append("")
+    for r in results:
+        p = r["phases"]
+        lines.append(
+            f"- {r['form']} timeline (s after the trigger call): creates {p['first_create']}-{p['last_create']}, "
+            f"last vendor task ready {p['last_ready']}, downloads {p['first_download']}-{p['last_download']}, "
+            f"run ended {p['end']}; wall over the slowest item's own time {p['excess_s']} s (target <= 10)."
+        )
     for r in results:
         for row in r["failed_rows"]:
             error, retryable = row.get("error"), row.get("retryable")
@@ -302,7 +360,11 @@ def main() -> None:
         shutil.copy(EXAMPLES / name, dags / name)
     faults = FaultConfig(rate=args.faults, endpoints=frozenset({"status", "result", "storage"}), seed=SEED)
     config = EmulatorConfig(
-        default_delay=args.pending, audio_engine="tones", faults=faults, request_log_size=1, storage_log_size=1
+        default_delay=args.pending,
+        audio_engine="tones",
+        faults=faults,
+        request_log_size=400_000,
+        storage_log_size=100_000,
     )
     results = []
     with Emulator(api_key=KEY, config=config) as emu:

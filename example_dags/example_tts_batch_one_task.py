@@ -14,6 +14,9 @@ and their request, ``the-mountain-wakes-up-slowly-3fa9c2d1.wav`` (the default na
 request alone, keeping private texts out of object keys). A re-run pays only for texts whose
 request changed, wherever they moved in the file; a retry after a failure waits for every task
 already paid for and pays again only for what the vendor failed retryably.
+``wait_before_defer`` keeps the task in its worker for up to two minutes, storing each text as
+soon as its audio is ready; whatever is still pending then is waited for in the triggerer (one
+deferral).
 ``max_failed_items=2`` lets the run succeed with up to two failed texts, each a manifest row with
 the vendor's reason.
 
@@ -60,6 +63,10 @@ with DAG(
         max_failed_items=2,
         max_active_requests=8,
         deferrable=True,
+        # Wait up to 2 minutes in the worker, storing each text as its audio is ready, before
+        # handing what is still pending to the triggerer: a batch that ends within it pays no
+        # deferral and resume, and only its last text is left to store when that one ends.
+        wait_before_defer=timedelta(minutes=2),
         retries=2,
         retry_delay=timedelta(seconds=10),
     )

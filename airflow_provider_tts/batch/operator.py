@@ -40,7 +40,6 @@ from airflow_provider_tts.waiting import WaitPolicy, wait_timeout
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath, XComArg
 
-    from airflow_provider_tts.batch.trigger import TtsBatchTrigger
     from airflow_provider_tts.status import Kind
     from airflow_provider_tts.vendors import Vendor
 
@@ -82,6 +81,12 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
     :param max_active_requests: create calls, polls and downloads in flight at once (default 8).
     :param manifest_name: the manifest's file name in the destination (default ``manifest.jsonl``).
     :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``).
+    :param wait_before_defer: seconds (or a ``timedelta``) a deferrable batch first waits in its
+        worker, storing each item the moment it ends, before it defers for whatever is still
+        pending (default 0: defer at once). A batch whose vendor tasks end within this time never
+        defers: no resume round trip, and its last item is the only one left to store when it
+        ends. It holds the worker slot meanwhile; at most one deferral follows, whatever the size.
+        A batch that is not deferrable always waits this way.
     :param timeout: how long to wait for all items (seconds or ``timedelta``; default 6 hours);
         items still pending then are failed, retryable (a retry waits for them again).
     :param poll_interval: seconds between polling rounds at first; ``wait_policy`` the rest.
@@ -156,6 +161,7 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
         manifest_task_ids: bool = False,
         max_characters: int | None = None,
         max_credits: float | None = None,
+        wait_before_defer: float | timedelta = 0.0,
         **kwargs: Any,
     ) -> None:
         owner = type(self).__name__
@@ -180,6 +186,11 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
             raise TtsConfigError(f"max_active_requests must be 1 to {MAX_ACTIVE_REQUESTS}, got {max_active_requests!r}")
         if not rendered_later(manifest_name):
             check_manifest_name(manifest_name)
+        before_defer = (
+            wait_before_defer.total_seconds() if isinstance(wait_before_defer, timedelta) else wait_before_defer
+        )
+        if isinstance(before_defer, bool) or not isinstance(before_defer, int | float) or not before_defer >= 0:
+            raise TtsConfigError(f"wait_before_defer must be seconds >= 0 or a timedelta, got {wait_before_defer!r}")
         explicit_outlets = "outlets" in kwargs
         policy_fields = WaitPolicy.pop_fields(kwargs)
         self.timeout = wait_timeout(timeout, kwargs, owner, default=DEFAULT_BATCH_TIMEOUT)
@@ -211,6 +222,7 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
         self.manifest_task_ids = manifest_task_ids
         self.max_characters = check_limit("max_characters", max_characters)
         self.max_credits = check_limit("max_credits", max_credits)
+        self.wait_before_defer = float(before_defer)
         if not rendered_later(self.defaults):
             self._check_defaults(self.defaults)
 
@@ -239,7 +251,6 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
         }
         if not waits:
             return self._finish(context, plan, {"status": "done", "pending": 0}, {}, failed)
-        plan.record.save(waits, plan.digest, failed)
         started_at = time.time()
         # The trigger module loads Airflow's trigger base (pydantic models): at run time, not at DAG parse.
         from airflow_provider_tts.batch.trigger import TtsBatchTrigger
@@ -255,23 +266,22 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
             request_retry=self.request_retry,
             wait_policy=self.policy,
         )
-        if self.deferrable:
-            self.defer(trigger=trigger, method_name="execute_complete")
-        event = asyncio.run(self._wait_here(trigger, {task_id: at for task_id, at in waits.values()}))
-        return self._finish(context, plan, event, waits, failed)
-
-    async def _wait_here(self, trigger: TtsBatchTrigger, pending: Mapping[str, float]) -> dict[str, Any] | None:
-        """``deferrable=False``: the trigger's own loop, in this worker, on the operator's hook."""
-        try:
-            return await trigger.wait(self.hook, pending, log=self.log)
-        finally:
-            await self.hook.aclose()
+        done: dict[str, dict[str, Any]] = {}
+        if not self.deferrable or self.wait_before_defer > 0:
+            stop_at = started_at + self.wait_before_defer if self.deferrable else None
+            event, done = asyncio.run(self._store_while_waiting(context, plan, trigger, waits, failed, stop_at))
+            if event is not None:
+                return self._finish(context, plan, event, waits, failed, done)
+            self.log.info("Batch: %d of %d items stored while waiting here; deferring the rest", len(done), len(waits))
+        ended = {item.fingerprint for item in plan.items if str(item.index) in done}
+        plan.record.save({fp: job for fp, job in waits.items() if fp not in ended}, plan.digest, failed, done)
+        self.defer(trigger=trigger, method_name="execute_complete")
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: check the items did not change meanwhile, store, write the manifest."""
         plan = self._plan(context)
         self._session_for_threads()
-        waits, digest, failed = plan.record.load()
+        waits, digest, failed, done = plan.record.load()
         if digest is None:
             # No wait list: this is no resume of a live deferral. Airflow 3.0 calls the resume method
             # again on a retry of a task whose earlier try failed after resuming; that retry starts
@@ -280,4 +290,4 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
             return self.execute(context)
         if digest != plan.digest:
             raise TtsConfigError(changed_message(plan, "they are not the items it submitted before it deferred"))
-        return self._finish(context, plan, event, waits, failed)
+        return self._finish(context, plan, event, waits, failed, done)

@@ -38,7 +38,10 @@ class BatchRecord:
 
     ``pending``: ``{fingerprint: [vendor task id, submitted_at]}`` of the requests to wait for;
     ``failed``: ``{fingerprint: {"error", "retryable"}}`` of requests the submit phase could not pay
-    for (their manifest rows); ``digest``: :func:`~airflow_provider_tts.batch.items.items_digest` of
+    for (their manifest rows); ``done``: ``{item index: manifest row}`` of the items the worker
+    already stored (or saw fail) while it waited before deferring, whose rows the resumed task
+    writes as they were (a request cache hit would call them "cached" and lose what they cost);
+    ``digest``: :func:`~airflow_provider_tts.batch.items.items_digest` of
     the items it was made for. No secret is in it.
     """
 
@@ -61,7 +64,11 @@ class BatchRecord:
         return cls(ObjectStoragePath(uri, conn_id=conn_id))
 
     def save(
-        self, pending: Mapping[str, tuple[str, float]], digest: str, failed: Mapping[str, Mapping[str, Any]]
+        self,
+        pending: Mapping[str, tuple[str, float]],
+        digest: str,
+        failed: Mapping[str, Mapping[str, Any]],
+        done: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         """Write the wait list whole; returns only once the trigger (or a resumed task) can read it."""
         body = {
@@ -69,6 +76,7 @@ class BatchRecord:
             "digest": digest,
             "pending": {fp: list(job) for fp, job in pending.items()},
             "failed": {fp: dict(reason) for fp, reason in failed.items()},
+            "done": {fp: dict(row) for fp, row in (done or {}).items()},
         }
         data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
         try:
@@ -77,8 +85,10 @@ class BatchRecord:
             problem = f"{type(exc).__name__}: {exc}"
             raise TtsStorageError(f"could not write the batch wait list {self.where}: {problem}") from exc
 
-    def load(self) -> tuple[dict[str, tuple[str, float]], str | None, dict[str, dict[str, Any]]]:
-        """``(pending, digest, failed)``; empty and None when there is no wait list. Unreadable is an error."""
+    def load(
+        self,
+    ) -> tuple[dict[str, tuple[str, float]], str | None, dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """``(pending, digest, failed, done)``; empty and None when there is no wait list. Unreadable is an error."""
         path = self.folder / self.FILE
         try:
             raw = read_small(path, MAX_RECORD_BYTES)
@@ -86,7 +96,7 @@ class BatchRecord:
         except (OSError, ValueError) as exc:
             raise TtsStorageError(f"the batch wait list {path} is unreadable ({exc}); nothing is paid again") from exc
         if body is None:
-            return {}, None, {}
+            return {}, None, {}, {}
         if not isinstance(body, dict) or body.get("version") != 2 or not isinstance(body.get("pending"), dict):
             raise TtsStorageError(f"the batch wait list {path} is not one this provider wrote; nothing is paid again")
         pending = {
@@ -96,7 +106,8 @@ class BatchRecord:
         }
         digest = body.get("digest")
         failed = {str(fp): dict(r) for fp, r in (body.get("failed") or {}).items() if isinstance(r, dict)}
-        return pending, digest if isinstance(digest, str) else None, failed
+        done = {str(fp): dict(r) for fp, r in (body.get("done") or {}).items() if isinstance(r, dict)}
+        return pending, digest if isinstance(digest, str) else None, failed, done
 
     def remove(self) -> None:
         """The task is done with it: the request cache holds what any later try needs."""
@@ -111,5 +122,5 @@ class BatchRecord:
 
     def pending(self) -> dict[str, float]:
         """``{vendor task id: submitted_at}``: what a trigger waits for."""
-        jobs, _, _ = self.load()
+        jobs, _, _, _ = self.load()
         return {task_id: submitted_at for task_id, submitted_at in jobs.values()}

@@ -1,17 +1,23 @@
 """The store phase of a batch: every finished audio streamed into the folder, then the manifest.
 
-Once the wait ended, each item is stored ``max_active_requests`` at a time, each through the same
-atomic, constant-memory writer as the single store, with a fresh status (and audio URL) per
-download; a failed item is a manifest row with its reason, never a failed batch by itself. Then
-the manifest is written, the wait list removed, one asset event emitted, and the task fails only
-when more than ``max_failed_items`` items failed, with an error that says whether a retry can help.
+While the worker itself waits (a batch that is not deferrable, and every batch for its first
+``wait_before_defer`` seconds), each item is stored the moment its poll says it ended, with the
+status (and audio URL) that poll just read, while the wait goes on for the others
+(:meth:`StorePhase._store_while_waiting`): when the last item ends only it is left to store, and
+no status is asked twice. Items that ended in the triggerer are stored once the task resumes,
+with a fresh status (and audio URL) each. Either way ``max_active_requests`` at a time, each
+through the same atomic, constant-memory writer as the single store; a failed item is a manifest
+row with its reason, never a failed batch by itself. Then the manifest is written, the wait list
+removed, one asset event emitted, and the task fails only when more than ``max_failed_items``
+items failed, with an error that says whether a retry can help.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tts.batch.manifest import with_duplicates, write_manifest
@@ -37,6 +43,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_tts.batch.items import BatchItem
+    from airflow_provider_tts.batch.trigger import TtsBatchTrigger
     from airflow_provider_tts.cache import CachedAudio
     from airflow_provider_tts.status import TtsTaskStatus
 
@@ -54,18 +61,25 @@ class StorePhase(PlanPhase):
         event: dict[str, Any] | None,
         waits: Mapping[str, tuple[str, float]],
         failed: Mapping[str, Mapping[str, Any]],
+        done: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """Store every finished item, write the manifest, drop the wait list, apply the threshold."""
+        """Store every finished item, write the manifest, drop the wait list, apply the threshold.
+
+        ``done``: ``{item index: manifest row}`` of the items already stored (or failed) while the
+        worker waited (:meth:`_store_while_waiting`); they are neither asked about nor stored again.
+        """
         if not isinstance(event, dict) or event.get("status") not in ("done", "timeout", "error"):
             raise TtsError(f"the batch resumed with no usable event: {event!r:.200}")
         if event["status"] == "error":
             raise error_from_event(event)
-        found = plan.cache.find_all(plan.requests, threads=self.max_active_requests)
-        ti = context.get("ti")
-        try_number = getattr(ti, "try_number", None)
-        retried = not isinstance(try_number, int) or try_number > 1
+        done = done or {}
+        rest = {item.fingerprint for item in plan.items if str(item.index) not in done}
+        found = plan.cache.find_all([fp for fp in plan.requests if fp in rest], threads=self.max_active_requests)
+        retried = _retried(context)
 
         def one(item: BatchItem) -> dict[str, Any]:
+            if str(item.index) in done:
+                return dict(done[str(item.index)])
             hit, entry = found[item.fingerprint]
             row = self._row(context, plan, item, hit, waits, failed, retried)
             return {**row, **spent(plan, item, row, entry)}
@@ -118,8 +132,13 @@ class StorePhase(PlanPhase):
         waits: Mapping[str, tuple[str, float]],
         failed: Mapping[str, Mapping[str, Any]],
         retried: bool,
+        status: TtsTaskStatus | None = None,
     ) -> dict[str, Any]:
-        """One manifest row: the item stored now, found stored, or failed with its reason."""
+        """One manifest row: the item stored now, found stored, or failed with its reason.
+
+        ``status``: the one the wait just read for its vendor task, used for the first download
+        instead of asking again; a download that fails is tried again with a fresh status (and URL).
+        """
         row: dict[str, Any] = {"index": item.index, "key": item.key, "fingerprint": item.fingerprint}
         job = waits.get(item.fingerprint)
         if hit is not None and (self.reuse_cached or job is None):
@@ -135,7 +154,8 @@ class StorePhase(PlanPhase):
         # vendor task is paid for, and max_failed_items is for items the vendor failed, not for glitches.
         for attempt in range(1, STORE_ATTEMPTS + 1):
             try:
-                status = self.hook.get_task_status(task_id, self.tts_kind)
+                if status is None or attempt > 1:
+                    status = self.hook.get_task_status(task_id, self.tts_kind)
                 if status.state == "pending":
                     return {**row, "status": "failed", "error": f"still {status.vendor_status} when the wait ended",
                             "retryable": True}  # fmt: skip
@@ -157,6 +177,58 @@ class StorePhase(PlanPhase):
                 return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500],
                         "retryable": not permanent}  # fmt: skip
         raise AssertionError("unreachable: the last attempt returns")
+
+    async def _store_while_waiting(
+        self,
+        context: Context,
+        plan: BatchPlan,
+        trigger: TtsBatchTrigger,
+        waits: Mapping[str, tuple[str, float]],
+        failed: Mapping[str, Mapping[str, Any]],
+        stop_at: float | None,
+    ) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+        """Wait in this worker (the trigger's own loop, on the operator's hook), storing items as they end.
+
+        Each ended item's row (stored with the status its poll just read, or failed with the
+        vendor's reason) is made in a thread, ``max_active_requests`` at a time, while the polls go
+        on. Returns the wait's event (None: ``stop_at`` came first; the caller defers the rest) and
+        ``{item index: manifest row}`` of every item whose vendor task ended, its spending included.
+        """
+        owner = {task_id: fp for fp, (task_id, _) in waits.items()}
+        items: dict[str, list[BatchItem]] = {}
+        for item in plan.items:
+            items.setdefault(item.fingerprint, []).append(item)
+        # What spent() reads of each entry as the submit phase left it (owner, reported credits), before
+        # storing replaces it; only those two fields are kept through the wait (10,000 entries would not).
+        found = {
+            fp: {k: entry.get(k) for k in ("owner", "credits")} if isinstance(entry, Mapping) else entry
+            for fp, (_, entry) in (
+                await asyncio.to_thread(plan.cache.find_all, list(waits), threads=self.max_active_requests)
+            ).items()
+        }
+        retried = _retried(context)
+        rows: dict[str, Future[dict[str, Any]]] = {}
+        ended_fps: set[str] = set()
+        pool = ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="tts-batch-store")
+
+        def row(item: BatchItem, status: TtsTaskStatus | None) -> dict[str, Any]:
+            made = self._row(context, plan, item, None, waits, failed, retried, status)
+            return {**made, **spent(plan, item, made, found[item.fingerprint])}
+
+        def ended(task_id: str, status: TtsTaskStatus | None) -> None:
+            fp = owner.get(task_id)
+            if fp is not None and fp not in ended_fps:
+                ended_fps.add(fp)
+                for item in items.get(fp, ()):
+                    rows[str(item.index)] = pool.submit(row, item, status)
+
+        pending = {task_id: at for task_id, at in waits.values()}
+        try:
+            event = await trigger.wait(self.hook, pending, log=self.log, on_ended=ended, stop_at=stop_at)
+        finally:
+            await self.hook.aclose()
+            await asyncio.to_thread(pool.shutdown, wait=True)  # every started store finishes, even on an error
+        return event, {index: future.result() for index, future in rows.items()}
 
     def _use_hit(self, plan: BatchPlan, item: BatchItem, hit: CachedAudio) -> dict[str, Any]:
         """A cached item's row; copied (no vendor call) to the name its key or ``file_name`` asks for."""
@@ -217,6 +289,12 @@ class StorePhase(PlanPhase):
                 if isinstance(outlet, Asset | AssetRef):
                     events[outlet].extra.update({k: summary[k] for k in EVENT_KEYS})
         get_hook_lineage_collector().add_output_asset(context=self.hook, uri=summary["destination"])
+
+
+def _retried(context: Context) -> bool:
+    """Whether this is a later try (or an unknown one): a file in the way may be this task's own partial."""
+    try_number = getattr(context.get("ti"), "try_number", None)
+    return not isinstance(try_number, int) or try_number > 1
 
 
 def spent(plan: BatchPlan, item: BatchItem, row: Mapping[str, Any], entry: Any) -> dict[str, Any]:

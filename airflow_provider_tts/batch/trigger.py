@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -27,11 +27,16 @@ from airflow_provider_tts.exceptions import TtsAuthError, TtsConfigError, error_
 from airflow_provider_tts.renames import stored_request_retry
 from airflow_provider_tts.waiting import WaitPolicy
 
+if TYPE_CHECKING:
+    from airflow_provider_tts.status import TtsTaskStatus
+
 #: Where the triggerer imports :class:`TtsBatchTrigger` from (pinned, as for ``TtsTaskTrigger``): rows
 #: name this path, which :mod:`airflow_provider_tts.triggers.batch` keeps importable.
 BATCH_TRIGGER_CLASSPATH = "airflow_provider_tts.triggers.batch.TtsBatchTrigger"
 #: Seconds between two progress lines of one wait.
 PROGRESS_EVERY = 30.0
+#: The shortest pause before a poll brought forward to when the oldest waiting task is expected done.
+HURRY_GAP = 0.5
 
 
 async def wait_for_all(
@@ -45,6 +50,8 @@ async def wait_for_all(
     concurrency: int,
     log: Any,
     stopped: Callable[[], bool] = lambda: False,
+    on_ended: Callable[[str, TtsTaskStatus | None], None] | None = None,
+    stop_at: float | None = None,
 ) -> dict[str, Any] | None:
     """Poll ``pending`` (``{task id: submitted_at}``) in rounds until every task ended; the one event.
 
@@ -52,14 +59,25 @@ async def wait_for_all(
     decide alike: a task is done when :meth:`WaitPolicy.verdict` says so (a "not found" within the
     grace period after *its* submission still waits); one that fails more than
     ``max_consecutive_errors`` polls in a row is done as an error; a refused key ends the whole
-    wait. None only when ``stopped()`` (the trigger was killed).
+    wait. None when ``stopped()`` (the trigger was killed) or when the next round would start
+    after ``stop_at`` (a worker that waited as long as it may before deferring the rest).
+
+    ``on_ended(task_id, status)`` hears of each task the moment it ended, with the status that
+    said so (None when it ended by failing its polls): the worker that waits stores its audio
+    right then, with the audio URL just read, while the wait goes on for the others.
 
     **A round sweeps oldest first and stops at the first task still waiting.** The wait ends when
     the last task ends, so polling a task again and again while an older one is still pending
     buys nothing: each round polls the oldest waiting task, and only once it ended the next ones
     in submission order, ``concurrency`` in flight at a time, sending no new poll once one
     answered "still waiting". While the vendor works a round costs one request, and every task is
-    polled about once after it finished, instead of once per round for the whole wait. Progress
+    polled about once after it finished, instead of once per round for the whole wait.
+
+    **The next round comes when the oldest waiting task is expected done**, if that is sooner than
+    the schedule: tasks submitted together take about as long, so once one ended, the oldest
+    waiting task is polled when it has run as long as the quickest seen to end (at least
+    :data:`HURRY_GAP` later), once per task; one that is not done by then goes back to the
+    schedule. The last task is seen to end about when it does, not up to an interval later. Progress
     lines count what has been seen to end; before the deadline passes, one full round checks
     every task.
     """
@@ -69,6 +87,10 @@ async def wait_for_all(
     group = max(int(concurrency), 1)  # polls in flight at once: the sweep's window
     total = len(waiting)
     last_progress = time.monotonic()
+    # The shortest time from submission to "ended" seen so far (an upper bound of that task's work),
+    # and the tasks whose next poll was brought forward on the strength of it (once per task).
+    lead: list[float] = []
+    hurried: set[str] = set()
 
     async def poll(task_id: str) -> tuple[str, str]:
         if stopped():
@@ -81,10 +103,14 @@ async def wait_for_all(
             errors[task_id] = errors.get(task_id, 0) + 1
             if errors[task_id] > policy.max_consecutive_errors:
                 log.warning("Giving up on task %s after %d failed polls: %s", task_id, errors[task_id], exc)
+                if on_ended is not None:
+                    on_ended(task_id, None)
                 return task_id, "errors"
             return task_id, "wait"
         errors.pop(task_id, None)
         verdict = policy.verdict(status, time.time() - waiting[task_id])
+        if verdict != "wait" and on_ended is not None:
+            on_ended(task_id, status)
         return task_id, verdict
 
     def ended(task_id: str, verdict: str) -> bool:
@@ -92,7 +118,9 @@ async def wait_for_all(
         if verdict == "wait":
             return False
         counts[verdict] += 1
-        del waiting[task_id]
+        seen = time.time() - waiting.pop(task_id)
+        if verdict == "succeeded" and (not lead or seen < lead[0]):
+            lead[:] = [seen]
         return True
 
     async def sweep(full: bool) -> None:
@@ -133,6 +161,13 @@ async def wait_for_all(
             break
         now = time.time()
         delay = max(policy.interval(now - started_at) - (now - round_started), 0.0)
+        oldest = next(iter(waiting))
+        if lead and oldest not in hurried:
+            # Tasks submitted together take about as long: the oldest waiting one is likely done once
+            # it has been running as long as the quickest seen to end. Poll it then rather than a whole
+            # interval later (once per task: one that misses goes back to the schedule).
+            hurried.add(oldest)
+            delay = min(delay, max(waiting[oldest] + lead[0] - now, min(delay, HURRY_GAP)))
         if deadline is not None and now + delay >= deadline:
             try:
                 await sweep(full=True)  # the tasks behind the oldest pending one were never asked
@@ -142,6 +177,8 @@ async def wait_for_all(
                 break
             log.warning("Batch: %d of %d vendor tasks still pending at the deadline", len(waiting), total)
             return {"status": "timeout", "pending": len(waiting), **counts}
+        if stop_at is not None and now + delay > stop_at:
+            return None
         await asyncio.sleep(delay)
     if stopped():
         return None
@@ -228,8 +265,16 @@ class TtsBatchTrigger(BaseTrigger):
         if event is not None:
             yield TriggerEvent(event)
 
-    async def wait(self, hook: Any, pending: Mapping[str, float], *, log: Any) -> dict[str, Any] | None:
-        """:func:`wait_for_all` with this trigger's settings (also what a non-deferrable batch runs)."""
+    async def wait(
+        self,
+        hook: Any,
+        pending: Mapping[str, float],
+        *,
+        log: Any,
+        on_ended: Callable[[str, TtsTaskStatus | None], None] | None = None,
+        stop_at: float | None = None,
+    ) -> dict[str, Any] | None:
+        """:func:`wait_for_all` with this trigger's settings (also what a batch's worker runs while it waits)."""
         return await wait_for_all(
             hook,
             self.kind,
@@ -240,6 +285,8 @@ class TtsBatchTrigger(BaseTrigger):
             concurrency=self.concurrency,
             log=log,
             stopped=lambda: self._killed,
+            on_ended=on_ended,
+            stop_at=stop_at,
         )
 
     async def on_kill(self) -> None:

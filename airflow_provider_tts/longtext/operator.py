@@ -124,9 +124,10 @@ class BaseLongTextToStorageOperator(LongTextOutput, BaseTextBatchToStorageOperat
         event: dict[str, Any] | None,
         waits: Mapping[str, tuple[str, float]],
         failed: Mapping[str, Mapping[str, Any]],
+        done: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Store every part as a batch does (failing on any failed part), then join them into the file."""
-        summary = super()._finish(context, plan, event, waits, failed)
+        summary = super()._finish(context, plan, event, waits, failed, done)
         rows = self._manifest_rows(plan)
         files = [plan.folder / str(row["file"]).rsplit("/", 1)[-1] for row in rows]
         spent = {key: summary[key] for key in ("requests", "characters", "credits", "estimated_credits", "manifest")}

@@ -155,3 +155,27 @@ def test_two_runs_at_once_pay_once_per_text(
     assert _creates(emulator) == 23
     assert len(_audio(out)) == 23
     assert not list((out / ".tts-batch").rglob("pending.json"))  # no wait list left behind
+
+
+def test_what_ended_before_the_deferral_is_stored_in_the_worker_and_the_resume_writes_every_row(
+    airflow: LocalAirflow, emulator: Emulator, paths: tuple[Path, Path]
+) -> None:
+    """``wait_before_defer`` through Airflow's own deferral and resume: the four lines that end
+    within it are stored by the worker, the task defers once for the two others, and the resumed
+    task's manifest has all six as stored, each with the create it cost (not "cached")."""
+    _, out = paths
+    before = _creates(emulator)
+    airflow.wait_for_dag("batch_split_wait")
+    run_id = airflow.trigger("batch_split_wait")
+    states: set[str] = set()
+
+    def watch(_run: dict[str, Any]) -> None:
+        states.update(str(ti["state"]) for ti in airflow.task_instances("batch_split_wait", run_id))
+
+    run = airflow.wait_for_run("batch_split_wait", run_id, timeout=300, on_poll=watch, poll_interval=0.5)
+    assert run["state"] == "success", airflow.describe_run("batch_split_wait", run_id)
+    assert "deferred" in states
+    rows = _manifest(out / "split")
+    assert [row["status"] for row in rows] == ["stored"] * 6
+    assert sum(row["requests"] for row in rows) == 6
+    assert _creates(emulator) == before + 6
