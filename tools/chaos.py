@@ -65,7 +65,7 @@ if str(REPO) not in sys.path:
 from airflow_provider_tts.emulator import Emulator, EmulatorConfig, FaultConfig  # noqa: E402
 from benchmarks._batch_measure import CreateFaults  # noqa: E402
 from tests.reliability.secrets_audit import audit_deployment, audit_postgres, audit_redis  # noqa: E402
-from tools.distributed_airflow import DistributedAirflow  # noqa: E402
+from tools.distributed_airflow import QUICK_FAILURE_DETECTION, DistributedAirflow  # noqa: E402
 from tools.local_airflow import LocalAirflowError  # noqa: E402
 
 KEY = "sk-CHAOS-5d1e-never-log-me"
@@ -79,19 +79,13 @@ AWS_ENV = {
     "AWS_CONFIG_FILE": "/dev/null",
     "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
 }
-#: Each chosen so a death is noticed well within the run (Airflow's defaults are minutes).
+#: A death noticed well within the run (Airflow's defaults are minutes), plus what continuous chaos needs.
 DEPLOYMENT_ENV = {
-    "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
-    "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
-    # Messages lost with a worker (prefetched) or with Redis leave their tasks queued: re-queued after this.
-    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120",
-    # ... but only twice by default, then Airflow FAILS the task without using its retries (found by the
-    # first full run: 13 tasks failed so). Under continuous chaos every kill loses prefetched messages, so a
-    # task can be lost more than twice; a deployment that loses workers often needs this higher.
+    **QUICK_FAILURE_DETECTION,
+    # A queued task is re-queued only twice by default, then Airflow FAILS it without using its retries
+    # (found by the first full run: 13 tasks failed so). Under continuous chaos every kill loses prefetched
+    # messages, so a task can be lost more than twice; a deployment that loses workers often needs this higher.
     "AIRFLOW__SCHEDULER__NUM_STUCK_IN_QUEUED_RETRIES": "10",
-    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "15",
     # 16 task processes parsing the DAG file at once on 2 busy cores can pass the 30 s default, which
     # reschedules the task ("Dag not found during start up"): slow, not wrong, and not what is tested.
     "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",

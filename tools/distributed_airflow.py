@@ -60,9 +60,29 @@ from tools.airflow_processes import _cache_dir, _free_port
 from tools.airflow_rest import _parse_time
 from tools.local_airflow import LocalAirflow, LocalAirflowError
 
-__all__ = ["CELERY_EXECUTOR", "DistributedAirflow", "component_hostname", "find_postgres_bin"]
+__all__ = [
+    "CELERY_EXECUTOR",
+    "QUICK_FAILURE_DETECTION",
+    "DistributedAirflow",
+    "component_hostname",
+    "find_postgres_bin",
+]
 
 CELERY_EXECUTOR = "airflow.providers.celery.executors.celery_executor.CeleryExecutor"
+#: ``AIRFLOW__*`` settings under which a killed component is noticed within seconds, not Airflow's
+#: minutes: what a test or the chaos run that kills workers and triggerers passes to the deployment.
+QUICK_FAILURE_DETECTION = {
+    # A triggerer whose heartbeat is older than this is dead and its triggers go to another (default 30 s).
+    "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
+    "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
+    # A task whose worker died stops heartbeating; it is failed (and retried) after this (default 300 s).
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+    # A message a dead worker (or Redis) had but never started leaves its task queued: re-queued after
+    # this; a task legitimately queued longer (busy workers) is re-queued too.
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120",
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "15",
+}
 #: Environment variable that names a process's component; read by :func:`component_hostname`.
 HOSTNAME_ENV = "DISTRIBUTED_AIRFLOW_HOSTNAME"
 _BASE_COMPONENTS = ("api-server", "scheduler", "dag-processor")

@@ -38,7 +38,7 @@ from tests.conftest import TEST_KEY
 from tests.operators.conftest import AWS_ENV
 from tests.reliability.secrets_audit import audit_deployment, audit_postgres, audit_redis
 from tests.slow.test_example_dags import EXAMPLES
-from tools.distributed_airflow import DistributedAirflow
+from tools.distributed_airflow import QUICK_FAILURE_DETECTION, DistributedAirflow
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -59,21 +59,10 @@ HELD = 3600.0
 #: Seconds each vendor task has been pending, at least, when released.
 PENDING = 20.0
 
-# Settings of this test's deployment, each chosen so a failure is detected within the test's budget:
-DEPLOYMENT_ENV = {
-    # A triggerer whose heartbeat is older than this is dead and its triggers go to another (default 30 s).
-    # Low on purpose: the test SIGKILLs one and waits for the adoption.
-    "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
-    "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
-    # A task whose worker died stops heartbeating; it is failed (and retried) after this (default 300 s).
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
-    # A message the dead worker had received but not started leaves its task queued: re-queued after this.
-    # The run waits this long after the worker kill, so it is most of the test's time after it; a task
-    # legitimately queued longer (busy workers) is re-queued, which Airflow does twice before failing it.
-    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120",
-    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "15",
-}
+# The test SIGKILLs a triggerer and a worker and waits for Airflow to notice: its deployment detects a
+# death within seconds. The run waits the queued timeout after the worker kill, so that is most of the
+# test's time after it.
+DEPLOYMENT_ENV = QUICK_FAILURE_DETECTION
 
 
 def _log(message: str) -> None:
