@@ -13,10 +13,11 @@ import psutil
 
 from airflow_provider_tts.emulator import Emulator
 
-#: Faults a create call can get that prove the vendor did not process it, so the client may resend it
-#: and still pay once. Any other fault on a create (a 500, a dropped connection) leaves the outcome
-#: unknown and, by design, ends that item without a second create (RELIABILITY R9): drawing those at
-#: random would measure the rate, not the two forms.
+#: Faults a create (or ``/tts-stream``) call can get that prove the vendor did not process it, so the
+#: client may resend it and still pay once. Any other fault on a create (a 500, a dropped connection)
+#: leaves the outcome unknown and, by design, ends that item without a second create (RELIABILITY R9);
+#: a stream cut mid-body was charged and is not resent (R12): drawing those at random would measure the
+#: rate, not the forms or the recovery.
 CREATE_FAULT_KINDS: tuple[str, ...] = ("429", "429_no_retry_after", "429_http_date", "503")
 
 
@@ -80,17 +81,19 @@ class RssSampler(threading.Thread):
 
 
 class CreateFaults(threading.Thread):
-    """Answer about ``rate`` of the emulator's create calls with a fault from :data:`CREATE_FAULT_KINDS`.
+    """Answer about ``rate`` of the emulator's ``endpoint`` calls with a fault from :data:`CREATE_FAULT_KINDS`.
 
+    ``endpoint`` is ``create`` (the task APIs) or ``stream`` (``/tts-stream``): the calls that pay.
     The emulator's random faults share one list of kinds across endpoints, so they serve status,
-    result and storage; creates are faulted here instead, by keeping one injection armed after a
+    result and storage; paying calls are faulted here instead, by keeping one injection armed after a
     random (geometric) number of clean creates. Watching the counters every ``interval`` seconds
     can only lengthen a gap, so the achieved rate is at most ``rate``: ``injected`` says what it was.
     """
 
-    def __init__(self, emu: Emulator, rate: float, seed: int, interval: float = 0.05) -> None:
+    def __init__(self, emu: Emulator, rate: float, seed: int, interval: float = 0.05, endpoint: str = "create") -> None:
         super().__init__(daemon=True)
         self.emu = emu
+        self.endpoint = endpoint
         self.rate = rate
         self.interval = interval
         self.rng = random.Random(seed)
@@ -98,7 +101,7 @@ class CreateFaults(threading.Thread):
         self.stop = threading.Event()
 
     def _creates(self) -> int:
-        return int(self.emu.stats()["requests_by_endpoint"].get("create", 0))
+        return int(self.emu.stats()["requests_by_endpoint"].get(self.endpoint, 0))
 
     def _gap(self) -> int:
         """Clean creates before the next fault: geometric with mean ``1 / rate - 1``."""
@@ -120,6 +123,6 @@ class CreateFaults(threading.Thread):
                     next_at = creates + self._gap()
                 continue
             if creates >= next_at:
-                self.emu.inject(self.rng.choice(CREATE_FAULT_KINDS), count=1, endpoint="create")
+                self.emu.inject(self.rng.choice(CREATE_FAULT_KINDS), count=1, endpoint=self.endpoint)
                 self.injected += 1
                 armed_at = creates
