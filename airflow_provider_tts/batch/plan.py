@@ -120,7 +120,7 @@ class PlanPhase:
         """``defaults`` as create fields, or an error naming the field the vendor does not document."""
         if not isinstance(defaults, Mapping):
             raise TtsConfigError(f"defaults rendered to {defaults!r:.80}; expected a dict of create fields")
-        documented = self.vendor.create_models[self.tts_kind].model_fields
+        documented = self.vendor.create_model(self.tts_kind).model_fields
         reference = self.vendor.client_reference_field
         for name in defaults:
             if create_field_name(name) not in documented or name in ("caller_id", reference):
@@ -158,7 +158,7 @@ class PlanPhase:
         except TtsConfigError as exc:
             raise TtsConfigError(f"item {index} ({key or 'no key'}): {exc}") from None
         if isinstance(raw, CsvRow):
-            fields = typed_cells(fields, self.vendor.create_models[self.tts_kind])
+            fields = typed_cells(fields, self.vendor.create_model(self.tts_kind))
         return key, file_name, fields
 
     def _fingerprint(self, index: int, key: str | None, fields: Mapping[str, Any]) -> tuple[str, int | None]:

@@ -116,13 +116,6 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
             for name, param in inspect.signature(cls.__init__).parameters.items()
             if param.kind is inspect.Parameter.KEYWORD_ONLY
         )
-        documented = cls.vendor.create_models[cls.tts_kind].model_fields
-        foreign = [name for name in names if create_field_name(name) not in documented]
-        if foreign:
-            raise TypeError(
-                f"{cls.__name__} declares {', '.join(foreign)}, which the {cls.vendor.api} {cls.tts_kind} "
-                f"create body does not document ({', '.join(documented)})"
-            )
         cls.request_field_names = names
         cls.template_fields = (*_STORAGE_TEMPLATE_FIELDS, *names)
 

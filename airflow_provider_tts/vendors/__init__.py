@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tts.exceptions import TtsConfigError
+from airflow_provider_tts.lazy import lazy_names
 
 if TYPE_CHECKING:
     from airflow_provider_tts.vendors.base import Vendor
@@ -21,15 +22,13 @@ _BY_CONN_TYPE = {"camb_ai": ("camb", "CambAi"), "revid_tts": ("revid", "RevidTts
 _LAZY = {"Vendor": "base", "CambAi": "camb", "RevidTts": "revid"}
 
 
+_lazy = lazy_names(__name__, _LAZY)
+
+
 def __getattr__(name: str) -> Any:
     if name == "VENDORS":
         return vendors()
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+    return _lazy(name)
 
 
 def vendors() -> dict[str, type[Vendor]]:

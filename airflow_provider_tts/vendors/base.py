@@ -8,6 +8,7 @@ exactly alike and nothing outside ``vendors/`` branches on the vendor.
 from __future__ import annotations
 
 import email.utils
+import importlib
 import json
 import logging
 import re
@@ -16,10 +17,10 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, StringConstraints, ValidationError
 
 from airflow_provider_tts.connection import ConnectionSettings
 from airflow_provider_tts.exceptions import (
@@ -38,6 +39,8 @@ from airflow_provider_tts.status import Api, Kind, State, TtsTaskStatus
 log = logging.getLogger(__name__)
 
 #: A vendor task id must look like an id, so it can never change the URL path or a file name.
+#: A text field that must say something: stripped, at least one character (both vendors' bodies).
+NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 _TASK_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
@@ -281,8 +284,9 @@ class Vendor(ABC):
     #: (RevidAPI's ``id``), so a duplicate created by an uncertain submit can be found; None when
     #: the API has no such field (Camb.ai).
     client_reference_field: ClassVar[str | None] = None
-    #: The documented create body of each kind, as a pydantic model that forbids unknown keys.
-    create_models: ClassVar[Mapping[Kind, type[BaseModel]]]
+    #: The module whose ``FIELDS`` maps each kind to its documented create body, a pydantic model
+    #: that forbids unknown keys: imported on first use (:meth:`create_model`), never by a DAG parse.
+    create_fields_module: ClassVar[str]
     #: The create endpoint of each kind, below the API base URL.
     create_paths: ClassVar[Mapping[str, str]]
     #: The body field that holds what is spoken, per kind (``text``, ``prompt``, SRT ``subtitles``):
@@ -342,7 +346,13 @@ class Vendor(ABC):
         when the DAG is parsed (``pending``: see :func:`validate_fields`), long before any connection
         is looked up, with exactly the rule the create call applies later.
         """
-        return validate_fields(cls.create_models[kind], fields, f"{cls.api} {kind} submit", pending=pending)
+        return validate_fields(cls.create_model(kind), fields, f"{cls.api} {kind} submit", pending=pending)
+
+    @classmethod
+    def create_model(cls, kind: Kind) -> type[BaseModel]:
+        """The documented create body of ``kind`` (imports the vendor's models on first use)."""
+        models: Mapping[Kind, type[BaseModel]] = importlib.import_module(cls.create_fields_module).FIELDS
+        return models[kind]
 
     @classmethod
     def spoken_characters(cls, kind: str, body: Mapping[str, Any]) -> int | None:

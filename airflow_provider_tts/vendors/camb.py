@@ -9,13 +9,11 @@ carries ``x-api-key``; statuses are PENDING, SUCCESS (with ``run_id``), TIMEOUT,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from typing import Any, ClassVar, Literal
 
 from airflow_provider_tts.exceptions import TtsProtocolError, excerpt
+from airflow_provider_tts.lazy import lazy_names
 from airflow_provider_tts.status import FailureKind, Kind, TtsTaskStatus
-from airflow_provider_tts.vendors import camb_languages
 from airflow_provider_tts.vendors.base import (
     ApiRequest,
     ApiResponse,
@@ -29,8 +27,11 @@ from airflow_provider_tts.vendors.base import (
     validate_task_id,
     warn_unknown_status,
 )
+from airflow_provider_tts.vendors.base import NonEmptyText as NonEmptyText
 
-NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+#: The request models live in their own module, built on first use (see its docstring); importable
+#: from here as they always were.
+__getattr__ = lazy_names(__name__, {"CambTtsStreamFields": "airflow_provider_tts.vendors.camb_fields"})
 
 #: ``exception_reason`` values for which a new task with the same input would fail again.
 _PERMANENT_REASONS: dict[str, FailureKind] = {
@@ -49,40 +50,6 @@ _PATHS: dict[str, tuple[str, str]] = {
     "text-to-sound": ("text-to-sound", "text-to-sound-result"),
 }
 
-
-class _CambTtsFields(BaseModel):
-    """Documented body of ``POST /tts`` (legacy async TTS)."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-    text: NonEmptyText = Field(description="the words to speak")
-    voice_id: int = Field(description="an integer voice id from Camb's voice list, e.g. 20303")
-    language: int = Field(ge=1, description="a BCP-47 tag such as 'en-us', or Camb's integer language id, e.g. 1")
-    gender: Literal[0, 1, 2, 9] | None = None
-    age: int | None = Field(default=None, ge=0, le=150)
-    project_name: str | None = None
-    project_description: str | None = None
-    folder_id: int | None = None
-
-    @field_validator("language", mode="before")
-    @classmethod
-    def _language_tag_to_id(cls, value: Any) -> Any:
-        # /tts takes only the integer id on the wire; a tag is mapped from Camb's language list.
-        return camb_languages.legacy_language_id(value)
-
-
-class _CambTextToSoundFields(BaseModel):
-    """Documented body of ``POST /text-to-sound``."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-    prompt: NonEmptyText = Field(description="a description of the sound, e.g. 'rain on a tin roof'")
-    duration: float | None = Field(default=None, gt=0, le=10)
-    audio_type: Literal["sound", "music"] | None = None
-    project_name: str | None = None
-    project_description: str | None = None
-    folder_id: int | None = None
-
-
-_FIELDS: dict[Kind, type[BaseModel]] = {"tts": _CambTtsFields, "text-to-sound": _CambTextToSoundFields}
 
 # ------------------------------------------------------------------------------------ /tts-stream
 
@@ -109,9 +76,8 @@ STREAM_SPEECH_MODELS: tuple[str, ...] = (
     "mars-8.1-pro-beta",
     "mars-8.1-flash-beta",
 )
-#: A BCP-47 tag as Camb writes them (``en-us``, ``pt-br``, ``zh-cn``): a 2-3 letter language and
-#: optional subtags; the tag must also be in Camb's list (:mod:`.camb_languages`).
-_BCP47 = camb_languages.BCP47_PATTERN
+#: A stream's ``language`` is a BCP-47 tag as Camb writes them (``en-us``, ``pt-br``): a 2-3 letter
+#: language and optional subtags, in Camb's list (:mod:`.camb_languages`), checked by :mod:`.camb_fields`.
 #: Format used when a request names none (the SDK documents mp3 as the vendor's default).
 StreamFormat = Literal[
     "wav", "flac", "mp3", "adts", "pcm_s16le", "pcm_s16be", "pcm_s32le", "pcm_s32be", "pcm_f32le", "pcm_f32be"
@@ -119,72 +85,10 @@ StreamFormat = Literal[
 DEFAULT_STREAM_FORMAT: StreamFormat = "mp3"
 
 
-class _StreamOutputConfiguration(BaseModel):
-    """``output_configuration`` of ``/tts-stream`` (the SDK's ``StreamTtsOutputConfiguration``)."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-    format: StreamFormat = DEFAULT_STREAM_FORMAT
-    duration: float | None = Field(default=None, gt=0, le=600)
-    apply_enhancement: bool | None = None
-    sample_rate: Literal[8000, 16000, 22050, 24000, 32000, 44100, 48000] | None = None
-
-
-class _StreamVoiceSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-    enhance_reference_audio_quality: bool | None = None
-    maintain_source_accent: bool | None = None
-    apply_ref_loudness_norm: bool | None = None
-    speaking_rate: float | None = Field(default=None, gt=0, le=4)
-
-
-class _StreamInferenceOptions(BaseModel):
-    """Ranges as the SDK's docstring states them."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-    stability: float | None = Field(default=None, ge=0, le=1)
-    temperature: float | None = Field(default=None, ge=0.01, le=4)
-    inference_steps: int | None = Field(default=None, ge=1, le=1000)
-    speaker_similarity: float | None = Field(default=None, ge=0, le=1)
-    localize_speaker_weight: float | None = Field(default=None, ge=0, le=1)
-    acoustic_quality_boost: bool | None = None
-
-
-class CambTtsStreamFields(BaseModel):
-    """Documented body of ``POST /tts-stream`` (Camb's recommended, synchronous TTS).
-
-    Strict where the vendor documents a rule (text of 3-3000 characters, a BCP-47 language string
-    from Camb's list, an integer voice id, the listed output formats); unknown keys are refused so a
-    misspelt option fails here, before it is paid for, rather than being ignored by the vendor. A
-    legacy integer language id is mapped to its tag. ``voice_id`` is required: the SDK refuses a
-    call without it for Camb's own provider.
-    """
-
-    model_config = ConfigDict(extra="forbid", strict=False, defer_build=True)
-    text: str = Field(min_length=3, max_length=3000)
-    language: str = Field(pattern=_BCP47, description="BCP-47 tag such as en-us (a legacy integer id is mapped)")
-    voice_id: int = Field(ge=0)
-    speech_model: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.\-]{0,63}$")] | None = None
-    user_instructions: str | None = Field(default=None, max_length=3000)
-    enhance_named_entities_pronunciation: bool | None = None
-    output_configuration: _StreamOutputConfiguration = Field(default_factory=_StreamOutputConfiguration)
-    voice_settings: _StreamVoiceSettings | None = None
-    inference_options: _StreamInferenceOptions | None = None
-
-    @field_validator("text")
-    @classmethod
-    def _text_not_blank(cls, value: str) -> str:
-        if len(value.strip()) < 3:
-            raise ValueError("text must have at least 3 characters that are not whitespace")
-        return value
-
-    @field_validator("language", mode="before")
-    @classmethod
-    def _language_is_a_tag(cls, value: Any) -> Any:
-        return camb_languages.stream_language_tag(value)
-
-
 def validate_stream_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """The validated ``/tts-stream`` body (defaults filled in, so equal requests fingerprint alike)."""
+    from airflow_provider_tts.vendors.camb_fields import CambTtsStreamFields
+
     return validate_fields(CambTtsStreamFields, fields, "camb_ai tts-stream request")
 
 
@@ -201,7 +105,7 @@ class CambAi(Vendor):
     api = "camb_ai"
     kinds: ClassVar[tuple[Kind, ...]] = ("tts", "text-to-sound")
     default_api_base_url = "https://client.camb.ai/apis"
-    create_models = _FIELDS
+    create_fields_module = "airflow_provider_tts.vendors.camb_fields"
     create_paths: ClassVar[Mapping[str, str]] = {kind: paths[0] for kind, paths in _PATHS.items()}
     spoken_fields: ClassVar[Mapping[str, str]] = {"tts": "text", "text-to-sound": "prompt", "tts-stream": "text"}
     #: Camb.ai publishes no price per character; ``/tts-stream`` answers with ``X-Credits-Required``.

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-
 from airflow_provider_tts.exceptions import TtsProtocolError, excerpt
+from airflow_provider_tts.lazy import lazy_names
 from airflow_provider_tts.status import Kind, TtsTaskStatus
 from airflow_provider_tts.vendors.base import (
     ApiRequest,
@@ -31,10 +30,18 @@ from airflow_provider_tts.vendors.base import (
     validate_task_id,
     warn_unknown_status,
 )
+from airflow_provider_tts.vendors.base import NonEmptyText as NonEmptyText
 
-NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-HttpUrl = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^https?://[^\s/?#]+\S*$")]
-SrtTime = Annotated[str, StringConstraints(pattern=r"^\d{2}:[0-5]\d:[0-5]\d,\d{3}$")]
+#: The request models live in their own module, built on first use (see its docstring); importable
+#: from here as they always were.
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "HttpUrl": "airflow_provider_tts.vendors.revid_fields",
+        "SrtTime": "airflow_provider_tts.vendors.revid_fields",
+        "Subtitle": "airflow_provider_tts.vendors.revid_fields",
+    },
+)
 
 _PENDING = frozenset({"processing"})
 _SUCCEEDED = frozenset({"completed", "success"})
@@ -42,58 +49,6 @@ _FAILED = frozenset({"failed", "error"})
 _NOT_FOUND = "not_found"
 #: HTTP statuses that may carry a task-state body (the API mirrors the body's ``code``).
 _STATE_HTTP_STATUSES = frozenset({200, 202, 404, 500})
-
-
-class _RevidTtsFields(BaseModel):
-    """Documented body of ``POST /paid/text-to-speech``."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-    text: NonEmptyText = Field(description="the words to speak")
-    engine: Literal["edge", "capcut", "google"] | None = None
-    voice_id: int | None = None
-    voice: str | None = None
-    speed: float | None = Field(default=None, ge=0.5, le=2.0)
-    pitch: float | None = Field(default=None, ge=-20, le=20)
-    webhook_url: HttpUrl | None = None
-    id: str | None = None
-
-
-class Subtitle(BaseModel):
-    """One SRT cue as RevidAPI's SRT-to-speech V1 body takes it."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-    index: int = Field(ge=0)
-    start: SrtTime
-    end: SrtTime
-    text: NonEmptyText
-
-
-class _RevidSrtFields(BaseModel):
-    """Both documented versions of ``POST /paid/srt-to-speech/merge``: V1 cues or V2 ``srt_url``."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-    subtitles: list[Subtitle] | None = Field(default=None, min_length=1)
-    srt_url: HttpUrl | None = None
-    video_url: HttpUrl | None = None
-    engine: Literal["edge", "capcut", "google"] | None = None
-    voice_id: int | None = None
-    voice: str | None = None
-    speed: float | None = Field(default=None, ge=0.5, le=2.0)
-    audio_name: str | None = None
-    mode: Literal["merge", "timeline"] | None = None
-    add_silence: float | None = Field(default=None, ge=0)
-    output_format: Literal["mp4", "mp3", "wav"] | None = None
-    webhook_url: HttpUrl | None = None
-    id: str | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> _RevidSrtFields:
-        if (self.subtitles is None) == (self.srt_url is None):
-            raise ValueError("give exactly one of 'subtitles' (a list of cues) or 'srt_url'")
-        return self
-
-
-_FIELDS: dict[Kind, type[BaseModel]] = {"tts": _RevidTtsFields, "srt-to-speech": _RevidSrtFields}
 
 
 def _duration(result: Mapping[str, Any]) -> float | None:
@@ -114,7 +69,7 @@ class RevidTts(Vendor):
     api = "revid_tts"
     kinds: ClassVar[tuple[Kind, ...]] = ("tts", "srt-to-speech")
     default_api_base_url = "https://api.revidapi.com/paid"
-    create_models = _FIELDS
+    create_fields_module = "airflow_provider_tts.vendors.revid_fields"
     create_paths: ClassVar[Mapping[str, str]] = {"tts": "text-to-speech", "srt-to-speech": "srt-to-speech/merge"}
     client_reference_field = "id"
     spoken_fields: ClassVar[Mapping[str, str]] = {"tts": "text", "srt-to-speech": "subtitles"}

@@ -135,7 +135,7 @@ def test_arguments_are_exactly_the_documented_fields_of_each_vendor_and_kind() -
         ]
         assert list(cls.request_field_names) == declared
         fields = {create_field_name(name) for name in declared}
-        assert fields == set(cls.vendor.create_models[cls.tts_kind].model_fields), cls.__name__
+        assert fields == set(cls.vendor.create_model(cls.tts_kind).model_fields), cls.__name__
         assert set(cls.template_fields) == {"destination", "file_name", "tts_conn_id", "dest_conn_id", *declared}
 
 
