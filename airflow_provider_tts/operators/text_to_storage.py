@@ -82,8 +82,9 @@ class BaseTextToStorageOperator(TtsAudioToStorageOperator):
     The base of the one-task operators (see the module docstring); not used directly. A subclass
     sets ``vendor`` and ``tts_kind`` and declares the create body's documented fields as the
     keyword-only arguments of its ``__init__``, which passes them on as ``request_fields=locals()``;
-    those names become its templated fields. Declaring a name the vendor's model does not document is an
-    error when the class is defined.
+    those names become its templated fields. A name the vendor's model does not document fails when the
+    operator is created, as the model forbids unknown fields (checked then, not when the class is
+    defined, so that importing the module builds no model).
 
     :param tts_conn_id: a connection of the class's vendor (default: that vendor's default
         connection id); a connection of the other vendor is refused before anything is paid for.
