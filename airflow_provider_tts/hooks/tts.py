@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from airflow_provider_tts import metrics
 from airflow_provider_tts.compat import BaseHook, omit_secrets_from_dag_test_log
-from airflow_provider_tts.connection import DEFAULT_CONN_IDS, parse_connection
+from airflow_provider_tts.connection import DEFAULT_CONN_IDS, ConnectionSettings, parse_connection
 from airflow_provider_tts.exceptions import (
     TtsAudioUrlExpiredError,
     TtsConfigError,
@@ -49,6 +49,15 @@ def _mask(secret: str) -> None:
     from airflow_provider_tts.compat import mask_secret
 
     mask_secret(secret)
+
+
+#: The last connection object a hook parsed (its class, its fields) and the settings parsed from it.
+_last_parsed: tuple[Any, type[Vendor], tuple[Any, ...], ConnectionSettings] | None = None
+
+
+def _connection_fields(conn: Any) -> tuple[Any, ...]:
+    """What :func:`parse_connection` reads from a connection (to tell a connection changed in place)."""
+    return (conn.conn_id, conn.conn_type, conn.host, conn.port, conn.schema, conn.login, conn.password, conn.extra)
 
 
 class StatusPoll:
@@ -132,13 +141,25 @@ class TtsHook(BaseHook):
     # ----------------------------------------------------------------------- connection and setup
 
     def _vendor_for(self, conn: Any) -> Vendor:
+        global _last_parsed
         cls = vendor_class(conn.conn_type, conn.conn_id)
-        settings = parse_connection(
-            conn,
-            default_api_base_url=cls.default_api_base_url,
-            default_status_base_url=cls.default_status_base_url,
-        )
-        _mask(settings.api_key.get_secret_value())
+        # Hooks that share one resolved connection object (RESOLVED_CONNECTIONS hands the same one
+        # to the waits that start together) parse and mask it once: thousands of triggers start
+        # at once in a triggerer, and parsing (URL and address checks) and masking (on 3.1+ also
+        # a message to the supervisor) are per-wait work with the same answer. The object's
+        # fields are compared too, so one changed in place is parsed afresh.
+        fields = _connection_fields(conn)
+        last = _last_parsed
+        if last is not None and last[0] is conn and last[1] is cls and last[2] == fields:
+            settings = last[3]
+        else:
+            settings = parse_connection(
+                conn,
+                default_api_base_url=cls.default_api_base_url,
+                default_status_base_url=cls.default_status_base_url,
+            )
+            _mask(settings.api_key.get_secret_value())
+            _last_parsed = (conn, cls, fields, settings)
         if self.retry_overrides:
             settings = replace(settings, retry=replace(settings.retry, **self.retry_overrides))
         return cls(settings)
@@ -261,14 +282,26 @@ class TtsHook(BaseHook):
 
     async def aget_task_status(self, tts_task_id: str, kind: str = "tts") -> TtsTaskStatus:
         """Async twin of :meth:`get_task_status`; reuses one session across calls."""
-        vendor = await self.avendor()
+        # The resolved vendor and transport without awaiting their getters: a poll's hot path.
+        vendor = self._vendor or await self.avendor()
         if known := self._finished_at_submit.get((kind, tts_task_id)):
             return known
         poll = self._status_poll(vendor, tts_task_id, kind)
+        transport = self._async_transport or await self._async()
         with metrics.timed(vendor.api, kind, "status"):
-            status: TtsTaskStatus = await (await self._async()).call(poll.request, poll.parse)
+            status: TtsTaskStatus = await transport.call(poll.request, poll.parse)
         metrics.polled(status)
         return status
+
+    def status_lobby(self) -> asyncio.Future[None] | None:
+        """What a trigger awaits before its next async poll while the shared session pool is crowded.
+
+        None (poll now) unless a whole round of requests already queues at the pool's gate; then a
+        future the gate resolves when this poll's turn comes near (``transport.PoolGate``). Polling
+        without awaiting it is correct too, only costlier while thousands of polls queue.
+        """
+        transport = self._async_transport
+        return transport.lobby() if transport is not None else None
 
     # ----------------------------------------------------------------------------------- submit
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import socket
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -120,6 +121,81 @@ def new_client_session(
 SHARED_POOL_LIMIT = 64
 
 
+class PoolGate:
+    """The pool's gate: at most ``limit`` requests at once, first come first served, and a lobby.
+
+    Taken (``async with``) around each request on the pooled session. A slot a request gives back
+    goes straight to the first one queued, so the order is the order of arrival.
+
+    The lobby is for polls that would only queue. When thousands of polls fall due together,
+    each one queued at the gate is a chain of suspended frames (trigger, hook, transport, pacer,
+    request) that the garbage collector promotes to its oldest generation and walks on every full
+    collection: the triggerer's largest per-poll cost after aiohttp. So while a whole round
+    (``limit``) already queues behind the busy slots, a new poll waits in the lobby first, as one
+    future, before any of those frames exist (:meth:`lobby`; the trigger awaits it before it calls
+    the hook). Lobby waiters are let through to keep a round queued, first come first served,
+    and all of them whenever a slot is free. Nothing is held in the lobby, and a poll let through
+    that then waits in its connection's pacer (a 429 pause) holds no slot, so it cannot stall the
+    polls of other connections behind it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free = limit
+        self._queue: deque[asyncio.Future[None]] = deque()
+        self._lobby: deque[asyncio.Future[None]] = deque()
+
+    def lobby(self) -> asyncio.Future[None] | None:
+        """A future to await before building a request, when a whole round already queues; None: go on."""
+        if len(self._queue) < self.limit:
+            return None
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lobby.append(waiter)
+        return waiter
+
+    async def __aenter__(self) -> None:
+        if self._free > 0 and not self._queue:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(waiter)
+        try:
+            await waiter  # resolved by the release that hands this request its slot
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot, then cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):  # a release may have dropped it already
+                    self._queue.remove(waiter)
+                self._let_in()
+            raise
+        self._let_in()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        queue = self._queue
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+        else:
+            self._free += 1
+        self._let_in()
+
+    def _let_in(self) -> None:
+        """Let lobby waiters through: enough to keep a round queued, or all while a slot is free."""
+        lobby = self._lobby
+        room = len(lobby) if self._free > 0 else self.limit - len(self._queue)
+        while room > 0 and lobby:
+            waiter = lobby.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                room -= 1
+
+
 class SessionPool:
     """One ``aiohttp.ClientSession`` per (event loop, client identity), shared by every wait in it.
 
@@ -132,7 +208,7 @@ class SessionPool:
     last waiter to leave closes the session. ``benchmarks/trigger_scale.py`` measures this choice
     against one session per wait.
 
-    Each pooled session comes with a semaphore of the connector's own limit, taken around every
+    Each pooled session comes with a gate (:class:`PoolGate`) of the connector's own limit, taken around every
     request: waits beyond the limit queue in front of the session holding nothing but a parked
     coroutine, instead of inside aiohttp with a request, URL, headers and timers already built each.
     The same number of requests run at once in the same first-come order, but when thousands of
@@ -143,14 +219,12 @@ class SessionPool:
     def __init__(self) -> None:
         self._entries: dict[tuple[object, ...], list[Any]] = {}
 
-    def acquire(
-        self, settings: ConnectionSettings
-    ) -> tuple[tuple[object, ...], aiohttp.ClientSession, asyncio.Semaphore]:
+    def acquire(self, settings: ConnectionSettings) -> tuple[tuple[object, ...], aiohttp.ClientSession, PoolGate]:
         """Join the pool of the running loop: its key (for :meth:`release`), session and gate."""
         key = (asyncio.get_running_loop(), settings.connect_timeout, settings.read_timeout)
         entry = self._entries.get(key)
         if entry is None or entry[0].closed:
-            entry = self._entries[key] = [new_client_session(settings), 0, asyncio.Semaphore(SHARED_POOL_LIMIT)]
+            entry = self._entries[key] = [new_client_session(settings), 0, PoolGate(SHARED_POOL_LIMIT)]
         entry[1] += 1
         return key, entry[0], entry[2]
 
@@ -245,6 +319,11 @@ class AsyncTransport:
             session, self._session = self._session, None
             await session.close()
 
+    def lobby(self) -> asyncio.Future[None] | None:
+        """What a status poll awaits before it starts, while the shared pool is crowded (:meth:`PoolGate.lobby`)."""
+        gate = self._gate
+        return gate.lobby() if isinstance(gate, PoolGate) and self._session is not None else None
+
     def _on_api_origin(self, url: str) -> bool:
         """Whether ``url`` is on the API origins, remembering the last URL's answer (a wait polls one URL)."""
         if url != self._checked_url:
@@ -327,14 +406,26 @@ class AsyncTransport:
         pacer = self.pacer
         if pacer is None or not is_vendor_call(self.settings, req, req.url, self._on_api_origin(req.url)):
             return parse_without_secrets(parse, await self._read_once(req))
-        async with pacer.aturn():  # the connection's pace, shared with its sync transports too
-            try:
-                parsed = parse_without_secrets(parse, await self._read_once(req))
-            except TtsError as exc:
-                pacer.observe(exc, self.settings.retry.max_backoff)
-                raise
-            pacer.answered()
-            return parsed
+        # The connection's pace, shared with its sync transports too. A request that need not wait
+        # (no limit or pause holds it: nearly every poll) takes its place without ``aturn``'s
+        # async generator and context manager, which would be per-poll objects.
+        if not pacer.turn_now():
+            async with pacer.aturn():
+                return await self._paced(pacer, req, parse)
+        try:
+            return await self._paced(pacer, req, parse)
+        finally:
+            pacer.release()
+
+    async def _paced(self, pacer: Pacer, req: ApiRequest, parse: Callable[[ApiResponse], T]) -> T:
+        """One attempt of a vendor call holding its place: the answer, or a 429 told to the pacer."""
+        try:
+            parsed = parse_without_secrets(parse, await self._read_once(req))
+        except TtsError as exc:
+            pacer.observe(exc, self.settings.retry.max_backoff)
+            raise
+        pacer.answered()
+        return parsed
 
     async def call(self, req: ApiRequest, parse: Callable[[ApiResponse], T]) -> T:
         """Async twin of :meth:`SyncTransport.call`: same policy, same parser.

@@ -171,6 +171,31 @@ class Pacer:
         finally:
             self._release()
 
+    def turn_now(self) -> bool:
+        """Take a place and a start time if both are free this instant; take nothing otherwise.
+
+        What :meth:`aturn` does when it would not wait, under one lock and with no coroutine or
+        context manager: the triggerer's hot path, where a connection mostly has no limit and no
+        pause. True: the caller holds a place and must give it back with :meth:`release` (also on
+        an exception); False: nothing is held, and the caller queues through :meth:`aturn`.
+        """
+        with self._lock:
+            if self._queue or not self._room():
+                return False
+            now = time.monotonic()
+            if self._resume_at > now:
+                return False
+            if self.requests_per_second:
+                if self._next_start > now:
+                    return False
+                self._next_start = now + 1.0 / self.requests_per_second
+            self._in_flight += 1
+            return True
+
+    def release(self) -> None:
+        """Give back a place :meth:`turn_now` took."""
+        self._release()
+
     # ------------------------------------------------------------------ places (max_in_flight)
 
     def _room(self) -> bool:

@@ -19,6 +19,7 @@ Events (``event["status"]``):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -146,11 +147,11 @@ class TtsTaskTrigger(BaseTrigger):
             self.tts_conn_id,
         )
 
-    def _poll_budget(self) -> float | None:
-        """Seconds one poll (with its retries) may take: until the deadline, plus a second for a last answer."""
+    def _last_answer_at(self, loop: asyncio.AbstractEventLoop) -> float | None:
+        """Event-loop time by which the wait ends even mid-poll: the deadline plus a second for a last answer."""
         if self.deadline is None:
             return None
-        return max(self.deadline - time.time(), 0.0) + 1.0
+        return loop.time() + max(self.deadline - time.time(), 0.0) + 1.0
 
     async def _wait(self, hook: Any) -> dict[str, Any] | None:
         """The wait's one event; None only when :meth:`on_kill` stopped it (nobody awaits an event)."""
@@ -162,17 +163,38 @@ class TtsTaskTrigger(BaseTrigger):
             deadline=self.deadline,
             logger=self.log,
         )
-        while not self._killed:
+        loop = asyncio.get_running_loop()
+        while True:
+            # A poll may retry for a while (the hook's policy); none may outlive the deadline. One
+            # timer for the whole wait rather than one per poll: polls start before the deadline
+            # (``next_delay`` says when) and sleeps end by it, so only a poll can be cut, exactly
+            # where a per-poll budget would have cut it. Each poll's own timer was per-poll work in
+            # the triggerer's hot path (a timeout object, a timer handle and a context copy, most
+            # of them living long enough to reach the garbage collector's oldest generation).
+            budget = asyncio.timeout_at(self._last_answer_at(loop))
             try:
-                # One poll may retry for a while (the hook's policy); it must not outlive the deadline.
-                # ``asyncio.timeout`` rather than ``wait_for``: the poll runs in this task, where
-                # ``wait_for`` would wrap every poll of every wait in a task of its own (an object
-                # graph and extra loop turns per poll, the triggerer's hot path).
-                async with asyncio.timeout(self._poll_budget()):
-                    status = await hook.aget_task_status(self.tts_task_id, self.kind)
-                event = waiter.on_status(status)
+                async with budget:
+                    return await self._polls(hook, waiter, loop)
             except TimeoutError:
-                event = None  # the deadline passed mid-poll: next_delay() ends the wait with a timeout
+                if not budget.expired():
+                    raise
+            if waiter.next_delay() is None:
+                return waiter.timeout_event()
+            # The wall clock was set back during the wait: the deadline is still ahead, poll on.
+
+    async def _polls(self, hook: Any, waiter: Waiter, loop: asyncio.AbstractEventLoop) -> dict[str, Any] | None:
+        """Poll until the waiter has an event; None when :meth:`on_kill` stopped the wait."""
+        # Sleep timers run a callback that reads no context variable: one context for all of
+        # them, instead of the copy ``asyncio.sleep`` (``call_later``) makes for each.
+        quiet = contextvars.copy_context()
+        while not self._killed:
+            # While the shared session pool is crowded, wait as one future before the poll builds
+            # its chain of frames (see ``transport.PoolGate``).
+            lobby = hook.status_lobby()
+            if lobby is not None:
+                await lobby
+            try:
+                event = waiter.on_status(await hook.aget_task_status(self.tts_task_id, self.kind))
             except Exception as exc:  # a bug must end the wait with an event, not crash the triggerer
                 event = waiter.on_error(exc)
             if event is not None:
@@ -180,8 +202,20 @@ class TtsTaskTrigger(BaseTrigger):
             delay = waiter.next_delay()
             if delay is None:
                 return waiter.timeout_event()
-            await asyncio.sleep(delay)
+            # ``asyncio.sleep`` without its coroutine and context copy (one sleep per poll).
+            woken = loop.create_future()
+            timer = loop.call_later(delay, _wake, woken, context=quiet)
+            try:
+                await woken
+            finally:
+                timer.cancel()
         return None
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    """End a trigger's sleep (unless it was cancelled meanwhile)."""
+    if not future.done():
+        future.set_result(None)
 
 
 def status_from_event(event: dict[str, Any] | None, tts_task_id: str) -> TtsTaskStatus:

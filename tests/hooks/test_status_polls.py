@@ -22,8 +22,10 @@ from pydantic import SecretStr
 
 from airflow_provider_tts.connection import ConnectionSettings, RetryPolicy
 from airflow_provider_tts.exceptions import TtsProtocolError
+from airflow_provider_tts.hooks import tts as hook_module
 from airflow_provider_tts.hooks.tts import StatusPoll, TtsHook, TtsTaskStatus
-from airflow_provider_tts.transport import AsyncTransport
+from airflow_provider_tts.transport import AsyncTransport, Pacer
+from airflow_provider_tts.transport.aio import PoolGate
 from airflow_provider_tts.transport.rules import MAX_JSON_BODY
 from airflow_provider_tts.vendors.base import ApiRequest, ApiResponse
 from tests.conftest import ConnFactory
@@ -168,3 +170,98 @@ def test_no_answer_grows_past_the_json_limit(answers: str, path: str) -> None:
 
 def test_a_small_compressed_answer_is_read_whole(answers: str) -> None:
     assert _read(answers, "/small-gzip").body == b'{"status": "PENDING"}'
+
+
+# ------------------------------------------------------------------ per-wait and per-poll shortcuts
+
+
+def test_hooks_sharing_a_connection_object_parse_it_once(
+    emu: Any, make_conn: ConnFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waits that start together share one resolved connection: parsed (and masked) once, unless changed."""
+    parsed: list[str] = []
+    real = hook_module.parse_connection
+
+    def counting(conn: Any, **kw: Any) -> ConnectionSettings:
+        parsed.append(conn.conn_id)
+        return real(conn, **kw)
+
+    monkeypatch.setattr(hook_module, "parse_connection", counting)
+    conn = TtsHook.get_connection(make_conn("camb_ai"))
+    first, second = TtsHook(conn.conn_id)._vendor_for(conn), TtsHook(conn.conn_id)._vendor_for(conn)
+    assert len(parsed) == 1
+    assert second.settings is first.settings
+    conn.host = emu.camb_base_url + "/other"  # changed in place: parsed afresh
+    assert TtsHook(conn.conn_id)._vendor_for(conn).settings.api_base_url.endswith("/other")
+    assert len(parsed) == 2
+    with_retry = TtsHook(conn.conn_id, request_retry={"max_retries": 1})._vendor_for(conn)
+    assert with_retry.settings.retry.max_retries == 1  # a hook's own overrides still apply
+    assert len(parsed) == 2
+
+
+def test_turn_now_takes_a_free_place_and_nothing_when_it_would_wait() -> None:
+    pacer = Pacer(max_in_flight=1)
+    assert pacer.turn_now()
+    assert not pacer.turn_now()  # the only place is held: nothing taken
+    pacer.release()
+    assert not pacer.busy
+    pacer.pause(30)
+    assert not pacer.turn_now()
+    assert pacer._in_flight == 0
+    spaced = Pacer(requests_per_second=0.01)
+    assert spaced.turn_now()
+    spaced.release()
+    assert not spaced.turn_now()  # the next start is 100 s away: queue through aturn()
+    assert spaced._in_flight == 0
+
+
+async def _enter(gate: PoolGate, log: list[int], n: int, hold: asyncio.Event) -> None:
+    async with gate:
+        log.append(n)
+        await hold.wait()
+
+
+async def test_the_pool_gate_serves_in_order_and_opens_its_lobby_only_behind_a_queued_round() -> None:
+    gate, log, hold = PoolGate(2), [], asyncio.Event()
+    assert gate.lobby() is None  # nothing queues: a poll goes straight on
+    tasks = [asyncio.ensure_future(_enter(gate, log, n, hold)) for n in range(4)]
+    await asyncio.sleep(0)
+    assert log == [0, 1]  # two at once; 2 and 3 queue, a whole round
+    waiting = gate.lobby()
+    assert waiting is not None
+    assert not waiting.done()
+    hold.set()
+    await asyncio.gather(*tasks)
+    assert log == [0, 1, 2, 3]  # first come, first served
+    assert waiting.done()  # let through as the queue drained
+    assert gate.lobby() is None
+
+
+async def test_lobby_waiters_are_let_through_even_if_those_before_them_never_arrive() -> None:
+    """A poll let through that then waits in its pacer (a 429 pause) must not strand the lobby behind it."""
+    gate, log, hold = PoolGate(1), [], asyncio.Event()
+    tasks = [asyncio.ensure_future(_enter(gate, log, n, hold)) for n in range(2)]
+    await asyncio.sleep(0)
+    lobby = [gate.lobby() for _ in range(3)]
+    assert all(w is not None and not w.done() for w in lobby)
+    hold.set()
+    await asyncio.gather(*tasks)  # none of the lobby ever comes to the gate
+    assert all(w is not None and w.done() for w in lobby)  # a free slot lets every one through
+
+
+async def test_a_cancelled_gate_waiter_leaves_and_a_slot_handed_to_one_is_passed_on() -> None:
+    gate, log, hold = PoolGate(1), [], asyncio.Event()
+    holder = asyncio.ensure_future(_enter(gate, log, 0, hold))
+    cancelled = asyncio.ensure_future(_enter(gate, log, 1, hold))
+    handed = asyncio.ensure_future(_enter(gate, log, 2, hold))
+    last = asyncio.ensure_future(_enter(gate, log, 3, hold))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    hold.set()
+    await asyncio.sleep(0)  # the holder leaves, handing its slot to 2 ...
+    handed.cancel()  # ... cancelled before it ran: the slot goes on to 3
+    await asyncio.gather(holder, last)
+    assert log == [0, 3]
+    assert gate._free == 1
+    assert not gate._queue

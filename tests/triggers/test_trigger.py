@@ -172,6 +172,19 @@ def test_deadline_gives_timeout_with_last_status(emu: Any, make_conn: ConnFactor
     assert 0.4 < time.monotonic() - started < 3
 
 
+def test_a_poll_hanging_past_the_deadline_is_cut_a_second_after_it(emu: Any, make_conn: ConnFactory) -> None:
+    """One timer for the whole wait still cuts a poll in flight, where a per-poll budget did."""
+    task_id = emu.create_task("camb_ai", "tts", delay=60)
+    emu.set_faults(slow_seconds=30.0)
+    emu.inject("slow", count=5, endpoint="status")
+    conn_id = make_conn("camb_ai", read_timeout=60)
+    started = time.monotonic()
+    event = _run(TtsTaskTrigger(tts_conn_id=conn_id, tts_task_id=task_id, deadline=time.time() + 0.3, **FAST))
+    assert event["status"] == "timeout"
+    assert event["task_status"] is None  # the only poll never answered
+    assert time.monotonic() - started < 20  # cut at the deadline + 1 s, long before the 30 s answer
+
+
 def test_a_past_deadline_still_polls_once(emu: Any, make_conn: ConnFactory) -> None:
     """A trigger re-created after its deadline reports what the task is now, not a blind timeout."""
     done = emu.create_task("camb_ai", "tts", delay=0)
