@@ -218,11 +218,10 @@ class PlanPhase:
         items = list(by_key.values())
         identity = SubmitIdentity.from_context(context)
         owner = identity.digest() if identity is not None else "manual"
-        request_cache = RequestCache(folder, self.hook.endpoint(), owner)
-        plan = BatchPlan(items, folder, BatchRecord.for_task(folder, identity), identity, request_cache,
-                     items_digest(items), keys, frozenset(explicit))  # fmt: skip
-        plan.names = listing(folder)
-        return plan
+        names = listing(folder)
+        request_cache = RequestCache(folder, self.hook.endpoint(), owner, names=names)  # its sidecar search: no LIST
+        return BatchPlan(items, folder, BatchRecord.for_task(folder, identity), identity, request_cache,
+                         items_digest(items), keys, frozenset(explicit), names)  # fmt: skip
 
     def _refuse_overwrites(self, plan: BatchPlan, hits: Mapping[str, CachedAudio | None]) -> None:
         """``overwrite="fail"``: a file in the way of an item that would be written is refused before paying."""
