@@ -136,13 +136,24 @@ class RequestCache:
     :param endpoint: where this task pays (from the hook's connection).
     :param owner: who claims: the task instance's identity digest (stable across its tries).
     :param legacy: look for 0.1 sidecars when a request has no entry (one LIST, then their reads).
+    :param names: the folder's file names, if the caller just listed it: the search for sidecars
+        then needs no LIST of its own.
     """
 
-    def __init__(self, folder: ObjectStoragePath, endpoint: Endpoint, owner: str, *, legacy: bool = True) -> None:
+    def __init__(
+        self,
+        folder: ObjectStoragePath,
+        endpoint: Endpoint,
+        owner: str,
+        *,
+        legacy: bool = True,
+        names: Iterable[str] | None = None,
+    ) -> None:
         self.folder = folder
         self.endpoint = endpoint
         self.owner = owner
         self.legacy = legacy
+        self._names = None if names is None else list(names)
         self._legacy_index: dict[str, str] | None = None
 
     # ------------------------------------------------------------------------------ reading
@@ -349,10 +360,13 @@ class RequestCache:
         if self._legacy_index is not None:
             return self._legacy_index
         index: dict[str, str] = {}
-        try:
-            names = [os.path.basename(str(n).rstrip("/")) for n in self.folder.fs.ls(self.folder.path, detail=False)]
-        except (FileNotFoundError, NotADirectoryError):
-            names = []
+        names = self._names
+        if names is None:
+            try:
+                listed = self.folder.fs.ls(self.folder.path, detail=False)
+                names = [os.path.basename(str(n).rstrip("/")) for n in listed]
+            except (FileNotFoundError, NotADirectoryError):
+                names = []
         sidecars = [n for n in names if n.endswith(LEGACY_SIDECAR_SUFFIX)]
 
         def read(name: str) -> tuple[str, Any]:
