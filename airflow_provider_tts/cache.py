@@ -136,8 +136,9 @@ class RequestCache:
     :param endpoint: where this task pays (from the hook's connection).
     :param owner: who claims: the task instance's identity digest (stable across its tries).
     :param legacy: look for 0.1 sidecars when a request has no entry (one LIST, then their reads).
-    :param names: the folder's file names, if the caller just listed it: the search for sidecars
-        then needs no LIST of its own.
+    :param listed: the folder's listing (``{name: info}``, :func:`~airflow_provider_tts.objects.listed`),
+        if the caller just made it: the search for sidecars needs no LIST of its own, and on S3 a
+        hit whose listed size and ETag are the recorded ones needs no HEAD.
     """
 
     def __init__(
@@ -147,13 +148,14 @@ class RequestCache:
         owner: str,
         *,
         legacy: bool = True,
-        names: Iterable[str] | None = None,
+        listed: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.folder = folder
         self.endpoint = endpoint
         self.owner = owner
         self.legacy = legacy
-        self._names = None if names is None else list(names)
+        self._listed = listed
+        self._names = None if listed is None else list(listed)
         self._legacy_index: dict[str, str] | None = None
 
     # ------------------------------------------------------------------------------ reading
@@ -197,7 +199,8 @@ class RequestCache:
         path = self.folder / file_name
         etag = entry.get("etag") if isinstance(entry.get("etag"), str) else None
         try:
-            if not content_matches(path, size=size, sha256=sha256, etag=etag):
+            seen = self._listed.get(file_name) if self._listed is not None else None
+            if not content_matches(path, size=size, sha256=sha256, etag=etag, listed=seen):
                 log.info("%s no longer holds the audio its cache entry recorded; not a hit", plain_uri(path))
                 return None
         except OSError as exc:

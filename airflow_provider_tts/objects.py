@@ -39,9 +39,21 @@ _INFO_CHECKSUMS = ("ETag", "etag", "md5Hash", "crc32c", "content_md5")
 
 def listing(folder: ObjectStoragePath) -> frozenset[str]:
     """The names directly inside ``folder`` (one LIST); empty when it does not exist yet."""
+    return frozenset(listed(folder))
+
+
+def listed(folder: ObjectStoragePath) -> dict[str, dict[str, Any]]:
+    """``{name: fsspec info}`` of what is directly inside ``folder``: one fresh LIST; empty when it does not exist.
+
+    On S3 each info carries the object's size and ETag, what a HEAD would answer
+    (see :func:`content_matches`'s ``listed``).
+    """
+    with contextlib.suppress(Exception):
+        folder.fs.invalidate_cache(folder.path)  # a listing cached earlier in this process may be stale
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        return frozenset(os.path.basename(str(name).rstrip("/")) for name in folder.fs.ls(folder.path, detail=False))
-    return frozenset()
+        infos = folder.fs.ls(folder.path, detail=True)
+        return {os.path.basename(str(info["name"]).rstrip("/")): dict(info) for info in infos}
+    return {}
 
 
 def _publish_local(path: ObjectStoragePath, data: bytes, publish: Any) -> None:
@@ -148,14 +160,16 @@ def delete_small(path: ObjectStoragePath) -> None:
                 path.fs.rm(path.path)
 
 
-def content_matches(path: ObjectStoragePath, *, size: int, sha256: str, etag: str | None) -> bool:
+def content_matches(path: ObjectStoragePath, *, size: int, sha256: str, etag: str | None, listed: Any = None) -> bool:
     """Whether ``path`` still holds the ``size`` bytes of ``sha256`` that were written there.
 
     Local: the file is read and hashed. S3: one HEAD; its ETag (S3's own digest of the bytes) must
-    equal the one recorded when the object was written. Other stores: their ``info`` checksum, when
-    one was recorded, or the sha256 in its metadata; else the object is read and hashed. Anything
-    that cannot be confirmed is a mismatch: the caller then pays for fresh audio rather than trust
-    bytes it cannot vouch for.
+    equal the one recorded when the object was written; ``listed``, the object's entry in a listing
+    of its folder made moments ago (:func:`listed`), answers the same question without the HEAD when
+    it agrees (S3 lists the very size and ETag a HEAD returns; a listing that disagrees is asked
+    again). Other stores: their ``info`` checksum, when one was recorded, or the sha256 in its
+    metadata; else the object is read and hashed. Anything that cannot be confirmed is a mismatch:
+    the caller then pays for fresh audio rather than trust bytes it cannot vouch for.
     """
     try:
         if is_local(path):
@@ -163,6 +177,8 @@ def content_matches(path: ObjectStoragePath, *, size: int, sha256: str, etag: st
                 return False
             return _sha256_local(path.path) == sha256
         s3 = s3_call(path)
+        if s3 is not None and etag is not None and _listed_as(listed, size, etag):
+            return True
         if s3 is not None:
             bucket, _, key = path.path.partition("/")
             head = s3("head_object", Bucket=bucket, Key=key)
@@ -184,6 +200,11 @@ def content_matches(path: ObjectStoragePath, *, size: int, sha256: str, etag: st
         return _sha256_remote(path) == sha256
     except FileNotFoundError:
         return False
+
+
+def _listed_as(listed: Any, size: int, etag: str) -> bool:
+    """Whether a listing's entry shows exactly ``size`` bytes with ``etag``."""
+    return isinstance(listed, dict) and listed.get("size") == size and info_checksum(listed) == etag.strip('"')
 
 
 def info_checksum(info: Any) -> str | None:

@@ -5,7 +5,8 @@ state (one PutObject), then the manifest; it reads no cache entry and asks no HE
 the submit phase hands over what it read or wrote of each request's entry, and a deferring try
 writes it into the wait list, so the resumed task reads nothing again. Before, every item cost a
 GET of its entry more (and every cached item a GET and a HEAD, read once by the submit phase and
-again by the store phase).
+again by the store phase). A re-run confirms each cached item's audio by the plan's listing of the
+folder, which on S3 carries the size and ETag a HEAD would answer: one GET per item in all.
 
 The requests are moto's own access log (werkzeug), as in ``test_audio_to_storage_s3.py``; the end
 of the submit phase is marked in the same log (a request's line is logged before its answer is
@@ -102,9 +103,9 @@ def test_the_store_phase_is_two_puts_per_item_and_a_rerun_reads_each_entry_once(
     caplog.clear()
     assert _batch(conn, bucket, aws_conn, texts).execute(context(run_id="manual__2"))["cached"] == N
     submit, store = _phases(caplog, bucket)
-    # The re-run's submit phase confirms each hit: its entry (one GET) and its audio (one HEAD) ...
-    assert {k: v for k, v in submit.items() if k != "LIST"} == {"GET entry": N, "HEAD audio": N}
-    assert submit["LIST"] == 2  # the folder (its names, the 0.1 sidecar search too) and the cache folder
+    # The re-run's submit phase reads each entry (one GET) and confirms its audio by the folder's listing
+    # (S3 lists the size and ETag a HEAD would answer): the folder and the cache folder, one LIST each ...
+    assert submit == {"LIST": 2, "GET entry": N}
     # ... and its store phase uses those hits as they are.
     assert store == {"PUT manifest": 1, "DELETE wait list": 1}
 
@@ -139,3 +140,20 @@ def test_a_resumed_batch_reads_no_cache_entry_and_heads_no_audio(
     assert per_item == {"PUT audio": N - 2, "PUT entry": N - 2}
     assert resume["PUT manifest"] == 1
     assert resume["GET wait list"] == 1
+
+
+def test_audio_replaced_by_other_bytes_of_its_size_is_no_hit_whatever_the_listing_says(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, bucket: str, s3: Any
+) -> None:
+    """The listing confirms a hit only when it shows the recorded size and ETag; other bytes of the
+    same size list another ETag, so the audio is asked about (HEAD) and paid for again (RC4)."""
+    emu.configure(default_delay=0)
+    conn = make_conn("camb_ai")
+    texts = ["Kept sentence.", "Replaced sentence."]
+    rows = _batch(conn, bucket, aws_conn, texts, manifest_task_ids=True).execute(context())
+    assert rows["stored"] == 2
+    key = rows["files"][1].removeprefix(f"s3://{bucket}/")
+    size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    s3.put_object(Bucket=bucket, Key=key, Body=b"\0" * size)
+    again = _batch(conn, bucket, aws_conn, texts).execute(context(run_id="manual__2"))
+    assert (again["cached"], again["stored"], len(emu.tasks())) == (1, 1, 3)
