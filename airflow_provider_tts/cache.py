@@ -136,13 +136,26 @@ class RequestCache:
     :param endpoint: where this task pays (from the hook's connection).
     :param owner: who claims: the task instance's identity digest (stable across its tries).
     :param legacy: look for 0.1 sidecars when a request has no entry (one LIST, then their reads).
+    :param listed: the folder's listing (``{name: info}``, :func:`~airflow_provider_tts.objects.listed`),
+        if the caller just made it: the search for sidecars needs no LIST of its own, and on S3 a
+        hit whose listed size and ETag are the recorded ones needs no HEAD.
     """
 
-    def __init__(self, folder: ObjectStoragePath, endpoint: Endpoint, owner: str, *, legacy: bool = True) -> None:
+    def __init__(
+        self,
+        folder: ObjectStoragePath,
+        endpoint: Endpoint,
+        owner: str,
+        *,
+        legacy: bool = True,
+        listed: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         self.folder = folder
         self.endpoint = endpoint
         self.owner = owner
         self.legacy = legacy
+        self._listed = listed
+        self._names = None if listed is None else list(listed)
         self._legacy_index: dict[str, str] | None = None
 
     # ------------------------------------------------------------------------------ reading
@@ -186,7 +199,8 @@ class RequestCache:
         path = self.folder / file_name
         etag = entry.get("etag") if isinstance(entry.get("etag"), str) else None
         try:
-            if not content_matches(path, size=size, sha256=sha256, etag=etag):
+            seen = self._listed.get(file_name) if self._listed is not None else None
+            if not content_matches(path, size=size, sha256=sha256, etag=etag, listed=seen):
                 log.info("%s no longer holds the audio its cache entry recorded; not a hit", plain_uri(path))
                 return None
         except OSError as exc:
@@ -349,10 +363,13 @@ class RequestCache:
         if self._legacy_index is not None:
             return self._legacy_index
         index: dict[str, str] = {}
-        try:
-            names = [os.path.basename(str(n).rstrip("/")) for n in self.folder.fs.ls(self.folder.path, detail=False)]
-        except (FileNotFoundError, NotADirectoryError):
-            names = []
+        names = self._names
+        if names is None:
+            try:
+                listed = self.folder.fs.ls(self.folder.path, detail=False)
+                names = [os.path.basename(str(n).rstrip("/")) for n in listed]
+            except (FileNotFoundError, NotADirectoryError):
+                names = []
         sidecars = [n for n in names if n.endswith(LEGACY_SIDECAR_SUFFIX)]
 
         def read(name: str) -> tuple[str, Any]:

@@ -21,7 +21,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_tts.batch.items import FILE_NAME_STYLES, FileNameStyle
 from airflow_provider_tts.batch.manifest import changed_message, check_manifest_name
-from airflow_provider_tts.batch.store import StorePhase
+from airflow_provider_tts.batch.store import StorePhase, is_retry
 from airflow_provider_tts.batch.submit import SubmitPhase
 from airflow_provider_tts.compat import conf
 from airflow_provider_tts.connection import DEFAULT_CONN_IDS
@@ -251,8 +251,10 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
             for fp, o in outcomes.items()
             if o.kind == "failed"
         }
+        # What the submit phase read or wrote of each request's cache entry: the store phase does not read it again.
+        known = {fp: (o.hit, o.entry) for fp, o in outcomes.items()}
         if not waits:
-            return self._finish(context, plan, {"status": "done", "pending": 0}, {}, failed)
+            return self._finish(context, plan, {"status": "done", "pending": 0}, {}, failed, known=known)
         started_at = time.time()
         # The trigger module loads Airflow's trigger base (pydantic models): at run time, not at DAG parse.
         from airflow_provider_tts.batch.trigger import TtsBatchTrigger
@@ -271,19 +273,24 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
         done: dict[str, dict[str, Any]] = {}
         if not self.deferrable or self.wait_before_defer > 0:
             stop_at = started_at + self.wait_before_defer if self.deferrable else None
-            event, done = asyncio.run(self._store_while_waiting(context, plan, trigger, waits, failed, stop_at))
+            event, done = asyncio.run(self._store_while_waiting(context, plan, trigger, waits, failed, stop_at, known))
             if event is not None:
-                return self._finish(context, plan, event, waits, failed, done)
+                return self._finish(context, plan, event, waits, failed, done, known)
             self.log.info("Batch: %d of %d items stored while waiting here; deferring the rest", len(done), len(waits))
+        # The cached items' rows are made now, from the hits just confirmed, so the resumed task reads
+        # none of their entries (nor HEADs their audio) again.
+        cached = [item for item in plan.items if str(item.index) not in done and known[item.fingerprint][0] is not None]
+        done.update(self._rows(context, plan, cached, known, {}, failed))
         ended = {item.fingerprint for item in plan.items if str(item.index) in done}
-        plan.record.save({fp: job for fp, job in waits.items() if fp not in ended}, plan.digest, failed, done)
+        pending = {fp: job for fp, job in waits.items() if fp not in ended}
+        plan.record.save(pending, plan.digest, failed, done, {fp: known[fp][1] for fp in pending})
         self.defer(trigger=trigger, method_name="execute_complete")
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: check the items did not change meanwhile, store, write the manifest."""
         plan = self._plan(context)
         self._session_for_threads()
-        waits, digest, failed, done = plan.record.load()
+        waits, digest, failed, done, entries = plan.record.load()
         if digest is None:
             # No wait list: this is no resume of a live deferral. Airflow 3.0 calls the resume method
             # again on a retry of a task whose earlier try failed after resuming; that retry starts
@@ -292,4 +299,7 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
             return self.execute(context)
         if digest != plan.digest:
             raise TtsConfigError(changed_message(plan, "they are not the items it submitted before it deferred"))
-        return self._finish(context, plan, event, waits, failed, done)
+        # The entries the deferring try handed over stand for the first resume; a retried resume (Airflow 3.0
+        # resumes again after a failed one, perhaps after some items were stored) reads them afresh.
+        known = {} if is_retry(context) else {fp: (None, entry) for fp, entry in entries.items()}
+        return self._finish(context, plan, event, waits, failed, done, known)

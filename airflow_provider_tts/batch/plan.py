@@ -30,7 +30,7 @@ from airflow_provider_tts.confinement import DESTINATIONS, ITEMS_PATHS, confine
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint
 from airflow_provider_tts.naming import has_audio_extension, same_file
-from airflow_provider_tts.objects import listing
+from airflow_provider_tts.objects import listed
 from airflow_provider_tts.storage import TtsStorageError, check_destination, destination_path
 from airflow_provider_tts.storing import plain_uri
 from airflow_provider_tts.submissions import SubmitIdentity
@@ -218,11 +218,12 @@ class PlanPhase:
         items = list(by_key.values())
         identity = SubmitIdentity.from_context(context)
         owner = identity.digest() if identity is not None else "manual"
-        request_cache = RequestCache(folder, self.hook.endpoint(), owner)
-        plan = BatchPlan(items, folder, BatchRecord.for_task(folder, identity), identity, request_cache,
-                     items_digest(items), keys, frozenset(explicit))  # fmt: skip
-        plan.names = listing(folder)
-        return plan
+        # One LIST of the folder serves the overwrite check, the 0.1 sidecar search and, on S3, the
+        # confirmation of each cached item's audio (its listed size and ETag: no HEAD per item).
+        found = listed(folder)
+        request_cache = RequestCache(folder, self.hook.endpoint(), owner, listed=found)
+        return BatchPlan(items, folder, BatchRecord.for_task(folder, identity), identity, request_cache,
+                         items_digest(items), keys, frozenset(explicit), frozenset(found))  # fmt: skip
 
     def _refuse_overwrites(self, plan: BatchPlan, hits: Mapping[str, CachedAudio | None]) -> None:
         """``overwrite="fail"``: a file in the way of an item that would be written is refused before paying."""

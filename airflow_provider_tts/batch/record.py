@@ -40,7 +40,10 @@ class BatchRecord:
     ``failed``: ``{fingerprint: {"error", "retryable"}}`` of requests the submit phase could not pay
     for (their manifest rows); ``done``: ``{item index: manifest row}`` of the items the worker
     already stored (or saw fail) while it waited before deferring, whose rows the resumed task
-    writes as they were (a request cache hit would call them "cached" and lose what they cost);
+    writes as they were (a request cache hit would call them "cached" and lose what they cost), and
+    the rows of the items whose audio the request cache held; ``entries``: ``{fingerprint: {"owner",
+    "credits"}}`` of the requests in ``pending``, what the resumed task reports as spent, so it reads
+    no cache entry again (absent in a record of 0.5 and before: then it reads them);
     ``digest``: :func:`~airflow_provider_tts.batch.items.items_digest` of
     the items it was made for. No secret is in it.
     """
@@ -69,6 +72,7 @@ class BatchRecord:
         digest: str,
         failed: Mapping[str, Mapping[str, Any]],
         done: Mapping[str, Mapping[str, Any]] | None = None,
+        entries: Mapping[str, Mapping[str, Any] | None] | None = None,
     ) -> None:
         """Write the wait list whole; returns only once the trigger (or a resumed task) can read it."""
         body = {
@@ -77,6 +81,7 @@ class BatchRecord:
             "pending": {fp: list(job) for fp, job in pending.items()},
             "failed": {fp: dict(reason) for fp, reason in failed.items()},
             "done": {fp: dict(row) for fp, row in (done or {}).items()},
+            "entries": {fp: dict(entry) for fp, entry in (entries or {}).items() if entry is not None},
         }
         data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
         try:
@@ -87,8 +92,11 @@ class BatchRecord:
 
     def load(
         self,
-    ) -> tuple[dict[str, tuple[str, float]], str | None, dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-        """``(pending, digest, failed, done)``; empty and None when there is no wait list. Unreadable is an error."""
+    ) -> tuple[
+        dict[str, tuple[str, float]], str | None, dict[str, dict[str, Any]], dict[str, dict[str, Any]],
+        dict[str, dict[str, Any]],
+    ]:  # fmt: skip
+        """``(pending, digest, failed, done, entries)``; empty and None when there is none. Unreadable is an error."""
         path = self.folder / self.FILE
         try:
             raw = read_small(path, MAX_RECORD_BYTES)
@@ -96,7 +104,7 @@ class BatchRecord:
         except (OSError, ValueError) as exc:
             raise TtsStorageError(f"the batch wait list {path} is unreadable ({exc}); nothing is paid again") from exc
         if body is None:
-            return {}, None, {}, {}
+            return {}, None, {}, {}, {}
         if not isinstance(body, dict) or body.get("version") != 2 or not isinstance(body.get("pending"), dict):
             raise TtsStorageError(f"the batch wait list {path} is not one this provider wrote; nothing is paid again")
         pending = {
@@ -107,7 +115,8 @@ class BatchRecord:
         digest = body.get("digest")
         failed = {str(fp): dict(r) for fp, r in (body.get("failed") or {}).items() if isinstance(r, dict)}
         done = {str(fp): dict(r) for fp, r in (body.get("done") or {}).items() if isinstance(r, dict)}
-        return pending, digest if isinstance(digest, str) else None, failed, done
+        entries = {str(fp): dict(e) for fp, e in (body.get("entries") or {}).items() if isinstance(e, dict)}
+        return pending, digest if isinstance(digest, str) else None, failed, done, entries
 
     def remove(self) -> None:
         """The task is done with it: the request cache holds what any later try needs."""
@@ -122,5 +131,5 @@ class BatchRecord:
 
     def pending(self) -> dict[str, float]:
         """``{vendor task id: submitted_at}``: what a trigger waits for."""
-        jobs, _, _, _ = self.load()
+        jobs, *_ = self.load()
         return {task_id: submitted_at for task_id, submitted_at in jobs.values()}

@@ -18,7 +18,7 @@ import asyncio
 import os
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from airflow_provider_tts.batch.manifest import with_duplicates, write_manifest
 from airflow_provider_tts.batch.plan import BatchPlan, PlanPhase
@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     from airflow_provider_tts.cache import CachedAudio
     from airflow_provider_tts.status import TtsTaskStatus
 
+#: What this try knows of a request's cache entry: its confirmed audio (a hit) and what ``spent`` reads.
+Known: TypeAlias = tuple["CachedAudio | None", Any]
+
 #: What the batch's asset event carries in its ``extra``: where the manifest is and the counts.
 EVENT_KEYS = ("manifest", "items", "stored", "cached", "failed")
 
@@ -62,30 +65,25 @@ class StorePhase(PlanPhase):
         waits: Mapping[str, tuple[str, float]],
         failed: Mapping[str, Mapping[str, Any]],
         done: Mapping[str, Mapping[str, Any]] | None = None,
+        known: Mapping[str, Known] | None = None,
     ) -> dict[str, Any]:
         """Store every finished item, write the manifest, drop the wait list, apply the threshold.
 
         ``done``: ``{item index: manifest row}`` of the items already stored (or failed) while the
         worker waited (:meth:`_store_while_waiting`); they are neither asked about nor stored again.
+        ``known``: ``{fingerprint: (hit, entry)}`` of the requests whose cache entries this try
+        already holds (the submit phase's, or the wait list's): they are not read again. Only the
+        rest's entries are read (one LIST, a GET each).
         """
         if not isinstance(event, dict) or event.get("status") not in ("done", "timeout", "error"):
             raise TtsError(f"the batch resumed with no usable event: {event!r:.200}")
         if event["status"] == "error":
             raise error_from_event(event)
         done = done or {}
-        rest = {item.fingerprint for item in plan.items if str(item.index) not in done}
-        found = plan.cache.find_all([fp for fp in plan.requests if fp in rest], threads=self.max_active_requests)
-        retried = _retried(context)
-
-        def one(item: BatchItem) -> dict[str, Any]:
-            if str(item.index) in done:
-                return dict(done[str(item.index)])
-            hit, entry = found[item.fingerprint]
-            row = self._row(context, plan, item, hit, waits, failed, retried)
-            return {**row, **spent(plan, item, row, entry)}
-
-        with ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="tts-batch-store") as pool:
-            rows = list(pool.map(one, plan.items))
+        todo = [item for item in plan.items if str(item.index) not in done]
+        made = self._rows(context, plan, todo, self._entries(plan, todo, known or {}), waits, failed)
+        rows_at = {**{index: dict(row) for index, row in done.items()}, **made}
+        rows = [rows_at[str(item.index)] for item in plan.items]
         rows = with_duplicates(rows, plan.items)
         if not self.manifest_task_ids:
             rows = [{k: v for k, v in row.items() if k != "tts_task_id"} for row in rows]
@@ -122,6 +120,33 @@ class StorePhase(PlanPhase):
                 raise TtsBatchItemsFailedError(message + ". A retry pays only for the retryable failures.")
             raise TtsBatchItemsFailedPermanentlyError(message + ". None of them can succeed on a retry.")
         return summary
+
+    def _entries(self, plan: BatchPlan, items: list[BatchItem], known: Mapping[str, Known]) -> dict[str, Known]:
+        """``(hit, entry)`` of each item's request: from ``known``, else read (one LIST, a GET per entry)."""
+        wanted = {item.fingerprint for item in items}
+        unknown = [fp for fp in plan.requests if fp in wanted and fp not in known]
+        found = plan.cache.find_all(unknown, threads=self.max_active_requests) if unknown else {}
+        return {**{fp: known[fp] for fp in wanted if fp in known}, **found}
+
+    def _rows(
+        self,
+        context: Context,
+        plan: BatchPlan,
+        items: list[BatchItem],
+        found: Mapping[str, Known],
+        waits: Mapping[str, tuple[str, float]],
+        failed: Mapping[str, Mapping[str, Any]],
+    ) -> dict[str, dict[str, Any]]:
+        """``{item index: manifest row}`` of ``items``, ``max_active_requests`` at a time, with what each spent."""
+        retried = is_retry(context)
+
+        def one(item: BatchItem) -> dict[str, Any]:
+            hit, entry = found[item.fingerprint]
+            row = self._row(context, plan, item, hit, waits, failed, retried)
+            return {**row, **spent(plan, item, row, entry)}
+
+        with ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="tts-batch-store") as pool:
+            return {str(item.index): row for item, row in zip(items, pool.map(one, items), strict=True)}
 
     def _row(
         self,
@@ -186,6 +211,7 @@ class StorePhase(PlanPhase):
         waits: Mapping[str, tuple[str, float]],
         failed: Mapping[str, Mapping[str, Any]],
         stop_at: float | None,
+        known: Mapping[str, Known] | None = None,
     ) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
         """Wait in this worker (the trigger's own loop, on the operator's hook), storing items as they end.
 
@@ -199,14 +225,18 @@ class StorePhase(PlanPhase):
         for item in plan.items:
             items.setdefault(item.fingerprint, []).append(item)
         # What spent() reads of each entry as the submit phase left it (owner, reported credits), before
-        # storing replaces it; only those two fields are kept through the wait (10,000 entries would not).
+        # storing replaces it: the submit phase hands it over (``known``); only an entry it did not is
+        # read. Only those two fields are kept through the wait (10,000 entries would not).
+        known = known or {}
+        unknown = [fp for fp in waits if fp not in known]
+        read = {}
+        if unknown:
+            read = await asyncio.to_thread(plan.cache.find_all, unknown, threads=self.max_active_requests)
         found = {
             fp: {k: entry.get(k) for k in ("owner", "credits")} if isinstance(entry, Mapping) else entry
-            for fp, (_, entry) in (
-                await asyncio.to_thread(plan.cache.find_all, list(waits), threads=self.max_active_requests)
-            ).items()
+            for fp, (_, entry) in {**{fp: known[fp] for fp in waits if fp in known}, **read}.items()
         }
-        retried = _retried(context)
+        retried = is_retry(context)
         rows: dict[str, Future[dict[str, Any]]] = {}
         ended_fps: set[str] = set()
         pool = ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="tts-batch-store")
@@ -291,7 +321,7 @@ class StorePhase(PlanPhase):
         get_hook_lineage_collector().add_output_asset(context=self.hook, uri=summary["destination"])
 
 
-def _retried(context: Context) -> bool:
+def is_retry(context: Context) -> bool:
     """Whether this is a later try (or an unknown one): a file in the way may be this task's own partial."""
     try_number = getattr(context.get("ti"), "try_number", None)
     return not isinstance(try_number, int) or try_number > 1

@@ -64,6 +64,17 @@ class _Outcome:
     released: bool = False
     #: Not sent because the vendor's reported credits put the batch over ``max_credits``.
     budget: bool = False
+    #: A cached request's confirmed audio: the store phase uses it as it is, without reading the
+    #: request cache again (a GET and a HEAD per item more otherwise).
+    hit: CachedAudio | None = None
+    #: What the store phase's ``spent`` reads of a waited-for request's cache entry (its owner and the
+    #: credits the vendor reported), as this phase wrote or read it: the entry is not read again.
+    entry: dict[str, Any] | None = None
+
+
+def entry_summary(entry: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The two fields of a cache entry the store phase needs of a request it waits for (see ``spent``)."""
+    return None if entry is None else {"owner": entry.get("owner"), "credits": entry.get("credits")}
 
 
 def _number(value: Any) -> float:
@@ -120,7 +131,7 @@ class SubmitPhase(PlanPhase):
     def _decide(self, hit: CachedAudio | None, entry: Mapping[str, Any] | None, owner: str) -> _Outcome | None:
         """What a request's cache entry says; None: claim it and pay."""
         if hit is not None:
-            return _Outcome("cached")
+            return _Outcome("cached", hit=hit)
         state = entry.get("state") if entry is not None else None
         if entry is None or state == "stored":  # nothing, or stored audio that is gone or changed
             return None
@@ -129,7 +140,8 @@ class SubmitPhase(PlanPhase):
                 None if self.retry_failed_items else _Outcome("failed", error=rejected_message(entry), retryable=False)
             )
         if state == "submitted" and entry.get("tts_task_id"):
-            return _Outcome("wait", str(entry["tts_task_id"]), _number(entry.get("submitted_at")))
+            return _Outcome("wait", str(entry["tts_task_id"]), _number(entry.get("submitted_at")),
+                            entry=entry_summary(entry))  # fmt: skip
         # Claimed: a create was (about to be) sent and its task id was never recorded.
         age = time.time() - _number(entry.get("requested_at"))
         if entry.get("owner") != owner and 0 <= age < CLAIM_WAIT_SECONDS:
@@ -277,6 +289,7 @@ class SubmitPhase(PlanPhase):
             return _Outcome("failed", error=f"not submitted: {exc}"[:500], released=True)
         if budget is not None:
             budget.report(fingerprint, submission.credits)
+        ours = {"owner": plan.cache.owner, "credits": submission.credits}  # what the entry now says
         for attempt in range(RECORD_ATTEMPTS):
             try:
                 plan.cache.submitted(fingerprint, task_id, credits=submission.credits)
@@ -286,8 +299,8 @@ class SubmitPhase(PlanPhase):
                     time.sleep(RECORD_BACKOFF * 2**attempt)
                     continue
                 self.log.error("Could not record task %s of request %s (%s); keeping it aside", task_id, short, exc)
-                return _Outcome("wait", task_id, time.time(), unsaved=True)
-        return _Outcome("wait", task_id, time.time())
+                return _Outcome("wait", task_id, time.time(), unsaved=True, entry=ours)
+        return _Outcome("wait", task_id, time.time(), entry=ours)
 
     def _await_claim(self, plan: BatchPlan, fingerprint: str) -> _Outcome | None:
         """Another run claimed the request moments ago: wait for its task id instead of paying again."""

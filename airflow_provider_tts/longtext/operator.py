@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath, XComArg
 
     from airflow_provider_tts.batch.plan import BatchPlan
+    from airflow_provider_tts.batch.store import Known
     from airflow_provider_tts.storage import OverwritePolicy
 
 #: Batch settings a long text decides itself: its items are its parts, and any failed part fails it.
@@ -125,9 +126,10 @@ class BaseLongTextToStorageOperator(LongTextOutput, BaseTextBatchToStorageOperat
         waits: Mapping[str, tuple[str, float]],
         failed: Mapping[str, Mapping[str, Any]],
         done: Mapping[str, Mapping[str, Any]] | None = None,
+        known: Mapping[str, Known] | None = None,
     ) -> dict[str, Any]:
         """Store every part as a batch does (failing on any failed part), then join them into the file."""
-        summary = super()._finish(context, plan, event, waits, failed, done)
+        summary = super()._finish(context, plan, event, waits, failed, done, known)
         rows = self._manifest_rows(plan)
         files = [plan.folder / str(row["file"]).rsplit("/", 1)[-1] for row in rows]
         spent = {key: summary[key] for key in ("requests", "characters", "credits", "estimated_credits", "manifest")}
