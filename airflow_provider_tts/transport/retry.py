@@ -416,8 +416,8 @@ def retry_kwargs(policy: RetryPolicy, req: ApiRequest, guard: AttemptGuard | Non
             policy.max_retries,
             state.upcoming_sleep,
         )
-        if guard is not None:
-            guard.refused()
+        if guard is not None and exc is not None and is_retryable(exc, idempotent=False):
+            guard.refused()  # only an answer that proves nothing was created lets the marker go
 
     return {
         "stop": stop_after_attempt(policy.max_retries + 1),
