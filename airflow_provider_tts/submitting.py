@@ -30,6 +30,7 @@ from airflow_provider_tts.submissions import (
     SubmitIdentity,
     SubmitLedger,
     SubmitRecord,
+    TtsLedgerError,
     outcome_unknown,
     select_ledger,
 )
@@ -82,6 +83,43 @@ def create_fields(values: Mapping[str, Any]) -> dict[str, Any]:
             raise TtsConfigError("give either srt (SRT text) or subtitles (a cue list), not both")
         fields["subtitles"] = parse_srt(fields.pop("srt"))
     return fields
+
+
+class _RecordGuard:
+    """A one-task operator's submit record, kept only while its create is on the wire.
+
+    The record ("an intent, no task id") tells a later try that a create may have been paid for.
+    A create refused with nothing created (429, 503) waits up to ``max_backoff`` seconds before
+    the transport resends it; a worker killed in that sleep must not leave the record behind, or
+    the next try stops as uncertain although nothing was paid. So the record is discarded before
+    the sleep and written again before the resend (a write that fails sends nothing).
+    """
+
+    def __init__(self, ledger: SubmitLedger, intent: SubmitRecord, log: logging.Logger | Any) -> None:
+        self.ledger = ledger
+        self.intent = intent
+        self.log = log
+        self.discarded = False
+
+    def refused(self) -> None:
+        try:
+            self.ledger.discard()
+        except Exception as exc:  # the record stays, as it would without a guard
+            self.log.warning("Could not clear %s during a backoff (%s: %s)", self.ledger.where, type(exc).__name__, exc)
+            return
+        self.discarded = True
+
+    def resending(self) -> None:
+        if not self.discarded:
+            return
+        try:
+            self.ledger.save(self.intent)
+        except Exception as exc:
+            raise TtsLedgerError(
+                f"could not record the create again in {self.ledger.where} before resending it "
+                f"({type(exc).__name__}: {exc}); nothing was sent, a retry of this task is safe"
+            ) from None
+        self.discarded = False
 
 
 class SubmitOnce:
@@ -197,10 +235,12 @@ class SubmitOnce:
 
     def _submit(self, kind: str, fields: dict[str, Any], intent: SubmitRecord, ledger: SubmitLedger | None) -> str:
         """Record the intent, send the create call, record the id; an unknown outcome stops here."""
+        guard = None
         if ledger is not None:
             ledger.save(intent)  # before the call: a worker killed during it leaves this behind
+            guard = _RecordGuard(ledger, intent, self.log)  # ... but not during a refused create's backoff
         try:
-            submission = self.hook.submit_task(kind, fields)
+            submission = self.hook.submit_task(kind, fields, guard=guard)
         except Exception as exc:
             if not outcome_unknown(exc):
                 self._forget(ledger)  # nothing was created: a retry may submit

@@ -31,7 +31,7 @@ from airflow_provider_tts.submissions import outcome_unknown
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_tts.cache import CachedAudio
+    from airflow_provider_tts.cache import CachedAudio, RequestCache
     from airflow_provider_tts.submissions import SubmitIdentity
 
 #: How long a request another run claimed (and has not yet recorded a task id for) is waited for
@@ -70,6 +70,53 @@ class _Outcome:
     #: What the store phase's ``spent`` reads of a waited-for request's cache entry (its owner and the
     #: credits the vendor reported), as this phase wrote or read it: the entry is not read again.
     entry: dict[str, Any] | None = None
+
+
+class _ClaimLost(Exception):
+    """A create's resend found its request no longer free to claim: nothing was sent, decide again.
+
+    Not a :class:`~airflow_provider_tts.exceptions.TtsError`, so the transport never retries it and
+    :meth:`SubmitPhase._create` cannot mistake it for a create that failed.
+    """
+
+
+class _ClaimGuard:
+    """A request's claim, held by the batch only while its create is on the wire.
+
+    A 429 or 503 on a create proves nothing was created, and the transport resends the create
+    after a backoff of up to ``max_backoff`` seconds. A claim held through that sleep would make
+    a worker killed in it look, to the next try, like one killed mid-request: "claimed, no task
+    id", so in doubt and not paid for again. So the claim goes before the sleep (one delete) and
+    is taken again, if still free, before the resend (one create-if-absent); a kill in between
+    leaves nothing, and the next try pays once. Another run that claimed the request meanwhile
+    keeps it: this resend is not sent (:class:`_ClaimLost`) and the request is decided again.
+    """
+
+    def __init__(self, cache: RequestCache, fingerprint: str, log: Any) -> None:
+        self.cache = cache
+        self.fingerprint = fingerprint
+        self.log = log
+        self.released = False
+
+    def refused(self) -> None:
+        try:
+            self.cache.release(self.fingerprint)
+        except Exception as exc:  # the claim stays, as it would without a guard
+            self.log.warning("Could not let go of the claim of request %s during a backoff (%s)",
+                             fingerprint_hex(self.fingerprint)[:16], exc)  # fmt: skip
+            return
+        self.released = True
+
+    def resending(self) -> None:
+        if not self.released:
+            return
+        try:
+            entry = self.cache.claim(self.fingerprint)
+        except TtsStorageError as exc:
+            raise _ClaimLost(f"could not claim the request again: {exc}") from None
+        if entry is not None:
+            raise _ClaimLost("another run claimed the request during the backoff")
+        self.released = False
 
 
 def entry_summary(entry: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -247,7 +294,10 @@ class SubmitPhase(PlanPhase):
                 return _Outcome("failed", error=budget.message(), retryable=False, budget=True)
             entry = plan.cache.claim(fingerprint, force=not self.reuse_cached)
             if entry is None:
-                return self._create(plan, fingerprint, fields, stop, budget)
+                created = self._create(plan, fingerprint, fields, stop, budget)
+                if created is None:
+                    continue  # the claim changed hands during a backoff: decide again
+                return created
             hit = plan.cache.hit(fingerprint, entry) if self.reuse_cached else None
             decided = self._decide(hit, entry, plan.cache.owner)
             if decided is not None and decided.kind == "claimed_elsewhere":
@@ -257,7 +307,9 @@ class SubmitPhase(PlanPhase):
             if decided is not None:
                 return decided
             plan.cache.claim(fingerprint, force=True)  # the entry itself says to pay again
-            return self._create(plan, fingerprint, fields, stop, budget)
+            created = self._create(plan, fingerprint, fields, stop, budget)
+            if created is not None:
+                return created
         return _Outcome("failed", error="not submitted: the request kept changing hands between runs")
 
     def _create(
@@ -267,12 +319,20 @@ class SubmitPhase(PlanPhase):
         fields: dict[str, Any],
         stop: threading.Event,
         budget: RunningBudget | None = None,
-    ) -> _Outcome:
-        """The paid call, then its task id into the request cache (or, failing that, aside)."""
+    ) -> _Outcome | None:
+        """The paid call, then its task id into the request cache (or, failing that, aside).
+
+        None: the claim was let go during a backoff and could not be taken back before the
+        resend (see :class:`_ClaimGuard`); nothing was sent since, and the caller decides again.
+        """
         short = fingerprint_hex(fingerprint)[:16]
         try:
-            submission = self.hook.submit_task(self.tts_kind, fields)
+            submission = self.hook.submit_task(self.tts_kind, fields, guard=_ClaimGuard(plan.cache, fingerprint,
+                                                                                         self.log))  # fmt: skip
             task_id = submission.tts_task_id
+        except _ClaimLost as lost:
+            self.log.warning("Request %s was not sent again: %s", short, lost)
+            return None
         except Exception as exc:
             self.log.warning("Request %s was not submitted: %s", short, exc)
             if isinstance(exc, TtsAuthError):

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import requests
 
     from airflow_provider_tts.cache import Endpoint
+    from airflow_provider_tts.transport.retry import AttemptGuard
 
 __all__ = ["AudioStream", "CambAiHook", "RevidTtsHook", "Submission", "TtsHook", "TtsTaskStatus"]
 
@@ -305,12 +306,14 @@ class TtsHook(BaseHook):
 
     # ----------------------------------------------------------------------------------- submit
 
-    def submit_task(self, kind: str, fields: Mapping[str, Any]) -> Submission:
+    def submit_task(self, kind: str, fields: Mapping[str, Any], guard: AttemptGuard | None = None) -> Submission:
         """Create a remote task; return its id, its status if the vendor finished at once, and the
         credits the vendor said it charged (None when it did not say: neither task API documents it).
 
         Fields are validated against the vendor's documented body before anything is sent. The
         create call is not retried after an ambiguous failure (see ``transport.is_retryable``).
+        ``guard`` lets the caller drop its "may have been paid" marker while a refused create
+        waits for its resend, and take it back before it (see ``transport.retry.AttemptGuard``).
         """
         vendor = self.vendor
         checked_kind = vendor.check_kind(kind)
@@ -319,6 +322,7 @@ class TtsHook(BaseHook):
             submission: Submission = self._sync.call(
                 req,
                 lambda resp: replace(vendor.parse_submit(checked_kind, resp), credits=vendor.reported_credits(resp)),
+                guard,
             )
         metrics.created(vendor.api, checked_kind, req.json)
         if submission.status is not None:

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt
 
@@ -356,6 +356,34 @@ def is_retryable(exc: BaseException, idempotent: bool) -> bool:
     return False
 
 
+class AttemptGuard(Protocol):
+    """The paying caller's view of a create call's attempts: where "may have been paid" begins and ends.
+
+    Neither vendor de-duplicates a create, so its caller keeps a marker (a batch's request-cache
+    claim, a one-task operator's submit record) saying "a create may be in flight" while it pays,
+    and a later try that finds the marker without a task id must assume it was paid. The
+    transport resends a create only after an answer that proves nothing was created (429, 503, a
+    connection never opened); held across the backoff between such an attempt and its resend, the
+    marker would make a worker killed in that sleep look like one killed mid-request. The guard
+    lets the caller hold it only while a request is on the wire: :meth:`refused` before the
+    sleep, :meth:`resending` after it. Nothing is called on an attempt that is not followed by
+    another one, so the happy path costs nothing.
+    """
+
+    def refused(self) -> None:
+        """An attempt created nothing and is to be sent again after a backoff: the marker may go.
+
+        Must not raise: a marker that could not be dropped only stays, as it would without a guard.
+        """
+
+    def resending(self) -> None:
+        """The backoff is over and the same request is about to be sent again: take the marker back.
+
+        Raise to send nothing (the exception ends the call as it is, never retried): the marker
+        could not be written, or another run took the request meanwhile.
+        """
+
+
 def _wait_strategy(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
     """Exponential backoff with jitter, stretched to the vendor's ``Retry-After``, capped."""
 
@@ -371,8 +399,12 @@ def _wait_strategy(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
     return wait
 
 
-def retry_kwargs(policy: RetryPolicy, req: ApiRequest) -> dict[str, Any]:
-    """Tenacity arguments shared by the sync and async loops: one policy for both."""
+def retry_kwargs(policy: RetryPolicy, req: ApiRequest, guard: AttemptGuard | None = None) -> dict[str, Any]:
+    """Tenacity arguments shared by the sync and async loops: one policy for both.
+
+    ``guard`` hears, before each backoff sleep, that the failed attempt is to be resent
+    (:meth:`AttemptGuard.refused`); the loop calls :meth:`AttemptGuard.resending` itself.
+    """
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -384,6 +416,8 @@ def retry_kwargs(policy: RetryPolicy, req: ApiRequest) -> dict[str, Any]:
             policy.max_retries,
             state.upcoming_sleep,
         )
+        if guard is not None and exc is not None and is_retryable(exc, idempotent=False):
+            guard.refused()  # only an answer that proves nothing was created lets the marker go
 
     return {
         "stop": stop_after_attempt(policy.max_retries + 1),

@@ -44,7 +44,7 @@ from airflow_provider_tts.transport.messages import (
     scrubbed_urllib3_logs,
     without_secrets,
 )
-from airflow_provider_tts.transport.retry import Pacer, retry_kwargs
+from airflow_provider_tts.transport.retry import AttemptGuard, Pacer, retry_kwargs
 from airflow_provider_tts.transport.rules import (
     EXPIRED_URL_STATUSES,
     MAX_JSON_BODY,
@@ -392,16 +392,29 @@ class SyncTransport:
         # Parsers see the URL only to name the host; without query and userinfo it is safe to quote.
         return ApiResponse(resp.status_code, headers, b"".join(chunks), safe_url(resp.url))
 
-    def call(self, req: ApiRequest, parse: Callable[[ApiResponse], T]) -> T:
-        """Send ``req`` and parse the answer, retrying both per the connection's policy."""
-        for attempt in Retrying(**retry_kwargs(self.settings.retry, req)):
+    def call(self, req: ApiRequest, parse: Callable[[ApiResponse], T], guard: AttemptGuard | None = None) -> T:
+        """Send ``req`` and parse the answer, retrying both per the connection's policy.
+
+        ``guard`` (a create call's payer, see :class:`AttemptGuard`) is told before each backoff
+        sleep that nothing was created, and before each resend that the request goes out again:
+        in the request's turn of the pacer, so its marker is back only once nothing but the
+        request itself is left to wait for.
+        """
+
+        def exchange() -> T:
+            return parse_without_secrets(
+                parse, self.read_response(req, self._send(req, {"Accept": "application/json"}))
+            )
+
+        def resend() -> T:
+            assert guard is not None
+            guard.resending()
+            return exchange()
+
+        for attempt in Retrying(**retry_kwargs(self.settings.retry, req, guard)):
             with attempt:
-                return self._paced(
-                    req,
-                    lambda: parse_without_secrets(
-                        parse, self.read_response(req, self._send(req, {"Accept": "application/json"}))
-                    ),
-                )
+                again = guard is not None and attempt.retry_state.attempt_number > 1
+                return self._paced(req, resend if again else exchange)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def open_stream(self, req: ApiRequest) -> AudioStream:
