@@ -293,3 +293,40 @@ def outcome_unknown(exc: BaseException) -> bool:
     if not isinstance(exc, TtsError):
         return True
     return is_retryable(exc, idempotent=True) and not is_retryable(exc, idempotent=False)
+
+
+class MarkerGuard:
+    """A ``transport.retry.AttemptGuard`` for a "may have been paid" marker its caller can drop and retake.
+
+    Both paying callers (a batch's request-cache claim, a one-task operator's submit record) need the
+    same bookkeeping around a refused create's backoff: drop the marker before the sleep, and take it
+    back before the resend only if it was dropped. A marker that could not be dropped stays (logged),
+    as it would without a guard, and is then not taken back. Subclasses say how: :meth:`drop` and
+    :meth:`retake` (which raises to send nothing), and what the marker is, for the log (:meth:`what`).
+    """
+
+    def __init__(self, log: logging.Logger | Any) -> None:
+        self.log = log
+        self.dropped = False
+
+    def what(self) -> str:
+        raise NotImplementedError
+
+    def drop(self) -> None:
+        raise NotImplementedError
+
+    def retake(self) -> None:
+        raise NotImplementedError
+
+    def refused(self) -> None:
+        try:
+            self.drop()
+        except Exception as exc:  # the marker stays, as it would without a guard
+            self.log.warning("Could not let go of %s during a backoff (%s: %s)", self.what(), type(exc).__name__, exc)
+            return
+        self.dropped = True
+
+    def resending(self) -> None:
+        if self.dropped:
+            self.retake()
+            self.dropped = False

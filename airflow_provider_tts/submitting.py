@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow_provider_tts.exceptions import TtsConfigError, TtsError, TtsSubmitUncertainError
 from airflow_provider_tts.fingerprint import request_fingerprint
 from airflow_provider_tts.submissions import (
+    MarkerGuard,
     SubmitIdentity,
     SubmitLedger,
     SubmitRecord,
@@ -85,7 +86,7 @@ def create_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-class _RecordGuard:
+class _RecordGuard(MarkerGuard):
     """A one-task operator's submit record, kept only while its create is on the wire.
 
     The record ("an intent, no task id") tells a later try that a create may have been paid for.
@@ -96,22 +97,17 @@ class _RecordGuard:
     """
 
     def __init__(self, ledger: SubmitLedger, intent: SubmitRecord, log: logging.Logger | Any) -> None:
+        super().__init__(log)
         self.ledger = ledger
         self.intent = intent
-        self.log = log
-        self.discarded = False
 
-    def refused(self) -> None:
-        try:
-            self.ledger.discard()
-        except Exception as exc:  # the record stays, as it would without a guard
-            self.log.warning("Could not clear %s during a backoff (%s: %s)", self.ledger.where, type(exc).__name__, exc)
-            return
-        self.discarded = True
+    def what(self) -> str:
+        return str(self.ledger.where)
 
-    def resending(self) -> None:
-        if not self.discarded:
-            return
+    def drop(self) -> None:
+        self.ledger.discard()
+
+    def retake(self) -> None:
         try:
             self.ledger.save(self.intent)
         except Exception as exc:
@@ -119,7 +115,6 @@ class _RecordGuard:
                 f"could not record the create again in {self.ledger.where} before resending it "
                 f"({type(exc).__name__}: {exc}); nothing was sent, a retry of this task is safe"
             ) from None
-        self.discarded = False
 
 
 class SubmitOnce:

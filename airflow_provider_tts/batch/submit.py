@@ -26,7 +26,7 @@ from airflow_provider_tts.exceptions import TtsAuthError, TtsConfigError, TtsPer
 from airflow_provider_tts.fingerprint import fingerprint_hex
 from airflow_provider_tts.storage import TtsStorageError
 from airflow_provider_tts.storing import plain_uri
-from airflow_provider_tts.submissions import outcome_unknown
+from airflow_provider_tts.submissions import MarkerGuard, outcome_unknown
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -80,7 +80,7 @@ class _ClaimLost(Exception):
     """
 
 
-class _ClaimGuard:
+class _ClaimGuard(MarkerGuard):
     """A request's claim, held by the batch only while its create is on the wire.
 
     A 429 or 503 on a create proves nothing was created, and the transport resends the create
@@ -93,30 +93,23 @@ class _ClaimGuard:
     """
 
     def __init__(self, cache: RequestCache, fingerprint: str, log: Any) -> None:
+        super().__init__(log)
         self.cache = cache
         self.fingerprint = fingerprint
-        self.log = log
-        self.released = False
 
-    def refused(self) -> None:
-        try:
-            self.cache.release(self.fingerprint)
-        except Exception as exc:  # the claim stays, as it would without a guard
-            self.log.warning("Could not let go of the claim of request %s during a backoff (%s)",
-                             fingerprint_hex(self.fingerprint)[:16], exc)  # fmt: skip
-            return
-        self.released = True
+    def what(self) -> str:
+        return f"the claim of request {fingerprint_hex(self.fingerprint)[:16]}"
 
-    def resending(self) -> None:
-        if not self.released:
-            return
+    def drop(self) -> None:
+        self.cache.release(self.fingerprint)
+
+    def retake(self) -> None:
         try:
             entry = self.cache.claim(self.fingerprint)
         except TtsStorageError as exc:
             raise _ClaimLost(f"could not claim the request again: {exc}") from None
         if entry is not None:
             raise _ClaimLost("another run claimed the request during the backoff")
-        self.released = False
 
 
 def entry_summary(entry: Mapping[str, Any] | None) -> dict[str, Any] | None:

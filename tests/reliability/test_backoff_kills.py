@@ -123,20 +123,21 @@ def test_one_task_killed_while_the_resent_create_is_in_flight_stays_uncertain(
 # --------------------------------------------------------------------------------------- batch
 
 
+def one_item_batch(conn: str, folder: Path) -> Any:
+    """A batch of one item: an in-process "kill" ends only its own thread, a real one the whole batch."""
+    return batch(RevidTtsBatchToStorageOperator, conn, folder, items=["Only."], max_active_requests=1)
+
+
 def test_batch_killed_in_a_refused_creates_backoff_pays_once_on_the_next_try(
     emu: Any, make_conn: ConnFactory, tmp_path: Path
 ) -> None:
     conn = make_conn("revid_tts")
     emu.inject("429_no_retry_after", count=1, endpoint="create")
 
-    def op() -> Any:
-        # One item: an in-process "kill" ends only its own thread, a real one the whole batch.
-        return batch(RevidTtsBatchToStorageOperator, conn, tmp_path, items=["Only."], max_active_requests=1)
-
     with killed_in_backoff(), pytest.raises(Killed):
-        op().execute(context())
+        one_item_batch(conn, tmp_path).execute(context())
     assert creates(emu) == 0
-    result = op().execute(context(try_number=2))
+    result = one_item_batch(conn, tmp_path).execute(context(try_number=2))
     assert (result["stored"], result["failed"], creates(emu)) == (1, 0, 1)
     [row] = manifest(tmp_path)
     assert row["status"] == "stored"
@@ -149,13 +150,10 @@ def test_batch_killed_while_the_resent_create_is_in_flight_stays_uncertain(
     conn = make_conn("revid_tts")
     emu.inject("503", count=1, endpoint="create")
 
-    def op() -> Any:
-        return batch(RevidTtsBatchToStorageOperator, conn, tmp_path, items=["Only."], max_active_requests=1)
-
     with killed_in_flight(create=2), pytest.raises(Killed):
-        op().execute(context())
+        one_item_batch(conn, tmp_path).execute(context())
     with pytest.raises(TtsBatchItemsFailedPermanentlyError):
-        op().execute(context(try_number=2))
+        one_item_batch(conn, tmp_path).execute(context(try_number=2))
     [row] = manifest(tmp_path)
     assert row["status"] == "failed"
     assert "may have created" in row["error"]
