@@ -37,16 +37,10 @@ it (its entry is written then): such a folder is not paid for again.
 Anything unreadable in an entry that would decide a payment (a claim or a task id) is an error,
 never a silent miss: a miss there would pay twice.
 
-**Many entries at once: the snapshot.** A batch that resumes after its worker was killed needs
-every one of its entries again, and a GET each (1,000 of them, ~2 CPU-s on a quiet machine) took
-longer than a worker lived under the chaos run's load (RELIABILITY D3). So a cache holding many
-entries of a remote folder also keeps ``.tts-cache/snapshot.json.gz``: the bytes of every entry it
-last read or wrote, saved at most every :data:`SNAPSHOT_SECONDS` while it writes and whenever a
-batch phase ends. The snapshot is never trusted: an entry is taken from it only when its bytes
-hash to the MD5 the folder's listing shows for that entry *now*
-(:func:`~airflow_provider_tts.objects.listed_md5`), i.e. when it is byte for byte the object a GET
-would return. Anything else (an entry changed since, a store that lists no MD5, a damaged
-snapshot) is read as before, so the snapshot can make a read cheaper but never its answer older.
+**Many entries at once: the snapshot.** A cache of a remote folder with many entries also keeps
+their bytes in one object, ``.tts-cache/snapshot.json.gz``, so a batch that starts over after a
+kill reads one object instead of a GET per entry. An entry is taken from it only when the folder's
+fresh listing shows that entry's MD5 unchanged (:mod:`airflow_provider_tts.cache_snapshot`).
 """
 
 from __future__ import annotations
@@ -55,15 +49,14 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import time
-import zlib
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_tts import metrics
+from airflow_provider_tts.cache_snapshot import SNAPSHOT_MIN_ENTRIES, EntrySnapshot
 from airflow_provider_tts.fingerprint import fingerprint_hex
 from airflow_provider_tts.objects import (
     content_matches,
@@ -71,7 +64,6 @@ from airflow_provider_tts.objects import (
     delete_small,
     info_checksum,
     listed,
-    listed_md5,
     read_small,
     write_small,
 )
@@ -97,16 +89,6 @@ NAME_HEX_CHARS = 16
 #: Salt of the account digest: a digest that is useless for anything but telling accounts apart.
 _ACCOUNT_SALT = b"airflow-provider-tts request cache account v1\x00"
 STATES = ("claimed", "submitted", "stored", "rejected")
-#: ``.tts-cache/<SNAPSHOT_NAME>``: the bytes of many entries in one object (see the module's docstring).
-SNAPSHOT_NAME = "snapshot.json.gz"
-SNAPSHOT_VERSION = 1
-#: Fewer entries than this are read one GET each: cheaper than a snapshot's write and its larger read.
-SNAPSHOT_MIN_ENTRIES = 32
-#: While entries are being written, the snapshot is saved at most this often (one PUT of all of them).
-SNAPSHOT_SECONDS = 15.0
-#: A snapshot is ~100 bytes per entry compressed; these bound what is read and inflated.
-MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
-MAX_SNAPSHOT_INFLATED = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -181,13 +163,7 @@ class RequestCache:
         self._listed = listed
         self._names = None if listed is None else list(listed)
         self._legacy_index: dict[str, str] | None = None
-        # The snapshot's contents: {entry file name: its bytes} as this process last read or wrote them
-        # (``_known``), and the entries of an earlier snapshot the listing vouched for (``_carried``).
-        self._known: dict[str, bytes] = {}
-        self._carried: dict[str, bytes] = {}
-        self._unsaved = False
-        self._saved_at = time.monotonic()
-        self._saving = threading.Lock()
+        self.snapshot = EntrySnapshot(folder / CACHE_FOLDER if not is_local(folder) else None)
 
     # ------------------------------------------------------------------------------ reading
 
@@ -206,7 +182,7 @@ class RequestCache:
         except (OSError, ValueError) as exc:
             raise TtsStorageError(f"could not read the request cache entry {path}: {exc}") from exc
         if raw is None:
-            self._forget(path.name)
+            self.snapshot.forget(path.name)
             return None
         return self._accept(fingerprint, path.name, raw)
 
@@ -226,7 +202,7 @@ class RequestCache:
                 f"the request cache entry {self.folder / CACHE_FOLDER / name} is not one this provider can read; "
                 "it decides whether the vendor is paid, so it is not ignored. Delete it to pay for the request afresh."
             )
-        self._remember(name, raw)
+        self.snapshot.remember(name, raw)
         return entry
 
     def hit(self, fingerprint: str, entry: Mapping[str, Any] | None) -> CachedAudio | None:
@@ -303,7 +279,7 @@ class RequestCache:
         present = self._entry_infos() if unique else None
         names = {fp: self.entry_name(fp) for fp in unique}
         existing = len(unique) if present is None else sum(1 for name in names.values() if name in present)
-        snapshot = self._load_snapshot(present) if present is not None and existing >= SNAPSHOT_MIN_ENTRIES else {}
+        snapshot = self.snapshot.load(present) if present is not None and existing >= SNAPSHOT_MIN_ENTRIES else {}
 
         def one(fingerprint: str) -> tuple[CachedAudio | None, Any]:
             name = names[fingerprint]
@@ -314,7 +290,7 @@ class RequestCache:
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="tts-cache") as pool:
             found = dict(zip(unique, pool.map(one, unique), strict=True))
         if existing - sum(1 for name in names.values() if name in snapshot) >= SNAPSHOT_MIN_ENTRIES:
-            self.save_snapshot()  # many were read one by one: the next reader of them need not
+            self.snapshot.save()  # many were read one by one: the next reader of them need not
         return found
 
     def _entry_infos(self) -> dict[str, dict[str, Any]] | None:
@@ -324,80 +300,6 @@ class RequestCache:
         except Exception:
             log.warning("Could not list %s; reading each entry instead", self.folder / CACHE_FOLDER, exc_info=True)
             return None
-
-    # ------------------------------------------------------------------------------ the snapshot
-
-    def _snapshot_path(self) -> ObjectStoragePath:
-        return self.folder / CACHE_FOLDER / SNAPSHOT_NAME
-
-    def _remember(self, name: str, raw: bytes) -> None:
-        if self._known.get(name, self._carried.get(name)) != raw:  # news to the snapshot
-            self._unsaved = True
-        self._known[name] = raw
-
-    def _forget(self, name: str) -> None:
-        if self._known.pop(name, None) is not None or self._carried.pop(name, None) is not None:
-            self._unsaved = True
-
-    def _load_snapshot(self, present: Mapping[str, Mapping[str, Any]]) -> dict[str, bytes]:
-        """``{entry file name: bytes}`` of the snapshot's entries whose bytes the listing ``present`` vouches for."""
-        if is_local(self.folder) or SNAPSHOT_NAME not in present:
-            return {}
-        path = self._snapshot_path()
-        try:
-            packed = read_small(path, MAX_SNAPSHOT_BYTES)
-            inflater = zlib.decompressobj(wbits=31)
-            text = inflater.decompress(packed or b"", MAX_SNAPSHOT_INFLATED)
-            if inflater.unconsumed_tail:
-                raise ValueError(f"inflates to over {MAX_SNAPSHOT_INFLATED} bytes")
-            payload = json.loads(text) if text else None
-        except (OSError, ValueError, zlib.error) as exc:
-            log.warning("Ignoring the request cache snapshot %s (%s); reading each entry instead", path, exc)
-            return {}
-        entries = payload.get("entries") if isinstance(payload, dict) else None
-        if not isinstance(payload, dict) or payload.get("version") != SNAPSHOT_VERSION or not isinstance(entries, dict):
-            log.warning("Ignoring the request cache snapshot %s: not one this provider wrote", path)
-            return {}
-        vouched: dict[str, bytes] = {}
-        for name, value in entries.items():
-            md5 = listed_md5(present.get(name))
-            if md5 is not None and isinstance(value, str):
-                raw = value.encode()
-                if hashlib.md5(raw, usedforsecurity=False).hexdigest() == md5:
-                    vouched[name] = raw
-        self._carried.update(vouched)
-        log.info("Request cache snapshot %s: %d of its %d entries are current", path, len(vouched), len(entries))
-        return vouched
-
-    def save_snapshot(self, *, now: bool = True) -> None:
-        """Save the snapshot if an entry changed since it was last saved (``now=False``: and it is due).
-
-        Only for remote folders with many entries: a local entry is read as cheaply as the snapshot,
-        and a few are read faster one by one. One thread saves at a time; the others go on. A snapshot
-        that cannot be written costs the next reader its GETs, nothing else, so it is logged, not raised.
-        """
-        if not self._unsaved or is_local(self.folder):
-            return
-        if not now and time.monotonic() - self._saved_at < SNAPSHOT_SECONDS:
-            return
-        if not self._saving.acquire(blocking=False):
-            return
-        try:
-            entries = {**self._carried, **self._known}
-            if len(entries) < SNAPSHOT_MIN_ENTRIES:
-                return
-            self._unsaved = False
-            self._saved_at = time.monotonic()
-            text = {name: raw.decode("utf-8", "replace") for name, raw in entries.items()}
-            packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # gzip at its fastest level: ~6x smaller
-            body = json.dumps({"version": SNAPSHOT_VERSION, "entries": text}, separators=(",", ":")).encode()
-            write_small(self._snapshot_path(), packer.compress(body) + packer.flush())
-        except OSError as exc:
-            self._unsaved = True
-            log.warning("Could not save the request cache snapshot %s (%s); the next reader GETs each entry",
-                        self._snapshot_path(), exc)  # fmt: skip
-        finally:
-            self._saving.release()
 
     # ------------------------------------------------------------------------------ writing
 
@@ -465,7 +367,7 @@ class RequestCache:
         """Drop this task's claim: the create call provably created nothing, anyone may pay now."""
         path = self.entry_path(fingerprint)
         delete_small(path)
-        self._forget(path.name)
+        self.snapshot.forget(path.name)
 
     def _entry(self, fingerprint: str, state: str, **fields: Any) -> dict[str, Any]:
         return {
@@ -484,18 +386,18 @@ class RequestCache:
         try:
             write_small(path, raw)
         except OSError as exc:
-            self._forget(path.name)  # it holds the old bytes or the new: unknown
+            self.snapshot.forget(path.name)  # it holds the old bytes or the new: unknown
             raise TtsStorageError(f"could not write the request cache entry {path}: {exc}") from exc
-        self._remember(path.name, raw)
-        self.save_snapshot(now=False)
+        self.snapshot.remember(path.name, raw)
+        self.snapshot.save(now=False)
 
     def _create(self, path: ObjectStoragePath, entry: Mapping[str, Any]) -> bool:
         """:func:`~airflow_provider_tts.objects.create_small` of an entry, remembered when it was created."""
         raw = _dump(entry)
         if not create_small(path, raw):
             return False
-        self._remember(path.name, raw)
-        self.save_snapshot(now=False)
+        self.snapshot.remember(path.name, raw)
+        self.snapshot.save(now=False)
         return True
 
     # ------------------------------------------------------------------------------ 0.1 folders

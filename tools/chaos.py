@@ -63,7 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from airflow_provider_tts.cache import SNAPSHOT_NAME  # noqa: E402
+from airflow_provider_tts.cache_snapshot import SNAPSHOT_NAME  # noqa: E402
 from airflow_provider_tts.emulator import Emulator, EmulatorConfig, FaultConfig  # noqa: E402
 from benchmarks._batch_measure import CreateFaults  # noqa: E402
 from tests.reliability.secrets_audit import audit_deployment, audit_postgres, audit_redis  # noqa: E402

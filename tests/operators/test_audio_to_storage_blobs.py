@@ -19,7 +19,7 @@ from urllib.parse import unquote
 import pytest
 
 from airflow_provider_tts.batch import STATE_FOLDER
-from airflow_provider_tts.cache import SNAPSHOT_NAME
+from airflow_provider_tts.cache_snapshot import SNAPSHOT_NAME
 from airflow_provider_tts.exceptions import TtsConfigError, TtsConnectionError, TtsProtocolError
 from airflow_provider_tts.operators.batch import CambTtsBatchToStorageOperator
 from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator

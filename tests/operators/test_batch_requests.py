@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 
 from airflow_provider_tts.batch.submit import SubmitPhase
-from airflow_provider_tts.cache import CACHE_FOLDER, SNAPSHOT_NAME, RequestCache
+from airflow_provider_tts.cache import CACHE_FOLDER, RequestCache
+from airflow_provider_tts.cache_snapshot import SNAPSHOT_NAME
 from airflow_provider_tts.compat import TaskDeferred
 from airflow_provider_tts.operators.batch import CambTtsBatchToStorageOperator
 from airflow_provider_tts.triggers.batch import TtsBatchTrigger

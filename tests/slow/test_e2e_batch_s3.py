@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_tts.cache import SNAPSHOT_NAME
+from airflow_provider_tts.cache_snapshot import SNAPSHOT_NAME
 from airflow_provider_tts.emulator import Emulator, EmulatorConfig, FaultConfig
 from tests.conftest import TEST_KEY
 from tests.operators.conftest import AWS_ENV
