@@ -17,7 +17,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, StringConstraints, ValidationError
@@ -34,7 +34,11 @@ from airflow_provider_tts.exceptions import (
     TtsServerError,
     excerpt,
 )
-from airflow_provider_tts.status import Api, Kind, State, TtsTaskStatus
+
+if TYPE_CHECKING:
+    # The status model (pydantic, with its serializers) loads in :meth:`Vendor.status`, when a status
+    # is made: building an operator checks its fields with a vendor's request models, not statuses.
+    from airflow_provider_tts.status import Api, Kind, State, TtsTaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +310,8 @@ class Vendor(ABC):
 
     def status(self, kind: Kind, tts_task_id: str, state: State, vendor_status: str, **more: Any) -> TtsTaskStatus:
         """Build a normalised status for this vendor (the one constructor the parsers use)."""
+        from airflow_provider_tts.status import TtsTaskStatus
+
         return TtsTaskStatus(
             api=self.api, kind=kind, tts_task_id=tts_task_id, state=state, vendor_status=vendor_status, **more
         ).mark_fresh()
