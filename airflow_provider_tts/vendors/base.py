@@ -16,7 +16,7 @@ import reprlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
 
@@ -92,11 +92,15 @@ class Submission:
     credits: int | None = None
 
 
-@dataclass
 class _WarnOnce:
-    """Remembers which undocumented statuses were already warned about, so logs are not flooded."""
+    """Remembers which undocumented statuses were already warned about, so logs are not flooded.
 
-    seen: set[tuple[str, str]] = field(default_factory=set)
+    A plain class, not a dataclass: its one instance needs no generated methods, and a dataclass's
+    are compiled when the module loads, which every DAG parse that builds an operator pays.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, str]] = set()
 
     def __call__(self, api: str, vendor_status: str) -> None:
         key = (api, vendor_status[:64])
