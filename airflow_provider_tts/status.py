@@ -14,8 +14,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, model_validator
 
-from airflow_provider_tts.kinds import KINDS as KINDS
-from airflow_provider_tts.kinds import Kind as Kind
+from airflow_provider_tts.constants import KINDS as KINDS
+from airflow_provider_tts.constants import Kind as Kind
 
 Api = Literal["camb_ai", "revid_tts"]
 State = Literal["pending", "succeeded", "failed"]

@@ -52,6 +52,7 @@ DEFERRED = (
     "airflow_provider_tts.vendors.revid_fields",
     "airflow_provider_tts.status",  # the status model: when a status is made
     "airflow_provider_tts.cache",  # the request cache: when a task runs
+    "airflow_provider_tts.connection",  # the connection's settings: when the hook is made
     "airflow_provider_tts.transport.sync",
     "airflow_provider_tts.transport.aio",
     "airflow_provider_tts.transport.hosts",
@@ -128,9 +129,9 @@ def parse_costs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[lis
 def test_the_operator_modules_defer_the_vendor_classes_the_status_model_and_the_http_layer(
     label: str, parse_costs: dict[str, tuple[list[str], float, float]]
 ) -> None:
-    """What a DAG file pays at parse: no vendor class or request model, no status model, no request
-    cache, no HTTP transport, no hook; they are imported when an operator is built or a task runs.
-    Counted in modules, not milliseconds, so it holds on a busy machine."""
+    """What a DAG file pays at parse: no vendor class or request model, no status model, no connection
+    parsing, no request cache, no HTTP transport, no hook; they are imported when an operator is
+    built or a task runs. Counted in modules, not milliseconds, so it holds on a busy machine."""
     loaded = parse_costs[label][0]
     assert not loaded, f"importing the {label} loaded {loaded}"
 

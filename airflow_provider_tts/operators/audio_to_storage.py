@@ -22,9 +22,9 @@ from airflow.sdk import AssetAlias, BaseOperator
 
 from airflow_provider_tts.compat import conf
 from airflow_provider_tts.confinement import DESTINATIONS, confine
+from airflow_provider_tts.constants import KINDS
 from airflow_provider_tts.exceptions import TtsConfigError, TtsProtocolError, TtsTransientApiError
 from airflow_provider_tts.hooked import TtsHookMixin
-from airflow_provider_tts.kinds import KINDS
 from airflow_provider_tts.lineage import default_outlet
 from airflow_provider_tts.links import StoredAudioLink
 from airflow_provider_tts.naming import (

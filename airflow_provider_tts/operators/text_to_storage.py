@@ -44,7 +44,7 @@ from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from airflow_provider_tts.connection import DEFAULT_CONN_IDS
+from airflow_provider_tts.constants import DEFAULT_CONN_IDS
 from airflow_provider_tts.costs import check_limit, estimate_and_check, parse_time_check, request_spending
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import request_fingerprint

@@ -22,7 +22,6 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, StringConstraints, ValidationError
 
-from airflow_provider_tts.connection import ConnectionSettings
 from airflow_provider_tts.exceptions import (
     TtsApiError,
     TtsAuthError,
@@ -37,7 +36,9 @@ from airflow_provider_tts.exceptions import (
 
 if TYPE_CHECKING:
     # The status model (pydantic, with its serializers) loads in :meth:`Vendor.status`, when a status
-    # is made: building an operator checks its fields with a vendor's request models, not statuses.
+    # is made, and the connection's settings come from the hook: building an operator checks its
+    # fields with a vendor's request models and needs neither.
+    from airflow_provider_tts.connection import ConnectionSettings
     from airflow_provider_tts.status import Api, Kind, State, TtsTaskStatus
 
 log = logging.getLogger(__name__)
