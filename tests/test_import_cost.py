@@ -80,9 +80,9 @@ print(sdk - started, done - sdk)
 #: Fresh interpreters per set after the one that writes the bytecode; the fastest counts.
 PARSE_RUNS = 3
 #: What a set may add to ``import airflow.sdk``, as a share of it. Measured (BENCHMARKS.md
-#: "DAG-parse import cost"): 13-16 ms against 1,000-1,100 ms on Airflow 3.3, 1.3-1.5 %, and up to
-#: 1.9 % on 3.0 (whose airflow.sdk imports faster). 3.5 % is about twice that, 35-38 ms here: a
-#: model or the HTTP layer imported at module level again would pass it.
+#: "DAG-parse import cost"): 13-15 ms against 1,050-1,100 ms on Airflow 3.3 (1.2-1.4 %), at most
+#: 1.8 % on 3.0 (whose airflow.sdk imports faster). 3.5 % is about twice the highest, 37-38 ms
+#: here, still under the 52 ms the generic operators once cost.
 PARSE_SHARE_LIMIT = 0.035
 
 
