@@ -36,16 +36,28 @@ it (its entry is written then): such a folder is not paid for again.
 
 Anything unreadable in an entry that would decide a payment (a claim or a task id) is an error,
 never a silent miss: a miss there would pay twice.
+
+**Many entries at once: the snapshot.** A batch that resumes after its worker was killed needs
+every one of its entries again, and a GET each (1,000 of them, ~2 CPU-s on a quiet machine) took
+longer than a worker lived under the chaos run's load (RELIABILITY D3). So a cache holding many
+entries of a remote folder also keeps ``.tts-cache/snapshot.json.gz``: the bytes of every entry it
+last read or wrote, saved at most every :data:`SNAPSHOT_SECONDS` while it writes and whenever a
+batch phase ends. The snapshot is never trusted: an entry is taken from it only when its bytes
+hash to the MD5 the folder's listing shows for that entry *now*
+(:func:`~airflow_provider_tts.objects.listed_md5`), i.e. when it is byte for byte the object a GET
+would return. Anything else (an entry changed since, a store that lists no MD5, a damaged
+snapshot) is read as before, so the snapshot can make a read cheaper but never its answer older.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
+import threading
 import time
+import zlib
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,6 +70,8 @@ from airflow_provider_tts.objects import (
     create_small,
     delete_small,
     info_checksum,
+    listed,
+    listed_md5,
     read_small,
     write_small,
 )
@@ -83,6 +97,16 @@ NAME_HEX_CHARS = 16
 #: Salt of the account digest: a digest that is useless for anything but telling accounts apart.
 _ACCOUNT_SALT = b"airflow-provider-tts request cache account v1\x00"
 STATES = ("claimed", "submitted", "stored", "rejected")
+#: ``.tts-cache/<SNAPSHOT_NAME>``: the bytes of many entries in one object (see the module's docstring).
+SNAPSHOT_NAME = "snapshot.json.gz"
+SNAPSHOT_VERSION = 1
+#: Fewer entries than this are read one GET each: cheaper than a snapshot's write and its larger read.
+SNAPSHOT_MIN_ENTRIES = 32
+#: While entries are being written, the snapshot is saved at most this often (one PUT of all of them).
+SNAPSHOT_SECONDS = 15.0
+#: A snapshot is ~100 bytes per entry compressed; these bound what is read and inflated.
+MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
+MAX_SNAPSHOT_INFLATED = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -157,11 +181,22 @@ class RequestCache:
         self._listed = listed
         self._names = None if listed is None else list(listed)
         self._legacy_index: dict[str, str] | None = None
+        # The snapshot's contents: {entry file name: its bytes} as this process last read or wrote them
+        # (``_known``), and the entries of an earlier snapshot the listing vouched for (``_carried``).
+        self._known: dict[str, bytes] = {}
+        self._carried: dict[str, bytes] = {}
+        self._unsaved = False
+        self._saved_at = time.monotonic()
+        self._saving = threading.Lock()
 
     # ------------------------------------------------------------------------------ reading
 
+    def entry_name(self, fingerprint: str) -> str:
+        """The request's entry's file name in ``.tts-cache/`` (a string: a path costs ~50 µs per join)."""
+        return f"{cache_key(fingerprint, self.endpoint)}.json"
+
     def entry_path(self, fingerprint: str) -> ObjectStoragePath:
-        return self.folder / CACHE_FOLDER / f"{cache_key(fingerprint, self.endpoint)}.json"
+        return self.folder / CACHE_FOLDER / self.entry_name(fingerprint)
 
     def read(self, fingerprint: str) -> dict[str, Any] | None:
         """The request's entry, None when there is none; an error when one is there but unreadable."""
@@ -171,7 +206,12 @@ class RequestCache:
         except (OSError, ValueError) as exc:
             raise TtsStorageError(f"could not read the request cache entry {path}: {exc}") from exc
         if raw is None:
+            self._forget(path.name)
             return None
+        return self._accept(fingerprint, path.name, raw)
+
+    def _accept(self, fingerprint: str, name: str, raw: bytes) -> dict[str, Any]:
+        """The entry in ``raw`` (the bytes of entry ``name``), checked; remembered for the snapshot."""
         try:
             entry = json.loads(raw)
         except ValueError:
@@ -183,9 +223,10 @@ class RequestCache:
             or entry.get("fingerprint") != fingerprint
         ):
             raise TtsStorageError(
-                f"the request cache entry {path} is not one this provider can read; it decides whether the "
-                "vendor is paid, so it is not ignored. Delete it to pay for the request afresh."
+                f"the request cache entry {self.folder / CACHE_FOLDER / name} is not one this provider can read; "
+                "it decides whether the vendor is paid, so it is not ignored. Delete it to pay for the request afresh."
             )
+        self._remember(name, raw)
         return entry
 
     def hit(self, fingerprint: str, entry: Mapping[str, Any] | None) -> CachedAudio | None:
@@ -218,19 +259,27 @@ class RequestCache:
             etag=etag,
         )
 
-    def find(self, fingerprint: str, *, absent: bool = False) -> tuple[CachedAudio | None, dict[str, Any] | None]:
+    def find(
+        self, fingerprint: str, *, absent: bool = False, raw: bytes | None = None
+    ) -> tuple[CachedAudio | None, dict[str, Any] | None]:
         """``(confirmed stored audio or None, the entry or None)`` for one request.
 
         A request with no entry is looked up among the folder's 0.1 sidecars; a match is adopted
         (its entry written) so the next run finds it directly. ``absent``: a listing just showed
-        there is no entry, so it is not read.
+        there is no entry, so it is not read; ``raw``: the entry's bytes are these (a listing just
+        vouched for them), so it is not read either.
         """
-        found, entry = self._find(fingerprint, absent=absent)
+        found, entry = self._find(fingerprint, absent=absent, raw=raw)
         metrics.cache("miss" if found is None else "hit", vendor=self.endpoint.api)
         return found, entry
 
-    def _find(self, fingerprint: str, *, absent: bool = False) -> tuple[CachedAudio | None, dict[str, Any] | None]:
-        entry = None if absent else self.read(fingerprint)
+    def _find(
+        self, fingerprint: str, *, absent: bool = False, raw: bytes | None = None
+    ) -> tuple[CachedAudio | None, dict[str, Any] | None]:
+        if raw is not None:  # the entry's current bytes, vouched for by a listing (the snapshot)
+            entry: dict[str, Any] | None = self._accept(fingerprint, self.entry_name(fingerprint), raw)
+        else:
+            entry = None if absent else self.read(fingerprint)
         if entry is None and self.legacy:
             adopted = self._adopt_legacy(fingerprint)
             if adopted is not None:
@@ -244,33 +293,111 @@ class RequestCache:
         answered 404 on a first run) took 105 s for a 1,000-text batch on a busy machine before its first
         create, longer than a worker lived in the chaos run (RELIABILITY D3), so a batch killed every
         minute never paid for anything. An entry written after the LIST is not lost: claiming it is
-        conditional, and a claim that finds an entry returns it instead of paying.
+        conditional, and a claim that finds an entry returns it instead of paying. Many entries that
+        exist are taken from the snapshot where the listing vouches for its bytes (the module's
+        docstring): a resumed batch of 1,000 makes one GET instead of 1,000.
         """
         unique = list(dict.fromkeys(fingerprints))
         if self.legacy and unique:
             self._legacy()  # one LIST before the threads, not one per thread
-        present = self._entry_names() if unique else None
+        present = self._entry_infos() if unique else None
+        names = {fp: self.entry_name(fp) for fp in unique}
+        existing = len(unique) if present is None else sum(1 for name in names.values() if name in present)
+        snapshot = self._load_snapshot(present) if present is not None and existing >= SNAPSHOT_MIN_ENTRIES else {}
 
         def one(fingerprint: str) -> tuple[CachedAudio | None, Any]:
-            absent = present is not None and self.entry_path(fingerprint).name not in present
-            return self.find(fingerprint, absent=absent)
+            name = names[fingerprint]
+            if present is not None and name not in present:
+                return self.find(fingerprint, absent=True)
+            return self.find(fingerprint, raw=snapshot.get(name))
 
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="tts-cache") as pool:
-            return dict(zip(unique, pool.map(one, unique), strict=True))
+            found = dict(zip(unique, pool.map(one, unique), strict=True))
+        if existing - sum(1 for name in names.values() if name in snapshot) >= SNAPSHOT_MIN_ENTRIES:
+            self.save_snapshot()  # many were read one by one: the next reader of them need not
+        return found
 
-    def _entry_names(self) -> set[str] | None:
-        """File names in ``.tts-cache/`` (one fresh LIST), or None when it cannot be listed (then each is read)."""
-        folder = self.folder / CACHE_FOLDER
-        fs = folder.fs
+    def _entry_infos(self) -> dict[str, dict[str, Any]] | None:
+        """``{file name: listing info}`` of ``.tts-cache/`` (one fresh LIST); None when it cannot be listed."""
         try:
-            with contextlib.suppress(Exception):
-                fs.invalidate_cache(folder.path)  # a listing cached earlier in this process may be stale
-            return {os.path.basename(str(n).rstrip("/")) for n in fs.ls(folder.path, detail=False)}
-        except FileNotFoundError:
-            return set()
+            return listed(self.folder / CACHE_FOLDER)
         except Exception:
-            log.warning("Could not list %s; reading each entry instead", folder, exc_info=True)
+            log.warning("Could not list %s; reading each entry instead", self.folder / CACHE_FOLDER, exc_info=True)
             return None
+
+    # ------------------------------------------------------------------------------ the snapshot
+
+    def _snapshot_path(self) -> ObjectStoragePath:
+        return self.folder / CACHE_FOLDER / SNAPSHOT_NAME
+
+    def _remember(self, name: str, raw: bytes) -> None:
+        if self._known.get(name, self._carried.get(name)) != raw:  # news to the snapshot
+            self._unsaved = True
+        self._known[name] = raw
+
+    def _forget(self, name: str) -> None:
+        if self._known.pop(name, None) is not None or self._carried.pop(name, None) is not None:
+            self._unsaved = True
+
+    def _load_snapshot(self, present: Mapping[str, Mapping[str, Any]]) -> dict[str, bytes]:
+        """``{entry file name: bytes}`` of the snapshot's entries whose bytes the listing ``present`` vouches for."""
+        if is_local(self.folder) or SNAPSHOT_NAME not in present:
+            return {}
+        path = self._snapshot_path()
+        try:
+            packed = read_small(path, MAX_SNAPSHOT_BYTES)
+            inflater = zlib.decompressobj(wbits=31)
+            text = inflater.decompress(packed or b"", MAX_SNAPSHOT_INFLATED)
+            if inflater.unconsumed_tail:
+                raise ValueError(f"inflates to over {MAX_SNAPSHOT_INFLATED} bytes")
+            payload = json.loads(text) if text else None
+        except (OSError, ValueError, zlib.error) as exc:
+            log.warning("Ignoring the request cache snapshot %s (%s); reading each entry instead", path, exc)
+            return {}
+        entries = payload.get("entries") if isinstance(payload, dict) else None
+        if not isinstance(payload, dict) or payload.get("version") != SNAPSHOT_VERSION or not isinstance(entries, dict):
+            log.warning("Ignoring the request cache snapshot %s: not one this provider wrote", path)
+            return {}
+        vouched: dict[str, bytes] = {}
+        for name, value in entries.items():
+            md5 = listed_md5(present.get(name))
+            if md5 is not None and isinstance(value, str):
+                raw = value.encode()
+                if hashlib.md5(raw, usedforsecurity=False).hexdigest() == md5:
+                    vouched[name] = raw
+        self._carried.update(vouched)
+        log.info("Request cache snapshot %s: %d of its %d entries are current", path, len(vouched), len(entries))
+        return vouched
+
+    def save_snapshot(self, *, now: bool = True) -> None:
+        """Save the snapshot if an entry changed since it was last saved (``now=False``: and it is due).
+
+        Only for remote folders with many entries: a local entry is read as cheaply as the snapshot,
+        and a few are read faster one by one. One thread saves at a time; the others go on. A snapshot
+        that cannot be written costs the next reader its GETs, nothing else, so it is logged, not raised.
+        """
+        if not self._unsaved or is_local(self.folder):
+            return
+        if not now and time.monotonic() - self._saved_at < SNAPSHOT_SECONDS:
+            return
+        if not self._saving.acquire(blocking=False):
+            return
+        try:
+            entries = {**self._carried, **self._known}
+            if len(entries) < SNAPSHOT_MIN_ENTRIES:
+                return
+            self._unsaved = False
+            self._saved_at = time.monotonic()
+            text = {name: raw.decode("utf-8", "replace") for name, raw in entries.items()}
+            packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # gzip at its fastest level: ~6x smaller
+            body = json.dumps({"version": SNAPSHOT_VERSION, "entries": text}, separators=(",", ":")).encode()
+            write_small(self._snapshot_path(), packer.compress(body) + packer.flush())
+        except OSError as exc:
+            self._unsaved = True
+            log.warning("Could not save the request cache snapshot %s (%s); the next reader GETs each entry",
+                        self._snapshot_path(), exc)  # fmt: skip
+        finally:
+            self._saving.release()
 
     # ------------------------------------------------------------------------------ writing
 
@@ -288,13 +415,13 @@ class RequestCache:
             self._write(fingerprint, entry)
             return None
         try:
-            if create_small(path, _dump(entry)):
+            if self._create(path, entry):
                 return None
         except OSError as exc:
             raise TtsStorageError(f"could not claim the request cache entry {path}: {exc}") from exc
         existing = self.read(fingerprint)
         if existing is None:  # released between the two calls: claim again, once
-            if create_small(path, _dump(entry)):
+            if self._create(path, entry):
                 return None
             existing = self.read(fingerprint)
         if existing is None:
@@ -336,7 +463,9 @@ class RequestCache:
 
     def release(self, fingerprint: str) -> None:
         """Drop this task's claim: the create call provably created nothing, anyone may pay now."""
-        delete_small(self.entry_path(fingerprint))
+        path = self.entry_path(fingerprint)
+        delete_small(path)
+        self._forget(path.name)
 
     def _entry(self, fingerprint: str, state: str, **fields: Any) -> dict[str, Any]:
         return {
@@ -351,10 +480,23 @@ class RequestCache:
 
     def _write(self, fingerprint: str, entry: Mapping[str, Any]) -> None:
         path = self.entry_path(fingerprint)
+        raw = _dump(entry)
         try:
-            write_small(path, _dump(entry))
+            write_small(path, raw)
         except OSError as exc:
+            self._forget(path.name)  # it holds the old bytes or the new: unknown
             raise TtsStorageError(f"could not write the request cache entry {path}: {exc}") from exc
+        self._remember(path.name, raw)
+        self.save_snapshot(now=False)
+
+    def _create(self, path: ObjectStoragePath, entry: Mapping[str, Any]) -> bool:
+        """:func:`~airflow_provider_tts.objects.create_small` of an entry, remembered when it was created."""
+        raw = _dump(entry)
+        if not create_small(path, raw):
+            return False
+        self._remember(path.name, raw)
+        self.save_snapshot(now=False)
+        return True
 
     # ------------------------------------------------------------------------------ 0.1 folders
 
@@ -366,8 +508,8 @@ class RequestCache:
         names = self._names
         if names is None:
             try:
-                listed = self.folder.fs.ls(self.folder.path, detail=False)
-                names = [os.path.basename(str(n).rstrip("/")) for n in listed]
+                found = self.folder.fs.ls(self.folder.path, detail=False)
+                names = [os.path.basename(str(n).rstrip("/")) for n in found]
             except (FileNotFoundError, NotADirectoryError):
                 names = []
         sidecars = [n for n in names if n.endswith(LEGACY_SIDECAR_SUFFIX)]

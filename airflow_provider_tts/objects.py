@@ -19,6 +19,7 @@ content check      read and hash the file  one ``HEAD`` (ETag)         one ``inf
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import hashlib
 import os
@@ -213,6 +214,31 @@ def info_checksum(info: Any) -> str | None:
         value = info.get(name) if isinstance(info, dict) else None
         if value:
             return str(value).strip('"')
+    return None
+
+
+def listed_md5(info: Any) -> str | None:
+    """The MD5 of an object's bytes as its store lists it (hex), None when the listing shows none.
+
+    S3 lists an ETag that is the MD5 of a plain single-request upload (32 hex digits); one of a
+    multipart upload has a ``-`` and is not, and one of an SSE-KMS object looks like an MD5 but is
+    not one, so a caller must only ever *compare* it with the MD5 of bytes it holds: a mismatch
+    costs a read, never a wrong answer. GCS lists ``md5Hash`` (base64), Azure ``content_md5``.
+    """
+    if not isinstance(info, dict):
+        return None
+    etag = str(info.get("ETag") or "").strip('"').lower()
+    if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
+        return etag
+    digest: Any = info.get("md5Hash")
+    if isinstance(digest, str):
+        with contextlib.suppress(binascii.Error, ValueError):
+            digest = binascii.a2b_base64(digest)
+    settings = info.get("content_settings")
+    if digest is None and settings is not None:
+        digest = settings.get("content_md5") if isinstance(settings, dict) else getattr(settings, "content_md5", None)
+    if isinstance(digest, bytes | bytearray) and len(digest) == 16:
+        return bytes(digest).hex()
     return None
 
 

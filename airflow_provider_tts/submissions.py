@@ -299,10 +299,11 @@ class MarkerGuard:
     """A ``transport.retry.AttemptGuard`` for a "may have been paid" marker its caller can drop and retake.
 
     Both paying callers (a batch's request-cache claim, a one-task operator's submit record) need the
-    same bookkeeping around a refused create's backoff: drop the marker before the sleep, and take it
-    back before the resend only if it was dropped. A marker that could not be dropped stays (logged),
-    as it would without a guard, and is then not taken back. Subclasses say how: :meth:`drop` and
-    :meth:`retake` (which raises to send nothing), and what the marker is, for the log (:meth:`what`).
+    same bookkeeping around a refused create's backoff and a long wait for the pacer: drop the marker
+    before the wait, and take it back before the send only if it was dropped. A marker that could
+    not be dropped stays (logged), as it would without a guard, and is then not taken back.
+    Subclasses say how: :meth:`drop` and :meth:`retake` (which raises to send nothing), and what
+    the marker is, for the log (:meth:`what`).
     """
 
     def __init__(self, log: logging.Logger | Any) -> None:
@@ -319,6 +320,8 @@ class MarkerGuard:
         raise NotImplementedError
 
     def refused(self) -> None:
+        if self.dropped:  # already gone (a pacer wait after a backoff)
+            return
         try:
             self.drop()
         except Exception as exc:  # the marker stays, as it would without a guard

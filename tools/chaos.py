@@ -63,6 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from airflow_provider_tts.cache import SNAPSHOT_NAME  # noqa: E402
 from airflow_provider_tts.emulator import Emulator, EmulatorConfig, FaultConfig  # noqa: E402
 from benchmarks._batch_measure import CreateFaults  # noqa: E402
 from tests.reliability.secrets_audit import audit_deployment, audit_postgres, audit_redis  # noqa: E402
@@ -205,12 +206,16 @@ def _key_of(uri: str) -> str:
 
 
 def _folder_leftovers(keys: list[str], folder: str, listed: set[str], manifests: set[str]) -> list[str]:
-    """Keys in ``folder`` that are neither listed audio, a manifest, nor a request-cache entry."""
+    """Keys in ``folder`` that are neither listed audio, a manifest, nor a request-cache entry or snapshot."""
     allowed_cache = f"{folder}.tts-cache/"
+    snapshot = f"{allowed_cache}{SNAPSHOT_NAME}"
     return [
         k
         for k in keys
-        if k not in listed and k not in manifests and not (k.startswith(allowed_cache) and k.endswith(".json"))
+        if k not in listed
+        and k not in manifests
+        and k != snapshot
+        and not (k.startswith(allowed_cache) and k.endswith(".json"))
     ]
 
 

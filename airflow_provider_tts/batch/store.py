@@ -85,6 +85,7 @@ class StorePhase(PlanPhase):
         rows_at = {**{index: dict(row) for index, row in done.items()}, **made}
         rows = [rows_at[str(item.index)] for item in plan.items]
         rows = with_duplicates(rows, plan.items)
+        plan.cache.save_snapshot()  # the next run over this folder reads every entry it needs at once
         if not self.manifest_task_ids:
             rows = [{k: v for k, v in row.items() if k != "tts_task_id"} for row in rows]
         manifest = plan.folder / self.manifest_name

@@ -149,6 +149,7 @@ class SubmitPhase(PlanPhase):
                       counts, len(to_pay))  # fmt: skip
         if to_pay:
             outcomes.update(self._pay(context, plan, to_pay, self._check_budget(plan, to_pay)))
+        plan.cache.save_snapshot()  # a try that starts over after a kill reads the entries as they are now at once
         return outcomes
 
     def _check_budget(self, plan: BatchPlan, to_pay: list[str]) -> RunningBudget | None:

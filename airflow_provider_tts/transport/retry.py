@@ -46,6 +46,17 @@ class _Ticket:
         self.wake = wake
 
 
+def _once(call: Callable[[], object]) -> Callable[[], None]:
+    """``call``, made to run on the first call only."""
+    pending = [call]
+
+    def first() -> None:
+        if pending:
+            pending.pop()()
+
+    return first
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -78,6 +89,8 @@ class Pacer:
 
     #: The longest pause one answer may impose (a garbled ``Retry-After`` must not stall a batch).
     MAX_PAUSE = 300.0
+    #: A wait for a place or a start at least this long calls a turn's ``on_wait`` (see :meth:`turn`).
+    LONG_WAIT = 1.0
     #: The share of recent answers that are 429s from which a 429 pauses every request, and the
     #: weight of each answer in that share (an exponential average over about 1 / weight answers).
     SUSTAINED = 0.25
@@ -140,13 +153,23 @@ class Pacer:
         self.limited_share *= 1.0 - self.ANSWER_WEIGHT
 
     @contextlib.contextmanager
-    def turn(self) -> Iterator[None]:
-        """Wait (blocking this thread) for a place and a start time; hold the place for the block."""
-        waited = self._acquire()
+    def turn(self, on_wait: Callable[[], object] | None = None) -> Iterator[None]:
+        """Wait (blocking this thread) for a place and a start time; hold the place for the block.
+
+        ``on_wait`` is called once, just before this thread blocks for what may be long (a place
+        not free within :attr:`LONG_WAIT`, or a start at least that far off: another request's
+        ``Retry-After``): a paying caller lets go of its "may have been paid" marker then, as
+        nothing of its request is on the wire (:class:`AttemptGuard`). Short waits call nothing.
+        """
+        if on_wait is not None:
+            on_wait = _once(on_wait)
+        waited = self._acquire(on_wait)
         try:
             left = self._start_in()
             while left > 0:
                 waited = True
+                if on_wait is not None and left >= self.LONG_WAIT:
+                    on_wait()
                 time.sleep(left)
                 left = self._start_in() if self.delay() > 0 else 0.0
             if waited:
@@ -218,8 +241,11 @@ class Pacer:
             self._queue.append(ticket)
             return ticket
 
-    def _acquire(self) -> bool:
-        """Take a place, blocking this thread while others are ahead; whether it had to wait."""
+    def _acquire(self, on_wait: Callable[[], object] | None = None) -> bool:
+        """Take a place, blocking this thread while others are ahead; whether it had to wait.
+
+        ``on_wait`` is called if no place came within :attr:`LONG_WAIT` (see :meth:`turn`).
+        """
         if self._take_now():
             return False
         event = threading.Event()
@@ -227,7 +253,10 @@ class Pacer:
         if ticket is None:
             return False
         try:
-            event.wait()
+            if not event.wait(self.LONG_WAIT if on_wait is not None else None):
+                assert on_wait is not None
+                on_wait()
+                event.wait()
         except BaseException:  # an execution timeout, a kill: the place must not be lost
             self._abandon(ticket)
             raise
@@ -366,18 +395,21 @@ class AttemptGuard(Protocol):
     connection never opened); held across the backoff between such an attempt and its resend, the
     marker would make a worker killed in that sleep look like one killed mid-request. The guard
     lets the caller hold it only while a request is on the wire: :meth:`refused` before the
-    sleep, :meth:`resending` after it. Nothing is called on an attempt that is not followed by
-    another one, so the happy path costs nothing.
+    sleep (and before a long wait for the pacer), :meth:`resending` in the request's pacer turn.
+    On the happy path :meth:`resending` finds the marker where it was, so it costs nothing.
     """
 
     def refused(self) -> None:
-        """An attempt created nothing and is to be sent again after a backoff: the marker may go.
+        """Nothing of the request is on the wire and it will wait before it is sent: the marker may go.
 
-        Must not raise: a marker that could not be dropped only stays, as it would without a guard.
+        Called before a backoff after an attempt that created nothing, and before a long wait for
+        the connection's pacer (another request's ``Retry-After``, no free place), the first
+        attempt's included. May be called again while the marker is already gone. Must not
+        raise: a marker that could not be dropped only stays, as it would without a guard.
         """
 
     def resending(self) -> None:
-        """The backoff is over and the same request is about to be sent again: take the marker back.
+        """The request is about to be sent, in its pacer turn: take the marker back if it went.
 
         Raise to send nothing (the exception ends the call as it is, never retried): the marker
         could not be written, or another run took the request meanwhile.

@@ -321,12 +321,20 @@ class SyncTransport:
                 self._storage = session
             return self._storage
 
-    def _paced(self, req: ApiRequest, send: Callable[[], T]) -> T:
-        """One attempt of a vendor call in its turn of the connection's pacer, which learns how it was answered."""
+    def _paced(self, req: ApiRequest, send: Callable[[], T], guard: AttemptGuard | None = None) -> T:
+        """One attempt of a vendor call in its turn of the connection's pacer, which learns how it was answered.
+
+        A paying caller's ``guard`` lets its marker go for a long wait for the turn and takes it
+        back in the turn, right before the send (see :class:`AttemptGuard`).
+        """
         pacer = self.pacer
         if pacer is None or not is_vendor_call(self.settings, req, req.url):
+            if guard is not None:
+                guard.resending()
             return send()
-        with pacer.turn():
+        with pacer.turn(guard.refused if guard is not None else None):
+            if guard is not None:
+                guard.resending()
             try:
                 answer = send()
             except TtsError as exc:
@@ -396,9 +404,9 @@ class SyncTransport:
         """Send ``req`` and parse the answer, retrying both per the connection's policy.
 
         ``guard`` (a create call's payer, see :class:`AttemptGuard`) is told before each backoff
-        sleep that nothing was created, and before each resend that the request goes out again:
-        in the request's turn of the pacer, so its marker is back only once nothing but the
-        request itself is left to wait for.
+        sleep that nothing was created, and before a long wait for the pacer that nothing is on
+        the wire; it takes its marker back in the request's turn of the pacer, so the marker is
+        back only once nothing but the request itself is left to wait for.
         """
 
         def exchange() -> T:
@@ -406,15 +414,9 @@ class SyncTransport:
                 parse, self.read_response(req, self._send(req, {"Accept": "application/json"}))
             )
 
-        def resend() -> T:
-            assert guard is not None
-            guard.resending()
-            return exchange()
-
         for attempt in Retrying(**retry_kwargs(self.settings.retry, req, guard)):
             with attempt:
-                again = guard is not None and attempt.retry_state.attempt_number > 1
-                return self._paced(req, resend if again else exchange)
+                return self._paced(req, exchange, guard)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def open_stream(self, req: ApiRequest) -> AudioStream:

@@ -383,3 +383,37 @@ async def test_raising_max_in_flight_lets_waiting_requests_go() -> None:
         await asyncio.gather(*waiters)
     assert order == [0, 1, 2]  # first come, first served
     assert pacer.waits == 3
+
+
+def test_a_turn_tells_its_caller_once_before_a_long_wait_and_never_before_a_short_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``on_wait`` is where a paying caller lets go of its marker (AttemptGuard): once per long wait for
+    a place or a start, never for a turn that starts at once or within ``LONG_WAIT``."""
+    monkeypatch.setattr(Pacer, "LONG_WAIT", 0.2)
+    calls: list[str] = []
+    pacer = Pacer(max_in_flight=1)
+    with pacer.turn(lambda: calls.append("free")):
+        pass
+    pacer.pause(0.05)
+    with pacer.turn(lambda: calls.append("short pause")):
+        pass
+    pacer.pause(0.5)
+    with pacer.turn(lambda: calls.append("long pause")):
+        pass
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with pacer.turn():
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(30)
+    threading.Timer(0.6, release.set).start()
+    with pacer.turn(lambda: calls.append("no place")):
+        pass
+    holder.join(30)
+    assert calls == ["long pause", "no place"]

@@ -14,10 +14,12 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
 from airflow_provider_tts.batch import STATE_FOLDER
+from airflow_provider_tts.cache import SNAPSHOT_NAME
 from airflow_provider_tts.exceptions import TtsConfigError, TtsConnectionError, TtsProtocolError
 from airflow_provider_tts.operators.batch import CambTtsBatchToStorageOperator
 from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator
@@ -257,18 +259,22 @@ def test_a_killed_upload_publishes_nothing_and_the_retry_stores(
 # ------------------------------------------------------------------- the batch and the cache
 
 
+def _run_batch(make_conn: ConnFactory, store: Store, folder: str, texts: list[str], run_id: str) -> dict[str, Any]:
+    op = CambTtsBatchToStorageOperator(
+        task_id="speak_all", tts_conn_id=make_conn("camb_ai"), destination=store.uri(folder),
+        dest_conn_id=store.conn_id, items=texts, defaults=CAMB_DEFAULTS, deferrable=False, poll_interval=0.05,
+    )  # fmt: skip
+    result: dict[str, Any] = op.execute(context(run_id=run_id))
+    return result
+
+
 def test_a_batch_is_stored_and_a_rerun_is_served_by_the_request_cache(
     emu: Any, make_conn: ConnFactory, store: Store
 ) -> None:
     texts = [f"Cloud sentence {n}." for n in range(5)]
 
     def run(run_id: str) -> dict[str, Any]:
-        op = CambTtsBatchToStorageOperator(
-            task_id="speak_all", tts_conn_id=make_conn("camb_ai"), destination=store.uri("audio/"),
-            dest_conn_id=store.conn_id, items=texts, defaults=CAMB_DEFAULTS, deferrable=False, poll_interval=0.05,
-        )  # fmt: skip
-        result: dict[str, Any] = op.execute(context(run_id=run_id))
-        return result
+        return _run_batch(make_conn, store, "audio/", texts, run_id)
 
     assert run("manual__1")["stored"] == 5
     keys = store.keys()
@@ -295,3 +301,17 @@ def test_of_two_claims_at_once_exactly_one_wins(store: Store) -> None:
 
     path = ObjectStoragePath(store.uri("claims/one.json"), conn_id=store.conn_id)
     assert sorted(claim_race(path)) == [False] * 7 + [True]
+
+
+def test_a_rerun_of_many_items_takes_the_entries_the_listing_vouches_for_from_the_snapshot(
+    emu: Any, make_conn: ConnFactory, store: Store
+) -> None:
+    """RC16 on GCS (``md5Hash``) and Azure (``content_md5``) as on S3 (ETag): one read, not one per entry."""
+    texts = [f"Snapshot cloud sentence {n}." for n in range(40)]
+    assert _run_batch(make_conn, store, "many/", texts, "manual__1")["stored"] == 40
+    mark = store.mark()
+    assert _run_batch(make_conn, store, "many/", texts, "manual__2")["cached"] == 40
+    reads = [unquote(r.split()[1]).partition("?")[0] for r in store.requests(mark) if r.startswith("GET")]
+    cache_reads = [r.rpartition("/.tts-cache/")[2] for r in reads if "/.tts-cache/" in r]
+    assert cache_reads == [SNAPSHOT_NAME]  # was a GET per entry: 40
+    assert creates(emu) == 40

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_tts.batch.submit import SubmitPhase
+from airflow_provider_tts.cache import CACHE_FOLDER, SNAPSHOT_NAME, RequestCache
 from airflow_provider_tts.compat import TaskDeferred
 from airflow_provider_tts.operators.batch import CambTtsBatchToStorageOperator
 from airflow_provider_tts.triggers.batch import TtsBatchTrigger
@@ -40,6 +42,8 @@ def _kind(path: str) -> str:
     base, _, query = path.partition("?")
     if "/" not in base.strip("/"):
         return "LIST" if query else "bucket"
+    if base.endswith(f"/.tts-cache/{SNAPSHOT_NAME}"):
+        return "snapshot"
     if "/.tts-cache/" in base:
         return "entry"
     if "/.tts-batch/" in base:
@@ -157,3 +161,104 @@ def test_audio_replaced_by_other_bytes_of_its_size_is_no_hit_whatever_the_listin
     s3.put_object(Bucket=bucket, Key=key, Body=b"\0" * size)
     again = _batch(conn, bucket, aws_conn, texts).execute(context(run_id="manual__2"))
     assert (again["cached"], again["stored"], len(emu.tasks())) == (1, 1, 3)
+
+
+# ---------------------------------------------------------------------------------------------- snapshot
+# A batch of many items keeps its entries' bytes in one snapshot object too, which a listing must
+# vouch for entry by entry (RELIABILITY RC9): a try that starts over after a kill reads one object,
+# not a GET per entry (chaos finding (2), RELIABILITY D3).
+MANY = 40  # over SNAPSHOT_MIN_ENTRIES: below it, a GET each is cheaper than a snapshot
+
+
+class _Killed(BaseException):
+    """What a SIGKILL of the worker does to the try, as far as the next try can tell."""
+
+
+def test_a_rerun_of_many_items_reads_one_snapshot_not_a_get_per_entry(
+    emu: Any, make_conn: ConnFactory, aws_conn: str, bucket: str, caplog: pytest.LogCaptureFixture, marked: None
+) -> None:
+    emu.configure(default_delay=0)
+    conn = make_conn("camb_ai")
+    texts = [f"Snapshot sentence {n}." for n in range(MANY)]
+    assert _batch(conn, bucket, aws_conn, texts).execute(context())["stored"] == MANY
+    submit, store = _phases(caplog, bucket)
+    # Saved at the end of each phase: after the claims and task ids, after the stored states.
+    assert (submit["PUT snapshot"], store["PUT snapshot"]) == (1, 1)
+    caplog.clear()
+    assert _batch(conn, bucket, aws_conn, texts).execute(context(run_id="manual__2"))["cached"] == MANY
+    submit, _ = _phases(caplog, bucket)
+    assert submit == {"LIST": 2, "GET snapshot": 1}  # was a GET per entry: 40
+    assert len(emu.tasks()) == MANY
+
+
+def test_a_retry_after_a_kill_mid_store_reads_only_the_entries_changed_since_the_snapshot(
+    emu: Any,
+    make_conn: ConnFactory,
+    aws_conn: str,
+    bucket: str,
+    caplog: pytest.LogCaptureFixture,
+    marked: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first try is killed as its 11th item is to be recorded stored (and records nothing after).
+    The retry takes every entry the snapshot still vouches for from it, pays for nothing, and
+    stores the rest."""
+    emu.configure(default_delay=0)
+    conn = make_conn("camb_ai")
+    texts = [f"Killed snapshot sentence {n}." for n in range(MANY)]
+    stored = RequestCache.stored
+    calls = []
+
+    def stored_until_killed(self: RequestCache, *args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) > 10:
+            raise _Killed
+        stored(self, *args, **kwargs)
+
+    monkeypatch.setattr(RequestCache, "stored", stored_until_killed)
+    with pytest.raises(_Killed):
+        _batch(conn, bucket, aws_conn, texts, max_active_requests=8).execute(context())
+    monkeypatch.setattr(RequestCache, "stored", stored)
+    caplog.clear()
+    result = _batch(conn, bucket, aws_conn, texts).execute(context(try_number=2))
+    assert (result["stored"] + result["cached"], len(emu.tasks())) == (MANY, MANY)  # nothing paid twice
+    submit, _ = _phases(caplog, bucket)
+    assert submit["GET snapshot"] == 1
+    assert submit["GET entry"] <= 10  # only those written since the snapshot; before: all 40
+
+
+def test_a_snapshot_is_believed_only_where_the_listing_vouches_for_each_entry(
+    emu: Any,
+    make_conn: ConnFactory,
+    aws_conn: str,
+    bucket: str,
+    s3: Any,
+    caplog: pytest.LogCaptureFixture,
+    marked: None,
+) -> None:
+    """An entry rewritten since the snapshot (here: the vendor refused it) is read and obeyed; a
+    damaged snapshot is ignored with a warning, every entry read and a new snapshot saved."""
+    emu.configure(default_delay=0)
+    conn = make_conn("camb_ai")
+    texts = [f"Vouched sentence {n}." for n in range(MANY)]
+    _batch(conn, bucket, aws_conn, texts).execute(context())
+    prefix = f"audio/{CACHE_FOLDER}/"
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"])
+    entry_key = next(k for k in keys if k.endswith(".json"))
+    entry = json.loads(s3.get_object(Bucket=bucket, Key=entry_key)["Body"].read())
+    entry.update(state="rejected", reason="HARMFUL_CONTENT_DETECTED (written by another run)")
+    s3.put_object(Bucket=bucket, Key=entry_key, Body=json.dumps(entry).encode())
+    caplog.clear()
+    again = _batch(conn, bucket, aws_conn, texts, max_failed_items=1).execute(context(run_id="manual__2"))
+    assert (again["cached"], again["failed"]) == (MANY - 1, 1)  # the snapshot said stored; the entry says not
+    submit, _ = _phases(caplog, bucket)
+    assert (submit["GET snapshot"], submit["GET entry"]) == (1, 1)
+
+    s3.put_object(Bucket=bucket, Key=f"{prefix}{SNAPSHOT_NAME}", Body=b"not a snapshot")
+    caplog.clear()
+    third = _batch(conn, bucket, aws_conn, texts, max_failed_items=1).execute(context(run_id="manual__3"))
+    assert (third["cached"], third["failed"]) == (MANY - 1, 1)
+    assert any("Ignoring the request cache snapshot" in r.getMessage() for r in caplog.records)
+    submit, _ = _phases(caplog, bucket)
+    assert (submit["GET entry"], submit["PUT snapshot"]) == (MANY, 1)  # read one by one, then saved again
+    assert len(emu.tasks()) == MANY

@@ -16,6 +16,7 @@ library code is patched; the emulator is real, over loopback.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,6 +30,8 @@ from airflow_provider_tts.exceptions import TtsBatchItemsFailedPermanentlyError,
 from airflow_provider_tts.operators.batch import RevidTtsBatchToStorageOperator
 from airflow_provider_tts.operators.long_text import CambTtsLongTextToStorageOperator
 from airflow_provider_tts.operators.text_to_storage import CambTtsToStorageOperator, RevidTtsToStorageOperator
+from airflow_provider_tts.transport import retry
+from airflow_provider_tts.transport.retry import Pacer
 from tests.conftest import FIELDS, ConnFactory
 from tests.operators.test_batch import batch, context, creates, manifest
 from tests.operators.test_submit import FakeTI, Ledger
@@ -47,6 +50,16 @@ def killed_in_backoff() -> Iterator[None]:
     """The worker dies in the transport's next backoff sleep (tenacity's own ``time.sleep``)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tenacity.nap, "time", SimpleNamespace(sleep=_die))
+        yield
+
+
+@contextlib.contextmanager
+def killed_waiting_for_the_pacer() -> Iterator[None]:
+    """A pause is on (another request's ``Retry-After``): the next vendor request waits 5 s for its
+    turn of the connection's pacer, and the worker dies in that wait."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Pacer, "_start_in", lambda self: 5.0)
+        patch.setattr(retry, "time", SimpleNamespace(sleep=_die, monotonic=time.monotonic))
         yield
 
 
@@ -98,6 +111,19 @@ def test_one_task_killed_in_a_refused_creates_backoff_pays_once_on_the_next_try(
     assert (tmp_path / Path(result["uri"]).name).stat().st_size == result["size_bytes"] > 0
 
 
+def test_one_task_killed_waiting_for_its_pacer_turn_pays_once_on_the_next_try(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path, ledger: Ledger
+) -> None:
+    """The submit record is saved before the create, and let go while the create waits out a pause."""
+    conn_id = make_conn("camb_ai")
+    with killed_waiting_for_the_pacer(), pytest.raises(Killed):
+        _one_task(conn_id, tmp_path).execute(ledger.context())
+    assert ledger.record() is None
+    result = _one_task(conn_id, tmp_path).execute(ledger.context(FakeTI(try_number=2)))
+    assert emu.stats()["creates"] == {"camb_ai": {"tts": 1}}
+    assert (tmp_path / Path(result["uri"]).name).stat().st_size == result["size_bytes"] > 0
+
+
 def test_one_task_killed_while_the_resent_create_is_in_flight_stays_uncertain(
     emu: Any, make_conn: ConnFactory, tmp_path: Path, ledger: Ledger
 ) -> None:
@@ -142,6 +168,18 @@ def test_batch_killed_in_a_refused_creates_backoff_pays_once_on_the_next_try(
     [row] = manifest(tmp_path)
     assert row["status"] == "stored"
     assert Path(row["file"].removeprefix("file://")).stat().st_size == row["size_bytes"] > 0
+
+
+def test_batch_killed_waiting_for_its_pacer_turn_pays_once_on_the_next_try(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    """The claim is taken before the create, and let go while the create waits out a pause."""
+    conn = make_conn("revid_tts")
+    with killed_waiting_for_the_pacer(), pytest.raises(Killed):
+        one_item_batch(conn, tmp_path).execute(context())
+    assert creates(emu) == 0
+    result = one_item_batch(conn, tmp_path).execute(context(try_number=2))
+    assert (result["stored"], result["failed"], creates(emu)) == (1, 0, 1)
 
 
 def test_batch_killed_while_the_resent_create_is_in_flight_stays_uncertain(
