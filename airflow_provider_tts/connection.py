@@ -16,10 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr
 
+from airflow_provider_tts.constants import DEFAULT_CONN_IDS as DEFAULT_CONN_IDS
 from airflow_provider_tts.exceptions import TtsConfigError
-
-#: Connection type of each vendor, and the default connection id DAG authors get.
-DEFAULT_CONN_IDS = {"camb_ai": "camb_ai_default", "revid_tts": "revid_tts_default"}
 
 
 @dataclass(frozen=True)

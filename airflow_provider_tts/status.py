@@ -14,14 +14,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, model_validator
 
+from airflow_provider_tts.constants import KINDS as KINDS
+from airflow_provider_tts.constants import Kind as Kind
+
 Api = Literal["camb_ai", "revid_tts"]
-Kind = Literal["tts", "text-to-sound", "srt-to-speech"]
 State = Literal["pending", "succeeded", "failed"]
 
 #: Why a task failed, in vendor-neutral terms, so callers can decide without parsing vendor strings.
 FailureKind = Literal["not_found", "payment_required", "vendor_timeout", "content_rejected", "error"]
-
-KINDS: tuple[Kind, ...] = ("tts", "text-to-sound", "srt-to-speech")
 
 
 #: Query parameters that carry a pre-signed URL's credentials (S3 SigV2/SigV4, GCS, Azure SAS,

@@ -14,12 +14,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from dataclasses import fields as dataclass_fields
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_provider_tts import metrics
 from airflow_provider_tts.exceptions import TtsConfigError, TtsError, error_event
 from airflow_provider_tts.renames import renamed
-from airflow_provider_tts.status import TtsTaskStatus
+
+if TYPE_CHECKING:
+    # Annotations only: the status model is imported where statuses are made (vendors, triggers), not at DAG parse.
+    from airflow_provider_tts.status import TtsTaskStatus
 
 Verdict = Literal["wait", "succeeded", "failed"]
 

@@ -24,7 +24,7 @@ from airflow_provider_tts.batch.manifest import changed_message, check_manifest_
 from airflow_provider_tts.batch.store import StorePhase, is_retry
 from airflow_provider_tts.batch.submit import SubmitPhase
 from airflow_provider_tts.compat import conf
-from airflow_provider_tts.connection import DEFAULT_CONN_IDS
+from airflow_provider_tts.constants import DEFAULT_CONN_IDS
 from airflow_provider_tts.costs import check_limit
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.hooked import TtsHookMixin

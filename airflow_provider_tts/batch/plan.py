@@ -25,7 +25,6 @@ from airflow_provider_tts.batch.items import (
 )
 from airflow_provider_tts.batch.manifest import check_manifest_name
 from airflow_provider_tts.batch.record import BatchRecord
-from airflow_provider_tts.cache import CachedAudio, RequestCache
 from airflow_provider_tts.confinement import DESTINATIONS, ITEMS_PATHS, confine
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
     from airflow.sdk.types import Logger
 
     from airflow_provider_tts.batch.items import FileNameStyle
+    from airflow_provider_tts.cache import CachedAudio, RequestCache
     from airflow_provider_tts.hooks.tts import TtsHook
     from airflow_provider_tts.status import Kind
     from airflow_provider_tts.storage import OverwritePolicy
@@ -221,6 +221,8 @@ class PlanPhase:
         # One LIST of the folder serves the overwrite check, the 0.1 sidecar search and, on S3, the
         # confirmation of each cached item's audio (its listed size and ETag: no HEAD per item).
         found = listed(folder)
+        from airflow_provider_tts.cache import RequestCache  # at run time: a DAG parse needs no cache
+
         request_cache = RequestCache(folder, self.hook.endpoint(), owner, listed=found)
         return BatchPlan(items, folder, BatchRecord.for_task(folder, identity), identity, request_cache,
                          items_digest(items), keys, frozenset(explicit), frozenset(found))  # fmt: skip

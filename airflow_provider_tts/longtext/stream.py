@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_tts.confinement import DESTINATIONS, confine
-from airflow_provider_tts.connection import DEFAULT_CONN_IDS
+from airflow_provider_tts.constants import DEFAULT_CONN_IDS
 from airflow_provider_tts.costs import check_limit, estimate_and_check
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import fingerprint_hex, request_fingerprint

@@ -22,6 +22,7 @@ from airflow.sdk import AssetAlias, BaseOperator
 
 from airflow_provider_tts.compat import conf
 from airflow_provider_tts.confinement import DESTINATIONS, confine
+from airflow_provider_tts.constants import KINDS
 from airflow_provider_tts.exceptions import TtsConfigError, TtsProtocolError, TtsTransientApiError
 from airflow_provider_tts.hooked import TtsHookMixin
 from airflow_provider_tts.lineage import default_outlet
@@ -37,7 +38,6 @@ from airflow_provider_tts.objects import listing
 from airflow_provider_tts.operators.submit import from_submitted
 from airflow_provider_tts.renames import request_retry_overrides
 from airflow_provider_tts.results import stored_file_result
-from airflow_provider_tts.status import KINDS
 from airflow_provider_tts.storage import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_MAX_BYTES,

@@ -56,7 +56,7 @@ from airflow_provider_tts.batch.submit import CREATE_ROUNDS as CREATE_ROUNDS
 from airflow_provider_tts.batch.submit import PAY_CHUNK as PAY_CHUNK
 from airflow_provider_tts.batch.submit import RECORD_ATTEMPTS as RECORD_ATTEMPTS
 from airflow_provider_tts.batch.submit import RECORD_BACKOFF as RECORD_BACKOFF
-from airflow_provider_tts.vendors import CambAi, RevidTts
+from airflow_provider_tts.vendors import VendorOf
 
 if TYPE_CHECKING:
     from airflow_provider_tts.batch.trigger import TtsBatchTrigger as TtsBatchTrigger
@@ -78,7 +78,7 @@ class CambTtsBatchToStorageOperator(BaseTextBatchToStorageOperator):
     A text item fills ``text``; ``defaults`` typically carries ``voice_id`` and ``language``.
     """
 
-    vendor = CambAi
+    vendor = VendorOf("camb_ai")
     tts_kind = "tts"
     item_field = "text"
 
@@ -86,7 +86,7 @@ class CambTtsBatchToStorageOperator(BaseTextBatchToStorageOperator):
 class CambTextToSoundBatchToStorageOperator(BaseTextBatchToStorageOperator):
     """Make a sound for every prompt of a batch with Camb.ai's ``/text-to-sound``, in one task."""
 
-    vendor = CambAi
+    vendor = VendorOf("camb_ai")
     tts_kind = "text-to-sound"
     item_field = "prompt"
 
@@ -98,7 +98,7 @@ class RevidTtsBatchToStorageOperator(BaseTextBatchToStorageOperator):
     and the item's key, so a duplicate can be found vendor-side.
     """
 
-    vendor = RevidTts
+    vendor = VendorOf("revid_tts")
     tts_kind = "tts"
     item_field = "text"
 
@@ -106,7 +106,7 @@ class RevidTtsBatchToStorageOperator(BaseTextBatchToStorageOperator):
 class RevidSrtToSpeechBatchToStorageOperator(BaseTextBatchToStorageOperator):
     """Voice every SRT text of a batch with RevidAPI's SRT-to-speech, in one task (a text item fills ``srt``)."""
 
-    vendor = RevidTts
+    vendor = VendorOf("revid_tts")
     tts_kind = "srt-to-speech"
     item_field = "srt"
 

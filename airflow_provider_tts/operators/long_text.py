@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from airflow_provider_tts.longtext.operator import BaseLongTextToStorageOperator
 from airflow_provider_tts.longtext.stream import CambTtsStreamLongTextToStorageOperator
-from airflow_provider_tts.vendors import CambAi, RevidTts
+from airflow_provider_tts.vendors import VendorOf
 
 
 class CambTtsLongTextToStorageOperator(BaseLongTextToStorageOperator):
@@ -30,7 +30,7 @@ class CambTtsLongTextToStorageOperator(BaseLongTextToStorageOperator):
     ``defaults`` typically carries ``voice_id`` and ``language`` (the integer id).
     """
 
-    vendor = CambAi
+    vendor = VendorOf("camb_ai")
     tts_kind = "tts"
     item_field = "text"
 
@@ -42,7 +42,7 @@ class RevidTtsLongTextToStorageOperator(BaseLongTextToStorageOperator):
     so a duplicate can be found vendor-side, as for every batch item.
     """
 
-    vendor = RevidTts
+    vendor = VendorOf("revid_tts")
     tts_kind = "tts"
     item_field = "text"
 

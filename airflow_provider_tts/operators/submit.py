@@ -21,11 +21,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow.sdk import BaseOperator
 
 from airflow_provider_tts.compat import conf
-from airflow_provider_tts.connection import DEFAULT_CONN_IDS
+from airflow_provider_tts.constants import DEFAULT_CONN_IDS, KINDS
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.hooked import TtsHookMixin
 from airflow_provider_tts.renames import request_retry_overrides
-from airflow_provider_tts.status import KINDS
 from airflow_provider_tts.submitting import SubmitOnce, check_uncertain_policy, create_fields
 from airflow_provider_tts.templating import templated
 from airflow_provider_tts.waiting import Waiter, WaitPolicy, wait_sync, wait_timeout

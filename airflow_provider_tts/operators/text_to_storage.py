@@ -44,7 +44,7 @@ from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from airflow_provider_tts.connection import DEFAULT_CONN_IDS
+from airflow_provider_tts.constants import DEFAULT_CONN_IDS
 from airflow_provider_tts.costs import check_limit, estimate_and_check, parse_time_check, request_spending
 from airflow_provider_tts.exceptions import TtsConfigError
 from airflow_provider_tts.fingerprint import request_fingerprint
@@ -61,7 +61,7 @@ from airflow_provider_tts.submitting import (
     create_fields,
 )
 from airflow_provider_tts.templating import rendered_later
-from airflow_provider_tts.vendors import CambAi, RevidTts, Vendor
+from airflow_provider_tts.vendors import VendorOf
 from airflow_provider_tts.waiting import WaitPolicy
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from airflow_provider_tts.cache import RequestCache
     from airflow_provider_tts.status import Kind
     from airflow_provider_tts.storage import StoredAudio
+    from airflow_provider_tts.vendors import Vendor
 
 #: The storage operator's templated arguments that stay templated here (not ``tts_task_id`` and
 #: ``kind``: this operator submits its own task, of the kind its class names).
@@ -340,7 +341,7 @@ class CambTtsToStorageOperator(BaseTextToStorageOperator):
     request-cache hit ``cached`` is True, ``credits`` 0 and ``tts_task_id`` None.
     """
 
-    vendor = CambAi
+    vendor = VendorOf("camb_ai")
     tts_kind = "tts"
 
     def __init__(
@@ -375,7 +376,7 @@ class CambTextToSoundToStorageOperator(BaseTextToStorageOperator):
     (``tts_conn_id`` defaults to ``camb_ai_default``).
     """
 
-    vendor = CambAi
+    vendor = VendorOf("camb_ai")
     tts_kind = "text-to-sound"
 
     def __init__(
@@ -411,7 +412,7 @@ class RevidTtsToStorageOperator(BaseTextToStorageOperator):
     (``tts_conn_id`` defaults to ``revid_tts_default``).
     """
 
-    vendor = RevidTts
+    vendor = VendorOf("revid_tts")
     tts_kind = "tts"
 
     def __init__(
@@ -456,7 +457,7 @@ class RevidSrtToSpeechToStorageOperator(BaseTextToStorageOperator):
     (``tts_conn_id`` defaults to ``revid_tts_default``).
     """
 
-    vendor = RevidTts
+    vendor = VendorOf("revid_tts")
     tts_kind = "srt-to-speech"
 
     def __init__(

@@ -33,26 +33,51 @@ def __getattr__(name: str) -> Any:
 
 def vendors() -> dict[str, type[Vendor]]:
     """Every vendor class, by connection type."""
-    return {
-        conn_type: getattr(importlib.import_module(f"{__name__}.{module}"), cls)
-        for conn_type, (module, cls) in _BY_CONN_TYPE.items()
-    }
+    return {conn_type: _load(conn_type) for conn_type in _BY_CONN_TYPE}
 
 
 def vendor_class(conn_type: str | None, conn_id: str) -> type[Vendor]:
     """The vendor a connection speaks to, from its connection type."""
-    try:
-        module, cls = _BY_CONN_TYPE[conn_type or ""]
-    except KeyError:
+    if conn_type not in _BY_CONN_TYPE:
         raise TtsConfigError(
             f"connection {conn_id!r} has type {conn_type!r}; expected one of {', '.join(_BY_CONN_TYPE)}"
-        ) from None
+        )
+    return _load(conn_type)
+
+
+def _load(conn_type: str) -> type[Vendor]:
+    """The vendor class of a known connection type, its module imported now if it was not yet."""
+    module, cls = _BY_CONN_TYPE[conn_type]
     vendor: type[Vendor] = getattr(importlib.import_module(f"{__name__}.{module}"), cls)
     return vendor
+
+
+class VendorOf:
+    """A class attribute that reads as a vendor's class, which it imports on its first read.
+
+    The one-task, batch and long-text operators name their vendor in the class body; ``vendor =
+    VendorOf("camb_ai")`` reads as :class:`CambAi`, exactly as ``vendor = CambAi`` did, but the
+    vendor's module (its request checks and response parsers) loads when an operator is built or
+    run, not when a DAG file imports the operator module.
+    """
+
+    def __init__(self, conn_type: str) -> None:
+        if conn_type not in _BY_CONN_TYPE:
+            raise ValueError(f"no vendor for connection type {conn_type!r}; expected one of {', '.join(_BY_CONN_TYPE)}")
+        self.conn_type = conn_type
+        self._vendor: type[Vendor] | None = None
+
+    def __get__(self, instance: object, owner: type | None = None) -> type[Vendor]:
+        if self._vendor is None:
+            self._vendor = _load(self.conn_type)
+        return self._vendor
+
+    def __repr__(self) -> str:
+        return f"VendorOf({self.conn_type!r})"
 
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY, "VENDORS"})
 
 
-__all__ = ["VENDORS", "CambAi", "RevidTts", "Vendor", "vendor_class", "vendors"]
+__all__ = ["VENDORS", "CambAi", "RevidTts", "Vendor", "VendorOf", "vendor_class", "vendors"]

@@ -16,13 +16,12 @@ import reprlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, StringConstraints, ValidationError
 
-from airflow_provider_tts.connection import ConnectionSettings
 from airflow_provider_tts.exceptions import (
     TtsApiError,
     TtsAuthError,
@@ -34,7 +33,13 @@ from airflow_provider_tts.exceptions import (
     TtsServerError,
     excerpt,
 )
-from airflow_provider_tts.status import Api, Kind, State, TtsTaskStatus
+
+if TYPE_CHECKING:
+    # The status model (pydantic, with its serializers) loads in :meth:`Vendor.status`, when a status
+    # is made, and the connection's settings come from the hook: building an operator checks its
+    # fields with a vendor's request models and needs neither.
+    from airflow_provider_tts.connection import ConnectionSettings
+    from airflow_provider_tts.status import Api, Kind, State, TtsTaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +93,15 @@ class Submission:
     credits: int | None = None
 
 
-@dataclass
 class _WarnOnce:
-    """Remembers which undocumented statuses were already warned about, so logs are not flooded."""
+    """Remembers which undocumented statuses were already warned about, so logs are not flooded.
 
-    seen: set[tuple[str, str]] = field(default_factory=set)
+    A plain class, not a dataclass: its one instance needs no generated methods, and a dataclass's
+    are compiled when the module loads, which every DAG parse that builds an operator pays.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, str]] = set()
 
     def __call__(self, api: str, vendor_status: str) -> None:
         key = (api, vendor_status[:64])
@@ -306,6 +315,8 @@ class Vendor(ABC):
 
     def status(self, kind: Kind, tts_task_id: str, state: State, vendor_status: str, **more: Any) -> TtsTaskStatus:
         """Build a normalised status for this vendor (the one constructor the parsers use)."""
+        from airflow_provider_tts.status import TtsTaskStatus
+
         return TtsTaskStatus(
             api=self.api, kind=kind, tts_task_id=tts_task_id, state=state, vendor_status=vendor_status, **more
         ).mark_fresh()

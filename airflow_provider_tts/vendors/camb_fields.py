@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from airflow_provider_tts.status import Kind
+from airflow_provider_tts.constants import Kind
 from airflow_provider_tts.vendors import camb_languages
 from airflow_provider_tts.vendors.base import NonEmptyText
 from airflow_provider_tts.vendors.camb import DEFAULT_STREAM_FORMAT, StreamFormat

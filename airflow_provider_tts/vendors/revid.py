@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from airflow_provider_tts.exceptions import TtsProtocolError, excerpt
 from airflow_provider_tts.lazy import lazy_names
-from airflow_provider_tts.status import Kind, TtsTaskStatus
 from airflow_provider_tts.vendors.base import (
     ApiRequest,
     ApiResponse,
@@ -31,6 +30,11 @@ from airflow_provider_tts.vendors.base import (
     warn_unknown_status,
 )
 from airflow_provider_tts.vendors.base import NonEmptyText as NonEmptyText
+
+if TYPE_CHECKING:
+    # Annotations only: the status model (pydantic, with its serializers) loads when a status is made,
+    # so building an operator, which checks its fields with this vendor's request models, does not load it.
+    from airflow_provider_tts.status import Kind, TtsTaskStatus
 
 #: The request models live in their own module, built on first use (see its docstring); importable
 #: from here as they always were.

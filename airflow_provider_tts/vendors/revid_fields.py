@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from airflow_provider_tts.status import Kind
+from airflow_provider_tts.constants import Kind
 from airflow_provider_tts.vendors.base import NonEmptyText
 
 HttpUrl = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^https?://[^\s/?#]+\S*$")]
