@@ -15,8 +15,17 @@ The anchor then stores the same finished tasks' audio the way a user would by ha
 ``requests`` session per thread, the audio URLs known in advance (no status request: the batch's
 poll per item is part of what it pays, and the table says so).
 
+Both download equally ready audio. The emulator renders each task's audio in the background when
+the task is created; 1,000 creates queue 1,000 renders, and a store phase that started at once
+waited behind them, while the anchor, later, did not. So neither phase starts before the
+emulator's background renders are done (``audio.background`` and ``audio.rendering`` of
+``GET /_emulator/stats`` at 0, waited for unmeasured), and its render cache (``--audio-cache-mb``)
+holds every item's audio of the largest batch, so none is evicted and rendered again at download.
+The renders the emulator made during each phase are counted and shown (0 when fair).
+
     .venv/bin/python benchmarks/batch_store.py                 # 1,000 and 10,000; BENCHMARKS.md section
     .venv/bin/python benchmarks/batch_store.py --items 200     # a smoke run, BENCHMARKS.md untouched
+    .venv/bin/python benchmarks/batch_store.py --items 1000 --audio-cache-mb 64 --no-settle  # as measured before
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import shutil
 import sys
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -52,6 +62,9 @@ from benchmarks.download import (
 
 REPO = Path(__file__).resolve().parent.parent
 THREADS = 8
+#: The emulator's render cache per item of the largest batch: a task's PCM and its FLAC each take an
+#: entry (22,050 Hz, mean 10 s: ~0.45 MB each), so ~0.9 MB; 1 MB leaves a margin.
+CACHE_MB_PER_ITEM = 1.0
 HEADERS = ["items", "method", "files/s", "CPU ms per item", "vs upload_fileobj (files/s)", "S3 requests per item",
            "load (1 min)"]  # fmt: skip
 
@@ -59,6 +72,52 @@ HEADERS = ["items", "method", "files/s", "CPU ms per item", "vs upload_fileobj (
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+class EmulatorProbe:
+    """The emulator process seen from outside: its audio renders (control API) and its CPU time (procfs)."""
+
+    def __init__(self, url: str, pid: int) -> None:
+        self.url, self.pid = url, pid
+
+    def audio(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/_emulator/stats", timeout=60) as resp:
+            audio: dict[str, Any] = json.loads(resp.read())["audio"]
+        return audio
+
+    def cpu(self) -> float:
+        """User + system seconds of the emulator process (all threads: the event loop and the renderers)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def snapshot(self) -> dict[str, Any]:
+        audio = self.audio()
+        return {"renders": sum(audio["renders"].values()), "evictions": audio["evictions"],
+                "background": audio["background"], "cpu": self.cpu(), "at": time.perf_counter()}  # fmt: skip
+
+    def settle(self, timeout: float = 3600.0) -> float:
+        """Wait until no audio is being rendered (the creates' background renders done); seconds waited."""
+        began = time.perf_counter()
+        while True:
+            audio = self.audio()
+            if audio["background"] == 0 and audio["rendering"] == 0:
+                return time.perf_counter() - began
+            if time.perf_counter() - began > timeout:
+                raise RuntimeError(f"the emulator still renders after {timeout:.0f} s: {audio}")
+            time.sleep(0.5)
+
+
+def during(before: dict[str, Any], after: dict[str, Any], n: int) -> dict[str, Any]:
+    """What the emulator did between two snapshots: renders, evictions, CPU ms per item."""
+    return {"renders": after["renders"] - before["renders"], "evictions": after["evictions"] - before["evictions"],
+            "background_at_start": before["background"],
+            "cpu_ms": 1000 * (after["cpu"] - before["cpu"]) / n}  # fmt: skip
+
+
+def describe_emulator(side: dict[str, Any]) -> str:
+    return (f"{side['renders']:,} renders ({side['evictions']:,} evictions), "
+            f"{side['background_at_start']:,} background renders pending at the start, "
+            f"emulator CPU {side['cpu_ms']:.1f} ms per item")  # fmt: skip
 
 
 def texts(n: int, seed: int) -> list[str]:
@@ -75,8 +134,11 @@ def texts(n: int, seed: int) -> list[str]:
     return out
 
 
-def run_batch(n: int, folder: str, seed: int) -> dict[str, Any]:
-    """One batch of ``n`` items into ``folder``; its store phase's wall and CPU time, and its manifest rows."""
+def run_batch(n: int, folder: str, seed: int, settle: bool) -> dict[str, Any]:
+    """One batch of ``n`` items into ``folder``; its store phase's wall and CPU time, and its manifest rows.
+
+    ``settle``: before the store phase starts, wait (unmeasured) until the emulator renders nothing.
+    """
     from airflow_provider_tts.batch.store import StorePhase
     from airflow_provider_tts.operators.batch import CambTtsBatchToStorageOperator
 
@@ -90,6 +152,9 @@ def run_batch(n: int, folder: str, seed: int) -> dict[str, Any]:
 
     def start() -> None:
         if "cpu0" not in measured:
+            if settle:
+                measured["settled_seconds"] = EMULATOR[0].settle()
+            measured["emulator_before"] = EMULATOR[0].snapshot()
             measured["load_before"] = os.getloadavg()[0]
             measured["requests_before"] = s3_requests(MOTO[0], reset=True)
             measured["cpu0"], measured["began"] = cpu_seconds(), time.perf_counter()
@@ -107,6 +172,7 @@ def run_batch(n: int, folder: str, seed: int) -> dict[str, Any]:
             measured["cpu"] = cpu_seconds() - measured["cpu0"]
             measured["requests"] = s3_requests(MOTO[0])
             measured["load"] = os.getloadavg()[0]
+            measured["emulator"] = during(measured["emulator_before"], EMULATOR[0].snapshot(), n)
 
     op._store_while_waiting = timed_wait  # type: ignore[method-assign]
     op._finish = timed  # type: ignore[method-assign]
@@ -135,7 +201,7 @@ def task_urls(manifest_key: str, s3: Any) -> list[tuple[str, str]]:
     return out
 
 
-def run_anchor(urls: list[tuple[str, str]], prefix: str) -> dict[str, Any]:
+def run_anchor(urls: list[tuple[str, str]], prefix: str, settle: bool) -> dict[str, Any]:
     """``upload_fileobj`` from a ``requests`` stream per item, ``THREADS`` at once, shared client and session."""
     import requests
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -154,6 +220,8 @@ def run_anchor(urls: list[tuple[str, str]], prefix: str) -> dict[str, Any]:
             client.upload_fileobj(response.raw, BUCKET, f"{prefix}{task_id}.wav")
             return int(response.headers["content-length"])
 
+    settled = EMULATOR[0].settle() if settle else 0.0
+    emulator_before = EMULATOR[0].snapshot()
     load_before = os.getloadavg()[0]
     s3_requests(MOTO[0], reset=True)
     cpu0, began = cpu_seconds(), time.perf_counter()
@@ -161,24 +229,35 @@ def run_anchor(urls: list[tuple[str, str]], prefix: str) -> dict[str, Any]:
         total = sum(pool.map(one, urls))
     seconds, cpu = time.perf_counter() - began, cpu_seconds() - cpu0
     return {"seconds": seconds, "cpu": cpu, "bytes": total, "requests": s3_requests(MOTO[0]),
-            "load_before": load_before, "load": os.getloadavg()[0]}  # fmt: skip
+            "load_before": load_before, "load": os.getloadavg()[0], "settled_seconds": settled,
+            "emulator": during(emulator_before, EMULATOR[0].snapshot(), len(urls))}  # fmt: skip
 
 
 def how_measured() -> str:
     """The module docstring's method paragraphs as one Markdown paragraph (for BENCHMARKS.md)."""
-    paragraphs = (__doc__ or "").split("\n\n")[1:3]
+    paragraphs = (__doc__ or "").split("\n\n")[1:4]
     return " ".join(" ".join(p.split()) for p in paragraphs).replace("``", "`")
 
 
 #: The moto server's endpoint, once started.
 MOTO: list[str] = [""]
+#: The emulator, once started.
+EMULATOR: list[EmulatorProbe] = []
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", default="1000,10000", help="comma-separated batch sizes (default 1000,10000)")
+    parser.add_argument("--audio-cache-mb", type=int, default=None,
+                        help=f"the emulator's render cache (default {CACHE_MB_PER_ITEM:g} MB per item of the largest "
+                             "batch, 64 minimum: no audio evicted)")  # fmt: skip
+    parser.add_argument("--no-settle", action="store_true",
+                        help="start each phase without waiting for the emulator's renders (as before)")  # fmt: skip
     args = parser.parse_args()
     sizes = [int(x) for x in args.items.split(",")]
+    cache_mb = args.audio_cache_mb or max(64, round(CACHE_MB_PER_ITEM * max(sizes)))
+    settle = not args.no_settle
+    default_run = args.items == parser.get_default("items") and args.audio_cache_mb is None and settle
     scratch = scratch_dir()
     env = dict(os.environ, **AWS_ENV, PYTHONPATH=str(REPO))
     os.environ.update(AWS_ENV)
@@ -188,13 +267,14 @@ def main() -> None:
     notes: list[str] = []
     try:
         emulator_cmd = [sys.executable, "-m", "airflow_provider_tts.emulator", "--port", "0", "--delay", "0"]
-        emulator_cmd += ["--audio-engine", "tones", "--print-json"]
+        emulator_cmd += ["--audio-engine", "tones", "--audio-cache-mb", str(cache_mb), "--print-json"]
         moto_cmd = [sys.executable, str(REPO / "benchmarks" / "download_moto.py")]
         with (
-            process(emulator_cmd, env, "the emulator", scratch / "emulator.log") as (_, emu),
+            process(emulator_cmd, env, "the emulator", scratch / "emulator.log") as (emu_proc, emu),
             process(moto_cmd, dict(env, TMPDIR=str(scratch)), "the moto server", scratch / "moto.log") as (_, moto),
         ):
             MOTO[0] = moto["endpoint"]
+            EMULATOR[:] = [EmulatorProbe(emu["url"], emu_proc.pid)]
             os.environ[f"AIRFLOW_CONN_{TTS_CONN_ID.upper()}"] = json.dumps(
                 {"conn_type": "camb_ai", "host": emu["camb_base_url"], "password": API_KEY}
             )
@@ -209,11 +289,11 @@ def main() -> None:
             for n in sizes:
                 folder = f"batch-{n}/"
                 print(f"batch of {n:,}: submitting and waiting (not measured), then the store phase", flush=True)
-                batch = run_batch(n, f"s3://{BUCKET}/{folder}", seed=n)
+                batch = run_batch(n, f"s3://{BUCKET}/{folder}", seed=n, settle=settle)
                 urls = task_urls(f"{folder}manifest.jsonl", s3)
-                anchor = run_anchor(urls, f"anchor-{n}/")
+                stored = remove_prefix(s3, folder)  # moto keeps objects in memory: 4 GB at 10,000 items
+                anchor = run_anchor(urls, f"anchor-{n}/", settle=settle)
                 assert remove_prefix(s3, f"anchor-{n}/") == n
-                stored = remove_prefix(s3, folder)
                 size = anchor["bytes"] / n
                 b_rate, a_rate = n / batch["seconds"], n / anchor["seconds"]
                 rows.append([f"{n:,}", "batch store phase (`batch/store.py`)", f"{b_rate:,.1f}",
@@ -227,7 +307,10 @@ def main() -> None:
                     f"{n:,} items: mean audio {size / 1000:,.0f} KB; the whole batch (submit, wait, store) took "
                     f"{batch['total_seconds']:,.1f} s, its store phase {batch['seconds']:,.1f} s; the anchor "
                     f"{anchor['seconds']:,.1f} s; {stored - n} other objects (manifest, request cache) removed "
-                    "with the folder."
+                    f"with the folder. Emulator during the store phase: {describe_emulator(batch['emulator'])}; "
+                    f"during the anchor: {describe_emulator(anchor['emulator'])}"
+                    f" (waited {batch.get('settled_seconds', 0.0):,.1f} s and {anchor['settled_seconds']:,.1f} s "
+                    "before them, unmeasured, for its background renders)."
                 )
                 print(table(HEADERS, rows[-2:]), flush=True)
             s3.delete_bucket(Bucket=BUCKET)
@@ -243,7 +326,7 @@ def main() -> None:
         f"load average at the end: {load}.\n"
     )
     print(body)
-    if args.items == parser.get_default("items"):
+    if default_run:
         title = "The batch's store phase to s3:// at 1,000 and 10,000 items"
         write_section("batch-store", title, ".venv/bin/python benchmarks/batch_store.py", body)
         print("Section 'batch-store' written to BENCHMARKS.md")
