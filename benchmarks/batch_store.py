@@ -33,6 +33,7 @@ the emulator made during each phase are counted and shown (0 when fair).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -42,8 +43,9 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -126,6 +128,63 @@ def describe_emulator(side: dict[str, Any]) -> str:
             f"CPU ms per item: emulator {side['cpu_ms']:.1f}, moto {side['moto_cpu_ms']:.1f}")  # fmt: skip
 
 
+#: Where a store thread's time per item goes (``stage_times``): the stage, then what it is.
+STAGES = {
+    "open_audio": "`open_audio` (the audio GET's response headers)",
+    "stream_audio_into": "the audio's body and PutObject",
+    "stored": "the request cache entry's PutObject",
+}
+
+
+@contextmanager
+def stage_times() -> Iterator[dict[str, float]]:
+    """Seconds the store threads spent in each of ``STAGES`` and in whole items (``row``), summed over threads.
+
+    The three calls each item's store makes, timed by wrapping them (a few microseconds per call)
+    while the batch runs: ``TtsHook.open_audio``, ``stream_audio_into`` as ``batch/store.py`` calls
+    it, ``RequestCache.stored``; ``row`` is ``StorePhase._row``, an item's whole time in its thread.
+    """
+    from airflow_provider_tts.batch import store
+    from airflow_provider_tts.cache import RequestCache
+    from airflow_provider_tts.hooks.tts import TtsHook
+
+    totals = dict.fromkeys([*STAGES, "row"], 0.0)
+    lock = threading.Lock()
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with lock:
+                    totals[name] += time.perf_counter() - began
+
+        return wrapper
+
+    targets: list[tuple[Any, str, str]] = [(TtsHook, "open_audio", "open_audio"), (store, "stream_audio_into",
+        "stream_audio_into"), (RequestCache, "stored", "stored"), (store.StorePhase, "_row", "row")]  # fmt: skip
+    saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in targets]
+    for owner, attr, name in targets:
+        setattr(owner, attr, timed(name, getattr(owner, attr)))
+    try:
+        yield totals
+    finally:
+        for owner, attr, original in saved:
+            setattr(owner, attr, original)
+
+
+def describe_stages(totals: dict[str, float], seconds: float, n: int) -> str:
+    """Per item, the store threads' milliseconds by stage, and how long they were idle."""
+    per = {name: 1000 * value / n for name, value in totals.items()}
+    other = per["row"] - sum(per[name] for name in STAGES)
+    idle = 1000 * (THREADS * seconds - totals["row"]) / n
+    parts = [f"{STAGES[name]} {per[name]:.1f}" for name in STAGES]
+    return (f"{per['row']:.1f} ms of a store thread per item: " + ", ".join(parts) + f", the rest {other:.1f}; "
+            f"the {THREADS} threads were idle {idle:.1f} ms per item")  # fmt: skip
+
+
 def texts(n: int, seed: int) -> list[str]:
     """``n`` distinct texts of 40-280 characters: 2.4-17 s of the emulator's tones, 120 KB-800 KB of audio."""
     rng = random.Random(seed)
@@ -191,7 +250,9 @@ def run_batch(
     op._finish = timed  # type: ignore[method-assign]
     ti = SimpleNamespace(dag_id="bench", task_id="speak_all", run_id=f"bench-{n}-{seed}", map_index=-1, try_number=1)
     began = time.perf_counter()
-    summary = op.execute({"ti": ti})  # type: ignore[arg-type]
+    with stage_times() as stages:
+        summary = op.execute({"ti": ti})  # type: ignore[arg-type,typeddict-item]
+    measured["stages"] = stages
     measured["total_seconds"] = time.perf_counter() - began
     assert summary["stored"] == n, {k: v for k, v in summary.items() if k != "files"}
     measured["summary"] = summary
@@ -358,7 +419,8 @@ def main() -> None:
                         for run in anchor.get("runs", [anchor])
                     )
                     + f"; {stored - n} other objects (manifest, request cache) removed "
-                    f"with the folder. Emulator during the store phase: {describe_emulator(batch['emulator'])}; "
+                    f"with the folder. Store phase: {describe_stages(batch['stages'], batch['seconds'], n)}. "
+                    f"Emulator during the store phase: {describe_emulator(batch['emulator'])}; "
                     f"during the anchor{'s' if runs > 1 else ''}: {describe_emulator(anchor['emulator'])}"
                     f" (waited {batch.get('settled_seconds', 0.0):,.1f} s, unmeasured, for the creates' background "
                     "renders before the first measured phase)."
