@@ -42,6 +42,12 @@ Decisions worth knowing when testing a client against it:
   status request naming the task, faulted or not; control API calls are counted only under
   ``requests_by_endpoint["control"]`` and never appear in ``requests_total`` or the request log.
 * ``audio_bytes=N`` always yields a WAV of exactly N bytes (even where FLAC is the default).
+* A task's audio is rendered in the background when it is created (two threads), so its
+  download rarely waits; thousands of creates queue thousands of renders, though, and rendered
+  audio sits in an LRU of ``audio_cache_mb`` (default 64 MiB, ~70 ten-second tasks): audio
+  evicted before its download is rendered again. ``stats()["audio"]`` shows ``background``
+  renders not yet done, ``renders`` made and ``evictions``; a benchmark waits for ``background``
+  to be 0 and sizes ``audio_cache_mb`` (``--audio-cache-mb``) to ~1 MB per task it downloads.
 * Validation is about as strict as the vendors: Camb.ai integers accept ``1``, ``1.0`` and ``"1"``
   (pydantic's lax mode) but ``language="en-us"`` is a 422; a form-encoded body is a 422.
 

@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="speech via espeak-ng, tone melodies, or auto (espeak-ng when installed)",
     )
     parser.add_argument(
+        "--audio-cache-mb",
+        type=int,
+        default=64,
+        help="memory for rendered audio in MiB (default 64); evicted audio is rendered again when downloaded",
+    )
+    parser.add_argument(
         "--audio-base-url",
         default=None,
         help="base of audio/file URLs, e.g. http://localhost:{port} (default: the API URL)",
@@ -176,6 +182,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     return EmulatorConfig(
         default_delay=args.delay,
         audio_engine=args.audio_engine,
+        audio_cache_mb=args.audio_cache_mb,
         camb_tts_format=args.camb_tts_format,
         camb_sound_url_key=args.camb_sound_url_key,
         camb_auth_error_shape=args.camb_auth_error,

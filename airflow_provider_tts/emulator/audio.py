@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from .flac import encode_flac
 
@@ -266,7 +267,10 @@ class AudioRenderer:
     """Renders and caches audio off the event loop; one instance per running emulator.
 
     Concurrent requests for the same source share one rendering (in-flight futures), and finished
-    encodings sit in a byte-bounded LRU so memory stays flat however many tasks exist.
+    encodings sit in a byte-bounded LRU so memory stays flat however many tasks exist. The budget
+    (``cache_bytes``, the emulator's ``audio_cache_mb``) bounds that memory; a run that downloads
+    more distinct audio than fits renders evicted audio again, which benchmarks must size away.
+    :meth:`stats` counts renders and evictions so they can tell.
     """
 
     def __init__(
@@ -287,10 +291,27 @@ class AudioRenderer:
         self._cache: OrderedDict[tuple[AudioSource, str], bytes] = OrderedDict()
         self._cache_size = 0
         self._inflight: dict[tuple[AudioSource, str], asyncio.Future[bytes]] = {}
+        self._renders: dict[str, int] = {}
+        self._evictions = 0
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tts-emulator-audio")
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def stats(self) -> dict[str, Any]:
+        """Renders finished (by format: ``pcm``, ``flac``, ``wav``), renders under way, the cache.
+
+        ``renders`` counts every synthesis and encoding done, a re-render after an eviction again:
+        more renders than distinct audio means the cache was too small for the run.
+        """
+        return {
+            "renders": dict(self._renders),
+            "rendering": len(self._inflight),
+            "cache_bytes": self._cache_size,
+            "cache_entries": len(self._cache),
+            "cache_budget_bytes": self._cache_budget,
+            "evictions": self._evictions,
+        }
 
     async def pcm(self, source: AudioSource) -> Pcm:
         return Pcm(await self._get(source, "pcm"), self.rate)
@@ -320,6 +341,7 @@ class AudioRenderer:
             pcm = Pcm(await self._get(source, "pcm"), self.rate)
             encoder = encode_flac if fmt == "flac" else _wav_of
             data = await loop.run_in_executor(self._executor, encoder, pcm.data, pcm.rate)
+        self._renders[fmt] = self._renders.get(fmt, 0) + 1
         self._remember((source, fmt), data)
         return data
 
@@ -331,6 +353,7 @@ class AudioRenderer:
         while self._cache_size > self._cache_budget:
             _, old = self._cache.popitem(last=False)
             self._cache_size -= len(old)
+            self._evictions += 1
 
     def _speech(self, text: str, max_seconds: float) -> bytes:
         if self.use_espeak and text.strip():

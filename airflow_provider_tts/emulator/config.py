@@ -192,6 +192,10 @@ class EmulatorConfig:
     sample_rate: int = 22050
     max_audio_seconds: float = 20.0
     max_srt_seconds: float = 300.0
+    #: Memory for rendered audio (an LRU; a task's PCM and its encoding each take an entry, ~0.9 MB
+    #: for a 10 s tone). Audio evicted before it is downloaded is rendered again: a benchmark that
+    #: downloads N tasks' audio sizes this to about N MB so the download never waits for synthesis.
+    audio_cache_mb: int = 64
     # Camb.ai
     camb_tts_format: str = "flac"
     camb_tts_url_key: str = "output_url"
@@ -250,7 +254,7 @@ class EmulatorConfig:
         for name in ("revid_wrap_array", "revid_status_synonyms", "require_key_on_status", "camb_result_as_file_url"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be a boolean")
-        for name in ("request_log_size", "storage_log_size"):
+        for name in ("request_log_size", "storage_log_size", "audio_cache_mb"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer")

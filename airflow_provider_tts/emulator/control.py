@@ -130,7 +130,7 @@ def add_control_routes(app: web.Application, server: EmulatorServer) -> None:
         )
 
     async def stats(request: web.Request) -> web.Response:
-        return _json(state.stats())
+        return _json(server.stats())
 
     async def requests_log(request: web.Request) -> web.Response:
         raw = request.query.get("limit")

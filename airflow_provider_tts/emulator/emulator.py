@@ -132,7 +132,11 @@ class Emulator:
     async def _open(self) -> None:
         config = self._state.config
         renderer = AudioRenderer(
-            config.audio_engine, config.sample_rate, config.max_audio_seconds, config.max_srt_seconds
+            config.audio_engine,
+            config.sample_rate,
+            config.max_audio_seconds,
+            config.max_srt_seconds,
+            cache_bytes=config.audio_cache_mb * 1024 * 1024,
         )
         server = EmulatorServer(self._state, self._api_key, renderer)
         runner = web.AppRunner(
@@ -365,8 +369,8 @@ class Emulator:
     def configure(self, **changes: Any) -> EmulatorConfig:
         """Change global behaviour while running (e.g. ``revid_wrap_array=True``).
 
-        ``audio_engine``, ``sample_rate``, ``max_*_seconds`` and ``shutdown_timeout`` take effect
-        at the next start.
+        ``audio_engine``, ``sample_rate``, ``max_*_seconds``, ``audio_cache_mb`` and
+        ``shutdown_timeout`` take effect at the next start.
         """
         return op_configure(self._state, changes)
 
@@ -380,9 +384,12 @@ class Emulator:
         """Plain-dict counters: ``requests_total``, ``requests_by_endpoint``, ``requests_by_status``,
         ``max_concurrent_requests`` (the most vendor requests it was handling at once),
         ``faults_by_kind``, ``creates`` (api -> kind -> n), ``polls_by_task``, ``connections``,
-        ``storage_requests_with_api_key``, ``storage_log`` and more (same as ``GET /_emulator/stats``).
+        ``storage_requests_with_api_key``, ``storage_log`` and more (same as ``GET /_emulator/stats``);
+        while running also ``audio`` (renders done and under way, the render cache; ``background``:
+        renders started at create and not yet done).
         """
-        return self._state.stats()
+        server = self._server
+        return self._state.stats() if server is None else server.stats()
 
     def requests(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The most recent vendor requests (bounded by ``config.request_log_size``)."""

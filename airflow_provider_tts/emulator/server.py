@@ -218,6 +218,15 @@ class EmulatorServer:
         if not future.cancelled() and future.exception() is not None:
             log.warning("background audio rendering failed: %r", future.exception())
 
+    def stats(self) -> dict[str, Any]:
+        """The state's counters plus ``audio``: the renderer's (see ``AudioRenderer.stats``) and
+        ``background``, audio renders started at create (``prefetch_soon``) and not yet done.
+
+        A benchmark waits for ``background`` to reach 0 before it times downloads, so they do not
+        queue behind renders of tasks created earlier.
+        """
+        return {**self.state.stats(), "audio": {**self.renderer.stats(), "background": len(self._background)}}
+
     async def cancel_background(self) -> None:
         for future in list(self._background):
             future.cancel()

@@ -4,6 +4,7 @@ streamed WAVs, bounded memory for large downloads, and espeak-ng speech when ava
 from __future__ import annotations
 
 import array
+import asyncio
 import math
 import shutil
 import subprocess
@@ -15,12 +16,12 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_tts.emulator import Emulator, EmulatorConfig, audio
+from airflow_provider_tts.emulator import ConfigError, Emulator, EmulatorConfig, audio
 from airflow_provider_tts.emulator.audio import Pcm, SizedWav, tone_melody, wav_bytes
 from airflow_provider_tts.emulator.flac import encode_flac
 
 from .audio_checks import read_flac, read_wav
-from .conftest import MakeEmulator
+from .conftest import MakeEmulator, wait_for
 
 HAS_FLAC = shutil.which("flac") is not None
 HAS_ESPEAK = shutil.which("espeak-ng") is not None
@@ -213,3 +214,41 @@ def test_parse_wav_stream_tolerates_bogus_sizes() -> None:
     assert parsed is not None
     assert parsed.data == sine(1000)
     assert audio.parse_wav_stream(b"not a wav") is None
+
+
+def test_render_cache_budget_evicts_and_counts_renders() -> None:
+    """A cache too small for the run's audio renders evicted audio again, and ``stats`` says so
+    (benchmarks rely on it to show their downloads never waited for synthesis)."""
+    sources = [audio.AudioSource("speech", text=f"{i}" * 10) for i in range(3)]  # 0.6 s: 9,600 B of PCM at 8 kHz
+
+    async def render_all(cache_bytes: int) -> dict[str, object]:
+        renderer = audio.AudioRenderer("tones", 8000, 20.0, 300.0, cache_bytes=cache_bytes)
+        try:
+            for source in [*sources, sources[0]]:
+                await renderer.encoded(source, "wav")
+            return renderer.stats()
+        finally:
+            renderer.close()
+
+    small = asyncio.run(render_all(40_000))  # room for two sources' PCM and WAV, not three
+    assert small["renders"] == {"pcm": 4, "wav": 4}
+    assert (small["evictions"], small["rendering"], small["cache_budget_bytes"]) == (4, 0, 40_000)
+    assert isinstance(small["cache_bytes"], int)
+    assert small["cache_bytes"] <= 40_000
+    big = asyncio.run(render_all(1024 * 1024))
+    assert (big["renders"], big["evictions"], big["cache_entries"]) == ({"pcm": 3, "wav": 3}, 0, 6)
+
+
+def test_audio_cache_mb_and_background_renders_in_stats(make_emulator: MakeEmulator, http: requests.Session) -> None:
+    """``audio_cache_mb`` sizes the renderer; a create's background render shows in ``stats()["audio"]``
+    until done, and the download after it is served from the cache (no new render)."""
+    with pytest.raises(ConfigError, match="audio_cache_mb"):
+        EmulatorConfig(audio_cache_mb=0)
+    emu = make_emulator(audio_cache_mb=3)
+    task_id = emu.create_task("camb_ai", "tts", delay=0, text="a short sentence")
+    done = wait_for(emu.stats, lambda s: s["audio"]["background"] == 0 and s["audio"]["renders"].get("flac") == 1)
+    assert done["audio"]["cache_budget_bytes"] == 3 * 1024 * 1024
+    assert http.get(f"{emu.url}/_emulator/stats").json()["audio"] == done["audio"]
+    run_id = emu.task_info(task_id)["run_id"]  # type: ignore[index]
+    read_flac(http.get(f"{emu.camb_base_url}/tts-result/{run_id}").content)
+    assert emu.stats()["audio"]["renders"] == done["audio"]["renders"]

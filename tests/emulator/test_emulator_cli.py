@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from airflow_provider_tts.emulator import DEFAULT_API_KEY
+from airflow_provider_tts.emulator import DEFAULT_API_KEY, EmulatorConfig
 
 SRC = str(Path(__file__).resolve().parents[2])
 
@@ -163,6 +163,15 @@ def test_default_port_is_not_airflows() -> None:
 
     assert build_parser().parse_args([]).port == DEFAULT_PORT
     assert DEFAULT_PORT not in (0, 8080, 8793, 8794, 8974, 5555, 8765)
+
+
+def test_audio_cache_mb_flag() -> None:
+    """Issue 24: a benchmark that downloads thousands of tasks' audio sizes the render cache for them."""
+    from airflow_provider_tts.emulator.__main__ import build_parser, config_from_args
+
+    parser = build_parser()
+    assert config_from_args(parser.parse_args([])).audio_cache_mb == EmulatorConfig().audio_cache_mb == 64
+    assert config_from_args(parser.parse_args(["--audio-cache-mb", "1000"])).audio_cache_mb == 1000
 
 
 def test_prints_connection_commands_and_env_lines_that_point_at_itself(cli: list[Cli]) -> None:
