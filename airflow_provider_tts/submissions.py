@@ -325,7 +325,7 @@ class MarkerGuard:
         try:
             self.drop()
         except Exception as exc:  # the marker stays, as it would without a guard
-            self.log.warning("Could not let go of %s during a backoff (%s: %s)", self.what(), type(exc).__name__, exc)
+            self.log.warning("Could not let go of %s while it waited (%s: %s)", self.what(), type(exc).__name__, exc)
             return
         self.dropped = True
 

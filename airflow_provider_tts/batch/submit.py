@@ -73,7 +73,7 @@ class _Outcome:
 
 
 class _ClaimLost(Exception):
-    """A create's resend found its request no longer free to claim: nothing was sent, decide again.
+    """A create about to be sent found its request no longer free to claim: nothing was sent, decide again.
 
     Not a :class:`~airflow_provider_tts.exceptions.TtsError`, so the transport never retries it and
     :meth:`SubmitPhase._create` cannot mistake it for a create that failed.
@@ -109,7 +109,7 @@ class _ClaimGuard(MarkerGuard):
         except TtsStorageError as exc:
             raise _ClaimLost(f"could not claim the request again: {exc}") from None
         if entry is not None:
-            raise _ClaimLost("another run claimed the request during the backoff")
+            raise _ClaimLost("another run claimed the request while this one waited")
 
 
 def entry_summary(entry: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -290,7 +290,7 @@ class SubmitPhase(PlanPhase):
             if entry is None:
                 created = self._create(plan, fingerprint, fields, stop, budget)
                 if created is None:
-                    continue  # the claim changed hands during a backoff: decide again
+                    continue  # the claim changed hands while the create waited: decide again
                 return created
             hit = plan.cache.hit(fingerprint, entry) if self.reuse_cached else None
             decided = self._decide(hit, entry, plan.cache.owner)
@@ -316,8 +316,8 @@ class SubmitPhase(PlanPhase):
     ) -> _Outcome | None:
         """The paid call, then its task id into the request cache (or, failing that, aside).
 
-        None: the claim was let go during a backoff and could not be taken back before the
-        resend (see :class:`_ClaimGuard`); nothing was sent since, and the caller decides again.
+        None: the claim was let go while the create waited and could not be taken back before the
+        send (see :class:`_ClaimGuard`); nothing was sent since, and the caller decides again.
         """
         short = fingerprint_hex(fingerprint)[:16]
         try:

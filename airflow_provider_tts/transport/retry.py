@@ -46,17 +46,6 @@ class _Ticket:
         self.wake = wake
 
 
-def _once(call: Callable[[], object]) -> Callable[[], None]:
-    """``call``, made to run on the first call only."""
-    pending = [call]
-
-    def first() -> None:
-        if pending:
-            pending.pop()()
-
-    return first
-
-
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -156,13 +145,12 @@ class Pacer:
     def turn(self, on_wait: Callable[[], object] | None = None) -> Iterator[None]:
         """Wait (blocking this thread) for a place and a start time; hold the place for the block.
 
-        ``on_wait`` is called once, just before this thread blocks for what may be long (a place
-        not free within :attr:`LONG_WAIT`, or a start at least that far off: another request's
+        ``on_wait`` is called just before this thread blocks for what may be long (a place not
+        free within :attr:`LONG_WAIT`, or a start at least that far off: another request's
         ``Retry-After``): a paying caller lets go of its "may have been paid" marker then, as
-        nothing of its request is on the wire (:class:`AttemptGuard`). Short waits call nothing.
+        nothing of its request is on the wire (:class:`AttemptGuard`, whose ``refused`` may be
+        called again while the marker is gone). Short waits call nothing.
         """
-        if on_wait is not None:
-            on_wait = _once(on_wait)
         waited = self._acquire(on_wait)
         try:
             left = self._start_in()
