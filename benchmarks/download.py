@@ -415,7 +415,12 @@ SMALL_METHODS = {
     "operator_replace": 'operator, `overwrite="replace"`',
     "in_memory_s3": "in memory (HttpToS3Operator)",
     "upload_fileobj_s3": "boto3 `upload_fileobj` from the stream",
+    "in_memory_s3_polled": "in memory, after the status GET that gives its URL",
+    "upload_fileobj_s3_polled": "boto3 `upload_fileobj`, after the status GET that gives its URL",
 }
+#: Anchor pairs: handed the audio URL, and the same after the status request a hand-written pipeline
+#: sends to learn it (the operator sends one per file: it is given a task id, not a URL).
+POLLED_ANCHORS = {"in_memory_s3": "in_memory_s3_polled", "upload_fileobj_s3": "upload_fileobj_s3_polled"}
 #: Seconds between sending a method's workers their lists and their common start (the lists are
 #: read and parsed before it, so the start is the same for every worker).
 SMALL_START_SECONDS = 0.5
@@ -583,10 +588,16 @@ def bench_small(
                          f"{statistics.median(vs_mem):.2f}x", f"{statistics.median(vs_fileobj):.2f}x",
                          f"{1000 * statistics.median(cpus[method]):.1f}",
                          describe_requests(counts[method], done), f"{writes / done:g}"])  # fmt: skip
+        like_for_like = "; ".join(
+            f"operator vs {SMALL_METHODS[polled]}: "
+            + f"{statistics.median(a / b for a, b in zip(rates['operator'], rates[polled], strict=True)):.2f}x"
+            for polled in POLLED_ANCHORS.values()
+        )
         notes.append(
             f"{parallel} in parallel: {rounds} rounds of {per_round} files per method; 1-minute load average "
             f"{min(loads):.1f} to {max(loads):.1f}; operator/in-memory ratio per round: "
             + ", ".join(f"{a / b:.2f}" for a, b in zip(rates["operator"], rates["in_memory_s3"], strict=True))
+            + f"; like for like (median of per-round ratios): {like_for_like}"
         )
     return rows, notes
 
@@ -594,19 +605,24 @@ def bench_small(
 def describe_small(rows: list[list[object]], notes: list[str]) -> str:
     return (
         table(SMALL_HEADERS, rows) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n\n"
-        "Many small files: WAV files of 150 KB to 1 MB (sizes drawn with a fixed seed), stored to s3:// on "
-        "the loopback moto server by 1 or 8 warm worker processes per method (`download_worker.py serve`), "
-        "each storing its share one after another. *operator* is `TtsAudioToStorageOperator.execute` per "
-        "file (a new operator each, folder destination, default `skip_if_identical`, first try): its status "
-        "poll, download and write (one PutObject sent only if nothing is at the key; a HEAD only when "
-        'something is); *operator, `overwrite="replace"`* the same, unconditional; the anchors download the '
-        "same URLs. Paired rounds: each round every method stores the next share of files, methods back to "
-        "back in a rotating order; *files/s* is the median over rounds (common start to the last worker's "
-        "end), *vs in memory* and *vs upload_fileobj* the medians of the per-round ratios (both methods "
-        "measured within the same minute), *CPU ms per file* the median over rounds of the workers' own "
-        "user + system time divided by the files (the servers' CPU excluded: the same files for every "
-        "method). S3 requests are counted by the moto server (`benchmarks/download_moto.py`) per operation "
-        "and divided by the number of files.\n"
+        "Many small files: WAV files of 150 KB to 1 MB (sizes drawn with a fixed seed), stored to s3:// "
+        "on the loopback moto server by 1 or 8 warm worker processes per method (`download_worker.py "
+        "serve`), each storing its share one after another. *operator* is "
+        "`TtsAudioToStorageOperator.execute` per file (a new operator each, folder destination, default "
+        "`skip_if_identical`, first try): its status poll, download and write (one PutObject sent only if"
+        ' nothing is at the key; a HEAD only when something is); *operator, `overwrite="replace"`* the '
+        "same, unconditional; the first two anchors are handed the audio URLs and download them; the two "
+        "*after the status GET* anchors are given the task id, as the operator is, and first ask the "
+        "vendor's status endpoint for the run id that makes the URL (one `requests` GET and `.json()`, "
+        "what a hand-written sensor's last poke or a PythonOperator does), then do the same. Paired "
+        "rounds: each round every method stores the next share of files, methods back to back in a "
+        "rotating order; *files/s* is the median over rounds (common start to the last worker's end), *vs"
+        " in memory* and *vs upload_fileobj* the medians of the per-round ratios (both methods measured "
+        "within the same minute), *CPU ms per file* the median over rounds of the workers' own user + "
+        "system time divided by the files (the servers' CPU excluded: the same files for every method). "
+        "S3 requests are counted by the moto server (`benchmarks/download_moto.py`) per operation and "
+        "divided by the number of files."
+        "\n"
     )
 
 

@@ -11,7 +11,8 @@ Methods:
   from the HTTP response (``requests`` with ``stream=True``), its default transfer settings.
 * ``serve`` — a warm worker for the many-small-files rows: ``--inner`` (``operator``,
   ``operator_replace`` — the operator with ``overwrite="replace"`` —, ``in_memory_s3`` or
-  ``upload_fileobj_s3``) once per entry of each list it is sent on stdin (a JSON file of
+  ``upload_fileobj_s3``, or either with ``_polled``: the URL learnt from the task's status first) once
+  per entry of each list it is sent on stdin (a JSON file of
   ``{"task_id", "url", "dest"}``), one after another; ``benchmarks/download.py`` keeps 1 or 8 of these
   per method and sends each method's workers a list at the same moment, method after method, round
   after round.
@@ -177,6 +178,21 @@ def in_memory_s3_one(hook: Any, requests: Any, url: str, dest: str, key: str) ->
     return len(data)
 
 
+def polled_url(http: Any, entry: dict[str, str], key: str) -> str:
+    """The audio URL the way a hand-written pipeline learns it: the task's status, then its run id.
+
+    ``http`` is ``requests`` (a new connection per call, as ``requests.get``) or a session. The
+    result URL's form is Camb.ai's text-to-sound result (``entry["url"]`` is one, for the base).
+    """
+    base = entry["url"].split("/text-to-sound-result/")[0]
+    response = http.get(f"{base}/text-to-sound/{entry['task_id']}", headers={"x-api-key": key}, timeout=(10, 60))
+    response.raise_for_status()
+    status = response.json()
+    if status.get("status") != "SUCCESS":
+        raise RuntimeError(f"task {entry['task_id']} is {status.get('status')!r}, not finished")
+    return f"{base}/text-to-sound-result/{status['run_id']}?output_type=raw_bytes"
+
+
 def upload_fileobj_one(client: Any, session: Any, url: str, dest: str, key: str) -> int:
     """``aws s3 cp``-style: boto3's managed upload reading from the HTTP stream as it arrives."""
     bucket, _, name = dest.removeprefix("s3://").partition("/")
@@ -247,19 +263,21 @@ def prepare_many(args: argparse.Namespace, first_dest: str) -> Any:
                 dag_id="bench", task_id="download", run_id=entry["task_id"], map_index=-1, try_number=1
             )
             return int(op.execute({"ti": ti})["size_bytes"])  # type: ignore[arg-type]
-    elif args.inner == "in_memory_s3":
+    elif args.inner.startswith("in_memory_s3"):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         hook = S3Hook(aws_conn_id=args.dest_conn_id)
         hook.get_conn()
 
         def one(entry: dict[str, str]) -> int:
-            return in_memory_s3_one(hook, requests, entry["url"], entry["dest"], args.key)
+            url = polled_url(requests, entry, args.key) if args.inner.endswith("_polled") else entry["url"]
+            return in_memory_s3_one(hook, requests, url, entry["dest"], args.key)
     else:
         client, session = _s3_client(args.dest_conn_id), requests.Session()
 
         def one(entry: dict[str, str]) -> int:
-            return upload_fileobj_one(client, session, entry["url"], entry["dest"], args.key)
+            url = polled_url(session, entry, args.key) if args.inner.endswith("_polled") else entry["url"]
+            return upload_fileobj_one(client, session, url, entry["dest"], args.key)
 
     return one
 
