@@ -273,6 +273,8 @@ def main() -> None:
             cmd += f" --repeat {args.repeat}"
         if args.small is not None:
             cmd += f" --small {args.small}"
+        if args.rounds != 10:
+            cmd += f" --rounds {args.rounds}"
         write_section("download", TITLE, cmd, body)
         print("Section 'download' written to BENCHMARKS.md")
 
