@@ -1,0 +1,468 @@
+"""A small HTTP/1.1 keep-alive client on asyncio protocols, for the async transport's API calls.
+
+Why not aiohttp here: a triggerer spends its CPU on status polls, thousands a minute in one
+process, each a small GET of a few hundred bytes to one of a handful of API origins. aiohttp's
+request path (URL objects, header multidicts, a response object with its stream reader, timers
+and tracing hooks per request) cost about 0.14 ms a poll, half of the whole poll, and most of the
+cyclic garbage the collector walks (``benchmarks/trigger_scale.py``: 0.318 CPU-ms a poll with the
+shared aiohttp pool, 3.4x below a session per poll; see BENCHMARKS.md "Triggerer scale" for the
+figures with this client). Here a poll writes request bytes built once per wait, parses one
+status line and a few header lines from the connection's buffer, and arms no timer of its own: a
+connection's read-timeout timer is re-armed only when it fires during a wait.
+
+Only API-origin calls use it. Storage redirects keep aiohttp and its checked resolver (``aio``).
+
+What it keeps of the old path: connect and read timeouts (read: time without data); the request
+line, Host, User-Agent, Accept, the key header (whatever ``key_headers`` allowed), a JSON body
+with its Content-Type and Content-Length; ``Accept-Encoding: identity``, and gzip/deflate still
+decoded, with :data:`MAX_JSON_BODY` applied to the inflated size; bodies by Content-Length,
+chunked (trailers skipped) or read to close; interim 1xx answers skipped; :data:`MAX_JSON_BODY`
+refused as soon as exceeded; keep-alive per origin, never after ``Connection: close``, an
+HTTP/1.0 answer without keep-alive, a read-to-close body, an error or a timeout; idle connections
+closed after :data:`IDLE_TIMEOUT` and all of them when the pool closes. A reused idle connection
+the server closed before answering is resent once on a new connection, only for an idempotent
+request; any failure after the request's bytes were written is ``request_sent=True``, so a paid
+create is never sent twice (``retry.is_retryable``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import ssl
+import zlib
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlencode, urlsplit
+
+from airflow_provider_tts.exceptions import TtsConnectionError, TtsProtocolError
+from airflow_provider_tts.transport.messages import failure_detail, safe_url, scrub
+from airflow_provider_tts.transport.rules import MAX_JSON_BODY, USER_AGENT, too_big
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from airflow_provider_tts.vendors.base import ApiRequest
+
+#: (scheme, host, port) of a connection; connections are reused only for the same origin.
+Origin = tuple[str, str, int]
+
+#: Seconds an idle connection is kept (aiohttp's ``keepalive_timeout`` before this client).
+IDLE_TIMEOUT = 60.0
+#: A status line and headers longer than this are not a JSON API's answer.
+MAX_HEAD = 65536
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One verifying TLS context for the process: loading the CA store is the costly part."""
+    return ssl.create_default_context()
+
+
+class Wire:
+    """A request as bytes, built once per (request object, URL) and written poll after poll."""
+
+    __slots__ = ("data", "origin", "secrets")
+
+    def __init__(self, req: ApiRequest, url: str, headers: Mapping[str, str], *, with_params: bool) -> None:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        host = parts.hostname or ""
+        default_port = 443 if scheme == "https" else 80
+        port = parts.port or default_port
+        self.origin: Origin = (scheme, host, port)
+        target = quote(parts.path or "/", safe=_PATH_SAFE)
+        query = parts.query
+        if with_params and req.params:
+            extra = urlencode(dict(req.params))
+            query = f"{query}&{extra}" if query else extra
+        if query:
+            target += "?" + query
+        netloc = f"[{host}]" if ":" in host else host
+        if port != default_port:
+            netloc += f":{port}"
+        lines = [
+            f"{req.method} {target} HTTP/1.1",
+            f"Host: {netloc}",
+            f"User-Agent: {USER_AGENT}",
+            "Accept: application/json",
+            "Accept-Encoding: identity",
+        ]
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value:
+                raise TtsProtocolError(f"{req.what}: the {name} header holds a line break; not sent")
+            lines.append(f"{name}: {value}")
+        body = b""
+        if req.json is not None:
+            body = json.dumps(req.json).encode()
+            lines.append("Content-Type: application/json")
+        if req.json is not None or req.method != "GET":
+            lines.append(f"Content-Length: {len(body)}")
+        self.data = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+        #: What a message quoting the server's bytes must never show (a server may echo a request).
+        self.secrets = tuple(headers.values())
+
+
+class _Closed(Exception):
+    """The server closed the connection (or it was lost) while an answer was awaited."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: a buffer the parser reads, one waiter, a lazily re-armed read timer."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, origin: Origin, read_timeout: float) -> None:
+        self.loop = loop
+        self.origin = origin
+        self.read_timeout = read_timeout
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.closed = False  # EOF or loss: nothing more will arrive
+        self.answered = False  # a byte of the current request's answer arrived
+        self.timed_out = False
+        self.idle_since = 0.0
+        self._active_at = 0.0
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self.answered = True
+        self._active_at = self.loop.time()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        self._wake()
+
+    # ---------------------------------------------------------------------------------------
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _check_timeout(self) -> None:
+        """The read timer: one per connection, re-armed only when it fires while a wait still has time."""
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # idle now: the next wait arms it again
+        left = self._active_at + self.read_timeout - self.loop.time()
+        if left > 0:
+            self._timer = self.loop.call_later(left, self._check_timeout)
+        else:
+            self.timed_out = True
+            waiter.set_result(None)
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.answered = False
+        self._active_at = self.loop.time()
+        self.transport.write(data)
+
+    async def more(self) -> None:
+        """Wait for more bytes; :class:`_Closed` at EOF, ``TimeoutError`` after the read timeout without data."""
+        if self.closed:
+            raise _Closed
+        waiter = self._waiter = self.loop.create_future()
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._active_at + self.read_timeout, self._check_timeout)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+        if self.timed_out:
+            raise TimeoutError
+
+    def close(self) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Answer:
+    """Reads one answer from a connection: status line, headers, body; raises on anything malformed."""
+
+    def __init__(self, conn: _Connection, req: ApiRequest, url: str, wire: Wire) -> None:
+        self.conn = conn
+        self.req = req
+        self.url = url
+        self.wire = wire
+
+    def malformed(self, what: str, raw: bytes | bytearray) -> TtsConnectionError:
+        shown = repr(bytes(raw[:40]))
+        for secret in self.wire.secrets:
+            shown = shown.replace(secret, "***")
+        shown = scrub(shown, self.url, self.req.url)
+        return TtsConnectionError(f"{self.req.what}: malformed {what} from {safe_url(self.url)}: {shown}")
+
+    async def head(self) -> tuple[int, bool, dict[str, str]]:
+        """Status, whether the connection may be kept, and the headers (lower-cased names)."""
+        conn = self.conn
+        buffer = conn.buffer
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > MAX_HEAD:
+                    raise self.malformed("headers (too long)", buffer)
+                await conn.more()
+                continue
+            lines = bytes(buffer[:end]).split(b"\r\n")
+            del buffer[: end + 4]
+            status_line = lines[0]
+            version, _, rest = status_line.partition(b" ")
+            code = rest[:3]
+            if (
+                version not in (b"HTTP/1.1", b"HTTP/1.0")
+                or not (code.isdigit() and len(code) == 3)
+                or rest[3:4] not in (b"", b" ")
+            ):
+                raise self.malformed("status line", status_line)
+            status = int(code)
+            headers: dict[str, str] = {}
+            for line in lines[1:]:
+                name, sep, value = line.partition(b":")
+                if not sep or not name or name != name.strip() or b"\n" in line or b" " in name:
+                    raise self.malformed("header line", line)
+                headers[name.decode("latin-1").lower()] = value.strip().decode("latin-1")
+            if 100 <= status < 200:
+                continue  # interim (100 Continue, 103 Early Hints): the answer follows
+            tokens = headers.get("connection", "").lower()
+            keep = "close" not in tokens and (version == b"HTTP/1.1" or "keep-alive" in tokens)
+            return status, keep, headers
+
+    async def body(self, status: int, headers: dict[str, str]) -> tuple[bytes, bool]:
+        """The body, and False when it was read to close (the connection cannot be kept)."""
+        if status in (204, 304):
+            return b"", True
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            return await self.chunked(), True
+        length = headers.get("content-length")
+        if length is None:
+            return await self.to_close(), False
+        if not (length.isascii() and length.isdigit()):
+            raise self.malformed("Content-Length", length.encode("latin-1", "replace"))
+        return await self.exact(int(length)), True
+
+    async def exact(self, size: int) -> bytes:
+        if size > MAX_JSON_BODY:
+            raise too_big(self.req, self.url)
+        buffer = self.conn.buffer
+        while len(buffer) < size:
+            await self._more_of_body(f"{len(buffer)} of {size} body bytes")
+        body = bytes(buffer[:size])
+        del buffer[:size]
+        return body
+
+    async def _more_of_body(self, what: str) -> None:
+        try:
+            await self.conn.more()
+        except _Closed:
+            raise TtsConnectionError(
+                f"{self.req.what}: connection closed mid-answer ({safe_url(self.url)}): {what} read"
+            ) from None
+
+    async def _line(self, what: str) -> bytes:
+        buffer = self.conn.buffer
+        while (end := buffer.find(b"\r\n")) < 0:
+            if len(buffer) > 4096:
+                raise self.malformed(what, buffer)
+            await self._more_of_body(f"a {what}")
+        line = bytes(buffer[:end])
+        del buffer[: end + 2]
+        return line
+
+    async def chunked(self) -> bytes:
+        body = bytearray()
+        buffer = self.conn.buffer
+        while True:
+            line = await self._line("chunk size")
+            size_text = line.partition(b";")[0].strip()
+            if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+                raise self.malformed("chunk size", line)
+            size = int(size_text, 16)
+            if size == 0:
+                while await self._line("trailer"):
+                    pass  # trailers carry nothing the parsers read
+                return bytes(body)
+            if len(body) + size > MAX_JSON_BODY:
+                raise too_big(self.req, self.url)
+            while len(buffer) < size + 2:
+                await self._more_of_body(f"{len(body)} body bytes and part of a chunk")
+            if buffer[size : size + 2] != b"\r\n":
+                raise self.malformed("chunk end", buffer[size : size + 2])
+            body += buffer[:size]
+            del buffer[: size + 2]
+
+    async def to_close(self) -> bytes:
+        buffer = self.conn.buffer
+        while True:
+            if len(buffer) > MAX_JSON_BODY:
+                raise too_big(self.req, self.url)
+            try:
+                await self.conn.more()
+            except _Closed:
+                body = bytes(buffer)
+                buffer.clear()
+                return body
+
+
+def inflate(body: bytes, encoding: str, req: ApiRequest, url: str) -> bytes:
+    """A gzip or deflate body decoded, refused once it inflates past :data:`MAX_JSON_BODY`.
+
+    The request asks for ``identity``; this is for servers that compress anyway, as aiohttp decoded them.
+    """
+    if encoding in ("gzip", "x-gzip"):
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":  # zlib-wrapped as the RFC says, or raw as some servers send it
+        decoder = zlib.decompressobj(zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS)
+    else:
+        raise TtsProtocolError(f"{req.what}: unsupported Content-Encoding {encoding[:40]!r} from {safe_url(url)}")
+    try:
+        out = decoder.decompress(body, MAX_JSON_BODY + 1)
+    except zlib.error:
+        raise TtsProtocolError(f"{req.what}: undecodable {encoding} body from {safe_url(url)}") from None
+    if len(out) > MAX_JSON_BODY:
+        raise too_big(req, url)
+    return out
+
+
+class Http1Pool:
+    """Keep-alive connections per origin, for one pool's users (the gate in front bounds them)."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float, *, max_idle: int) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_idle = max_idle
+        self.closed = False
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        #: Connections opened so far (tests and benchmarks read it).
+        self.opened = 0
+
+    async def request(self, wire: Wire, req: ApiRequest, url: str) -> tuple[int, dict[str, str], bytes]:
+        """Send ``wire`` and read the answer: status, headers (lower-cased names), body."""
+        resent = False
+        while True:
+            conn = None if resent else self._take_idle(wire.origin)
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(wire.origin, req, url)
+            keep = False
+            try:
+                conn.send(wire.data)
+                answer = _Answer(conn, req, url, wire)
+                try:
+                    status, keep, headers = await answer.head()
+                    body, to_keep = await answer.body(status, headers)
+                except _Closed:
+                    if reused and not conn.answered and req.idempotent and not resent:
+                        resent = True  # the server had closed the idle connection: once, on a new one
+                        continue
+                    when = "mid-answer" if conn.answered else "before the answer"
+                    raise TtsConnectionError(f"{req.what}: connection closed {when} ({safe_url(url)})") from None
+                except TimeoutError:
+                    raise TtsConnectionError(
+                        f"{req.what}: timed out ({safe_url(url)}): no data for {self.read_timeout:g} s"
+                    ) from None
+                keep = keep and to_keep
+                encoding = headers.get("content-encoding", "identity").strip().lower()
+                if encoding != "identity" and body:
+                    body = inflate(body, encoding, req, url)
+                return status, headers, body
+            finally:
+                if keep and not conn.closed and not conn.buffer and not self.closed:
+                    self._put_idle(conn)
+                else:
+                    conn.close()
+
+    async def _connect(self, origin: Origin, req: ApiRequest, url: str) -> _Connection:
+        """A new connection; any failure here is ``request_sent=False``: no byte was written."""
+        loop = asyncio.get_running_loop()
+        scheme, host, port = origin
+        conn = _Connection(loop, origin, self.read_timeout)
+        tls = scheme == "https"
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await loop.create_connection(
+                    lambda: conn, host, port, ssl=_tls() if tls else None, server_hostname=host if tls else None
+                )
+        except TimeoutError:
+            conn.close()
+            raise TtsConnectionError(
+                f"{req.what}: timed out ({safe_url(url)}): connecting took over {self.connect_timeout:g} s",
+                request_sent=False,
+            ) from None
+        except OSError as exc:  # refused, unreachable, name not resolved, TLS verification
+            conn.close()
+            detail = failure_detail(exc, req.url, url)
+            raise TtsConnectionError(
+                f"{req.what}: {type(exc).__name__} ({safe_url(url)}): {detail}", request_sent=False
+            ) from None
+        self.opened += 1
+        return conn
+
+    def _take_idle(self, origin: Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()  # the newest: the least likely to have been closed by the server
+            if not conn.closed and conn.loop.time() - conn.idle_since < IDLE_TIMEOUT:
+                return conn
+            conn.close()
+        return None
+
+    def _put_idle(self, conn: _Connection) -> None:
+        idle = self._idle.setdefault(conn.origin, [])
+        conn.idle_since = conn.loop.time()
+        idle.append(conn)
+        if len(idle) > self.max_idle:
+            idle.pop(0).close()
+        if self._sweeper is None:
+            self._sweeper = conn.loop.call_later(IDLE_TIMEOUT, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle for :data:`IDLE_TIMEOUT`; come back while others are idle."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        oldest = now
+        for origin, idle in list(self._idle.items()):
+            kept = []
+            for conn in idle:
+                if conn.closed or now - conn.idle_since >= IDLE_TIMEOUT:
+                    conn.close()
+                else:
+                    kept.append(conn)
+                    oldest = min(oldest, conn.idle_since)
+            if kept:
+                self._idle[origin] = kept
+            else:
+                del self._idle[origin]
+        if self._idle:
+            self._sweeper = loop.call_later(max(oldest + IDLE_TIMEOUT - now, 1.0), self._sweep)
+
+    def idle_count(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
+
+    async def close(self) -> None:
+        """Close every idle connection; one in use is closed when its request ends."""
+        self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
