@@ -156,9 +156,18 @@ class PoolGate:
         self._lobby.append(waiter)
         return waiter
 
-    async def __aenter__(self) -> None:
+    def take_now(self) -> bool:
+        """Take a free slot without waiting (nobody queues): True, and :meth:`release` gives it back."""
         if self._free > 0 and not self._queue:
             self._free -= 1
+            return True
+        return False
+
+    def release(self) -> None:
+        self._release()
+
+    async def __aenter__(self) -> None:
+        if self.take_now():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(waiter)
@@ -395,8 +404,15 @@ class AsyncTransport:
         """One request to an API origin through the keep-alive client: the answer, or where it redirects."""
         client = self._client()
         wire = self._wire(req, url, hop == 0)
-        async with self._gate:
-            status, headers, body = await client.request(wire, req, url)
+        gate = self._gate
+        if gate.take_now():  # nearly every poll: no coroutine objects for the gate's ``async with``
+            try:
+                status, headers, body = await client.request(wire, req, url)
+            finally:
+                gate.release()
+        else:
+            async with gate:
+                status, headers, body = await client.request(wire, req, url)
         target = next_hop(req, url, status, headers.get("location"), hop)
         if target is None:
             return ApiResponse(status, headers, body, self._safe(url))

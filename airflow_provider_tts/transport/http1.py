@@ -32,6 +32,7 @@ import functools
 import json
 import ssl
 import zlib
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 
 #: (scheme, host, port) of a connection; connections are reused only for the same origin.
 Origin = tuple[str, str, int]
+#: A parsed status line and headers: status, whether the connection may be kept, headers (read-only).
+Head = tuple[int, bool, "Mapping[str, str]"]
 
 #: Seconds an idle connection is kept (aiohttp's ``keepalive_timeout`` before this client).
 IDLE_TIMEOUT = 60.0
@@ -195,11 +198,12 @@ class _Connection(asyncio.Protocol):
 class _Answer:
     """Reads one answer from a connection: status line, headers, body; raises on anything malformed."""
 
-    def __init__(self, conn: _Connection, req: ApiRequest, url: str, wire: Wire) -> None:
+    def __init__(self, conn: _Connection, req: ApiRequest, url: str, wire: Wire, heads: dict[bytes, Head]) -> None:
         self.conn = conn
         self.req = req
         self.url = url
         self.wire = wire
+        self.heads = heads
 
     def malformed(self, what: str, raw: bytes | bytearray) -> TtsConnectionError:
         shown = repr(bytes(raw[:40]))
@@ -208,8 +212,13 @@ class _Answer:
         shown = scrub(shown, self.url, self.req.url)
         return TtsConnectionError(f"{self.req.what}: malformed {what} from {safe_url(self.url)}: {shown}")
 
-    async def head(self) -> tuple[int, bool, dict[str, str]]:
-        """Status, whether the connection may be kept, and the headers (lower-cased names)."""
+    async def head(self) -> Head:
+        """Status, whether the connection may be kept, and the headers (lower-cased names).
+
+        Parsed heads are kept by their bytes (:attr:`Http1Pool.heads`): thousands of polls a
+        second get the same status line and headers (only ``Date`` changes, once a second), so
+        most polls parse nothing. The headers are read-only, since answers share them.
+        """
         conn = self.conn
         buffer = conn.buffer
         while True:
@@ -219,31 +228,40 @@ class _Answer:
                     raise self.malformed("headers (too long)", buffer)
                 await conn.more()
                 continue
-            lines = bytes(buffer[:end]).split(b"\r\n")
+            raw = bytes(buffer[:end])
             del buffer[: end + 4]
-            status_line = lines[0]
-            version, _, rest = status_line.partition(b" ")
-            code = rest[:3]
-            if (
-                version not in (b"HTTP/1.1", b"HTTP/1.0")
-                or not (code.isdigit() and len(code) == 3)
-                or rest[3:4] not in (b"", b" ")
-            ):
-                raise self.malformed("status line", status_line)
-            status = int(code)
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                name, sep, value = line.partition(b":")
-                if not sep or not name or name != name.strip() or b"\n" in line or b" " in name:
-                    raise self.malformed("header line", line)
-                headers[name.decode("latin-1").lower()] = value.strip().decode("latin-1")
-            if 100 <= status < 200:
-                continue  # interim (100 Continue, 103 Early Hints): the answer follows
-            tokens = headers.get("connection", "").lower()
-            keep = "close" not in tokens and (version == b"HTTP/1.1" or "keep-alive" in tokens)
-            return status, keep, headers
+            head = self.heads.get(raw)
+            if head is None:
+                head = self.parse_head(raw)
+                if len(self.heads) >= 256:
+                    self.heads.clear()
+                self.heads[raw] = head
+            if not 100 <= head[0] < 200:
+                return head
+            # an interim answer (100 Continue, 103 Early Hints): the answer follows
 
-    async def body(self, status: int, headers: dict[str, str]) -> tuple[bytes, bool]:
+    def parse_head(self, raw: bytes) -> Head:
+        lines = raw.split(b"\r\n")
+        status_line = lines[0]
+        version, _, rest = status_line.partition(b" ")
+        code = rest[:3]
+        if (
+            version not in (b"HTTP/1.1", b"HTTP/1.0")
+            or not (code.isdigit() and len(code) == 3)
+            or rest[3:4] not in (b"", b" ")
+        ):
+            raise self.malformed("status line", status_line)
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip() or b"\n" in line or b" " in name:
+                raise self.malformed("header line", line)
+            headers[name.decode("latin-1").lower()] = value.strip().decode("latin-1")
+        tokens = headers.get("connection", "").lower()
+        keep = "close" not in tokens and (version == b"HTTP/1.1" or "keep-alive" in tokens)
+        return int(code), keep, MappingProxyType(headers)
+
+    async def body(self, status: int, headers: Mapping[str, str]) -> tuple[bytes, bool]:
         """The body, and False when it was read to close (the connection cannot be kept)."""
         if status in (204, 304):
             return b"", True
@@ -349,10 +367,12 @@ class Http1Pool:
         self.closed = False
         self._idle: dict[Origin, list[_Connection]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        #: Parsed heads by their bytes (see :meth:`_Answer.head`), at most 256.
+        self.heads: dict[bytes, Head] = {}
         #: Connections opened so far (tests and benchmarks read it).
         self.opened = 0
 
-    async def request(self, wire: Wire, req: ApiRequest, url: str) -> tuple[int, dict[str, str], bytes]:
+    async def request(self, wire: Wire, req: ApiRequest, url: str) -> tuple[int, Mapping[str, str], bytes]:
         """Send ``wire`` and read the answer: status, headers (lower-cased names), body."""
         resent = False
         while True:
@@ -363,7 +383,7 @@ class Http1Pool:
             keep = False
             try:
                 conn.send(wire.data)
-                answer = _Answer(conn, req, url, wire)
+                answer = _Answer(conn, req, url, wire, self.heads)
                 try:
                     status, keep, headers = await answer.head()
                     body, to_keep = await answer.body(status, headers)
