@@ -438,8 +438,8 @@ class Http1Pool:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()  # the newest: the least likely to have been closed by the server
-            if not conn.closed and conn.loop.time() - conn.idle_since < IDLE_TIMEOUT:
-                return conn
+            if not conn.closed and not conn.buffer and conn.loop.time() - conn.idle_since < IDLE_TIMEOUT:
+                return conn  # (bytes that arrived while idle answer nothing we sent: not reused)
             conn.close()
         return None
 

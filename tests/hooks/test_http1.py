@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import ssl
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +27,7 @@ from airflow_provider_tts.exceptions import TtsConnectionError, TtsProtocolError
 from airflow_provider_tts.transport import AsyncTransport, http1
 from airflow_provider_tts.transport.rules import MAX_JSON_BODY, USER_AGENT
 from airflow_provider_tts.vendors.base import ApiRequest, ApiResponse
+from tests.hooks.test_url_safety import _certificate
 
 KEY = "k-SECRET-KEY-123"
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -54,8 +57,16 @@ async def read_request(reader: asyncio.StreamReader, server: Server) -> bool:
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Server, int], Awaitable[None]]
 
 
-def run(script: Script, client: Callable[[AsyncTransport, str, Server], Awaitable[Any]], **changes: Any) -> Any:
-    """Serve ``script`` per connection (its number given) and run ``client`` with a transport to it."""
+def run(
+    script: Script,
+    client: Callable[[AsyncTransport, str, Server], Awaitable[Any]],
+    tls: ssl.SSLContext | None = None,
+    **changes: Any,
+) -> Any:
+    """Serve ``script`` per connection (its number given) and run ``client`` with a transport to it.
+
+    With ``tls`` the server speaks https as ``localhost``.
+    """
 
     async def go() -> Any:
         server = Server()
@@ -71,8 +82,9 @@ def run(script: Script, client: Callable[[AsyncTransport, str, Server], Awaitabl
             finally:
                 writer.close()
 
-        listening = await asyncio.start_server(handle, "127.0.0.1", 0)
-        base = f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
+        listening = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
+        port = listening.sockets[0].getsockname()[1]
+        base = f"https://localhost:{port}" if tls else f"http://127.0.0.1:{port}"
         values: dict[str, Any] = {
             "conn_id": "lean",
             "conn_type": "camb_ai",
@@ -386,3 +398,23 @@ def test_a_refused_connection_was_never_sent() -> None:
         return info.value.request_sent
 
     assert run(answering(), client) is False
+
+
+def test_https_verifies_the_certificate_for_the_host_name_and_sends_it_as_sni(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = _certificate(tmp_path, "localhost")
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    sni: list[str] = []
+    server_tls.sni_callback = lambda sock, name, ctx: sni.append(name or "")
+
+    async def client(transport: AsyncTransport, base: str, server: Server) -> bool:
+        with pytest.raises(TtsConnectionError, match="SSLCertVerificationError") as info:
+            await call(transport, get(base))  # the default context does not trust this certificate
+        monkeypatch.setattr(http1, "_tls", lambda: ssl.create_default_context(cafile=str(cert)))
+        assert (await call(transport, get(base))).body == b"{}"
+        return info.value.request_sent
+
+    assert run(answering(sized(b"{}")), client, tls=server_tls) is False
+    assert "localhost" in sni
