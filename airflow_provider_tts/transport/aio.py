@@ -26,7 +26,7 @@ from tenacity import AsyncRetrying
 from airflow_provider_tts.connection import ConnectionSettings, origin_of
 from airflow_provider_tts.exceptions import TtsConnectionError, TtsError
 from airflow_provider_tts.transport.hosts import HostRefused, StoragePolicy, blocked_error, precheck_storage_url
-from airflow_provider_tts.transport.http1 import Http1Pool, Wire
+from airflow_provider_tts.transport.http1 import Http1Pool
 from airflow_provider_tts.transport.messages import failure_detail, parse_without_secrets, safe_url
 from airflow_provider_tts.transport.retry import Pacer, retry_kwargs
 from airflow_provider_tts.transport.rules import (
@@ -38,6 +38,7 @@ from airflow_provider_tts.transport.rules import (
     next_hop,
     too_big,
 )
+from airflow_provider_tts.transport.wire import Wire
 from airflow_provider_tts.vendors.base import ApiRequest, ApiResponse
 
 if TYPE_CHECKING:

@@ -29,24 +29,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import ssl
-import zlib
 from types import MappingProxyType
 from typing import TYPE_CHECKING
-from urllib.parse import quote, urlencode, urlsplit
 
-from airflow_provider_tts.exceptions import TtsConnectionError, TtsProtocolError
+from airflow_provider_tts.exceptions import TtsConnectionError
 from airflow_provider_tts.transport.messages import failure_detail, safe_url, scrub
-from airflow_provider_tts.transport.rules import MAX_JSON_BODY, USER_AGENT, too_big
+from airflow_provider_tts.transport.rules import MAX_JSON_BODY, too_big
+from airflow_provider_tts.transport.wire import Origin, Wire, inflate
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from airflow_provider_tts.vendors.base import ApiRequest
 
-#: (scheme, host, port) of a connection; connections are reused only for the same origin.
-Origin = tuple[str, str, int]
 #: A parsed status line and headers: status, whether the connection may be kept, headers (read-only).
 Head = tuple[int, bool, "Mapping[str, str]"]
 
@@ -54,57 +50,12 @@ Head = tuple[int, bool, "Mapping[str, str]"]
 IDLE_TIMEOUT = 60.0
 #: A status line and headers longer than this are not a JSON API's answer.
 MAX_HEAD = 65536
-_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
 @functools.cache
 def _tls() -> ssl.SSLContext:
     """One verifying TLS context for the process: loading the CA store is the costly part."""
     return ssl.create_default_context()
-
-
-class Wire:
-    """A request as bytes, built once per (request object, URL) and written poll after poll."""
-
-    __slots__ = ("data", "origin", "secrets")
-
-    def __init__(self, req: ApiRequest, url: str, headers: Mapping[str, str], *, with_params: bool) -> None:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        host = parts.hostname or ""
-        default_port = 443 if scheme == "https" else 80
-        port = parts.port or default_port
-        self.origin: Origin = (scheme, host, port)
-        target = quote(parts.path or "/", safe=_PATH_SAFE)
-        query = parts.query
-        if with_params and req.params:
-            extra = urlencode(dict(req.params))
-            query = f"{query}&{extra}" if query else extra
-        if query:
-            target += "?" + query
-        netloc = f"[{host}]" if ":" in host else host
-        if port != default_port:
-            netloc += f":{port}"
-        lines = [
-            f"{req.method} {target} HTTP/1.1",
-            f"Host: {netloc}",
-            f"User-Agent: {USER_AGENT}",
-            "Accept: application/json",
-            "Accept-Encoding: identity",
-        ]
-        for name, value in headers.items():
-            if "\r" in value or "\n" in value:
-                raise TtsProtocolError(f"{req.what}: the {name} header holds a line break; not sent")
-            lines.append(f"{name}: {value}")
-        body = b""
-        if req.json is not None:
-            body = json.dumps(req.json).encode()
-            lines.append("Content-Type: application/json")
-        if req.json is not None or req.method != "GET":
-            lines.append(f"Content-Length: {len(body)}")
-        self.data = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-        #: What a message quoting the server's bytes must never show (a server may echo a request).
-        self.secrets = tuple(headers.values())
 
 
 class _Closed(Exception):
@@ -150,8 +101,10 @@ class _Connection(asyncio.Protocol):
     # ---------------------------------------------------------------------------------------
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _check_timeout(self) -> None:
         """The read timer: one per connection, re-armed only when it fires while a wait still has time."""
@@ -164,7 +117,7 @@ class _Connection(asyncio.Protocol):
             self._timer = self.loop.call_later(left, self._check_timeout)
         else:
             self.timed_out = True
-            waiter.set_result(None)
+            self._wake()
 
     def send(self, data: bytes) -> None:
         assert self.transport is not None
@@ -172,19 +125,18 @@ class _Connection(asyncio.Protocol):
         self._active_at = self.loop.time()
         self.transport.write(data)
 
-    async def more(self) -> None:
-        """Wait for more bytes; :class:`_Closed` at EOF, ``TimeoutError`` after the read timeout without data."""
+    def more(self) -> asyncio.Future[None]:
+        """A future resolved when bytes arrive, at EOF or after the read timeout (then :attr:`timed_out`).
+
+        :class:`_Closed` when nothing more can arrive. A plain future, not a coroutine: one
+        object per wait on a poll's hot path.
+        """
         if self.closed:
             raise _Closed
         waiter = self._waiter = self.loop.create_future()
         if self._timer is None:
             self._timer = self.loop.call_at(self._active_at + self.read_timeout, self._check_timeout)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-        if self.timed_out:
-            raise TimeoutError
+        return waiter
 
     def close(self) -> None:
         self.closed = True
@@ -195,8 +147,16 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+_HEAD, _EXACT, _CHUNK_SIZE, _CHUNK, _TRAILERS, _TO_CLOSE = range(6)
+_NO_HEAD: Head = (0, False, MappingProxyType({}))
+
+
 class _Answer:
-    """Reads one answer from a connection: status line, headers, body; raises on anything malformed."""
+    """One answer parsed from a connection's buffer as its bytes arrive: status line, headers, body.
+
+    Synchronous (:meth:`feed` says whether the answer is complete), so a poll whose answer
+    arrives in one piece runs no coroutine of the parser's. Raises on anything malformed.
+    """
 
     def __init__(self, conn: _Connection, req: ApiRequest, url: str, wire: Wire, heads: dict[bytes, Head]) -> None:
         self.conn = conn
@@ -204,6 +164,11 @@ class _Answer:
         self.url = url
         self.wire = wire
         self.heads = heads
+        self.state = _HEAD
+        self.head: Head = _NO_HEAD
+        self.size = 0  # the stated length, or the current chunk's
+        self.chunks = bytearray()
+        self.body = b""
 
     def malformed(self, what: str, raw: bytes | bytearray) -> TtsConnectionError:
         shown = repr(bytes(raw[:40]))
@@ -212,33 +177,111 @@ class _Answer:
         shown = scrub(shown, self.url, self.req.url)
         return TtsConnectionError(f"{self.req.what}: malformed {what} from {safe_url(self.url)}: {shown}")
 
-    async def head(self) -> Head:
-        """Status, whether the connection may be kept, and the headers (lower-cased names).
+    def cut_short(self) -> TtsConnectionError:
+        """The connection closed before the answer was complete (and after its first byte)."""
+        if self.state == _EXACT:
+            read = f"{len(self.conn.buffer)} of {self.size} body bytes read"
+        else:
+            read = f"{len(self.chunks)} body bytes read" if self.state != _HEAD else "headers cut short"
+        return TtsConnectionError(f"{self.req.what}: connection closed mid-answer ({safe_url(self.url)}): {read}")
+
+    def feed(self) -> bool:
+        """Take what the buffer holds; True once the answer is complete (:attr:`head`, :attr:`body`)."""
+        buffer = self.conn.buffer
+        while True:
+            state = self.state
+            if state == _HEAD:
+                end = buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buffer) > MAX_HEAD:
+                        raise self.malformed("headers (too long)", buffer)
+                    return False
+                if self._take_head(bytes(buffer[:end])):
+                    del buffer[: end + 4]
+                    continue  # an interim answer (100 Continue, 103 Early Hints): the answer follows
+                del buffer[: end + 4]
+            elif state == _EXACT:
+                if len(buffer) < self.size:
+                    return False
+                self.body = bytes(buffer[: self.size])
+                del buffer[: self.size]
+                return True
+            elif state == _CHUNK_SIZE:
+                line = self._line(buffer, "chunk size")
+                if line is None:
+                    return False
+                size_text = line.partition(b";")[0].strip()
+                if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+                    raise self.malformed("chunk size", line)
+                self.size = int(size_text, 16)
+                if len(self.chunks) + self.size > MAX_JSON_BODY:
+                    raise too_big(self.req, self.url)
+                self.state = _CHUNK if self.size else _TRAILERS
+            elif state == _CHUNK:
+                size = self.size
+                if len(buffer) < size + 2:
+                    return False
+                if buffer[size : size + 2] != b"\r\n":
+                    raise self.malformed("chunk end", buffer[size : size + 2])
+                self.chunks += buffer[:size]
+                del buffer[: size + 2]
+                self.state = _CHUNK_SIZE
+            elif state == _TRAILERS:
+                line = self._line(buffer, "trailer")
+                if line is None:
+                    return False
+                if not line:  # trailers carry nothing the parsers read
+                    self.body = bytes(self.chunks)
+                    return True
+            else:  # read to close
+                if len(buffer) > MAX_JSON_BODY:
+                    raise too_big(self.req, self.url)
+                if not self.conn.closed:
+                    return False
+                self.body = bytes(buffer)
+                buffer.clear()
+                return True
+
+    def _line(self, buffer: bytearray, what: str) -> bytes | None:
+        end = buffer.find(b"\r\n")
+        if end < 0:
+            if len(buffer) > 4096:
+                raise self.malformed(what, buffer)
+            return None
+        line = bytes(buffer[:end])
+        del buffer[: end + 2]
+        return line
+
+    def _take_head(self, raw: bytes) -> bool:
+        """Take a status line and headers and choose how the body is framed; True for an interim answer.
 
         Parsed heads are kept by their bytes (:attr:`Http1Pool.heads`): thousands of polls a
         second get the same status line and headers (only ``Date`` changes, once a second), so
         most polls parse nothing. The headers are read-only, since answers share them.
         """
-        conn = self.conn
-        buffer = conn.buffer
-        while True:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > MAX_HEAD:
-                    raise self.malformed("headers (too long)", buffer)
-                await conn.more()
-                continue
-            raw = bytes(buffer[:end])
-            del buffer[: end + 4]
-            head = self.heads.get(raw)
-            if head is None:
-                head = self.parse_head(raw)
-                if len(self.heads) >= 256:
-                    self.heads.clear()
-                self.heads[raw] = head
-            if not 100 <= head[0] < 200:
-                return head
-            # an interim answer (100 Continue, 103 Early Hints): the answer follows
+        head = self.heads.get(raw)
+        if head is None:
+            head = self.parse_head(raw)
+            if len(self.heads) >= 256:
+                self.heads.clear()
+            self.heads[raw] = head
+        status, _, headers = head
+        if 100 <= status < 200:
+            return True
+        self.head = head
+        if status in (204, 304):
+            self.state, self.size = _EXACT, 0
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            self.state = _CHUNK_SIZE
+        elif (length := headers.get("content-length")) is None:
+            self.state = _TO_CLOSE
+        elif not (length.isascii() and length.isdigit()):
+            raise self.malformed("Content-Length", length.encode("latin-1", "replace"))
+        else:
+            self.state, self.size = _EXACT, int(length)
+            if self.size > MAX_JSON_BODY:
+                raise too_big(self.req, self.url)
+        return False
 
     def parse_head(self, raw: bytes) -> Head:
         lines = raw.split(b"\r\n")
@@ -260,101 +303,6 @@ class _Answer:
         tokens = headers.get("connection", "").lower()
         keep = "close" not in tokens and (version == b"HTTP/1.1" or "keep-alive" in tokens)
         return int(code), keep, MappingProxyType(headers)
-
-    async def body(self, status: int, headers: Mapping[str, str]) -> tuple[bytes, bool]:
-        """The body, and False when it was read to close (the connection cannot be kept)."""
-        if status in (204, 304):
-            return b"", True
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            return await self.chunked(), True
-        length = headers.get("content-length")
-        if length is None:
-            return await self.to_close(), False
-        if not (length.isascii() and length.isdigit()):
-            raise self.malformed("Content-Length", length.encode("latin-1", "replace"))
-        return await self.exact(int(length)), True
-
-    async def exact(self, size: int) -> bytes:
-        if size > MAX_JSON_BODY:
-            raise too_big(self.req, self.url)
-        buffer = self.conn.buffer
-        while len(buffer) < size:
-            await self._more_of_body(f"{len(buffer)} of {size} body bytes")
-        body = bytes(buffer[:size])
-        del buffer[:size]
-        return body
-
-    async def _more_of_body(self, what: str) -> None:
-        try:
-            await self.conn.more()
-        except _Closed:
-            raise TtsConnectionError(
-                f"{self.req.what}: connection closed mid-answer ({safe_url(self.url)}): {what} read"
-            ) from None
-
-    async def _line(self, what: str) -> bytes:
-        buffer = self.conn.buffer
-        while (end := buffer.find(b"\r\n")) < 0:
-            if len(buffer) > 4096:
-                raise self.malformed(what, buffer)
-            await self._more_of_body(f"a {what}")
-        line = bytes(buffer[:end])
-        del buffer[: end + 2]
-        return line
-
-    async def chunked(self) -> bytes:
-        body = bytearray()
-        buffer = self.conn.buffer
-        while True:
-            line = await self._line("chunk size")
-            size_text = line.partition(b";")[0].strip()
-            if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
-                raise self.malformed("chunk size", line)
-            size = int(size_text, 16)
-            if size == 0:
-                while await self._line("trailer"):
-                    pass  # trailers carry nothing the parsers read
-                return bytes(body)
-            if len(body) + size > MAX_JSON_BODY:
-                raise too_big(self.req, self.url)
-            while len(buffer) < size + 2:
-                await self._more_of_body(f"{len(body)} body bytes and part of a chunk")
-            if buffer[size : size + 2] != b"\r\n":
-                raise self.malformed("chunk end", buffer[size : size + 2])
-            body += buffer[:size]
-            del buffer[: size + 2]
-
-    async def to_close(self) -> bytes:
-        buffer = self.conn.buffer
-        while True:
-            if len(buffer) > MAX_JSON_BODY:
-                raise too_big(self.req, self.url)
-            try:
-                await self.conn.more()
-            except _Closed:
-                body = bytes(buffer)
-                buffer.clear()
-                return body
-
-
-def inflate(body: bytes, encoding: str, req: ApiRequest, url: str) -> bytes:
-    """A gzip or deflate body decoded, refused once it inflates past :data:`MAX_JSON_BODY`.
-
-    The request asks for ``identity``; this is for servers that compress anyway, as aiohttp decoded them.
-    """
-    if encoding in ("gzip", "x-gzip"):
-        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif encoding == "deflate":  # zlib-wrapped as the RFC says, or raw as some servers send it
-        decoder = zlib.decompressobj(zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS)
-    else:
-        raise TtsProtocolError(f"{req.what}: unsupported Content-Encoding {encoding[:40]!r} from {safe_url(url)}")
-    try:
-        out = decoder.decompress(body, MAX_JSON_BODY + 1)
-    except zlib.error:
-        raise TtsProtocolError(f"{req.what}: undecodable {encoding} body from {safe_url(url)}") from None
-    if len(out) > MAX_JSON_BODY:
-        raise too_big(req, url)
-    return out
 
 
 class Http1Pool:
@@ -385,19 +333,24 @@ class Http1Pool:
                 conn.send(wire.data)
                 answer = _Answer(conn, req, url, wire, self.heads)
                 try:
-                    status, keep, headers = await answer.head()
-                    body, to_keep = await answer.body(status, headers)
+                    while not answer.feed():
+                        await conn.more()
+                        if conn.timed_out:
+                            raise TtsConnectionError(
+                                f"{req.what}: timed out ({safe_url(url)}): no data for {self.read_timeout:g} s"
+                            )
                 except _Closed:
-                    if reused and not conn.answered and req.idempotent and not resent:
-                        resent = True  # the server had closed the idle connection: once, on a new one
-                        continue
-                    when = "mid-answer" if conn.answered else "before the answer"
-                    raise TtsConnectionError(f"{req.what}: connection closed {when} ({safe_url(url)})") from None
-                except TimeoutError:
-                    raise TtsConnectionError(
-                        f"{req.what}: timed out ({safe_url(url)}): no data for {self.read_timeout:g} s"
-                    ) from None
-                keep = keep and to_keep
+                    if not conn.answered:
+                        if reused and req.idempotent and not resent:
+                            resent = True  # the server had closed the idle connection: once, on a new one
+                            continue
+                        raise TtsConnectionError(
+                            f"{req.what}: connection closed before the answer ({safe_url(url)})"
+                        ) from None
+                    raise answer.cut_short() from None
+                status, keep, headers = answer.head
+                keep = keep and answer.state != _TO_CLOSE
+                body = answer.body
                 encoding = headers.get("content-encoding", "identity").strip().lower()
                 if encoding != "identity" and body:
                     body = inflate(body, encoding, req, url)

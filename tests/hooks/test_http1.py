@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from airflow_provider_tts.connection import ConnectionSettings, RetryPolicy
 from airflow_provider_tts.exceptions import TtsConnectionError, TtsProtocolError
-from airflow_provider_tts.transport import AsyncTransport, http1
+from airflow_provider_tts.transport import AsyncTransport, http1, wire
 from airflow_provider_tts.transport.rules import MAX_JSON_BODY, USER_AGENT
 from airflow_provider_tts.vendors.base import ApiRequest, ApiResponse
 from tests.hooks.test_url_safety import _certificate
@@ -394,7 +394,7 @@ def test_a_refused_connection_was_never_sent() -> None:
     async def client(transport: AsyncTransport, base: str, server: Server) -> bool:
         create = ApiRequest("POST", "http://127.0.0.1:1/tts", what="create", json={}, idempotent=False)
         with pytest.raises(TtsConnectionError) as info:
-            await transport._client().request(http1.Wire(create, create.url, {}, with_params=True), create, create.url)
+            await transport._client().request(wire.Wire(create, create.url, {}, with_params=True), create, create.url)
         return info.value.request_sent
 
     assert run(answering(), client) is False
