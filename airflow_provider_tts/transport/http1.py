@@ -20,9 +20,10 @@ chunked (trailers skipped) or read to close; interim 1xx answers skipped; :data:
 refused as soon as exceeded; keep-alive per origin, never after ``Connection: close``, an
 HTTP/1.0 answer without keep-alive, a read-to-close body, an error or a timeout; idle connections
 closed after :data:`IDLE_TIMEOUT` and all of them when the pool closes. A reused idle connection
-the server closed before answering is resent once on a new connection, only for an idempotent
-request; any failure after the request's bytes were written is ``request_sent=True``, so a paid
-create is never sent twice (``retry.is_retryable``).
+the server closed before answering (or any connection closed or reset before the first byte of
+the answer, as aiohttp resent) is resent once on a new connection, only for an idempotent request;
+any failure after the request's bytes were written is ``request_sent=True``, so a paid create is
+never sent twice (``retry.is_retryable``).
 """
 
 from __future__ import annotations
@@ -325,7 +326,6 @@ class Http1Pool:
         resent = False
         while True:
             conn = None if resent else self._take_idle(wire.origin)
-            reused = conn is not None
             if conn is None:
                 conn = await self._connect(wire.origin, req, url)
             keep = False
@@ -341,8 +341,11 @@ class Http1Pool:
                             )
                 except _Closed:
                     if not conn.answered:
-                        if reused and req.idempotent and not resent:
-                            resent = True  # the server had closed the idle connection: once, on a new one
+                        if req.idempotent and not resent:
+                            # Closed or reset before any byte of the answer (typically an idle
+                            # connection the server had closed): once, on a new connection, as
+                            # aiohttp did, so one injected reset on a GET stays invisible.
+                            resent = True
                             continue
                         raise TtsConnectionError(
                             f"{req.what}: connection closed before the answer ({safe_url(url)})"

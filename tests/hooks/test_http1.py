@@ -267,6 +267,24 @@ def test_a_get_on_a_kept_connection_the_server_dropped_is_resent_once() -> None:
     assert run(drops_the_second_request(), client) == (200, 3, 2)
 
 
+def test_a_get_reset_on_a_new_connection_before_any_byte_is_resent_once_and_twice_surfaces() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server, n: int) -> None:
+        await read_request(reader, server)
+        if n in (1, 3, 4):
+            writer.transport.abort()  # a reset, as the emulator's ``reset`` fault
+        else:
+            writer.write(sized(b"{}"))
+
+    async def client(transport: AsyncTransport, base: str, server: Server) -> tuple[int, bool, int]:
+        status = (await call(transport, get(base))).status  # reset once: resent, invisible
+        await transport._client().close()  # the next GET on a new connection too
+        with pytest.raises(TtsConnectionError, match="closed before the answer") as info:
+            await call(transport, get(base))  # reset twice: surfaces
+        return status, info.value.request_sent, len(server.requests)
+
+    assert run(script, client) == (200, True, 4)
+
+
 def test_a_create_on_a_kept_connection_the_server_dropped_is_never_resent() -> None:
     async def client(transport: AsyncTransport, base: str, server: Server) -> tuple[bool, int]:
         await call(transport, get(base))
