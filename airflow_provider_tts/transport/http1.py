@@ -172,10 +172,12 @@ class _Answer:
         self.body = b""
 
     def malformed(self, what: str, raw: bytes | bytearray) -> TtsConnectionError:
-        shown = repr(bytes(raw[:40]))
+        """The error for bytes that are not HTTP, showing their start (a server may echo the request:
+        the key and the URLs' secrets are taken out before the text is cut to length)."""
+        shown = bytes(raw[:1024]).decode("latin-1")
         for secret in self.wire.secrets:
             shown = shown.replace(secret, "***")
-        shown = scrub(shown, self.url, self.req.url)
+        shown = repr(scrub(shown, self.url, self.req.url)[:40])
         return TtsConnectionError(f"{self.req.what}: malformed {what} from {safe_url(self.url)}: {shown}")
 
     def cut_short(self) -> TtsConnectionError:
