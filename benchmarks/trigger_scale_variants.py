@@ -6,7 +6,7 @@ vendor unit, the retry policy and the session settings are the provider's own co
 
 * ``shared`` -- :class:`TtsTaskTrigger` as shipped: every trigger takes its session from the pool
   shared per (event loop, connection identity) (``TtsHook(shared_session=True)``, the default);
-* ``per-trigger`` -- one ``aiohttp.ClientSession`` per trigger, kept across its polls
+* ``per-trigger`` -- one keep-alive API client per trigger, kept across its polls
   (``TtsHook(shared_session=False)``);
 * ``per-poll`` -- the http provider's ``HttpSensorTrigger`` pattern: a new ``ClientSession`` (and so a
   new TCP connection) opened and closed around every request.
@@ -30,15 +30,13 @@ class SessionPerTriggerTrigger(TtsTaskTrigger):
 
 
 class _SessionPerRequestTransport(AsyncTransport):
-    """Opens a fresh session (same settings as the provider's) for each request and closes it after."""
+    """Opens a fresh aiohttp session (same settings as the provider's) for each API request and closes it after."""
 
-    async def _read_once(self, req: ApiRequest) -> ApiResponse:
+    async def _api_hop(self, req: ApiRequest, url: str, hop: int) -> ApiResponse | str:
         session = new_client_session(self.settings)
-        self._session = session  # what AsyncTransport._client() hands to the request
         try:
-            return await super()._read_once(req)
+            return await self._aiohttp_hop(session, req, url, hop)
         finally:
-            self._session = None
             await session.close()
 
 

@@ -102,8 +102,9 @@ class TtsHook(BaseHook):
     :param request_retry: overrides of the connection's retry settings for each of this hook's
         HTTP requests (``max_retries``, ``backoff``, ``max_backoff``), e.g. from a trigger's kwargs.
     :param retry: the deprecated spelling of ``request_retry`` (a warning says so).
-    :param shared_session: async calls take their ``aiohttp`` session from a pool shared by every
-        hook in the same event loop (see ``transport.SessionPool``); False gives this hook its own.
+    :param shared_session: async API calls take their keep-alive client (``transport.http1``, not
+        aiohttp: polls are a triggerer's hot path) from a pool shared by every hook in the same
+        event loop (see ``transport.SessionPool``); False gives this hook its own.
     """
 
     conn_name_attr = "tts_conn_id"

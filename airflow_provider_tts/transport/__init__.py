@@ -1,4 +1,4 @@
-"""HTTP for the hook: one retry policy, a sync transport (requests) and an async one (aiohttp).
+"""HTTP for the hook: one retry policy, a sync transport (requests) and an async one (``http1``, aiohttp).
 
 Both transports send the vendor's :class:`~airflow_provider_tts.vendors.base.ApiRequest` and hand
 the response to the vendor's parser inside the same retry loop, so a malformed body on a poll is
@@ -11,8 +11,9 @@ retried like a 502 would be. What they share is written once:
 * the API key is attached only to requests the vendor marks as authenticated *and* whose origin is
   one of the vendor's API origins, hop by hop, so a redirect or a storage URL never receives it
   (``rules``);
-* sessions are reused: one ``requests.Session`` per sync transport (``sync``), one
-  ``aiohttp.ClientSession`` per event loop shared by the async transports (``aio``), with keep-alive;
+* sessions are reused: one ``requests.Session`` per sync transport (``sync``), one keep-alive
+  API client of our own (``http1``, a lean HTTP/1.1 client: polls are the triggerer's hot path)
+  per event loop shared by the async transports (``aio``); storage downloads use aiohttp;
 * a URL off the vendor's API origins (an audio URL, a redirect target) goes through a separate
   client whose connections resolve the host name once, judge every address
   (:class:`StoragePolicy` in ``hosts``: link-local and cloud-metadata addresses never, in any IPv6

@@ -1,11 +1,13 @@
-"""Non-blocking HTTP through aiohttp: :class:`AsyncTransport` and the per-event-loop session pool.
+"""Non-blocking HTTP: :class:`AsyncTransport` and the per-event-loop connection pool.
 
-API requests of every transport in one event loop share a pooled ``aiohttp.ClientSession``
-(:data:`SESSION_POOL`, at most :data:`SHARED_POOL_LIMIT` connections, no cookie jar; the key
-travels per request). A redirect to storage goes through a session of the transport's own whose
-resolver answers only with addresses the connection's
+API requests of every transport in one event loop share a pooled keep-alive client of our own
+(:class:`~airflow_provider_tts.transport.http1.Http1Pool`, :data:`SESSION_POOL`, at most
+:data:`SHARED_POOL_LIMIT` requests at once; the key travels per request): polls are the
+triggerer's hot path, and aiohttp's per-request objects were half of a poll's CPU (``http1``
+says what it keeps and the figures). A redirect to storage goes through an ``aiohttp`` session of
+the transport's own whose resolver answers only with addresses the connection's
 :class:`~airflow_provider_tts.transport.hosts.StoragePolicy` approved. aiohttp itself is imported
-only when a session is made or a request sent, never when this module is imported.
+only when a storage session is made or a storage request sent, never when this module is imported.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tenacity import AsyncRetrying
 from airflow_provider_tts.connection import ConnectionSettings, origin_of
 from airflow_provider_tts.exceptions import TtsConnectionError, TtsError
 from airflow_provider_tts.transport.hosts import HostRefused, StoragePolicy, blocked_error, precheck_storage_url
+from airflow_provider_tts.transport.http1 import Http1Pool
 from airflow_provider_tts.transport.messages import failure_detail, parse_without_secrets, safe_url
 from airflow_provider_tts.transport.retry import Pacer, retry_kwargs
 from airflow_provider_tts.transport.rules import (
@@ -35,6 +38,7 @@ from airflow_provider_tts.transport.rules import (
     next_hop,
     too_big,
 )
+from airflow_provider_tts.transport.wire import Wire
 from airflow_provider_tts.vendors.base import ApiRequest, ApiResponse
 
 if TYPE_CHECKING:
@@ -153,9 +157,18 @@ class PoolGate:
         self._lobby.append(waiter)
         return waiter
 
-    async def __aenter__(self) -> None:
+    def take_now(self) -> bool:
+        """Take a free slot without waiting (nobody queues): True, and :meth:`release` gives it back."""
         if self._free > 0 and not self._queue:
             self._free -= 1
+            return True
+        return False
+
+    def release(self) -> None:
+        self._release()
+
+    async def __aenter__(self) -> None:
+        if self.take_now():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(waiter)
@@ -196,35 +209,40 @@ class PoolGate:
                 room -= 1
 
 
+def new_api_client(settings: ConnectionSettings) -> Http1Pool:
+    """The keep-alive client of API calls, with the connection's timeouts."""
+    return Http1Pool(settings.connect_timeout, settings.read_timeout, max_idle=SHARED_POOL_LIMIT)
+
+
 class SessionPool:
-    """One ``aiohttp.ClientSession`` per (event loop, client identity), shared by every wait in it.
+    """One API client (:class:`Http1Pool`) per (event loop, client identity), shared by every wait in it.
 
     A triggerer runs thousands of waits in one event loop; a session each would hold a keep-alive
     socket each (thousands of file descriptors, a TCP and TLS handshake per wait). Sharing one pool
     keeps the connection count bounded by :data:`SHARED_POOL_LIMIT` while still reusing connections
     across polls. The key is never in the session: it travels as a per-request header, and the
     session has no cookie jar, so nothing one connection's requests carry leaks into another's.
-    The identity includes the timeouts because they are session settings. Reference-counted: the
+    The identity includes the timeouts because they are client settings. Reference-counted: the
     last waiter to leave closes the session. ``benchmarks/trigger_scale.py`` measures this choice
     against one session per wait.
 
-    Each pooled session comes with a gate (:class:`PoolGate`) of the connector's own limit, taken around every
-    request: waits beyond the limit queue in front of the session holding nothing but a parked
-    coroutine, instead of inside aiohttp with a request, URL, headers and timers already built each.
-    The same number of requests run at once in the same first-come order, but when thousands of
-    polls fall due together the process no longer holds thousands of half-built requests, which
-    the measurement showed as peak memory, garbage-collector work and seconds of added latency.
+    Each pooled client comes with a gate (:class:`PoolGate`) of :data:`SHARED_POOL_LIMIT`, taken
+    around every request: it is the bound (the client has none of its own), so at most that many
+    requests, and so connections, are in use at once. Waits beyond it queue in front of the client
+    holding nothing but a parked coroutine, in first-come order, so when thousands of polls fall
+    due together the process holds no half-built requests (the measurement showed those as peak
+    memory, garbage-collector work and seconds of added latency).
     """
 
     def __init__(self) -> None:
         self._entries: dict[tuple[object, ...], list[Any]] = {}
 
-    def acquire(self, settings: ConnectionSettings) -> tuple[tuple[object, ...], aiohttp.ClientSession, PoolGate]:
-        """Join the pool of the running loop: its key (for :meth:`release`), session and gate."""
+    def acquire(self, settings: ConnectionSettings) -> tuple[tuple[object, ...], Http1Pool, PoolGate]:
+        """Join the pool of the running loop: its key (for :meth:`release`), client and gate."""
         key = (asyncio.get_running_loop(), settings.connect_timeout, settings.read_timeout)
         entry = self._entries.get(key)
         if entry is None or entry[0].closed:
-            entry = self._entries[key] = [new_client_session(settings), 0, PoolGate(SHARED_POOL_LIMIT)]
+            entry = self._entries[key] = [new_api_client(settings), 0, PoolGate(SHARED_POOL_LIMIT)]
         entry[1] += 1
         return key, entry[0], entry[2]
 
@@ -262,16 +280,16 @@ async def _body(resp: aiohttp.ClientResponse, req: ApiRequest) -> bytes:
 
 
 class AsyncTransport:
-    """Non-blocking HTTP through a reused ``aiohttp.ClientSession``.
+    """Non-blocking HTTP: API calls through a reused keep-alive client, storage through aiohttp.
 
-    :param shared: take the session from the per-event-loop :data:`SESSION_POOL` (the default,
-        chosen by measurement) rather than owning one. Either way one session serves every call of
+    :param shared: take the API client from the per-event-loop :data:`SESSION_POOL` (the default,
+        chosen by measurement) rather than owning one. Either way one client serves every call of
         this transport's API origins, so polls reuse keep-alive connections; :meth:`aclose` must
         be awaited in the same event loop (the trigger does so in ``finally``, which also runs on
         cancellation).
 
-    A URL off the API origins (a redirect to storage) never uses that session: it goes through a
-    session of this transport's own, one per scheme, made on first use, whose resolver
+    A URL off the API origins (a redirect to storage) never uses that client: it goes through an
+    ``aiohttp`` session of this transport's own, one per scheme, made on first use, whose resolver
     (:func:`_checked_resolver_class`) hands aiohttp only addresses the connection's storage rules
     approved. Per scheme because the rule for plain http depends on the addresses, and a resolver
     is asked about a host and port only.
@@ -280,26 +298,27 @@ class AsyncTransport:
     def __init__(self, settings: ConnectionSettings, *, shared: bool = True) -> None:
         self.settings = settings
         self.shared = shared
-        self._session: aiohttp.ClientSession | None = None
+        self._api: Http1Pool | None = None
         self._pool_key: tuple[object, ...] | None = None
-        # Taken around each request: the pool's semaphore, or nothing for a session of our own.
-        self._gate: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+        # Taken around each API request: the shared pool's gate, or this transport's own.
+        self._gate = PoolGate(SHARED_POOL_LIMIT)
         # The last URL whose origin was checked, and the answer: a wait polls one URL over and over.
         self._checked_url: str | None = None
         self._shown_url: tuple[str, str] = ("", "")  # the last answer's URL and its safe_url()
         self._checked_on_api_origin = False
         self._last_prepared: tuple[ApiRequest, str, Any, dict[str, str]] | None = None
+        self._last_wire: tuple[ApiRequest, str, bool, Wire] | None = None
         self._storage_sessions: dict[str, aiohttp.ClientSession] = {}
         #: The connection's pacer, shared with its other transports in this process (see :class:`Pacer`).
         self.pacer: Pacer | None = None
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+    def _client(self) -> Http1Pool:
+        if self._api is None or self._api.closed:
             if self.shared:
-                self._pool_key, self._session, self._gate = SESSION_POOL.acquire(self.settings)
+                self._pool_key, self._api, self._gate = SESSION_POOL.acquire(self.settings)
             else:
-                self._session = new_client_session(self.settings)
-        return self._session
+                self._api = new_api_client(self.settings)
+        return self._api
 
     def _storage_client(self, scheme: str) -> aiohttp.ClientSession:
         session = self._storage_sessions.get(scheme)
@@ -313,16 +332,15 @@ class AsyncTransport:
         for session in storage.values():
             await session.close()
         if self._pool_key is not None:
-            key, self._pool_key, self._session = self._pool_key, None, None
+            key, self._pool_key, self._api = self._pool_key, None, None
             await SESSION_POOL.release(key)
-        elif self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        elif self._api is not None:
+            api, self._api = self._api, None
+            await api.close()
 
     def lobby(self) -> asyncio.Future[None] | None:
         """What a status poll awaits before it starts, while the shared pool is crowded (:meth:`PoolGate.lobby`)."""
-        gate = self._gate
-        return gate.lobby() if isinstance(gate, PoolGate) and self._session is not None else None
+        return self._gate.lobby() if self._api is not None else None
 
     def _on_api_origin(self, url: str) -> bool:
         """Whether ``url`` is on the API origins, remembering the last URL's answer (a wait polls one URL)."""
@@ -337,12 +355,12 @@ class AsyncTransport:
         return self._shown_url[1]
 
     def _prepared(self, req: ApiRequest, url: str) -> tuple[Any, dict[str, str]]:
-        """The URL object and headers to send ``req`` to ``url`` with, kept for the last request.
+        """The URL object and headers to send ``req`` to ``url`` with through aiohttp, kept for the last request.
 
-        A wait sends the same request object to the same URL poll after poll; building the headers
-        (the origin check, the key) and letting aiohttp parse the URL string again each time is
-        per-poll work with the same result. Kept only for the exact request object and URL, and
-        the headers are never handed to anything that modifies them (aiohttp copies them).
+        Building the headers (the origin check, the key) and letting aiohttp parse the URL string
+        again each time is per-request work with the same result. Kept only for the exact request
+        object and URL, and the headers are never handed to anything that modifies them (aiohttp
+        copies them).
         """
         last = self._last_prepared
         if last is not None and last[0] is req and last[1] == url:
@@ -354,6 +372,16 @@ class AsyncTransport:
         self._last_prepared = (req, url, target_url, headers)
         return target_url, headers
 
+    def _wire(self, req: ApiRequest, url: str, with_params: bool) -> Wire:
+        """The request's bytes for the API client, built once per (request object, URL): a wait
+        sends the same request to the same URL poll after poll."""
+        last = self._last_wire
+        if last is not None and last[0] is req and last[1] == url and last[2] is with_params:
+            return last[3]
+        wire = Wire(req, url, self.key_headers(req, url), with_params=with_params)
+        self._last_wire = (req, url, with_params, wire)
+        return wire
+
     def key_headers(self, req: ApiRequest, url: str) -> dict[str, str]:
         """:func:`key_headers` with the remembered origin check."""
         if not req.authenticated:
@@ -361,46 +389,66 @@ class AsyncTransport:
         return key_headers(self.settings, req, url, self._on_api_origin(url))
 
     async def _read_once(self, req: ApiRequest) -> ApiResponse:
-        import aiohttp
-
-        api_session = self._client()
         url = req.url
         for hop in range(MAX_REDIRECTS + 1):
             if self._on_api_origin(url):
-                session, gate = api_session, self._gate
+                answer = await self._api_hop(req, url, hop)
             else:  # a redirect to storage (polls start on an API origin)
                 precheck_storage_url(self.settings, req, url)
-                session, gate = self._storage_client(urlsplit(url).scheme), contextlib.nullcontext()
-            target_url, headers = self._prepared(req, url)
-            failure: TtsError | None = None
+                answer = await self._aiohttp_hop(self._storage_client(urlsplit(url).scheme), req, url, hop)
+            if isinstance(answer, ApiResponse):
+                return answer
+            url = answer
+        raise AssertionError("unreachable")  # pragma: no cover: next_hop refuses one hop too many
+
+    async def _api_hop(self, req: ApiRequest, url: str, hop: int) -> ApiResponse | str:
+        """One request to an API origin through the keep-alive client: the answer, or where it redirects."""
+        client = self._client()
+        wire = self._wire(req, url, hop == 0)
+        gate = self._gate
+        if gate.take_now():  # nearly every poll: no coroutine objects for the gate's ``async with``
             try:
-                async with (
-                    gate,
-                    session.request(
-                        req.method,
-                        target_url,
-                        params=req.params if hop == 0 else None,
-                        json=req.json,
-                        headers=headers,
-                        allow_redirects=False,
-                    ) as resp,
-                ):
-                    resp_url = url if resp.url is target_url else str(resp.url)
-                    target = next_hop(req, resp_url, resp.status, resp.headers.get("location"), hop)
-                    if target is None:
-                        headers_lc = {k.lower(): v for k, v in resp.headers.items()}
-                        return ApiResponse(resp.status, headers_lc, await _body(resp, req), self._safe(resp_url))
-            except TtsError:
-                raise
-            except HostRefused as refused:
-                failure = blocked_error(req, url, refused)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                failure = _aiohttp_error(exc, req, url)
-            if failure is not None:
-                raise failure  # outside the handler: aiohttp's text may hold the URL
-            assert target is not None  # a response that is not a redirect has returned above
-            url = target
-        raise AssertionError("unreachable")  # pragma: no cover
+                status, headers, body = await client.request(wire, req, url)
+            finally:
+                gate.release()
+        else:
+            async with gate:
+                status, headers, body = await client.request(wire, req, url)
+        target = next_hop(req, url, status, headers.get("location"), hop)
+        if target is None:
+            return ApiResponse(status, headers, body, self._safe(url))
+        return target
+
+    async def _aiohttp_hop(
+        self, session: aiohttp.ClientSession, req: ApiRequest, url: str, hop: int
+    ) -> ApiResponse | str:
+        """One request through an aiohttp session (storage): the answer, or where it redirects."""
+        import aiohttp
+
+        target_url, headers = self._prepared(req, url)
+        failure: TtsError | None = None
+        try:
+            async with session.request(
+                req.method,
+                target_url,
+                params=req.params if hop == 0 else None,
+                json=req.json,
+                headers=headers,
+                allow_redirects=False,
+            ) as resp:
+                resp_url = url if resp.url is target_url else str(resp.url)
+                target = next_hop(req, resp_url, resp.status, resp.headers.get("location"), hop)
+                if target is not None:
+                    return target
+                headers_lc = {k.lower(): v for k, v in resp.headers.items()}
+                return ApiResponse(resp.status, headers_lc, await _body(resp, req), self._safe(resp_url))
+        except TtsError:
+            raise
+        except HostRefused as refused:
+            failure = blocked_error(req, url, refused)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            failure = _aiohttp_error(exc, req, url)
+        raise failure  # outside the handler: aiohttp's text may hold the URL
 
     async def _attempt(self, req: ApiRequest, parse: Callable[[ApiResponse], T]) -> T:
         pacer = self.pacer
