@@ -164,9 +164,6 @@ class PoolGate:
             return True
         return False
 
-    def release(self) -> None:
-        self._release()
-
     async def __aenter__(self) -> None:
         if self.take_now():
             return
@@ -176,7 +173,7 @@ class PoolGate:
             await waiter  # resolved by the release that hands this request its slot
         except BaseException:
             if waiter.done() and not waiter.cancelled():
-                self._release()  # handed a slot, then cancelled: pass it on
+                self.release()  # handed a slot, then cancelled: pass it on
             else:
                 with contextlib.suppress(ValueError):  # a release may have dropped it already
                     self._queue.remove(waiter)
@@ -185,9 +182,10 @@ class PoolGate:
         self._let_in()
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._release()
+        self.release()
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Give a slot back: to the first request queued for one, else to the free count."""
         queue = self._queue
         while queue:
             waiter = queue.popleft()
