@@ -298,8 +298,9 @@ class AsyncTransport:
         self.shared = shared
         self._api: Http1Pool | None = None
         self._pool_key: tuple[object, ...] | None = None
-        # Taken around each API request: the shared pool's gate, or this transport's own.
-        self._gate = PoolGate(SHARED_POOL_LIMIT)
+        # Taken around each API request: the shared pool's gate, or this transport's own; set with
+        # the client (a trigger's transport joins the shared pool, so it never builds a gate of its own).
+        self._gate: PoolGate | None = None
         # The last URL whose origin was checked, and the answer: a wait polls one URL over and over.
         self._checked_url: str | None = None
         self._shown_url: tuple[str, str] = ("", "")  # the last answer's URL and its safe_url()
@@ -315,7 +316,7 @@ class AsyncTransport:
             if self.shared:
                 self._pool_key, self._api, self._gate = SESSION_POOL.acquire(self.settings)
             else:
-                self._api = new_api_client(self.settings)
+                self._api, self._gate = new_api_client(self.settings), PoolGate(SHARED_POOL_LIMIT)
         return self._api
 
     def _storage_client(self, scheme: str) -> aiohttp.ClientSession:
@@ -338,7 +339,8 @@ class AsyncTransport:
 
     def lobby(self) -> asyncio.Future[None] | None:
         """What a status poll awaits before it starts, while the shared pool is crowded (:meth:`PoolGate.lobby`)."""
-        return self._gate.lobby() if self._api is not None else None
+        gate = self._gate
+        return gate.lobby() if gate is not None and self._api is not None else None
 
     def _on_api_origin(self, url: str) -> bool:
         """Whether ``url`` is on the API origins, remembering the last URL's answer (a wait polls one URL)."""
@@ -404,6 +406,7 @@ class AsyncTransport:
         client = self._client()
         wire = self._wire(req, url, hop == 0)
         gate = self._gate
+        assert gate is not None  # set with the client
         if gate.take_now():  # nearly every poll: no coroutine objects for the gate's ``async with``
             try:
                 status, headers, body = await client.request(wire, req, url)
