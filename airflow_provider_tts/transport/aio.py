@@ -6,8 +6,7 @@ API requests of every transport in one event loop share a pooled keep-alive clie
 triggerer's hot path, and aiohttp's per-request objects were half of a poll's CPU (``http1``
 says what it keeps and the figures). A redirect to storage goes through an ``aiohttp`` session of
 the transport's own whose resolver answers only with addresses the connection's
-:class:`~airflow_provider_tts.transport.hosts.StoragePolicy` approved. aiohttp itself is imported
-only when a storage session is made or a storage request sent, never when this module is imported.
+:class:`~airflow_provider_tts.transport.hosts.StoragePolicy` approved (aiohttp imported then only).
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from airflow_provider_tts.transport.rules import (
     next_hop,
     too_big,
 )
+from airflow_provider_tts.transport.slots import alending_sleep
 from airflow_provider_tts.transport.wire import Wire
 from airflow_provider_tts.vendors.base import ApiRequest, ApiResponse
 
@@ -491,7 +491,7 @@ class AsyncTransport:
             return await self._attempt(req, parse)
         except Exception as exc:
             first_failure: Exception | None = exc
-        async for attempt in AsyncRetrying(**retry_kwargs(self.settings.retry, req)):
+        async for attempt in AsyncRetrying(sleep=alending_sleep, **retry_kwargs(self.settings.retry, req)):
             with attempt:
                 if first_failure is not None:
                     replay, first_failure = first_failure, None

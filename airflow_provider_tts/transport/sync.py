@@ -55,6 +55,7 @@ from airflow_provider_tts.transport.rules import (
     next_hop,
     too_big,
 )
+from airflow_provider_tts.transport.slots import lending_sleep
 from airflow_provider_tts.vendors.base import ApiRequest, ApiResponse, http_error
 
 T = TypeVar("T")
@@ -414,7 +415,7 @@ class SyncTransport:
                 parse, self.read_response(req, self._send(req, {"Accept": "application/json"}))
             )
 
-        for attempt in Retrying(**retry_kwargs(self.settings.retry, req, guard)):
+        for attempt in Retrying(sleep=lending_sleep, **retry_kwargs(self.settings.retry, req, guard)):
             with attempt:
                 return self._paced(req, exchange, guard)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -424,7 +425,7 @@ class SyncTransport:
 
         A vendor call is paced until its headers arrive; its body is the caller's to read.
         """
-        for attempt in Retrying(**retry_kwargs(self.settings.retry, req)):
+        for attempt in Retrying(sleep=lending_sleep, **retry_kwargs(self.settings.retry, req)):
             with attempt:
                 return self._paced(req, lambda: self._open_once(req))
         raise AssertionError("unreachable")  # pragma: no cover
