@@ -80,7 +80,8 @@ class BaseTextBatchToStorageOperator(TtsHookMixin, SubmitPhase, StorePhase, Outl
         None: never fail because of items). The manifest is written either way.
     :param max_active_requests: create calls, polls and downloads in flight at once (default 8).
         While the worker stores items during its own wait (``wait_before_defer``, or a batch that
-        is not deferrable), polls and downloads are bounded separately, up to this many each.
+        is not deferrable), polls and downloads are bounded separately, up to this many each. A
+        request sleeping out its retry's backoff does not count: its place goes to the next item.
     :param manifest_name: the manifest's file name in the destination (default ``manifest.jsonl``).
     :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``).
     :param wait_before_defer: seconds (or a ``timedelta``) a deferrable batch first waits in its

@@ -139,14 +139,18 @@ class StorePhase(PlanPhase):
         failed: Mapping[str, Mapping[str, Any]],
     ) -> dict[str, dict[str, Any]]:
         """``{item index: manifest row}`` of ``items``, ``max_active_requests`` at a time, with what each spent."""
+        from airflow_provider_tts.transport.slots import ThreadSlots
+
         retried = is_retry(context)
+        slots = ThreadSlots(self.max_active_requests)
 
         def one(item: BatchItem) -> dict[str, Any]:
             hit, entry = found[item.fingerprint]
-            row = self._row(context, plan, item, hit, waits, failed, retried)
+            with slots.held():
+                row = self._row(context, plan, item, hit, waits, failed, retried)
             return {**row, **spent(plan, item, row, entry)}
 
-        with ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="tts-batch-store") as pool:
+        with ThreadPoolExecutor(slots.threads, thread_name_prefix="tts-batch-store") as pool:
             return {str(item.index): row for item, row in zip(items, pool.map(one, items), strict=True)}
 
     def _row(
@@ -221,6 +225,8 @@ class StorePhase(PlanPhase):
         on. Returns the wait's event (None: ``stop_at`` came first; the caller defers the rest) and
         ``{item index: manifest row}`` of every item whose vendor task ended, its spending included.
         """
+        from airflow_provider_tts.transport.slots import ThreadSlots
+
         owner = {task_id: fp for fp, (task_id, _) in waits.items()}
         items: dict[str, list[BatchItem]] = {}
         for item in plan.items:
@@ -240,10 +246,14 @@ class StorePhase(PlanPhase):
         retried = is_retry(context)
         rows: dict[str, Future[dict[str, Any]]] = {}
         ended_fps: set[str] = set()
-        pool = ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="tts-batch-store")
+        # Stores at work at once: max_active_requests; one sleeping out a retry's backoff lends its
+        # slot to the next item (transport.slots), so a download's 1-2 s backoff delays no other.
+        slots = ThreadSlots(self.max_active_requests)
+        pool = ThreadPoolExecutor(slots.threads, thread_name_prefix="tts-batch-store")
 
         def row(item: BatchItem, status: TtsTaskStatus | None) -> dict[str, Any]:
-            made = self._row(context, plan, item, None, waits, failed, retried, status)
+            with slots.held():
+                made = self._row(context, plan, item, None, waits, failed, retried, status)
             return {**made, **spent(plan, item, made, found[item.fingerprint])}
 
         def ended(task_id: str, status: TtsTaskStatus | None) -> None:

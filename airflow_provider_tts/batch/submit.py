@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,15 @@ PAY_CHUNK = 256
 #: Writes of a paid task id into the request cache before it is kept aside (see ``IdStash``).
 RECORD_ATTEMPTS = 3
 RECORD_BACKOFF = 0.5
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One request to pay for, and which of its ``CREATE_ROUNDS`` sends this is."""
+
+    fingerprint: str
+    fields: dict[str, Any]
+    rounds: int = 1
 
 
 @dataclass
@@ -205,28 +215,58 @@ class SubmitPhase(PlanPhase):
         lock = threading.Lock()
         outcomes: dict[str, _Outcome] = {}
 
-        def pay(job: tuple[str, dict[str, Any]]) -> tuple[str, _Outcome]:
-            fingerprint, fields = job
-            outcome = self._pay_one(plan, fingerprint, fields, stop, budget)
+        from airflow_provider_tts.transport.slots import ThreadSlots
+
+        # Creates at work at once: max_active_requests. One sleeping out a refused create's backoff
+        # (nothing was created) lends its slot; a paid create keeps it until its id is recorded, so
+        # a killed worker still loses at most max_active_requests answers (BA4).
+        slots = ThreadSlots(self.max_active_requests)
+        # Jobs wait for a slot first and only then take the next request in line, so requests go out
+        # in item order whatever the thread that runs them (with one slot: one at a time, in order).
+        line: deque[_Job] = deque()
+
+        def pay() -> tuple[_Job, _Outcome]:
+            with slots.held():
+                job = line.popleft()
+                outcome = self._pay_one(plan, job.fingerprint, job.fields, stop, budget)
             with lock:
                 if outcome.unsaved:
-                    unsaved[fingerprint] = str(outcome.tts_task_id)
+                    unsaved[job.fingerprint] = str(outcome.tts_task_id)
                 if isinstance(outcome.cause, TtsAuthError):
                     auth.append(outcome.cause)
-            return fingerprint, outcome
+            return job, outcome
 
-        with ThreadPoolExecutor(self.max_active_requests, thread_name_prefix="tts-batch-submit") as pool:
+        with ThreadPoolExecutor(slots.threads, thread_name_prefix="tts-batch-submit") as pool:
+            # Streamed, not a chunk at a time: the next chunk's creates go while the last ones of
+            # this chunk sleep out their backoffs (a chunk joined at its slowest create stalled
+            # every slot for that long, PAY_CHUNK items at a time). At most two chunks of fields
+            # are held: the one being read and the one in flight.
+            sent: set[Future[tuple[_Job, _Outcome]]] = set()
+
+            def send(job: _Job) -> None:
+                line.append(job)
+                sent.add(pool.submit(pay))
+
+            def settle(until: int) -> None:
+                while len(sent) > until:
+                    done, _ = wait(sent, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        sent.discard(future)
+                        job, outcome = future.result()
+                        # A create refused with nothing created (a 429 or 503 that outlived the
+                        # transport's retries) is sent again in this try: it costs nothing, and the
+                        # batch's pacer has already slowed every request down for it. Anything
+                        # else stays as it ended.
+                        if outcome.released and job.rounds < CREATE_ROUNDS and not stop.is_set():
+                            send(_Job(job.fingerprint, job.fields, job.rounds + 1))
+                        else:
+                            outcomes[job.fingerprint] = outcome
+
             for chunk in self._fields_again(plan, set(fingerprints)):
-                done = dict(pool.map(pay, chunk.items()))
-                # A create refused with nothing created (a 429 or 503 that outlived the transport's
-                # retries) is sent again in this try: it costs nothing, and the batch's pacer has
-                # already slowed every request down for it. Anything else stays as it ended.
-                for _ in range(CREATE_ROUNDS - 1):
-                    again = {fp: chunk[fp] for fp, outcome in done.items() if outcome.released}
-                    if not again or stop.is_set():
-                        break
-                    done.update(pool.map(pay, again.items()))
-                outcomes.update(done)
+                for fingerprint, fields in chunk.items():
+                    send(_Job(fingerprint, fields))
+                settle(PAY_CHUNK)
+            settle(0)
         counts = {kind: sum(1 for o in outcomes.values() if o.kind == kind) for kind in ("cached", "wait", "failed")}
         self.log.info("Batch: claimed requests ended as %s", counts)
         if unsaved:

@@ -25,6 +25,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_tts.exceptions import TtsAuthError, TtsConfigError, error_event
 from airflow_provider_tts.renames import stored_request_retry
+from airflow_provider_tts.transport.slots import TaskSlots
 from airflow_provider_tts.waiting import WaitPolicy
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ BATCH_TRIGGER_CLASSPATH = "airflow_provider_tts.triggers.batch.TtsBatchTrigger"
 PROGRESS_EVERY = 30.0
 #: The shortest pause before a poll brought forward to when the oldest waiting task is expected done.
 HURRY_GAP = 0.5
+#: Polls of one oldest waiting task brought forward before it goes back to the schedule: the first
+#: when it is expected done, then HURRY_GAP, doubling (0.5, 1, 2 s), so a miss costs a few requests.
+HURRY_TRIES = 4
 
 
 async def wait_for_all(
@@ -76,25 +80,39 @@ async def wait_for_all(
     **The next round comes when the oldest waiting task is expected done**, if that is sooner than
     the schedule: tasks submitted together take about as long, so once one ended, the oldest
     waiting task is polled when it has run as long as the quickest seen to end (at least
-    :data:`HURRY_GAP` later), once per task; one that is not done by then goes back to the
-    schedule. The last task is seen to end about when it does, not up to an interval later. Progress
+    :data:`HURRY_GAP` later); one that is not done by then is polled again :data:`HURRY_GAP`, then
+    twice, four times that later (:data:`HURRY_TRIES` in all) before it goes back to the schedule.
+    A task submitted later than its submission time says (its create waited out a backoff) is so
+    seen to end within a second or two, not a whole interval later; one that is really slower costs
+    three more requests. The last task is seen to end about when it does. Progress
     lines count what has been seen to end; before the deadline passes, one full round checks
     every task.
     """
     waiting = dict(sorted(pending.items(), key=lambda item: (item[1], item[0])))  # oldest first
     counts = {"succeeded": 0, "failed": 0, "errors": 0}
     errors: dict[str, int] = {}
-    group = max(int(concurrency), 1)  # polls in flight at once: the sweep's window
+    # Polls at work at once (``concurrency``); a poll sleeping out its retry's backoff lends its
+    # slot, so the sweep's window holds more polls than slots (see transport.slots).
+    slots = TaskSlots(concurrency)
     total = len(waiting)
     last_progress = time.monotonic()
     # The shortest time from submission to "ended" seen so far (an upper bound of that task's work),
-    # and the tasks whose next poll was brought forward on the strength of it (once per task).
+    # and how many polls of each task were brought forward on the strength of it.
     lead: list[float] = []
-    hurried: set[str] = set()
+    hurried: dict[str, int] = {}
 
-    async def poll(task_id: str) -> tuple[str, str]:
-        if stopped():
-            return task_id, "wait"
+    async def poll(task_id: str, blocked: list[bool] | None = None) -> tuple[str, str]:
+        """Poll one task in its slot; ``blocked``, a sweep's flag, set here the moment it answers
+        "still waiting", so no poll queued for the slot it frees is sent after it."""
+        async with slots.held():
+            if stopped() or (blocked is not None and blocked[0]):
+                return task_id, "skip"  # queued for a slot while the sweep learnt it had gone far enough
+            answer = await polled(task_id)
+            if blocked is not None and answer[1] == "wait":
+                blocked[0] = True
+            return answer
+
+    async def polled(task_id: str) -> tuple[str, str]:
         try:
             status = await hook.aget_task_status(task_id, kind)
         except (TtsAuthError, TtsConfigError):
@@ -115,7 +133,7 @@ async def wait_for_all(
 
     def ended(task_id: str, verdict: str) -> bool:
         """Count a poll's verdict; whether the task ended."""
-        if verdict == "wait":
+        if verdict in ("wait", "skip"):
             return False
         counts[verdict] += 1
         seen = time.time() - waiting.pop(task_id)
@@ -133,17 +151,16 @@ async def wait_for_all(
             if oldest is None or not ended(*await poll(oldest)):
                 return
         in_flight: set[asyncio.Future[tuple[str, str]]] = set()
-        blocked = False
+        blocked = [False]  # a full round sweeps every task whatever their answers
         try:
             while True:
-                while not blocked and len(in_flight) < group and (task_id := next(order, None)) is not None:
-                    in_flight.add(asyncio.ensure_future(poll(task_id)))
+                while not blocked[0] and len(in_flight) < slots.tasks and (task_id := next(order, None)) is not None:
+                    in_flight.add(asyncio.ensure_future(poll(task_id, None if full else blocked)))
                 if not in_flight or stopped():
                     return
                 done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for finished in done:
-                    if not ended(*finished.result()) and not full:
-                        blocked = True
+                    ended(*finished.result())
         finally:
             for pending_poll in in_flight:  # a refused key ends the wait: the other polls go too
                 pending_poll.cancel()
@@ -162,12 +179,15 @@ async def wait_for_all(
         now = time.time()
         delay = max(policy.interval(now - started_at) - (now - round_started), 0.0)
         oldest = next(iter(waiting))
-        if lead and oldest not in hurried:
+        tries = hurried.get(oldest, 0)
+        if lead and tries < HURRY_TRIES:
             # Tasks submitted together take about as long: the oldest waiting one is likely done once
             # it has been running as long as the quickest seen to end. Poll it then rather than a whole
-            # interval later (once per task: one that misses goes back to the schedule).
-            hurried.add(oldest)
-            delay = min(delay, max(waiting[oldest] + lead[0] - now, min(delay, HURRY_GAP)))
+            # interval later; one that misses is polled again sooner than the schedule a few times,
+            # further apart each time, then goes back to the schedule.
+            hurried[oldest] = tries + 1
+            gap = min(delay, HURRY_GAP * 2 ** max(tries - 1, 0))
+            delay = min(delay, max(waiting[oldest] + lead[0] - now, gap))
         if deadline is not None and now + delay >= deadline:
             try:
                 await sweep(full=True)  # the tasks behind the oldest pending one were never asked

@@ -191,10 +191,12 @@ def test_a_failed_item_is_a_row_and_the_retry_pays_only_for_the_retryable_one(
     the vendor; paid, and a retry may pay again); item 3 is harmful content (failed for good). Try 1
     stores the other four and fails; try 2 pays for item 2 only, reports item 3 again without paying,
     and fails permanently."""
-    conn = make_conn("camb_ai", max_retries=1)
+    conn = make_conn("camb_ai", max_retries=0)
     texts = [f"Item {n}." for n in range(1, 7)]
     texts[2] = "Item 3. [emu:outcome=error,reason=HARMFUL_CONTENT_DETECTED]"
-    emu.inject("429", count=2, endpoint="create")  # item 1's create and its one retry (items go one at a time)
+    # Item 1's create (items go one at a time, in order); with no transport retry, the batch sends
+    # it again after the others. (A backoff would lend the slot, so a retry would meet another item.)
+    emu.inject("429", count=1, endpoint="create")
     emu.script_next("camb_ai", "tts", outcome="error", reason="INTERNAL_ERROR")  # the first create processed
     op = batch(CambTtsBatchToStorageOperator, conn, tmp_path, items=texts, defaults=CAMB_DEFAULTS,
                max_active_requests=1)  # fmt: skip
@@ -431,13 +433,28 @@ def test_the_wait_polls_oldest_first_so_each_task_is_asked_about_once_after_it_e
     assert polls <= 40 + rounds + 5, (polls, rounds)
 
 
+def wait_in_order(hook: Any, ids: list[str], concurrency: int) -> dict[str, Any] | None:
+    """``wait_for_all`` over ``ids`` submitted in that order, polled every 0.1 s; the hook closed after."""
+    from airflow_provider_tts.batch.trigger import wait_for_all
+    from airflow_provider_tts.waiting import WaitPolicy
+
+    async def run() -> dict[str, Any] | None:
+        try:
+            return await wait_for_all(hook, "tts", {tid: float(n) for n, tid in enumerate(ids)},
+                                      policy=WaitPolicy(poll_interval=0.1), started_at=0.0, deadline=None,
+                                      concurrency=concurrency,
+                                      log=SimpleNamespace(info=print, warning=print))  # fmt: skip
+        finally:
+            await hook.aclose()
+
+    return asyncio.run(run())
+
+
 def test_one_slow_answer_does_not_hold_back_the_polls_of_the_other_items(emu: Any, make_conn: ConnFactory) -> None:
     """After the oldest ended, polls go out with ``concurrency`` in flight as a sliding window: one
     answer that takes 1.5 s (the vendor's, simulated around the real hook) holds back no other poll.
     In groups that waited for their slowest, 15 of these 20 polls waited for it."""
-    from airflow_provider_tts.batch.trigger import wait_for_all
     from airflow_provider_tts.hooks.tts import TtsHook
-    from airflow_provider_tts.waiting import WaitPolicy
 
     ids = [emu.create_task("camb_ai", "tts", delay=0) for _ in range(20)]
     slow = ids[2]
@@ -450,19 +467,55 @@ def test_one_slow_answer_does_not_hold_back_the_polls_of_the_other_items(emu: An
                 await asyncio.sleep(1.5)
             return await super().aget_task_status(tts_task_id, kind)
 
-    async def run() -> dict[str, Any] | None:
-        hook = SlowOnce(make_conn("camb_ai"))
-        try:
-            return await wait_for_all(hook, "tts", {tid: float(n) for n, tid in enumerate(ids)},
-                                      policy=WaitPolicy(poll_interval=0.1), started_at=0.0, deadline=None,
-                                      concurrency=4, log=SimpleNamespace(info=print, warning=print))  # fmt: skip
-        finally:
-            await hook.aclose()
-
-    event = asyncio.run(run())
+    event = wait_in_order(SlowOnce(make_conn("camb_ai")), ids, concurrency=4)
     assert event == {"status": "done", "pending": 0, "succeeded": 20, "failed": 0, "errors": 0}
     late = [tid for tid in ids if asked[tid] - asked[slow] >= 1.0]
     assert late == []
+
+
+def test_a_poll_asleep_in_its_backoff_lends_its_place_to_the_next_polls(emu: Any, make_conn: ConnFactory) -> None:
+    """``concurrency`` bounds polls at work, not polls sleeping out a retry's backoff: with one, task 2's
+    poll is refused (503) and waits 1 s before its retry; tasks 3 and 4 are asked meanwhile. Before,
+    the sleeping poll held the only place, and at 1,000 items with 10 % faults the wait saw items end
+    ~40 a second (``benchmarks/batch_vs_mapped.py``)."""
+    from airflow_provider_tts.hooks.tts import TtsHook
+
+    ids = [emu.create_task("camb_ai", "tts", delay=0) for _ in range(4)]
+
+    class RefusedOnce(TtsHook):
+        async def aget_task_status(self, tts_task_id: str, kind: str = "tts") -> Any:
+            if tts_task_id == ids[1] and not refused:
+                refused.append(tts_task_id)
+                emu.inject("503", count=1, endpoint="status")
+            return await super().aget_task_status(tts_task_id, kind)
+
+    refused: list[str] = []
+
+    hook = RefusedOnce(make_conn("camb_ai"), request_retry={"backoff": 1.0, "max_backoff": 1.0})
+    event = wait_in_order(hook, ids, concurrency=1)
+    assert event == {"status": "done", "pending": 0, "succeeded": 4, "failed": 0, "errors": 0}
+    asked = [(next(n for n, tid in enumerate(ids) if tid in e["path"]) + 1, e["status"])
+             for e in emu.requests() if e["endpoint"] == "status"]  # fmt: skip
+    assert asked == [(1, 200), (2, 503), (3, 200), (4, 200), (2, 200)]
+
+
+def test_a_create_asleep_in_its_backoff_lends_its_place_to_the_next_items(
+    emu: Any, make_conn: ConnFactory, tmp_path: Path
+) -> None:
+    """``max_active_requests`` bounds requests at work, not sleepers: with one, the first create is
+    refused (503, so nothing was created) and its retry waits 2 s; the two other items are created
+    meanwhile, and the refused one is sent again after them. Before, every item waited behind it."""
+    emu.configure(default_delay=0)
+    emu.inject("503", count=1, endpoint="create")
+    op = batch(RevidTtsBatchToStorageOperator, make_conn("revid_tts"), tmp_path, items=["One.", "Two.", "Three."],
+               max_active_requests=1, request_retry={"backoff": 2.0, "max_backoff": 2.0})  # fmt: skip
+    assert op.execute(context())["stored"] == 3
+    sent = [e["status"] for e in emu.requests() if e["endpoint"] == "create"]
+    assert sent == [503, 202, 202, 202]
+    assert creates(emu) == 3
+    age = {task["body"]["text"]: task["age_seconds"] for task in emu.tasks()}
+    assert age["Two."] - age["One."] >= 1.9  # the refused one was sent again after its full backoff ...
+    assert age["Three."] - age["One."] >= 1.9  # ... and the others did not wait for it
 
 
 def test_waiting_in_the_worker_stores_each_item_with_the_status_that_said_it_ended(
@@ -522,17 +575,18 @@ def test_a_batch_stores_what_ended_while_it_waited_and_defers_only_the_rest(
     assert creates(emu) == 8
 
 
-def test_the_oldest_waiting_task_is_polled_when_it_is_expected_done_once_then_on_schedule(
+def test_the_oldest_waiting_task_is_polled_when_it_is_expected_done_then_less_often_until_the_schedule(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Once one task ended 10 s after its submission, a task submitted 0.1 s after it is polled
-    ``HURRY_GAP`` later, not a whole interval (5 s) later; one that is still pending then goes back
-    to the schedule. A scripted hook and a recording sleep: no clock is raced."""
+    ``HURRY_GAP`` later, not a whole interval (5 s) later; one that is still pending then is polled
+    again 0.5, 1 and 2 s later, then goes back to the schedule. A scripted hook and a recording
+    sleep: no clock is raced."""
     from airflow_provider_tts.batch import trigger as module
     from airflow_provider_tts.status import TtsTaskStatus
     from airflow_provider_tts.waiting import WaitPolicy
 
-    answers = {"t1": ["succeeded"], "t2": ["pending", "succeeded"], "t3": ["pending", "pending", "succeeded"]}
+    answers = {"t1": ["succeeded"], "t2": ["pending", "succeeded"], "t3": ["pending"] * 5 + ["succeeded"]}
     slept: list[float] = []
 
     class Scripted:
@@ -552,7 +606,8 @@ def test_the_oldest_waiting_task_is_polled_when_it_is_expected_done_once_then_on
                                             started_at=now, deadline=None, concurrency=1,
                                             log=SimpleNamespace(info=print, warning=print)))  # fmt: skip
     assert event == {"status": "done", "pending": 0, "succeeded": 3, "failed": 0, "errors": 0}
-    assert len(slept) == 3
+    assert len(slept) == 6
     assert slept[0] <= module.HURRY_GAP + 0.01  # t2: expected done 0.1 s on, polled HURRY_GAP later
     assert slept[1] <= module.HURRY_GAP + 0.01  # t3: its own first hurried poll (it misses)
-    assert slept[2] > 4.0  # t3 again: back on the 5 s schedule
+    assert slept[2:5] == [module.HURRY_GAP, 2 * module.HURRY_GAP, 4 * module.HURRY_GAP]  # t3: sooner, less so
+    assert slept[5] > 4.0  # t3 after HURRY_TRIES: back on the 5 s schedule
