@@ -18,7 +18,8 @@ already paid for and pays again only for what the vendor failed retryably.
 soon as its audio is ready; whatever is still pending then is waited for in the triggerer (one
 deferral).
 ``max_failed_items=2`` lets the run succeed with up to two failed texts, each a manifest row with
-the vendor's reason.
+the vendor's reason. ``max_active_requests=16``: as many requests in flight as the mapped example's
+16 task instances (a request asleep in its retry's backoff does not count).
 
 Connections: ``revid_tts_default`` (RevidAPI), plus ``TTS_EXAMPLE_DEST_CONN_ID`` for the storage (e.g.
 an ``aws`` connection for ``s3://``). Where the items are read and the audio written is the
@@ -61,7 +62,7 @@ with DAG(
         destination=OUTPUT + "batch-one-task/",
         dest_conn_id=DEST_CONN_ID,
         max_failed_items=2,
-        max_active_requests=8,
+        max_active_requests=16,
         deferrable=True,
         # Wait up to 2 minutes in the worker, storing each text as its audio is ready, before
         # handing what is still pending to the triggerer: a batch that ends within it pays no
