@@ -38,6 +38,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,12 @@ def texts(n: int) -> list[str]:
     """N distinct texts in the examples' style: the 50 example sentences, varied by a take number."""
     base = [line.split(". ", 1)[-1] for line in (EXAMPLES / "data" / "batch_texts.txt").read_text().splitlines()]
     return [f"{base[i % len(base)].rstrip('.')}, take {i // len(base) + 1}." for i in range(n)]
+
+
+def shipped(form: str, name: str) -> str:
+    """A setting as the form's example DAG file ships it (its first ``name=value,`` line), for the report."""
+    found = re.search(rf"^\s+{name}=([^,\s)]+),", (EXAMPLES / f"{FORMS[form]}.py").read_text(), re.M)
+    return found.group(1) if found else "?"
 
 
 def log(message: str) -> None:
@@ -297,8 +304,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, injected: in
     lines = [
         f"{n} texts, vendor tasks pending {args.pending:g} s, {args.faults:.0%} transient faults on status, "
         f"result and storage requests (every transient kind) and on create calls (429/503 only: {injected} "
-        "injected over both forms); the two example DAGs as shipped (mapped: submits 8 at a time, DAG "
-        "`max_active_tasks=16`; batch: `max_active_requests=8`), one after the other on one deployment: "
+        f"injected over both forms); the two example DAGs as shipped (mapped: submits "
+        f"{shipped('mapped', 'max_active_tis_per_dagrun')} at a time, DAG "
+        f"`max_active_tasks={shipped('mapped', 'max_active_tasks')}`; batch: "
+        f"`max_active_requests={shipped('batch', 'max_active_requests')}`), one after the other on one deployment: "
         "CeleryExecutor, 2 workers x 8 slots, 2 triggerers, PostgreSQL, Redis, all on this machine. Wall: "
         "trigger call to the run's end. CPU: seconds of each component's process tree over the run "
         "(workers: Celery pools, supervisors and task processes). DB rows: `pg_stat_database` inserted + "
