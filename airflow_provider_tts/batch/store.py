@@ -150,7 +150,7 @@ class StorePhase(PlanPhase):
                 row = self._row(context, plan, item, hit, waits, failed, retried)
             return {**row, **spent(plan, item, row, entry)}
 
-        with ThreadPoolExecutor(slots.threads, thread_name_prefix="tts-batch-store") as pool:
+        with ThreadPoolExecutor(slots.workers, thread_name_prefix="tts-batch-store") as pool:
             return {str(item.index): row for item, row in zip(items, pool.map(one, items), strict=True)}
 
     def _row(
@@ -249,7 +249,7 @@ class StorePhase(PlanPhase):
         # Stores at work at once: max_active_requests; one sleeping out a retry's backoff lends its
         # slot to the next item (transport.slots), so a download's 1-2 s backoff delays no other.
         slots = ThreadSlots(self.max_active_requests)
-        pool = ThreadPoolExecutor(slots.threads, thread_name_prefix="tts-batch-store")
+        pool = ThreadPoolExecutor(slots.workers, thread_name_prefix="tts-batch-store")
 
         def row(item: BatchItem, status: TtsTaskStatus | None) -> dict[str, Any]:
             with slots.held():

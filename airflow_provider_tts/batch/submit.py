@@ -236,7 +236,7 @@ class SubmitPhase(PlanPhase):
                     auth.append(outcome.cause)
             return job, outcome
 
-        with ThreadPoolExecutor(slots.threads, thread_name_prefix="tts-batch-submit") as pool:
+        with ThreadPoolExecutor(slots.workers, thread_name_prefix="tts-batch-submit") as pool:
             # Streamed, not a chunk at a time: the next chunk's creates go while the last ones of
             # this chunk sleep out their backoffs (a chunk joined at its slowest create stalled
             # every slot for that long, PAY_CHUNK items at a time). At most two chunks of fields

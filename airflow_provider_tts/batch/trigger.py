@@ -154,7 +154,7 @@ async def wait_for_all(
         blocked = [False]  # a full round sweeps every task whatever their answers
         try:
             while True:
-                while not blocked[0] and len(in_flight) < slots.tasks and (task_id := next(order, None)) is not None:
+                while not blocked[0] and len(in_flight) < slots.workers and (task_id := next(order, None)) is not None:
                     in_flight.add(asyncio.ensure_future(poll(task_id, None if full else blocked)))
                 if not in_flight or stopped():
                     return

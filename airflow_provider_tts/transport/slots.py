@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from tenacity import nap
 
@@ -32,19 +33,38 @@ from tenacity import nap
 LENDING_FACTOR = 4
 
 
-@dataclass
-class _Hold:
-    """One job's claim on a slot; ``held`` is False while it is lent out (so an exit never frees twice)."""
+S = TypeVar("S", "ThreadSlots", "TaskSlots")
 
-    slots: ThreadSlots | TaskSlots
+
+@dataclass
+class _Hold(Generic[S]):
+    """One job's claim on a slot; ``held`` is False while it is lent out (so an exit never frees twice).
+
+    A task started inside a held block inherits the context, and with it this hold: of two such
+    jobs, only the first to sleep lends the slot (``held`` tells the second it is already out).
+    """
+
+    slots: S
     held: bool = True
 
 
-_THREAD_HOLD: ContextVar[_Hold | None] = ContextVar("tts_thread_slot", default=None)
-_TASK_HOLD: ContextVar[_Hold | None] = ContextVar("tts_task_slot", default=None)
+_THREAD_HOLD: ContextVar[_Hold[ThreadSlots] | None] = ContextVar("tts_thread_slot", default=None)
+_TASK_HOLD: ContextVar[_Hold[TaskSlots] | None] = ContextVar("tts_task_slot", default=None)
 
 
-class ThreadSlots:
+class _Slots:
+    """What both kinds share: ``limit`` slots, and room for :data:`LENDING_FACTOR` workers per slot."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(int(limit), 1)
+
+    @property
+    def workers(self) -> int:
+        """How many threads (or coroutines) a pool serving these slots should run at once."""
+        return self.limit * LENDING_FACTOR
+
+
+class ThreadSlots(_Slots):
     """At most ``limit`` threads at work at once; one asleep in :func:`lending_sleep` is not counted.
 
     Waiters are served in arrival order by :class:`threading.Semaphore`'s condition, so with one
@@ -52,19 +72,14 @@ class ThreadSlots:
     """
 
     def __init__(self, limit: int) -> None:
-        self.limit = max(int(limit), 1)
+        super().__init__(limit)
         self._free = threading.Semaphore(self.limit)
-
-    @property
-    def threads(self) -> int:
-        """How many threads a pool serving these slots should run."""
-        return self.limit * LENDING_FACTOR
 
     @contextmanager
     def held(self) -> Iterator[None]:
         """Hold a slot for the block (waiting for one first); a retry's sleep inside lends it."""
         self._free.acquire()
-        hold = _Hold(self)
+        hold: _Hold[ThreadSlots] = _Hold(self)
         token = _THREAD_HOLD.set(hold)
         try:
             yield
@@ -73,7 +88,7 @@ class ThreadSlots:
             if hold.held:
                 self._free.release()
 
-    def _lend(self, hold: _Hold, seconds: float) -> None:
+    def _lend(self, hold: _Hold[ThreadSlots], seconds: float) -> None:
         hold.held = False
         self._free.release()
         try:
@@ -83,23 +98,18 @@ class ThreadSlots:
             hold.held = True
 
 
-class TaskSlots:
+class TaskSlots(_Slots):
     """The asyncio twin of :class:`ThreadSlots`: at most ``limit`` coroutines at work at once."""
 
     def __init__(self, limit: int) -> None:
-        self.limit = max(int(limit), 1)
+        super().__init__(limit)
         self._free = asyncio.Semaphore(self.limit)
-
-    @property
-    def tasks(self) -> int:
-        """How many coroutines may be started at once against these slots."""
-        return self.limit * LENDING_FACTOR
 
     @asynccontextmanager
     async def held(self) -> AsyncIterator[None]:
         """Hold a slot for the block (waiting for one first); a retry's sleep inside lends it."""
         await self._free.acquire()
-        hold = _Hold(self)
+        hold: _Hold[TaskSlots] = _Hold(self)
         token = _TASK_HOLD.set(hold)
         try:
             yield
@@ -108,7 +118,7 @@ class TaskSlots:
             if hold.held:
                 self._free.release()
 
-    async def _lend(self, hold: _Hold, seconds: float) -> None:
+    async def _lend(self, hold: _Hold[TaskSlots], seconds: float) -> None:
         hold.held = False
         self._free.release()
         await asyncio.sleep(seconds)
@@ -121,7 +131,7 @@ class TaskSlots:
 def lending_sleep(seconds: float) -> None:
     """A retry's sleep (tenacity's ``sleep``) that lends this thread's slot, if it holds one."""
     hold = _THREAD_HOLD.get()
-    if hold is None or not hold.held or not isinstance(hold.slots, ThreadSlots):
+    if hold is None or not hold.held:
         nap.sleep(seconds)  # tenacity's own sleep, as without a slot (tests reach it there)
         return
     hold.slots._lend(hold, seconds)
@@ -130,7 +140,7 @@ def lending_sleep(seconds: float) -> None:
 async def alending_sleep(seconds: float) -> None:
     """The asyncio twin of :func:`lending_sleep`, for ``AsyncRetrying``."""
     hold = _TASK_HOLD.get()
-    if hold is None or not hold.held or not isinstance(hold.slots, TaskSlots):
+    if hold is None or not hold.held:
         await asyncio.sleep(seconds)
         return
     await hold.slots._lend(hold, seconds)

@@ -65,7 +65,7 @@ def test_a_thread_asleep_in_its_backoff_lends_its_slot_and_takes_one_back_to_go_
             events.append("second works")
         second_done.set()
 
-    with ThreadPoolExecutor(slots.threads) as pool:
+    with ThreadPoolExecutor(slots.workers) as pool:
         for future in [pool.submit(first), pool.submit(second)]:
             future.result(timeout=10)
     assert events == ["first works", "second works", "first works again"]
@@ -85,9 +85,9 @@ def test_many_threads_never_have_more_jobs_at_work_than_slots() -> None:
             with gauge:
                 time.sleep(0.002)
 
-    with ThreadPoolExecutor(slots.threads) as pool:
+    with ThreadPoolExecutor(slots.workers) as pool:
         list(pool.map(job, range(60)))
-    assert slots.threads == 3 * LENDING_FACTOR
+    assert slots.workers == 3 * LENDING_FACTOR
     assert 1 <= gauge.most <= 3
     # Every slot is free again: three more holders get in without waiting.
     assert all(slots._free.acquire(timeout=0) for _ in range(3))
