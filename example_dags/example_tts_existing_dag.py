@@ -2,7 +2,8 @@
 
 Some other system (or an upstream task) already created the text-to-speech task; this DAG only
 waits for it and stores the audio. The id comes in as a DAG param here (``tts_task_id``); an
-upstream XCom works the same way (``tts_task_id=some_task.output``).
+upstream XCom works the same way (``tts_task_id=some_task.output``). The store is handed the
+sensor's status (``wait.output``), so it fetches the audio without asking the vendor again.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ with DAG(
     store = TtsAudioToStorageOperator(
         task_id="store_audio",
         tts_conn_id="{{ params.tts_conn_id }}",
-        tts_task_id="{{ ti.xcom_pull('wait_for_audio')['tts_task_id'] }}",
+        tts_task_id=wait.output,  # the sensor's status: where the audio is, no second status request
         kind="{{ params.kind }}",
         destination=OUTPUT + "existing/",
         dest_conn_id=DEST_CONN_ID,

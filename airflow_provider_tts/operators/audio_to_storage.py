@@ -68,7 +68,12 @@ if TYPE_CHECKING:
 class TtsAudioToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
     """Wait for a text-to-speech task if needed, then stream its audio into object storage.
 
-    :param tts_task_id: the vendor's task id (templated; an XComArg works).
+    :param tts_task_id: the vendor's task id (templated; an XComArg works), or the succeeded status
+        a :class:`~airflow_provider_tts.sensors.tts.TtsTaskSensor` returned (``sensor.output``): the
+        sensor's last poll already read where the audio is, so the download starts without asking
+        the vendor again (one request less per file; a Revid URL that lost its signature in XCom,
+        or one that expired, is still polled for afresh). A status of another kind or vendor than
+        this task's is refused before any request; one not yet succeeded is waited for as its id.
     :param destination: a URI string or ``ObjectStoragePath`` (templated): ``file:///data/a.flac``,
         ``s3://bucket/audio/a.wav``, any scheme an installed provider registers. Ending in ``/`` (or
         naming an existing folder), it is a folder and the file inside it is named by ``file_name``.
@@ -130,7 +135,7 @@ class TtsAudioToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
     def __init__(
         self,
         *,
-        tts_task_id: str | XComArg | None = None,
+        tts_task_id: str | XComArg | Mapping[str, Any] | None = None,
         destination: str | ObjectStoragePath,
         file_name: str | None = None,
         tts_conn_id: str | None = None,
@@ -150,8 +155,10 @@ class TtsAudioToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
         **kwargs: Any,
     ) -> None:
         check_store_settings(overwrite, max_bytes, chunk_bytes)
+        # A status mapping passes through as the id does; execute() reads it (_handed_status).
+        handed = cast("str | XComArg | None", tts_task_id)
         tts_task_id, tts_conn_id, kind = from_submitted(
-            type(self).__name__, submitted, tts_task_id=tts_task_id, tts_conn_id=tts_conn_id, kind=kind
+            type(self).__name__, submitted, tts_task_id=handed, tts_conn_id=tts_conn_id, kind=kind
         )
         if not templated(kind) and kind not in KINDS:
             raise TtsConfigError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -216,10 +223,44 @@ class TtsAudioToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
         return default_outlet(destination, dag_id, task_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        handed = self._handed_status()
         if not isinstance(self.tts_task_id, str) or not self.tts_task_id.strip():
             raise TtsConfigError(f"tts_task_id rendered to {self.tts_task_id!r}; expected a vendor task id")
         self._check_before_paying(context)
+        if handed is not None:
+            self.log.info("Task %s: succeeded, as the status handed over says; fetching its audio", handed.tts_task_id)
+            return self._store(context, handed)
         return self._wait_and_store(context)
+
+    def _handed_status(self) -> TtsTaskStatus | None:
+        """The succeeded status ``tts_task_id`` rendered to (a sensor's return value), else None.
+
+        A sensor's last poll read the run id (Camb.ai) or audio URL (RevidAPI); asking again would
+        cost a request per file and tell nothing new. A status is not a credential: the download
+        goes through the hook's usual checks, and a stripped or expired URL is polled for afresh.
+        ``tts_task_id`` becomes the status's id either way, so a wait, a deferral and the result
+        see a plain id.
+        """
+        handed: Any = self.tts_task_id
+        if not isinstance(handed, Mapping):
+            return None
+        from airflow_provider_tts.status import TtsTaskStatus
+
+        try:
+            status = TtsTaskStatus.from_xcom(dict(handed))
+        except ValueError as exc:
+            raise TtsConfigError(
+                f"tts_task_id rendered to a mapping that is not a task status ({_first_line(exc)}); expected a vendor "
+                "task id or the status a TtsTaskSensor returns"
+            ) from None
+        api = self.hook.vendor.api
+        if (status.api, status.kind) != (api, self.kind):
+            raise TtsConfigError(
+                f"tts_task_id is the status of a {status.api} {status.kind!r} task ({status.tts_task_id!r}); this "
+                f"task fetches {api} {self.kind!r} audio through {self.tts_conn_id!r}; nothing was requested"
+            )
+        self.tts_task_id = status.tts_task_id
+        return status if status.state == "succeeded" else None
 
     def _check_before_paying(self, context: Context) -> None:
         """A bad destination or file name, or a file in the way with ``overwrite="fail"``, fails here.
@@ -388,3 +429,8 @@ class TtsAudioToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
     def _spending(self) -> dict[str, Any]:
         """What the result reports as spent (``characters``, ``requests``, ...): nothing paid, given a task id."""
         return {}
+
+
+def _first_line(exc: Exception) -> str:
+    """A validation error's summary and first complaint, for a message of one line."""
+    return "; ".join(line.strip() for line in str(exc).splitlines()[:3] if line.strip())
