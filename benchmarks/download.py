@@ -415,6 +415,7 @@ SMALL_HEADERS = [
 SMALL_METHODS = {
     "operator": "operator",
     "operator_replace": 'operator, `overwrite="replace"`',
+    "operator_handed": "operator, handed the sensor's status (`sensor.output`)",
     "in_memory_s3": "in memory (HttpToS3Operator)",
     "upload_fileobj_s3": "boto3 `upload_fileobj` from the stream",
     "in_memory_s3_polled": "in memory, after the status GET that gives its URL",
@@ -613,7 +614,10 @@ def describe_small(rows: list[list[object]], notes: list[str]) -> str:
         "`TtsAudioToStorageOperator.execute` per file (a new operator each, folder destination, default "
         "`skip_if_identical`, first try): its status poll, download and write (one PutObject sent only if"
         ' nothing is at the key; a HEAD only when something is); *operator, `overwrite="replace"`* the '
-        "same, unconditional; the first two anchors are handed the audio URLs and download them; the two "
+        "same, unconditional; *operator, handed the sensor's status* the same, given as `tts_task_id` the "
+        "succeeded status a `TtsTaskSensor` returns (the run id its last poll read) instead of the id, so it "
+        "sends no status request: like for like with the URL-handed anchors; the first two anchors are "
+        "handed the audio URLs and download them; the two "
         "*after the status GET* anchors are given the task id, as the operator is, and first ask the "
         "vendor's status endpoint for the run id that makes the URL (one `requests` GET and `.json()`, "
         "what a hand-written sensor's last poke or a PythonOperator does), then do the same. Paired "
