@@ -9,7 +9,12 @@ from pathlib import Path
 
 # One home per Airflow version: the CI matrix runs several minors on one machine, and a home written
 # by one (its airflow.cfg, its SQLite schema) must not be read by another.
-_HOME = Path(tempfile.gettempdir()) / f"airflow-provider-tts-tests-{os.getuid()}-af{_version('apache-airflow-core')}"
+# `make test` runs the suite in pytest-xdist workers (PYTEST_XDIST_WORKER, set before this file is read):
+# one home each, so two workers never write one task log or SQLite file at once.
+_HOME = Path(tempfile.gettempdir()) / (
+    f"airflow-provider-tts-tests-{os.getuid()}-af{_version('apache-airflow-core')}"
+    + (f"-{os.environ['PYTEST_XDIST_WORKER']}" if os.environ.get("PYTEST_XDIST_WORKER") else "")
+)
 _HOME.mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("AIRFLOW_HOME", str(_HOME))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
@@ -109,3 +114,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.nodeid.startswith(MATRIX_TESTS):
             item.add_marker(pytest.mark.matrix)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Whole files go to the workers in this order (`--dist loadfile`): the files that start real
+        # Airflow (marked slow; minutes each) first, so the last minutes are short files filling in
+        # beside them rather than one long file running alone. Within a file the order is unchanged.
+        slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+        items.sort(key=lambda item: item.path not in slow_files)
