@@ -183,6 +183,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", default="", help="cProfile file of one operator worker's last round (1 in parallel)"
     )
+    parser.add_argument("--profile-method", default="operator", help="the method --profile profiles")
     args = parser.parse_args()
     sizes = [8 * MiB, 32 * MiB] if args.quick else [512 * MiB, 2048 * MiB]
     if args.sizes:
@@ -251,8 +252,9 @@ def main() -> None:
             if small:
                 parallels = tuple(int(p) for p in args.parallel.split(","))
                 small_rows, small_notes = bench_small(
-                    small, args.rounds, emu, env, scratch, s3, moto["endpoint"], args.profile, parallels
-                )
+                    small, args.rounds, emu, env, scratch, s3, moto["endpoint"], args.profile, parallels,
+                    args.profile_method,
+                )  # fmt: skip
                 print(table(SMALL_HEADERS, small_rows), flush=True)
             s3.delete_bucket(Bucket=BUCKET)
     except BaseException:
@@ -516,7 +518,7 @@ def remove_prefix(s3: Any, prefix: str) -> int:
 
 def bench_small(
     n: int, rounds: int, emu: dict[str, Any], env: dict[str, str], scratch: Path, s3: Any, moto: str,
-    profile: str = "", parallels: tuple[int, ...] = (1, 8),
+    profile: str = "", parallels: tuple[int, ...] = (1, 8), profile_method: str = "operator",
 ) -> tuple[list[list[object]], list[str]]:  # fmt: skip
     """``n`` files per method to s3:// in ``rounds`` paired rounds, by 1 and 8 workers per method.
 
@@ -559,7 +561,8 @@ def bench_small(
                         path.write_text(json.dumps(entries[i::parallel]))
                         lists.append(path)
                     s3_requests(moto, reset=True)
-                    want = profile if (profile and method == "operator" and parallel == 1 and r == rounds - 1) else ""
+                    last = parallel == 1 and r == rounds - 1
+                    want = profile if (profile and method == profile_method and last) else ""
                     start_at, results = workers.run(method, lists, want)
                     if r < 0:
                         continue

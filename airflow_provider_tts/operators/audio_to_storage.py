@@ -227,8 +227,7 @@ class TtsAudioToStorageOperator(TtsHookMixin, StoredAudioOutput, BaseOperator):
         if not isinstance(self.tts_task_id, str) or not self.tts_task_id.strip():
             raise TtsConfigError(f"tts_task_id rendered to {self.tts_task_id!r}; expected a vendor task id")
         self._check_before_paying(context)
-        if handed is not None:
-            self.log.info("Task %s: succeeded, as the status handed over says; fetching its audio", handed.tts_task_id)
+        if handed is not None:  # the sensor's status: no poll; the store's own log line names the audio
             return self._store(context, handed)
         return self._wait_and_store(context)
 
