@@ -185,6 +185,7 @@ class EmulatorServer:
                     # Take the whole request first: the server has it, then dawdles; a client that
                     # gives up meanwhile does not stop a slow create from creating.
                     await request.read()
+                    state.hold(endpoint)
                     await asyncio.sleep(state.config.faults.slow_seconds)
                 resp = await handler(request)
                 status = resp.status

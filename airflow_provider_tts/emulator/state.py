@@ -112,6 +112,9 @@ class _Counters:
     #: ``/tts-stream`` answers sent whole, per text: a stream has no task, and it is paid when answered.
     streams: Counter[str] = field(default_factory=Counter)
     polls_unknown: int = 0
+    #: Requests a ``slow`` fault holds, counted once their whole body arrived: from then on the
+    #: vendor has the request, whatever the client does (a test may kill it then, not before).
+    slow_held: Counter[str] = field(default_factory=Counter)
     max_concurrent: int = 0
     connections: int = 0
     storage_requests: int = 0
@@ -333,6 +336,11 @@ class State:
             self._counters.by_status[str(status)] += 1
             self._log.append((time.time(), method, path, endpoint, status, fault, key_present))
 
+    def hold(self, endpoint: str) -> None:
+        """Count a request a ``slow`` fault now holds, its body read in full (``slow_held_by_endpoint``)."""
+        with self._lock:
+            self._counters.slow_held[endpoint] += 1
+
     def count_control(self) -> None:
         with self._lock:
             self._counters.by_endpoint["control"] += 1
@@ -390,6 +398,7 @@ class State:
                 "requests_by_endpoint": dict(c.by_endpoint),
                 "requests_by_status": dict(c.by_status),
                 "max_concurrent_requests": c.max_concurrent,
+                "slow_held_by_endpoint": dict(c.slow_held),
                 "faults_total": sum(c.faults.values()),
                 "faults_by_kind": dict(c.faults),
                 "pending_injections": [dataclasses.asdict(inj) for inj in self._injections],

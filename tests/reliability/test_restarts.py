@@ -317,7 +317,9 @@ def test_worker_killed_mid_submit_does_not_pay_twice(
     emu.set_faults(slow_seconds=2.0)
     emu.inject("slow", endpoint="create")  # the vendor takes 2 s to answer the create, then creates anyway
     proc = _worker(conn_id, conn, store, kind="tts", fields={"text": "Hello"}, ledger=ledger)
-    _until(lambda: emu.stats()["requests_by_endpoint"].get("create", 0) == 1, proc)  # the vendor has it
+    # The vendor has it once the whole request arrived: counting it at its headers let a busy machine
+    # kill the worker between urllib3's two sends (headers, then body), and nothing was created.
+    _until(lambda: emu.stats()["slow_held_by_endpoint"].get("create", 0) == 1, proc)
     _kill(proc)
     deadline = time.monotonic() + 10
     while emu.stats()["tasks"] == 0 and time.monotonic() < deadline:
