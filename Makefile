@@ -66,7 +66,7 @@ typecheck: $(STAMP)
 PYTEST_WORKERS ?= 2
 
 pytest: $(STAMP)
-	$(BIN)/pytest -q -p no:cacheprovider --durations=15 -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15 -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The scripts that write a section of BENCHMARKS.md; the others in benchmarks/ are their helpers
 # (worker processes, the moto server, trigger variants) and exit with a usage error on their own.
