@@ -53,7 +53,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -246,22 +246,36 @@ class Served:
 
     def stream(self, text: str) -> bytes:
         body = {"text": text, "language": "en-us", "voice_id": 20303, "output_configuration": {"format": "flac"}}
-        resp = self.http.post(f"{self.emu.camb_base_url}/tts-stream", json=body, timeout=60)
+        # The stream injector may have left its fault armed for a stream that never came (it arms the
+        # next one in advance): a 429 or 503 made nothing, so ask again.
+        for _ in range(3):
+            resp = self.http.post(f"{self.emu.camb_base_url}/tts-stream", json=body, timeout=60)
+            if resp.status_code not in (429, 503):
+                break
         resp.raise_for_status()
         return resp.content
 
 
 def check_storage(
-    s3: Any, emu: Emulator, texts: dict[str, list[str]], problems: list[str], forms: set[str]
+    s3: Any,
+    emu: Emulator,
+    texts: dict[str, list[str]],
+    problems: list[str],
+    forms: set[str],
+    batch_uncertain: Collection[int] = (),
 ) -> dict[str, int]:
     """Every text of ``forms`` stored once, byte-identical to what the emulator serves, nothing else left behind.
 
     A form whose run did not succeed has no manifest: its folder must still hold nothing but audio (at most
-    one object per text) and request-cache entries.
+    one object per text) and request-cache entries. The batch is the exception: a batch that failed only
+    by uncertain submits (``batch_uncertain``, its manifest's row indexes) wrote its manifest, and every
+    other row of it must be stored as if it had succeeded.
     """
     served = Served(emu)
     stored_count: dict[str, int] = {}
     sha = lambda data: hashlib.sha256(data).hexdigest()  # noqa: E731
+    if batch_uncertain:
+        forms = forms | {"batch"}
     for form in set(texts) - forms:
         keys = _bucket_keys(s3, f"{form}/")
         audio = [k for k in keys if not k.startswith(f"{form}/.tts-cache/")]
@@ -281,6 +295,8 @@ def check_storage(
         problems.append(f"batch manifest: rows {len(rows)} for {len(texts['batch'])} texts")
     for row in rows:
         if row.get("status") not in ("stored", "cached"):
+            if int(row["index"]) in batch_uncertain:
+                continue
             problems.append(f"batch manifest row {row.get('index')}: {row.get('status')} {row.get('error')}")
             continue
         key = _key_of(row["file"]) if row["file"].startswith("s3://") else folder + row["file"]
@@ -432,8 +448,13 @@ def run_chaos(config: ChaosConfig, work: Path, log: Callable[[str], None] = _log
             with contextlib.suppress(Exception):
                 loop.supervise()  # the audits below read the servers; the components may be down
             figures = _figures(af, emu, runs, states, loop, wall, texts, config)
-            uncertain, other_failures = _failed_tasks(af, runs)
+            batch_uncertain = _batch_uncertain_rows(s3) if states["batch"] != "success" else []
+            uncertain, other_failures = _failed_tasks(af, runs, batch_uncertain)
             figures["uncertain_submits"] = {form: len(v) for form, v in uncertain.items() if v}
+            in_flight = BATCH_MAX_ACTIVE_REQUESTS * figures["retries_used"].get("batch", 0)
+            if len(uncertain.get("batch", ())) > in_flight:
+                problems.append(f"batch: {len(uncertain['batch'])} uncertain submits, more than the {in_flight} "
+                                "create calls its killed tries could have had in flight")  # fmt: skip
             for form, state in states.items():
                 if state != "success" and (other_failures.get(form) or not uncertain.get(form)):
                     problems.append(f"{form} run ended {state}: {af._safe_describe(DAGS[form], runs[form])}")
@@ -448,7 +469,9 @@ def run_chaos(config: ChaosConfig, work: Path, log: Callable[[str], None] = _log
             emu.set_faults(rate=0.0)
             try:
                 succeeded = {form for form, state in states.items() if state == "success"}
-                figures["stored"] = check_storage(s3, emu, texts, problems, succeeded)
+                figures["stored"] = check_storage(
+                    s3, emu, texts, problems, succeeded, batch_uncertain if uncertain.get("batch") else ()
+                )
             except Exception as exc:
                 problems.append(f"storage check failed: {type(exc).__name__}: {exc}")
             pg_findings, pg_summary = audit_postgres(af, KEY, work / "airflow.sql")
@@ -461,13 +484,17 @@ def run_chaos(config: ChaosConfig, work: Path, log: Callable[[str], None] = _log
     return figures
 
 
-def _failed_tasks(af: DistributedAirflow, runs: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+def _failed_tasks(
+    af: DistributedAirflow, runs: dict[str, str], batch_uncertain: Sequence[int] = ()
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """Failed task instances per form: those whose last try raised ``TtsSubmitUncertainError``, and the others.
 
     A worker killed while a create call is in flight leaves it unknown whether the vendor created (and
     billed) the task; neither vendor has an idempotency key or a way to look a task up by the caller's
     reference, so the retry refuses to send it again (R5') and the task fails for a human to look at: pay
-    at most once wins over finishing. Those are counted apart; any other failure is a problem.
+    at most once wins over finishing. Those are counted apart; any other failure is a problem. The batch
+    task says so per item (BA4): it counts as uncertain, one entry per row of ``batch_uncertain``, when
+    those rows are its only failures (``TtsBatchItemsFailedPermanentlyError`` with ``max_failed_items=0``).
     """
     uncertain: dict[str, list[str]] = {}
     other: dict[str, list[str]] = {}
@@ -481,8 +508,36 @@ def _failed_tasks(af: DistributedAirflow, runs: dict[str, str]) -> tuple[dict[st
                 folder = folder / f"map_index={ti['map_index']}"
             log_file = folder / f"attempt={ti['try_number']}.log"
             text = log_file.read_text(errors="replace") if log_file.exists() else ""
-            (uncertain if "TtsSubmitUncertainError" in text else other).setdefault(form, []).append(name)
+            if "TtsSubmitUncertainError" in text:
+                uncertain.setdefault(form, []).append(name)
+            elif form == "batch" and batch_uncertain and "TtsBatchItemsFailedPermanentlyError" in text:
+                uncertain.setdefault(form, []).extend(f"{name} row {index}" for index in batch_uncertain)
+            else:
+                other.setdefault(form, []).append(name)
     return uncertain, other
+
+
+#: ``chaos_dags``' batch ``max_active_requests``: a killed try leaves at most this many create calls unanswered.
+BATCH_MAX_ACTIVE_REQUESTS = 8
+#: What the batch's manifest says of an item whose create call's answer was lost (``uncertain_message``).
+UNCERTAIN_ROW = "may have created (and billed) it"
+
+
+def _batch_uncertain_rows(s3: Any) -> list[int]:
+    """The failed batch's manifest rows that are uncertain submits, or none when any row failed otherwise.
+
+    Empty too when there is no manifest (the batch failed before writing one): then its failure is a
+    problem like any other.
+    """
+    try:
+        lines = _get(s3, "batch/manifest.jsonl").decode().splitlines()
+    except Exception:
+        return []
+    failed = [json.loads(line) for line in lines if line.strip()]
+    failed = [row for row in failed if row.get("status") not in ("stored", "cached")]
+    if any(UNCERTAIN_ROW not in str(row.get("error")) for row in failed):
+        return []
+    return [int(row["index"]) for row in failed]
 
 
 def _wait_for_runs(
