@@ -1,9 +1,9 @@
-"""``airflow dags test`` with a connection that exists only in the metadata database (issue 16.1).
+"""``airflow dags test``, the way most people try a DAG first, against the emulator.
 
-``dags test`` runs triggers inline, in the CLI process; Airflow's async connection lookup there does
-not see database connections, while the synchronous one does. This is how most people try a DAG
-first, so it is tested the way they do it: ``airflow connections add``, then ``airflow dags test``
-on a one-sensor DAG with ``deferrable=True``, against the emulator.
+``dags test`` runs tasks and triggers inline, in the CLI process. Airflow's async connection lookup
+there does not see database connections, while the synchronous one does (issue 16.1): tested the
+way users do it, ``airflow connections add``, then ``airflow dags test`` on a one-sensor DAG with
+``deferrable=True``. And many stores in one run share one connection to the vendor.
 """
 
 from __future__ import annotations
@@ -66,4 +66,50 @@ def test_dags_test_waits_with_connections_only_in_the_database(emu: Any, tmp_pat
     for task_id in tasks.values():
         # Each wait ran in the inline trigger: the emulator saw the polls beyond the task's first check.
         assert emu.task_info(task_id)["polls"] >= 3, emu.task_info(task_id)
+    assert TEST_KEY not in out
+
+
+_STORE_DAG = """
+from datetime import datetime
+
+from airflow.sdk import DAG
+
+from airflow_provider_tts.operators.tts import TtsAudioToStorageOperator
+
+with DAG("tts_many_stores", start_date=datetime(2026, 1, 1), schedule=None, catchup=False):
+    for n, task_id in enumerate({tasks!r}):
+        TtsAudioToStorageOperator(
+            task_id=f"store_{{n}}",
+            tts_conn_id="camb_ai_db_only",
+            tts_task_id=task_id,
+            kind="tts",
+            destination={folder!r},
+            file_name=f"clip-{{n}}",
+            deferrable=False,
+        )
+"""
+
+
+def test_dags_test_stores_every_file_over_one_vendor_connection(emu: Any, tmp_path: Path) -> None:
+    # ``dags test`` runs every task in the CLI's own process: the tasks' hooks share the connection's
+    # transport (``transport.shared_transport``), so six stores open one connection to the vendor,
+    # not one each (each a TCP handshake, and on a real vendor a TLS one too).
+    tasks = [emu.create_task("camb_ai", "tts", delay=0) for _ in range(6)]
+    dags, folder = tmp_path / "dags", tmp_path / "audio"
+    dags.mkdir()
+    (dags / "many_stores.py").write_text(_STORE_DAG.format(tasks=tasks, folder=f"file://{folder}/"))
+    af = LocalAirflow(tmp_path / "home", dags)
+    af.home.mkdir(parents=True, exist_ok=True)
+    af._prepare_db(time.monotonic() + 120)
+    af.run_cli("connections", "add", "camb_ai_db_only", "--conn-type", "camb_ai",
+               "--conn-host", emu.camb_base_url, "--conn-password", TEST_KEY)  # fmt: skip
+    before = emu.stats()["connections"]
+
+    out = af.run_cli("dags", "test", "tts_many_stores", timeout=300, name="dags-test")
+
+    finished = [line for line in out.splitlines() if "DagRun Finished" in line]
+    assert finished, out[-3000:]
+    assert "state=success" in finished[-1], out[-3000:]
+    assert sorted(p.name for p in folder.iterdir()) == [f"clip-{n}.flac" for n in range(6)]
+    assert emu.stats()["connections"] - before == 1, emu.stats()
     assert TEST_KEY not in out

@@ -29,7 +29,7 @@ from airflow_provider_tts.exceptions import (
 from airflow_provider_tts.hooks.connections import RESOLVED_CONNECTIONS
 from airflow_provider_tts.renames import REQUEST_RETRY_KEYS, request_retry_overrides
 from airflow_provider_tts.status import Kind, TtsTaskStatus
-from airflow_provider_tts.transport import PACERS, AsyncTransport, AudioStream, Pacer, SyncTransport
+from airflow_provider_tts.transport import PACERS, AsyncTransport, AudioStream, Pacer, SyncTransport, shared_transport
 from airflow_provider_tts.vendors import vendor_class
 from airflow_provider_tts.vendors.base import ApiRequest, ApiResponse, Submission, Vendor, validate_task_id
 
@@ -133,6 +133,7 @@ class TtsHook(BaseHook):
             raise TtsConfigError(f"unknown retry settings {sorted(unknown)}; expected {', '.join(REQUEST_RETRY_KEYS)}")
         self.shared_session = shared_session
         self._pacer: Pacer | None = None
+        self._own_pacer = False
         self._vendor: Vendor | None = None
         self._async_transport: AsyncTransport | None = None
         # Tasks a vendor finished synchronously at submit time: their audio must not be lost even
@@ -226,6 +227,7 @@ class TtsHook(BaseHook):
     @pacer.setter
     def pacer(self, pacer: Pacer) -> None:
         self._pacer = pacer
+        self._own_pacer = True
 
     @property
     def api(self) -> str:
@@ -234,9 +236,11 @@ class TtsHook(BaseHook):
 
     @cached_property
     def _sync(self) -> SyncTransport:
-        transport = SyncTransport(self.vendor.settings)
-        transport.pacer = self.pacer
-        return transport
+        if self._own_pacer:  # its own pace: its own connections too
+            transport = SyncTransport(self.vendor.settings)
+            transport.pacer = self.pacer
+            return transport
+        return shared_transport(self.vendor.settings, self.pacer)
 
     async def _async(self) -> AsyncTransport:
         if self._async_transport is None:
@@ -246,12 +250,12 @@ class TtsHook(BaseHook):
         return self._async_transport
 
     def get_conn(self) -> requests.Session:
-        """The reused ``requests.Session`` (Airflow's hook protocol)."""
+        """The connection's ``requests.Session``, shared by its hooks in this process (Airflow's hook protocol)."""
         return self._sync.session
 
     def close(self) -> None:
-        """Close the sync session's pooled connections."""
-        if "_sync" in self.__dict__:
+        """Close the sync session's pooled connections, unless other hooks of the connection share them."""
+        if "_sync" in self.__dict__ and not self._sync.shared:
             self._sync.close()
 
     async def aclose(self) -> None:

@@ -11,7 +11,8 @@ retried like a 502 would be. What they share is written once:
 * the API key is attached only to requests the vendor marks as authenticated *and* whose origin is
   one of the vendor's API origins, hop by hop, so a redirect or a storage URL never receives it
   (``rules``);
-* sessions are reused: one ``requests.Session`` per sync transport (``sync``), one keep-alive
+* sessions are reused: one sync transport (its ``requests.Session``) per connection in a process, shared
+  by its hooks (``sync.shared_transport``), one keep-alive
   API client of our own (``http1``, a lean HTTP/1.1 client: polls are the triggerer's hot path)
   per event loop shared by the async transports (``aio``); storage downloads use aiohttp;
 * a URL off the vendor's API origins (an audio URL, a redirect target) goes through a separate
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
     from airflow_provider_tts.transport.messages import failure_detail, parse_without_secrets, safe_url, scrub
     from airflow_provider_tts.transport.retry import PACERS, Pacer, PacerRegistry, is_retryable, retry_kwargs
     from airflow_provider_tts.transport.rules import MAX_JSON_BODY, MAX_REDIRECTS, USER_AGENT
-    from airflow_provider_tts.transport.sync import AudioStream, SyncTransport
+    from airflow_provider_tts.transport.sync import AudioStream, SyncTransport, shared_transport
 
 #: Every name of the package, by the submodule that defines it: imported on first access.
 _LAZY = {
@@ -82,6 +83,7 @@ _LAZY = {
     "SessionPool": "aio",
     "StoragePolicy": "hosts",
     "SyncTransport": "sync",
+    "shared_transport": "sync",
     "USER_AGENT": "rules",
     "address_refusal": "hosts",
     "check_storage_url": "hosts",
@@ -137,4 +139,5 @@ __all__ = [
     "retry_kwargs",
     "safe_url",
     "scrub",
+    "shared_transport",
 ]
