@@ -12,7 +12,7 @@ retried like a 502 would be. What they share is written once:
   one of the vendor's API origins, hop by hop, so a redirect or a storage URL never receives it
   (``rules``);
 * sessions are reused: one sync transport (its ``requests.Session``) per connection in a process, shared
-  by its hooks (``sync.shared_transport``), one keep-alive
+  by its hooks (``shared``), one keep-alive
   API client of our own (``http1``, a lean HTTP/1.1 client: polls are the triggerer's hot path)
   per event loop shared by the async transports (``aio``); storage downloads use aiohttp;
 * a URL off the vendor's API origins (an audio URL, a redirect target) goes through a separate
@@ -63,7 +63,8 @@ if TYPE_CHECKING:
     from airflow_provider_tts.transport.messages import failure_detail, parse_without_secrets, safe_url, scrub
     from airflow_provider_tts.transport.retry import PACERS, Pacer, PacerRegistry, is_retryable, retry_kwargs
     from airflow_provider_tts.transport.rules import MAX_JSON_BODY, MAX_REDIRECTS, USER_AGENT
-    from airflow_provider_tts.transport.sync import AudioStream, SyncTransport, shared_transport
+    from airflow_provider_tts.transport.shared import shared_transport
+    from airflow_provider_tts.transport.sync import AudioStream, SyncTransport
 
 #: Every name of the package, by the submodule that defines it: imported on first access.
 _LAZY = {
@@ -83,7 +84,7 @@ _LAZY = {
     "SessionPool": "aio",
     "StoragePolicy": "hosts",
     "SyncTransport": "sync",
-    "shared_transport": "sync",
+    "shared_transport": "shared",
     "USER_AGENT": "rules",
     "address_refusal": "hosts",
     "check_storage_url": "hosts",

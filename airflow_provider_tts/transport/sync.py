@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections import OrderedDict
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -299,6 +299,8 @@ class SyncTransport:
     #: Whether this transport is the process's for its connection (:func:`shared_transport`), which
     #: every hook of it uses: a hook's ``close`` then leaves it open for the others.
     shared = False
+    #: ``time.monotonic()`` of the last request sent (0: none yet).
+    last_used = 0.0
 
     def __init__(self, settings: ConnectionSettings) -> None:
         self.settings = settings
@@ -350,6 +352,7 @@ class SyncTransport:
             return answer
 
     def _send(self, req: ApiRequest, extra_headers: dict[str, str] | None = None) -> requests.Response:
+        self.last_used = time.monotonic()
         url = req.url
         for hop in range(MAX_REDIRECTS + 1):
             on_api_origin = origin_of(url) in self.settings.api_origins
@@ -459,42 +462,3 @@ class SyncTransport:
             _response=resp,
             headers={k.lower(): v for k, v in resp.headers.items()},
         )
-
-
-#: The process's transports, one per connection's settings (see :func:`shared_transport`); beyond
-#: ``MAX_SHARED_TRANSPORTS`` the least recently used is dropped (closed when its last hook is gone).
-_SHARED: OrderedDict[ConnectionSettings, SyncTransport] = OrderedDict()
-_SHARED_LOCK = threading.Lock()
-MAX_SHARED_TRANSPORTS = 64
-
-
-def shared_transport(settings: ConnectionSettings, pacer: Pacer) -> SyncTransport:
-    """The transport every hook of ``settings``' connection in this process uses, paced by ``pacer``.
-
-    Where one process runs many tasks or hooks of a connection (``airflow dags test``, a loop in a
-    PythonOperator), a transport per hook opened a new connection to the vendor for each: a TCP
-    handshake (on a real vendor a TLS one too), dearer than a small file's download. Keyed by the
-    settings' whole value (key, origins, timeouts, retry and storage policy): an edited connection
-    gets its own. ``pacer`` is the connection's in ``PACERS``. Sessions are thread-safe for this use
-    (the batch shares one across its store threads). A forked child starts without these.
-    """
-    with _SHARED_LOCK:
-        transport = _SHARED.get(settings)
-        if transport is None:
-            transport = SyncTransport(settings)
-            transport.shared = True
-            _SHARED[settings] = transport
-            while len(_SHARED) > MAX_SHARED_TRANSPORTS:
-                _SHARED.popitem(last=False)
-        _SHARED.move_to_end(settings)
-        transport.pacer = pacer  # the registry's current one (it may have forgotten an idle one)
-    return transport
-
-
-def _forget_shared_transports() -> None:
-    global _SHARED_LOCK
-    _SHARED_LOCK = threading.Lock()  # another thread of the parent may have held it at the fork
-    _SHARED.clear()
-
-
-os.register_at_fork(after_in_child=_forget_shared_transports)

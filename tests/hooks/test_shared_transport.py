@@ -12,8 +12,7 @@ import os
 from typing import Any
 
 from airflow_provider_tts.hooks.tts import TtsHook
-from airflow_provider_tts.transport import Pacer
-from airflow_provider_tts.transport import sync as sync_transport
+from airflow_provider_tts.transport import Pacer, shared
 from tests.conftest import FIELDS, ConnFactory
 
 KIND = "text-to-sound"
@@ -76,13 +75,13 @@ def test_a_hook_with_a_pacer_of_its_own_has_its_own_connections(emu: Any, make_c
 def test_a_forked_child_does_not_use_its_parents_sockets(emu: Any, make_conn: ConnFactory) -> None:
     conn_id = make_conn("camb_ai")
     task_id = _finished_task(emu, conn_id)
-    assert sync_transport._SHARED  # the parent's, with a pooled connection
+    assert shared._SHARED  # the parent's, with a pooled connection
     before = emu.stats()["connections"]
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: a task process forked by a worker
         try:
-            inherited = len(sync_transport._SHARED)
+            inherited = len(shared._SHARED)
             stored = _store_once(TtsHook(conn_id), task_id)
             os.write(write, f"{inherited} {stored}".encode())
         finally:
@@ -96,4 +95,17 @@ def test_a_forked_child_does_not_use_its_parents_sockets(emu: Any, make_conn: Co
     assert int(stored_in_child) > 1000
     assert emu.stats()["connections"] == before + 1  # the child's own
     _store_once(TtsHook(conn_id), task_id)  # and the parent's still works
+    assert emu.stats()["connections"] == before + 1
+
+
+def test_connections_idle_for_a_minute_are_not_reused(emu: Any, make_conn: ConnFactory) -> None:
+    # As the async client: a create sent on a connection the vendor is just closing would be
+    # uncertain (maybe processed), so a long-idle pool is closed before the next hook uses it.
+    conn_id = make_conn("camb_ai")
+    task_id = _finished_task(emu, conn_id)
+    before = emu.stats()["connections"]
+    _store_once(TtsHook(conn_id), task_id)
+    assert emu.stats()["connections"] == before
+    TtsHook(conn_id)._sync.last_used -= shared.IDLE_CLOSE_SECONDS + 1
+    _store_once(TtsHook(conn_id), task_id)
     assert emu.stats()["connections"] == before + 1
