@@ -412,7 +412,8 @@ def run_chaos(config: ChaosConfig, work: Path, log: Callable[[str], None] = _log
         }  # fmt: skip
         env = {name: json.dumps(value) for name, value in conns.items()} | AWS_ENV | DEPLOYMENT_ENV
         env |= {"CHAOS_OUTPUT": f"s3://{BUCKET}/", "CHAOS_DEST_CONN_ID": "aws_chaos", "CHAOS_ITEMS": items.as_uri(),
-                "CHAOS_RETRIES": str(config.retries)}  # fmt: skip
+                "CHAOS_RETRIES": str(config.retries),
+                "CHAOS_BATCH_MAX_ACTIVE_REQUESTS": str(BATCH_MAX_ACTIVE_REQUESTS)}  # fmt: skip
         af = DistributedAirflow(work / "deployment", dags, workers=2, triggerers=2,
                                 worker_concurrency=config.worker_concurrency,
                                 # no more queued than the workers' slots: "queued" then means "lost", not "waiting"
@@ -517,9 +518,9 @@ def _failed_tasks(
     return uncertain, other
 
 
-#: ``chaos_dags``' batch ``max_active_requests``: a killed try leaves at most this many create calls unanswered.
+#: The batch's ``max_active_requests`` (given to ``chaos_dags``): a killed try leaves at most this many unanswered.
 BATCH_MAX_ACTIVE_REQUESTS = 8
-#: What the batch's manifest says of an item whose create call's answer was lost (``uncertain_message``).
+#: What the batch's manifest says of an item whose create call's answer was lost (in every ``uncertain_message``).
 UNCERTAIN_ROW = "may have created (and billed) it"
 
 

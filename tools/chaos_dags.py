@@ -30,6 +30,8 @@ OUTPUT = os.environ.get("CHAOS_OUTPUT", "file:///tmp/airflow-tts-chaos/")
 DEST_CONN_ID = os.environ.get("CHAOS_DEST_CONN_ID") or None
 ITEMS = os.environ.get("CHAOS_ITEMS", "file:///tmp/airflow-tts-chaos/items.txt")
 RETRIES = int(os.environ.get("CHAOS_RETRIES", "6"))
+#: The batch's ``max_active_requests``, given by ``tools/chaos.py`` (its verdict bounds uncertain submits by it).
+BATCH_MAX_ACTIVE_REQUESTS = int(os.environ.get("CHAOS_BATCH_MAX_ACTIVE_REQUESTS", "8"))
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 COMMON: dict[str, Any] = {"retries": RETRIES, "retry_delay": timedelta(seconds=5)}
 
@@ -50,7 +52,7 @@ with DAG(dag_id="chaos_batch", schedule=None, start_date=START, catchup=False, t
         destination=OUTPUT + "batch/",
         dest_conn_id=DEST_CONN_ID,
         max_failed_items=0,
-        max_active_requests=8,
+        max_active_requests=BATCH_MAX_ACTIVE_REQUESTS,
         deferrable=True,
         # Its resume competes with hundreds of mapped tasks whose downstream manifest gives them weight 2:
         # without this the resumed batch waited 16 minutes in "scheduled" in the first full run.

@@ -17,12 +17,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from airflow_provider_tts.batch.manifest import uncertain_message
 from tools.chaos import UNCERTAIN_ROW, _batch_uncertain_rows, _failed_tasks
 
-UNCERTAIN = (
-    "an earlier try of this task sent the create call for this request and its answer never arrived: the vendor "
-    "may have created (and billed) it, so it is not sent again; set on_uncertain_submit='resubmit' to pay for it anew"
-)
+#: What the batch writes in the manifest for an item whose create call's answer was lost.
+UNCERTAIN = uncertain_message({"owner": "try-1"}, "try-1")
 
 
 class _Bucket:
@@ -41,6 +40,7 @@ def _manifest(*rows: dict[str, Any]) -> _Bucket:
 
 def test_the_phrase_is_the_batchs_own() -> None:
     assert UNCERTAIN_ROW in UNCERTAIN
+    assert UNCERTAIN_ROW in uncertain_message({"owner": "another", "error": "ReadTimeout"}, "try-1")
 
 
 def test_rows_failed_only_as_uncertain_submits_are_counted() -> None:
