@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -40,7 +41,7 @@ from airflow_provider_tts.storing import STORE_ATTEMPTS as STORE_ATTEMPTS
 from airflow_provider_tts.storing import plain_uri, stream_audio_into
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow.sdk import Context, ObjectStoragePath
 
     from airflow_provider_tts.batch.items import BatchItem
     from airflow_provider_tts.batch.trigger import TtsBatchTrigger
@@ -52,6 +53,66 @@ Known: TypeAlias = tuple["CachedAudio | None", Any]
 
 #: What the batch's asset event carries in its ``extra``: where the manifest is and the counts.
 EVENT_KEYS = ("manifest", "items", "stored", "cached", "failed")
+
+
+class EntryWrites:
+    """The stored items' request cache entries, written beside the store threads, not by them.
+
+    An item stored is two writes to the user's store: its audio, then its cache entry. Written by
+    the store thread, the entry's round trip held one of the ``max_active_requests`` slots, which
+    bound requests to the vendor, and on S3 an entry's small PutObject waits about as long as the
+    audio's (``BENCHMARKS.md``, batch store phase). Here the store thread hands the entry over and
+    takes its next item; ``max_active_requests`` threads of their own write the entries.
+
+    At most twice ``threads`` entries are queued or being written at once (a store thread with
+    one more to hand over waits): a worker killed now leaves at most that many items stored whose
+    entries still say "submitted" (before, one per store thread). A later try waits on their vendor
+    tasks, finished and paid, downloads their audio again (free) and finds the identical file, so
+    nothing is paid twice (RELIABILITY BA20). :meth:`wait` is called before the manifest and the
+    cache snapshot are written; :meth:`fail_unrecorded` turns an item whose entry could not be
+    written into a retryable failure: its audio is stored, but a re-run would not know it.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tts-batch-entry")
+        self._room = threading.BoundedSemaphore(2 * threads)
+        self._writes: dict[str, Future[None]] = {}
+
+    def record(self, plan: BatchPlan, item: BatchItem, path: ObjectStoragePath, stored: StoredAudio) -> None:
+        """Queue ``item``'s entry, its audio being at ``path`` (waiting while the queue is full)."""
+        self._room.acquire()
+        try:
+            write = self._pool.submit(plan.cache.stored, item.fingerprint, path, stored)
+        except BaseException:
+            self._room.release()
+            raise
+        write.add_done_callback(lambda _: self._room.release())
+        self._writes[str(item.index)] = write
+
+    def wait(self) -> None:
+        """Wait until every queued entry is written (or has failed)."""
+        self._pool.shutdown(wait=True)
+
+    def fail_unrecorded(self, rows: dict[str, dict[str, Any]]) -> None:
+        """Make the row of each stored item whose entry could not be written a retryable failure.
+
+        An interruption (``KeyboardInterrupt``, ``SystemExit``: not an ``Exception``) in a write is
+        raised here, as it would have been in the store thread.
+        """
+        self.wait()
+        for write in self._writes.values():
+            exc = write.exception()
+            if exc is not None and not isinstance(exc, Exception):
+                raise exc
+        for index, write in self._writes.items():
+            exc = write.exception()
+            row = rows.get(index)
+            if exc is None or row is None or row.get("status") != "stored":
+                continue
+            why = f"{type(exc).__name__}: {exc}"
+            rows[index] = {**row, "status": "failed", "retryable": True,
+                           "error": f"stored {row['file']}, but its request cache entry could not be written ({why}); "
+                                    "a retry records it without paying again"[:500]}  # fmt: skip
 
 
 class StorePhase(PlanPhase):
@@ -143,15 +204,21 @@ class StorePhase(PlanPhase):
 
         retried = is_retry(context)
         slots = ThreadSlots(self.max_active_requests)
+        entries = EntryWrites(self.max_active_requests)
 
         def one(item: BatchItem) -> dict[str, Any]:
             hit, entry = found[item.fingerprint]
             with slots.held():
-                row = self._row(context, plan, item, hit, waits, failed, retried)
+                row = self._row(context, plan, item, hit, waits, failed, retried, entries=entries)
             return {**row, **spent(plan, item, row, entry)}
 
-        with ThreadPoolExecutor(slots.workers, thread_name_prefix="tts-batch-store") as pool:
-            return {str(item.index): row for item, row in zip(items, pool.map(one, items), strict=True)}
+        try:
+            with ThreadPoolExecutor(slots.workers, thread_name_prefix="tts-batch-store") as pool:
+                rows = {str(item.index): row for item, row in zip(items, pool.map(one, items), strict=True)}
+        finally:
+            entries.wait()  # every queued entry is written, even when a store raised
+        entries.fail_unrecorded(rows)
+        return rows
 
     def _row(
         self,
@@ -163,11 +230,14 @@ class StorePhase(PlanPhase):
         failed: Mapping[str, Mapping[str, Any]],
         retried: bool,
         status: TtsTaskStatus | None = None,
+        *,
+        entries: EntryWrites,
     ) -> dict[str, Any]:
         """One manifest row: the item stored now, found stored, or failed with its reason.
 
         ``status``: the one the wait just read for its vendor task, used for the first download
         instead of asking again; a download that fails is tried again with a fresh status (and URL).
+        A stored item's cache entry is queued on ``entries``, which the caller joins.
         """
         row: dict[str, Any] = {"index": item.index, "key": item.key, "fingerprint": item.fingerprint}
         job = waits.get(item.fingerprint)
@@ -196,7 +266,7 @@ class StorePhase(PlanPhase):
                     else:
                         plan.cache.rejected(item.fingerprint, reason)
                     return {**row, "status": "failed", "error": reason, "retryable": bool(status.retryable)}
-                return {**row, **self._store(context, plan, item, status, retried or attempt > 1)}
+                return {**row, **self._store(context, plan, item, status, retried or attempt > 1, entries)}
             except Exception as exc:
                 permanent = isinstance(exc, TtsPermanentError)
                 if not permanent and attempt < STORE_ATTEMPTS:
@@ -250,10 +320,11 @@ class StorePhase(PlanPhase):
         # slot to the next item (transport.slots), so a download's 1-2 s backoff delays no other.
         slots = ThreadSlots(self.max_active_requests)
         pool = ThreadPoolExecutor(slots.workers, thread_name_prefix="tts-batch-store")
+        entries = EntryWrites(self.max_active_requests)
 
         def row(item: BatchItem, status: TtsTaskStatus | None) -> dict[str, Any]:
             with slots.held():
-                made = self._row(context, plan, item, None, waits, failed, retried, status)
+                made = self._row(context, plan, item, None, waits, failed, retried, status, entries=entries)
             return {**made, **spent(plan, item, made, found[item.fingerprint])}
 
         def ended(task_id: str, status: TtsTaskStatus | None) -> None:
@@ -269,7 +340,10 @@ class StorePhase(PlanPhase):
         finally:
             await self.hook.aclose()
             await asyncio.to_thread(pool.shutdown, wait=True)  # every started store finishes, even on an error
-        return event, {index: future.result() for index, future in rows.items()}
+            await asyncio.to_thread(entries.wait)  # and every stored item's entry is written
+        made = {index: future.result() for index, future in rows.items()}
+        entries.fail_unrecorded(made)
+        return event, made
 
     def _use_hit(self, plan: BatchPlan, item: BatchItem, hit: CachedAudio) -> dict[str, Any]:
         """A cached item's row; copied (no vendor call) to the name its key or ``file_name`` asks for."""
@@ -287,9 +361,15 @@ class StorePhase(PlanPhase):
                 "duration_seconds": hit.duration_seconds}  # fmt: skip
 
     def _store(
-        self, context: Context, plan: BatchPlan, item: BatchItem, status: TtsTaskStatus, retried: bool
+        self,
+        context: Context,
+        plan: BatchPlan,
+        item: BatchItem,
+        status: TtsTaskStatus,
+        retried: bool,
+        entries: EntryWrites,
     ) -> dict[str, Any]:
-        """Stream one item's audio into the folder (atomic, constant memory) and record it in the cache."""
+        """Stream one item's audio into the folder (atomic, constant memory); queue its cache entry."""
         with self.hook.open_audio(status) as audio:
             head, chunks = peek(audio.iter_chunks(self.chunk_bytes))
             check_audio_body(audio.content_type, head, what=f"audio for item {item.key} (task {status.tts_task_id})")
@@ -307,7 +387,7 @@ class StorePhase(PlanPhase):
                 max_bytes=self.max_bytes,
                 chunk_bytes=self.chunk_bytes,
             )
-        plan.cache.stored(item.fingerprint, path, stored)
+        entries.record(plan, item, path, stored)
         return {"status": "stored", "file": plain_uri(path), "size_bytes": stored.size_bytes, "sha256": stored.sha256,
                 "duration_seconds": stored.duration_seconds}  # fmt: skip
 
