@@ -132,8 +132,9 @@ def describe_emulator(side: dict[str, Any]) -> str:
 STAGES = {
     "open_audio": "`open_audio` (the audio GET's response headers)",
     "stream_audio_into": "the audio's body and PutObject",
-    "stored": "the request cache entry's PutObject",
 }
+#: Timed like the stages, but on threads of its own (``batch.store.EntryWrites``), not a store thread's.
+ENTRY_STAGE = ("stored", "the request cache entry's PutObject, on the entry threads")
 
 
 @contextmanager
@@ -148,7 +149,7 @@ def stage_times() -> Iterator[dict[str, float]]:
     from airflow_provider_tts.cache import RequestCache
     from airflow_provider_tts.hooks.tts import TtsHook
 
-    totals = dict.fromkeys([*STAGES, "row"], 0.0)
+    totals = dict.fromkeys([*STAGES, ENTRY_STAGE[0], "row"], 0.0)
     lock = threading.Lock()
 
     def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -182,7 +183,8 @@ def describe_stages(totals: dict[str, float], seconds: float, n: int) -> str:
     idle = 1000 * (THREADS * seconds - totals["row"]) / n
     parts = [f"{STAGES[name]} {per[name]:.1f}" for name in STAGES]
     return (f"{per['row']:.1f} ms of a store thread per item: " + ", ".join(parts) + f", the rest {other:.1f}; "
-            f"the {THREADS} threads were idle {idle:.1f} ms per item")  # fmt: skip
+            f"the {THREADS} threads were idle {idle:.1f} ms per item; {ENTRY_STAGE[1]} "
+            f"{per[ENTRY_STAGE[0]]:.1f} ms per item")  # fmt: skip
 
 
 def texts(n: int, seed: int) -> list[str]:
@@ -343,13 +345,18 @@ def main() -> None:
     parser.add_argument("--audio-cache-mb", type=int, default=None,
                         help=f"the emulator's render cache (default {CACHE_MB_PER_ITEM:g} MB per item of the largest "
                              "batch, 64 minimum: no audio evicted)")  # fmt: skip
+    parser.add_argument("--s3-latency-ms", type=float, default=0.0,
+                        help="hold every S3 request this long in the moto server, as a store across a network "
+                             "would (default 0: loopback; BENCHMARKS.md untouched otherwise)")  # fmt: skip
     parser.add_argument("--no-settle", action="store_true",
                         help="start each phase without waiting for the emulator's renders (as before)")  # fmt: skip
     args = parser.parse_args()
     sizes = [int(x) for x in args.items.split(",")]
     cache_mb = args.audio_cache_mb or max(64, round(CACHE_MB_PER_ITEM * max(sizes)))
     settle = not args.no_settle
-    default_run = args.items == parser.get_default("items") and args.audio_cache_mb is None and settle
+    default_run = (
+        args.items == parser.get_default("items") and args.audio_cache_mb is None and settle and not args.s3_latency_ms
+    )
     scratch = scratch_dir()
     env = dict(os.environ, **AWS_ENV, PYTHONPATH=str(REPO))
     os.environ.update(AWS_ENV)
@@ -361,6 +368,7 @@ def main() -> None:
         emulator_cmd = [sys.executable, "-m", "airflow_provider_tts.emulator", "--port", "0", "--delay", "0"]
         emulator_cmd += ["--audio-engine", "tones", "--audio-cache-mb", str(cache_mb), "--print-json"]
         moto_cmd = [sys.executable, str(REPO / "benchmarks" / "download_moto.py")]
+        moto_cmd += ["--latency-ms", str(args.s3_latency_ms)]
         with (
             process(emulator_cmd, env, "the emulator", scratch / "emulator.log") as (emu_proc, emu),
             process(moto_cmd, dict(env, TMPDIR=str(scratch)), "the moto server", scratch / "moto.log") as (
@@ -435,7 +443,13 @@ def main() -> None:
         f"How it was measured: {how_measured()} *S3 requests* are counted by the moto "
         f"server per operation (the batch's include its request cache and manifest writes). *CPU ms per item* "
         f"is this process's user + system time over the phase, divided by the items: the figure a busy "
-        f"machine disturbs least. The machine is shared (2 CPUs for the emulator, moto and the store); "
+        f"machine disturbs least. "
+        + (
+            f"The moto server held every S3 request {args.s3_latency_ms:g} ms before answering it. "
+            if args.s3_latency_ms
+            else ""
+        )
+        + "The machine is shared (2 CPUs for the emulator, moto and the store); "
         f"load average at the end: {load}.\n"
     )
     print(body)

@@ -8,16 +8,22 @@ Every S3 request is counted by kind (``PutObject``, ``UploadPart``, ``HeadObject
 ``GET /_bench/requests`` returns the counts as JSON, ``POST /_bench/reset`` zeroes them (``_bench``
 is not a valid bucket name, so no S3 request can collide).
 
-    .venv/bin/python benchmarks/download_moto.py
+``--latency-ms N`` holds every S3 request N ms before moto answers it (a sleep, not CPU: the
+threaded server keeps answering others), as a store across a network would: moto on loopback
+answers a small PutObject in about a millisecond, S3 from a worker in its region in tens.
+
+    .venv/bin/python benchmarks/download_moto.py [--latency-ms N]
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
@@ -62,7 +68,7 @@ WRITES = {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipart
           "UploadPartCopy", "DeleteObject", "DeleteObjects", "AbortMultipartUpload"}  # fmt: skip
 
 
-def counting(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+def counting(app: Callable[..., Iterable[bytes]], latency: float = 0.0) -> Callable[..., Iterable[bytes]]:
     counts: collections.Counter[str] = collections.Counter()
     lock = threading.Lock()
 
@@ -78,6 +84,8 @@ def counting(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[byte
             return [body]
         with lock:
             counts[operation(environ)] += 1
+        if latency:
+            time.sleep(latency)
         return app(environ, start_response)
 
     return wrapped
@@ -86,13 +94,17 @@ def counting(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[byte
 def main() -> None:
     from moto.server import ThreadedMotoServer
 
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="hold every S3 request this long first")
+    args = parser.parse_args()
+
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
-        server._server.app = counting(server._server.app)  # type: ignore[union-attr]
+        server._server.app = counting(server._server.app, args.latency_ms / 1000)  # type: ignore[union-attr]
         _, port = server.get_host_and_port()
         print(json.dumps({"endpoint": f"http://127.0.0.1:{port}"}), flush=True)
         stop.wait()
