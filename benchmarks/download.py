@@ -614,8 +614,9 @@ def describe_small(rows: list[list[object]], notes: list[str]) -> str:
         "Many small files: WAV files of 150 KB to 1 MB (sizes drawn with a fixed seed), stored to s3:// "
         "on the loopback moto server by 1 or 8 warm worker processes per method (`download_worker.py "
         "serve`), each storing its share one after another. *operator* is "
-        "`TtsAudioToStorageOperator.execute` per file (a new operator each, folder destination, default "
-        "`skip_if_identical`, first try): its status poll, download and write (one PutObject sent only if"
+        "`TtsAudioToStorageOperator.execute` per file, called as Airflow's task runner calls it (a new "
+        "operator each, folder destination, default `skip_if_identical`, first try): its status poll, "
+        "download and write (one PutObject sent only if"
         ' nothing is at the key; a HEAD only when something is); *operator, `overwrite="replace"`* the '
         "same, unconditional; *operator, handed the sensor's status* the same, given as `tts_task_id` the "
         "succeeded status a `TtsTaskSensor` returns (the run id its last poll read) instead of the id, so it "
