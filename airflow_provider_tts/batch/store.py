@@ -237,7 +237,7 @@ class StorePhase(PlanPhase):
 
         ``status``: the one the wait just read for its vendor task, used for the first download
         instead of asking again; a download that fails is tried again with a fresh status (and URL).
-        A stored item's cache entry is queued on ``entries``, which the caller joins.
+        A stored item's cache entry is queued on ``entries``, which the caller waits for.
         """
         row: dict[str, Any] = {"index": item.index, "key": item.key, "fingerprint": item.fingerprint}
         job = waits.get(item.fingerprint)
