@@ -384,17 +384,16 @@ def bench_size(
                  cpu(runs["curl"]), f"{spread(runs['curl'])}; curl's own RSS and CPU".lstrip("; ")])  # fmt: skip
     # Each s3:// operator run against the in-memory run right after it, as file:// against curl.
     s3_ratios = [rate(o) / rate(m) for o, m in zip(s3_runs["operator"], s3_runs["in_memory_s3"], strict=True)]
+    s3_ratio = statistics.median(s3_ratios)
     checks.append(
         f"{label}: s3:// operator/in-memory ratio of each pair: {', '.join(f'{r:.2f}' for r in s3_ratios)}; "
-        f"median {statistics.median(s3_ratios):.2f}x"
+        f"median {s3_ratio:.2f}x"
     )
-    labels = {"operator": "operator", "in_memory_s3": "in memory (HttpToS3Operator)",
-              "upload_fileobj_s3": "boto3 `upload_fileobj` from the stream"}  # fmt: skip
     for method, rs in s3_runs.items():
         how = "`requests.get().content` + `S3Hook.load_bytes`; " if method == "in_memory_s3" else ""
         note = f"{spread(rs)}; {how}S3 requests: {describe_requests(s3_counts[method])}".lstrip("; ")
-        rows.append([label, "s3://", labels[method], f"{statistics.median(rate(r) for r in rs):,.0f}",
-                     f"{statistics.median(s3_ratios):.2f}x" if method == "operator" else "",
+        rows.append([label, "s3://", SMALL_METHODS[method], f"{statistics.median(rate(r) for r in rs):,.0f}",
+                     f"{s3_ratio:.2f}x" if method == "operator" else "",
                      mib(max(r["peak"] for r in rs)), mib(max(r["peak"] - r["rss_before"] for r in rs)), cpu(rs),
                      note])  # fmt: skip
     return rows
